@@ -1,0 +1,709 @@
+//! The version-1 spec types: exactly the YAML shape of PRODUCT.md.
+//!
+//! Every struct denies unknown fields, so a typo is an error with a location,
+//! never a silently ignored setting. Defaults are the AWS defaults unless the
+//! field's doc says otherwise.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// The whole spec file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Format version; only `1` exists.
+    pub version: u32,
+    /// Stack name: namespaces DNS names (`<lb>.<stack>.elb.localhost`) and runtime files.
+    pub name: String,
+    /// Load balancers by name.
+    #[serde(default)]
+    pub load_balancers: BTreeMap<String, LoadBalancer>,
+    /// Target groups by name.
+    #[serde(default)]
+    pub target_groups: BTreeMap<String, TargetGroup>,
+    /// Lambda-style functions by name, used by `target_type: lambda` groups.
+    #[serde(default)]
+    pub functions: BTreeMap<String, Function>,
+    /// Auto-scaling groups by name.
+    #[serde(default)]
+    pub autoscaling_groups: BTreeMap<String, AutoscalingGroup>,
+}
+
+/// `application` (L7) or `network` (L4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancerType {
+    /// HTTP(S) proxy with host/path/header rules.
+    Application,
+    /// TCP/TLS/UDP proxy on a stable loopback IP.
+    Network,
+}
+
+/// A load balancer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    /// `application` or `network`.
+    #[serde(rename = "type")]
+    pub kind: LoadBalancerType,
+    /// Threads of the proxy process (default: the number of cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<u32>,
+    /// Idle connection timeout (default 60s for application, 350s for network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// The "elastic IP" of a network load balancer (127.0.0.0/8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_ip: Option<String>,
+    /// Listeners; ports are unique per load balancer.
+    pub listeners: Vec<Listener>,
+}
+
+/// Listener protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ListenerProtocol {
+    /// Plain HTTP (application).
+    Http,
+    /// HTTP over TLS (application).
+    Https,
+    /// Plain TCP (network).
+    Tcp,
+    /// TCP with TLS termination (network).
+    Tls,
+    /// UDP datagrams (network).
+    Udp,
+}
+
+/// A listener: a port, a protocol, a default action and rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Port to listen on.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: ListenerProtocol,
+    /// TLS certificate for HTTPS and TLS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
+    /// What happens when no rule matches.
+    pub default_action: Action,
+    /// Rules, evaluated by ascending priority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// A TLS certificate: generated, or from files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Certificate {
+    /// `self_signed`: generated for the DNS name and `localhost`.
+    Generated(GeneratedCertificate),
+    /// PEM files.
+    Files {
+        /// Certificate chain (PEM).
+        cert: String,
+        /// Private key (PEM).
+        key: String,
+    },
+}
+
+/// The only generated certificate kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratedCertificate {
+    /// A self-signed certificate kept in the state dir.
+    SelfSigned,
+}
+
+/// A listener rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Unique per listener; lowest wins.
+    pub priority: u32,
+    /// All conditions must match.
+    pub conditions: Conditions,
+    /// What to do on a match.
+    pub action: Action,
+}
+
+/// Rule conditions; every given condition must match, any value of one condition may.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Conditions {
+    /// Host patterns (case-insensitive, `*` and `?` wildcards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_header: Vec<String>,
+    /// Path patterns (case-sensitive, `*` and `?` wildcards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_pattern: Vec<String>,
+    /// A header whose value matches one of the patterns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header: Option<HttpHeaderCondition>,
+    /// Request methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_request_method: Vec<String>,
+    /// Query string key/value pairs (key optional).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_string: Vec<QueryStringCondition>,
+    /// Client address ranges (CIDR).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ip: Vec<String>,
+}
+
+/// `http_header: { name, values }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeaderCondition {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// Value patterns (case-insensitive, wildcards).
+    pub values: Vec<String>,
+}
+
+/// One `query_string` pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryStringCondition {
+    /// Key; omitted matches any key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Value pattern.
+    pub value: String,
+}
+
+/// What a listener does with a request: exactly one of the fields.
+///
+/// A struct of options rather than an enum so that YAML's plain
+/// `{ forward: web }` form parses; validation checks that exactly one is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Forward to one target group, or weighted over several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
+    /// Redirect with `#{protocol}`, `#{host}`, `#{port}`, `#{path}`, `#{query}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Answer directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_response: Option<FixedResponse>,
+}
+
+/// The one action an `Action` holds, once validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActionKind<'a> {
+    /// `forward`.
+    Forward(&'a Forward),
+    /// `redirect`.
+    Redirect(&'a Redirect),
+    /// `fixed_response`.
+    FixedResponse(&'a FixedResponse),
+}
+
+impl Action {
+    /// The action, or `None` unless exactly one field is set.
+    pub fn kind(&self) -> Option<ActionKind<'_>> {
+        match (&self.forward, &self.redirect, &self.fixed_response) {
+            (Some(forward), None, None) => Some(ActionKind::Forward(forward)),
+            (None, Some(redirect), None) => Some(ActionKind::Redirect(redirect)),
+            (None, None, Some(fixed)) => Some(ActionKind::FixedResponse(fixed)),
+            _ => None,
+        }
+    }
+
+    /// A forward to one target group.
+    pub fn forward_to(group: &str) -> Action {
+        Action {
+            forward: Some(Forward::Single(group.to_string())),
+            ..Action::default()
+        }
+    }
+}
+
+/// `forward: web` or `forward: [{ target_group, weight }]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Forward {
+    /// One target group by name.
+    Single(String),
+    /// Weighted target groups.
+    Weighted(Vec<WeightedTargetGroup>),
+}
+
+impl Forward {
+    /// The target group names this forward reaches.
+    pub fn target_groups(&self) -> Vec<&str> {
+        match self {
+            Forward::Single(name) => vec![name.as_str()],
+            Forward::Weighted(list) => list.iter().map(|it| it.target_group.as_str()).collect(),
+        }
+    }
+}
+
+/// One weighted target group of a forward action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTargetGroup {
+    /// Target group name.
+    pub target_group: String,
+    /// Relative weight, 0 to 999 (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A redirect action; omitted parts keep the request's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// `HTTP` or `HTTPS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Path (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Query without the leading `?`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// 301 or 302 (default 302).
+    #[serde(default = "default_redirect_status")]
+    pub status_code: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// A fixed response action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FixedResponse {
+    /// HTTP status code.
+    pub status_code: u16,
+    /// Content type (default `text/plain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Body (default empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// Protocol between the load balancer and targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TargetProtocol {
+    /// HTTP.
+    Http,
+    /// HTTPS.
+    Https,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// HTTP version spoken to targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProtocolVersion {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+    /// gRPC over HTTP/2.
+    Grpc,
+}
+
+/// What a target group's targets are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetType {
+    /// Instances registered by auto-scaling groups.
+    Instance,
+    /// Fixed addresses.
+    Ip,
+    /// Functions invoked per request.
+    Lambda,
+    /// An application load balancer of the same stack.
+    Alb,
+}
+
+/// Target selection algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Each target in turn.
+    RoundRobin,
+    /// The target with the fewest requests in flight.
+    LeastOutstandingRequests,
+    /// Random, weighted by target health.
+    WeightedRandom,
+}
+
+/// A target group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroup {
+    /// Protocol to targets (default HTTP; not used by lambda groups).
+    #[serde(default = "default_target_protocol")]
+    pub protocol: TargetProtocol,
+    /// HTTP version to targets (default HTTP1).
+    #[serde(default = "default_protocol_version")]
+    pub protocol_version: ProtocolVersion,
+    /// Traffic port on each target (default 80; instances listen on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// What the targets are (default instance).
+    #[serde(default = "default_target_type")]
+    pub target_type: TargetType,
+    /// Health check settings.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// Selection algorithm (default round_robin).
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    /// How long a deregistered target drains (default 300s, as AWS).
+    #[serde(default = "default_deregistration_delay")]
+    pub deregistration_delay: Duration,
+    /// Ramp-up period for new targets (default 0s: off).
+    #[serde(default)]
+    pub slow_start: Duration,
+    /// Load-balancer cookie stickiness.
+    #[serde(default)]
+    pub stickiness: Stickiness,
+    /// Fixed targets (`ip`, `lambda` and `alb` groups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
+    /// Send the PROXY v2 header to targets (network load balancers).
+    #[serde(default)]
+    pub proxy_protocol_v2: bool,
+}
+
+fn default_target_protocol() -> TargetProtocol {
+    TargetProtocol::Http
+}
+fn default_protocol_version() -> ProtocolVersion {
+    ProtocolVersion::Http1
+}
+fn default_target_type() -> TargetType {
+    TargetType::Instance
+}
+fn default_algorithm() -> Algorithm {
+    Algorithm::RoundRobin
+}
+fn default_deregistration_delay() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Health check protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HealthCheckProtocol {
+    /// HTTP GET of `path`.
+    Http,
+    /// HTTPS GET of `path`.
+    Https,
+    /// TCP connect.
+    Tcp,
+}
+
+/// `traffic-port` or a port number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HealthCheckPort {
+    /// A fixed port.
+    Number(u16),
+    /// `traffic-port`: the target's own port.
+    Named(TrafficPort),
+}
+
+/// The `traffic-port` keyword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TrafficPort {
+    /// The target's traffic port.
+    #[serde(rename = "traffic-port")]
+    TrafficPort,
+}
+
+/// Health check settings (defaults: HTTP GET `/` every 5s, timeout 2s,
+/// 5 successes to become healthy, 2 failures to become unhealthy, matcher `200`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Protocol (default: the group's protocol, HTTP or TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<HealthCheckProtocol>,
+    /// Port (default `traffic-port`).
+    #[serde(default = "default_health_port")]
+    pub port: HealthCheckPort,
+    /// Path for HTTP(S) checks.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Time between checks.
+    #[serde(default = "default_health_interval")]
+    pub interval: Duration,
+    /// Time to wait for an answer.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Duration,
+    /// Consecutive successes to become healthy.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to become unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Status codes counted as success: `200`, `200,202`, `200-299`.
+    #[serde(default = "default_matcher")]
+    pub matcher: String,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            protocol: None,
+            port: default_health_port(),
+            path: default_health_path(),
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            healthy_threshold: default_healthy_threshold(),
+            unhealthy_threshold: default_unhealthy_threshold(),
+            matcher: default_matcher(),
+        }
+    }
+}
+
+fn default_health_port() -> HealthCheckPort {
+    HealthCheckPort::Named(TrafficPort::TrafficPort)
+}
+fn default_health_path() -> String {
+    "/".to_string()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_healthy_threshold() -> u32 {
+    5
+}
+fn default_unhealthy_threshold() -> u32 {
+    2
+}
+fn default_matcher() -> String {
+    "200".to_string()
+}
+
+/// Load-balancer cookie stickiness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stickiness {
+    /// On or off (default off).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Cookie lifetime (default 1d).
+    #[serde(default = "default_stickiness_duration")]
+    pub duration: Duration,
+}
+
+impl Default for Stickiness {
+    fn default() -> Self {
+        Stickiness {
+            enabled: false,
+            duration: default_stickiness_duration(),
+        }
+    }
+}
+
+fn default_stickiness_duration() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+/// A fixed target: exactly one of `ip`, `function`, `load_balancer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Address in 127.0.0.0/8 (`ip` groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Port (default: the group's port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Function name (`lambda` groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Load balancer name (`alb` groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<String>,
+}
+
+/// A Lambda-style function: a command run per request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Function {
+    /// Command and arguments; reads the event JSON on stdin.
+    pub command: Vec<String>,
+    /// Time limit per invocation (default 3s).
+    #[serde(default = "default_function_timeout")]
+    pub timeout: Duration,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_function_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+/// `EC2` (process alive) or `ELB` (load balancer target health too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HealthCheckType {
+    /// The instance is healthy while its process runs.
+    #[serde(rename = "EC2")]
+    Ec2,
+    /// Also unhealthy when a load balancer reports the target unhealthy.
+    #[serde(rename = "ELB")]
+    Elb,
+}
+
+/// Which instances scale-in stops first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationPolicy {
+    /// Oldest first.
+    OldestInstance,
+    /// Newest first.
+    NewestInstance,
+    /// Older launch template first, then oldest.
+    Default,
+}
+
+/// An auto-scaling group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalingGroup {
+    /// Lower bound of the group's size.
+    pub min_size: u32,
+    /// Upper bound of the group's size.
+    pub max_size: u32,
+    /// Instances to run (default `min_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_capacity: Option<u32>,
+    /// `EC2` (default) or `ELB`.
+    #[serde(default = "default_health_check_type")]
+    pub health_check_type: HealthCheckType,
+    /// Time after launch during which health failures are ignored (default 300s as AWS).
+    #[serde(default = "default_grace_period")]
+    pub health_check_grace_period: Duration,
+    /// Target groups every instance is registered in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_groups: Vec<String>,
+    /// How instances are started.
+    pub launch_template: LaunchTemplate,
+    /// Scale-in order (default `default`).
+    #[serde(default = "default_termination_policy")]
+    pub termination_policy: TerminationPolicy,
+    /// Rolling replacement settings for launch template changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_refresh: Option<InstanceRefresh>,
+    /// Automatic scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Scaling>,
+}
+
+impl AutoscalingGroup {
+    /// `desired_capacity`, or `min_size` when omitted.
+    pub fn desired(&self) -> u32 {
+        self.desired_capacity.unwrap_or(self.min_size)
+    }
+}
+
+fn default_health_check_type() -> HealthCheckType {
+    HealthCheckType::Ec2
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_termination_policy() -> TerminationPolicy {
+    TerminationPolicy::Default
+}
+
+/// How an instance is started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchTemplate {
+    /// Command and arguments with `{ip}`, `{port}`, `{instance_id}` placeholders;
+    /// a first word `lbctl` runs the binary that applied the spec.
+    pub command: Vec<String>,
+    /// Extra environment variables (besides `LBCTL_IP`, `LBCTL_PORT`, `LBCTL_INSTANCE_ID`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Port instances listen on (default: the first target group's port, else 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Instance refresh settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRefresh {
+    /// Percentage of desired capacity that stays healthy (default 90).
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy_percentage: u32,
+    /// Time a new instance gets before it counts (default 0s).
+    #[serde(default)]
+    pub warmup: Duration,
+}
+
+fn default_min_healthy() -> u32 {
+    90
+}
+
+/// Scaling policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// Keep a metric near a target value.
+    pub target_tracking: TargetTracking,
+}
+
+/// A target tracking policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTracking {
+    /// The metric followed.
+    pub metric: ScalingMetric,
+    /// The value to hold it at.
+    pub target_value: f64,
+    /// Time between scaling actions (default 300s).
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Duration,
+}
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Metrics a target tracking policy can follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalingMetric {
+    /// Requests per second per instance, from the load balancers.
+    RequestCountPerTarget,
+    /// Average CPU percentage of the instances.
+    CpuUtilization,
+}

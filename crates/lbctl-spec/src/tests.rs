@@ -1,0 +1,135 @@
+//! Data-driven checks of parsing and validation: one `check` per case, the
+//! expected diagnostics written out in full.
+
+use std::path::PathBuf;
+
+/// Parses `source` as `lbctl.yaml` and compares every diagnostic line.
+fn check(source: &str, expect: &[&str]) {
+    let got = match crate::parse("lbctl.yaml", PathBuf::from("."), source.to_string()) {
+        Ok(_) => Vec::new(),
+        Err(diagnostics) => diagnostics.0.iter().map(|it| it.to_string()).collect(),
+    };
+    let expect: Vec<String> = expect.iter().map(|it| it.to_string()).collect();
+    assert_eq!(got, expect, "\n--- source ---\n{source}");
+}
+
+const BASE: &str = "version: 1
+name: shop
+target_groups:
+  web:
+    port: 8080
+    health_check: { path: /health }
+autoscaling_groups:
+  web:
+    min_size: 1
+    max_size: 3
+    desired_capacity: 2
+    target_groups: [web]
+    launch_template: { command: [lbctl, worker] }
+";
+
+#[test]
+fn the_product_example_parses_every_field() {
+    let source = include_str!("../../../examples/quickstart.yaml");
+    check(source, &[]);
+}
+
+#[test]
+fn a_minimal_stack_is_valid() {
+    check(BASE, &[]);
+}
+
+#[test]
+fn dangling_target_group_reference() {
+    let source = format!(
+        "{BASE}load_balancers:\n  public:\n    type: application\n    listeners:\n      - port: 8080\n        protocol: HTTP\n        default_action: {{ forward: webb }}\n"
+    );
+    check(
+        &source,
+        &["lbctl.yaml:20:36: load_balancers.public.listeners[0].default_action.forward: target group `webb` is not defined (defined: web)"],
+    );
+}
+
+#[test]
+fn unknown_fields_are_errors_with_a_location() {
+    let source = BASE.replace("    port: 8080\n", "    port: 8080\n    prot: HTTP\n");
+    let err = crate::parse("lbctl.yaml", PathBuf::from("."), source)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("lbctl.yaml:6:5: target_groups.web: unknown field `prot`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn impossible_capacities() {
+    let source = BASE.replace("min_size: 1", "min_size: 3");
+    check(&source, &["lbctl.yaml:11:23: autoscaling_groups.web.desired_capacity: desired_capacity (2) is less than min_size (3)"]);
+    let source = BASE.replace("max_size: 3", "max_size: 1");
+    check(&source, &["lbctl.yaml:11:23: autoscaling_groups.web.desired_capacity: desired_capacity (2) is greater than max_size (1)"]);
+}
+
+#[test]
+fn duplicate_priorities_and_port_clashes() {
+    let source = format!(
+        "{BASE}load_balancers:
+  a:
+    type: application
+    listeners:
+      - port: 8080
+        protocol: HTTP
+        default_action: {{ forward: web }}
+        rules:
+          - {{ priority: 5, conditions: {{ path_pattern: [/a] }}, action: {{ forward: web }} }}
+          - {{ priority: 5, conditions: {{ path_pattern: [/b] }}, action: {{ forward: web }} }}
+  b:
+    type: application
+    listeners:
+      - {{ port: 8080, protocol: HTTP, default_action: {{ forward: web }} }}
+"
+    );
+    check(
+        &source,
+        &[
+            "lbctl.yaml:23:25: load_balancers.a.listeners[0].rules[1].priority: priority 5 is already used by rules[0] of this listener",
+            "lbctl.yaml:27:17: load_balancers.b.listeners[0].port: port 8080 on 127.0.0.1 is already used by load_balancers.a.listeners[0]",
+        ],
+    );
+}
+
+#[test]
+fn cycles_through_alb_targets() {
+    let source = "version: 1
+name: loop
+load_balancers:
+  edge:
+    type: network
+    listeners: [{ port: 9000, protocol: TCP, default_action: { forward: via } }]
+  inner:
+    type: application
+    listeners: [{ port: 9001, protocol: HTTP, default_action: { forward: web } }]
+target_groups:
+  via: { protocol: TCP, port: 9001, target_type: alb, targets: [{ load_balancer: inner }] }
+  web: { protocol: TCP, port: 9001, target_type: alb, targets: [{ load_balancer: edge }] }
+";
+    let err = crate::parse("lbctl.yaml", PathBuf::from("."), source.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "reference cycle: load_balancers.edge -> target_groups.via -> load_balancers.inner"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_schema_file_is_the_schema_output() {
+    let on_disk = include_str!("../../../schemas/lbctl.schema.json");
+    assert_eq!(
+        on_disk,
+        crate::schema_json(),
+        "schemas/lbctl.schema.json is stale: run `lbctl schema > schemas/lbctl.schema.json`"
+    );
+}

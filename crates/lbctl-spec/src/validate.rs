@@ -1,0 +1,682 @@
+//! Semantic checks: everything the types alone cannot say.
+//!
+//! Each check pushes a `Diagnostic` and carries on, so one run reports every
+//! problem in the file, not just the first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use crate::model::*;
+use crate::{Diagnostic, SpecFile};
+
+pub(crate) fn check(file: &SpecFile) -> Vec<Diagnostic> {
+    let mut checker = Checker {
+        file,
+        found: Vec::new(),
+    };
+    checker.stack();
+    checker.load_balancers();
+    checker.target_groups();
+    checker.functions();
+    checker.autoscaling_groups();
+    checker.cycles();
+    checker.found
+}
+
+struct Checker<'a> {
+    file: &'a SpecFile,
+    found: Vec<Diagnostic>,
+}
+
+/// A name usable in a DNS label and a file name.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The name of an enum value as the spec writes it (`HTTP`, `ip`).
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => String::new(),
+    }
+}
+
+/// Parses a health check matcher: `200`, `200,202`, `200-299`.
+pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut ranges = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (low, high) = match part.split_once('-') {
+            Some((low, high)) => (low.trim(), high.trim()),
+            None => (part, part),
+        };
+        let parse = |it: &str| -> Result<u16, String> {
+            match it.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => Ok(code),
+                _ => Err(format!(
+                    "invalid matcher `{text}`: `{it}` is not an HTTP status code"
+                )),
+            }
+        };
+        let (low, high) = (parse(low)?, parse(high)?);
+        if low > high {
+            return Err(format!(
+                "invalid matcher `{text}`: range {low}-{high} is empty"
+            ));
+        }
+        ranges.push((low, high));
+    }
+    Ok(ranges)
+}
+
+/// Parses a loopback address (127.0.0.0/8).
+fn loopback(text: &str) -> Result<Ipv4Addr, String> {
+    match text.parse::<Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() => Ok(ip),
+        Ok(_) => Err(format!(
+            "`{text}` is not a loopback address; lbctl uses only 127.0.0.0/8"
+        )),
+        Err(_) => Err(format!("`{text}` is not an IPv4 address")),
+    }
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.found.push(self.file.diagnostic(path, message));
+    }
+
+    fn stack(&mut self) {
+        let file = self.file;
+        let spec = &file.spec;
+        if spec.version != 1 {
+            let message = format!(
+                "unsupported version {}; this lbctl reads version 1",
+                spec.version
+            );
+            self.error("version", message);
+        }
+        if !is_dns_label(&spec.name) {
+            let message = format!(
+                "stack name `{}` must be a DNS label: a-z, 0-9 and `-`, at most 63",
+                spec.name
+            );
+            self.error("name", message);
+        }
+        let kinds: [(&str, Vec<&String>); 4] = [
+            ("load_balancers", spec.load_balancers.keys().collect()),
+            ("target_groups", spec.target_groups.keys().collect()),
+            ("functions", spec.functions.keys().collect()),
+            (
+                "autoscaling_groups",
+                spec.autoscaling_groups.keys().collect(),
+            ),
+        ];
+        for (kind, names) in kinds {
+            for name in names {
+                if !is_dns_label(name) {
+                    let message =
+                        format!("name `{name}` must be a DNS label: a-z, 0-9 and `-`, at most 63");
+                    self.found.push(Diagnostic {
+                        location: self.file.source_map.locate_key(&format!("{kind}.{name}")),
+                        ..self.file.diagnostic(&format!("{kind}.{name}"), message)
+                    });
+                }
+            }
+        }
+    }
+
+    fn load_balancers(&mut self) {
+        let file = self.file;
+        let spec = &file.spec;
+        // (bind address, port, is_udp) -> first listener path using it.
+        let mut bound: HashMap<(String, u16, bool), String> = HashMap::new();
+        let mut static_ips: BTreeMap<String, String> = BTreeMap::new();
+        for (name, lb) in &spec.load_balancers {
+            let base = format!("load_balancers.{name}");
+            if lb.worker_threads == Some(0) {
+                self.error(
+                    &format!("{base}.worker_threads"),
+                    "worker_threads must be at least 1",
+                );
+            }
+            let application = lb.kind == LoadBalancerType::Application;
+            match (&lb.static_ip, application) {
+                (Some(_), true) => self.error(
+                    &format!("{base}.static_ip"),
+                    "static_ip applies to network load balancers only",
+                ),
+                (Some(ip), false) => match loopback(ip) {
+                    Err(message) => self.error(&format!("{base}.static_ip"), message),
+                    Ok(_) => {
+                        if let Some(other) = static_ips.insert(ip.clone(), name.clone()) {
+                            let message = format!(
+                                "static_ip {ip} is already used by load balancer `{other}`"
+                            );
+                            self.error(&format!("{base}.static_ip"), message);
+                        }
+                    }
+                },
+                _ => {}
+            }
+            if lb.listeners.is_empty() {
+                self.error(
+                    &format!("{base}.listeners"),
+                    "a load balancer needs at least one listener",
+                );
+            }
+            // Application load balancers share 127.0.0.1; network ones own their IP.
+            let address = if application {
+                "127.0.0.1".to_string()
+            } else {
+                lb.static_ip
+                    .clone()
+                    .unwrap_or_else(|| format!("allocated for {name}"))
+            };
+            for (idx, listener) in lb.listeners.iter().enumerate() {
+                let path = format!("{base}.listeners[{idx}]");
+                self.listener(&path, lb, listener);
+                let key = (
+                    address.clone(),
+                    listener.port,
+                    listener.protocol == ListenerProtocol::Udp,
+                );
+                if let Some(other) = bound.get(&key) {
+                    let message = format!(
+                        "port {} on {} is already used by {other}",
+                        listener.port, key.0
+                    );
+                    self.error(&format!("{path}.port"), message);
+                } else {
+                    bound.insert(key, path.clone());
+                }
+            }
+        }
+    }
+
+    fn listener(&mut self, path: &str, lb: &LoadBalancer, listener: &Listener) {
+        use ListenerProtocol::*;
+        let application = lb.kind == LoadBalancerType::Application;
+        let allowed = if application {
+            [Http, Https].contains(&listener.protocol)
+        } else {
+            [Tcp, Tls, Udp].contains(&listener.protocol)
+        };
+        if !allowed {
+            let kind = if application {
+                "application: HTTP or HTTPS"
+            } else {
+                "network: TCP, TLS or UDP"
+            };
+            let message = format!(
+                "protocol {} is not valid here ({kind})",
+                wire_name(&listener.protocol)
+            );
+            self.error(&format!("{path}.protocol"), message);
+        }
+        if listener.port == 0 {
+            self.error(&format!("{path}.port"), "port must be between 1 and 65535");
+        }
+        let needs_certificate = matches!(listener.protocol, Https | Tls);
+        match (&listener.certificate, needs_certificate) {
+            (None, true) => self.error(
+                path,
+                "HTTPS and TLS listeners need a certificate (self_signed or { cert, key })",
+            ),
+            (Some(_), false) => self.error(
+                &format!("{path}.certificate"),
+                "only HTTPS and TLS listeners take a certificate",
+            ),
+            _ => {}
+        }
+        self.action(
+            &format!("{path}.default_action"),
+            lb,
+            &listener.default_action,
+        );
+        if !application && !listener.rules.is_empty() {
+            self.error(
+                &format!("{path}.rules"),
+                "network load balancer listeners have no rules",
+            );
+        }
+        let mut priorities: BTreeMap<u32, usize> = BTreeMap::new();
+        for (idx, rule) in listener.rules.iter().enumerate() {
+            let rule_path = format!("{path}.rules[{idx}]");
+            if !(1..=50_000).contains(&rule.priority) {
+                self.error(
+                    &format!("{rule_path}.priority"),
+                    "priority must be between 1 and 50000",
+                );
+            }
+            if let Some(first) = priorities.insert(rule.priority, idx) {
+                let message = format!(
+                    "priority {} is already used by rules[{first}] of this listener",
+                    rule.priority
+                );
+                self.error(&format!("{rule_path}.priority"), message);
+            }
+            self.conditions(&format!("{rule_path}.conditions"), &rule.conditions);
+            self.action(&format!("{rule_path}.action"), lb, &rule.action);
+        }
+    }
+
+    fn conditions(&mut self, path: &str, conditions: &Conditions) {
+        if conditions == &Conditions::default() {
+            self.error(path, "a rule needs at least one condition");
+        }
+        for (idx, cidr) in conditions.source_ip.iter().enumerate() {
+            let valid =
+                cidr.parse::<ipnet::IpNet>().is_ok() || cidr.parse::<std::net::IpAddr>().is_ok();
+            if !valid {
+                self.error(
+                    &format!("{path}.source_ip[{idx}]"),
+                    format!("`{cidr}` is not a CIDR block"),
+                );
+            }
+        }
+        for (idx, method) in conditions.http_request_method.iter().enumerate() {
+            if method.is_empty()
+                || !method
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+            {
+                let message = format!("`{method}` is not a method name (A-Z, `_`, `-`)");
+                self.error(&format!("{path}.http_request_method[{idx}]"), message);
+            }
+        }
+        if let Some(header) = &conditions.http_header {
+            if header.values.is_empty() {
+                self.error(
+                    &format!("{path}.http_header.values"),
+                    "http_header needs at least one value",
+                );
+            }
+        }
+    }
+
+    fn action(&mut self, path: &str, lb: &LoadBalancer, action: &Action) {
+        let application = lb.kind == LoadBalancerType::Application;
+        let Some(kind) = action.kind() else {
+            self.error(
+                path,
+                "an action is exactly one of forward, redirect, fixed_response",
+            );
+            return;
+        };
+        match kind {
+            ActionKind::Forward(Forward::Single(group)) => {
+                self.forward_target(&format!("{path}.forward"), application, group)
+            }
+            ActionKind::Forward(Forward::Weighted(list)) => {
+                if !application {
+                    self.error(
+                        &format!("{path}.forward"),
+                        "network load balancers forward to one target group",
+                    );
+                }
+                if list.is_empty() || list.len() > 5 {
+                    self.error(
+                        &format!("{path}.forward"),
+                        "a weighted forward takes 1 to 5 target groups",
+                    );
+                }
+                if !list.is_empty() && list.iter().all(|it| it.weight == 0) {
+                    self.error(
+                        &format!("{path}.forward"),
+                        "at least one weight must be above 0",
+                    );
+                }
+                let mut seen = BTreeSet::new();
+                for (idx, item) in list.iter().enumerate() {
+                    let item_path = format!("{path}.forward[{idx}]");
+                    if item.weight > 999 {
+                        self.error(
+                            &format!("{item_path}.weight"),
+                            "weight must be between 0 and 999",
+                        );
+                    }
+                    if !seen.insert(item.target_group.as_str()) {
+                        let message = format!("target group `{}` appears twice", item.target_group);
+                        self.error(&format!("{item_path}.target_group"), message);
+                    }
+                    self.forward_target(
+                        &format!("{item_path}.target_group"),
+                        application,
+                        &item.target_group,
+                    );
+                }
+            }
+            ActionKind::Redirect(redirect) => {
+                if !application {
+                    self.error(path, "network load balancers only forward");
+                }
+                if ![301, 302].contains(&redirect.status_code) {
+                    self.error(
+                        &format!("{path}.redirect.status_code"),
+                        "redirect status_code must be 301 or 302",
+                    );
+                }
+                if let Some(protocol) = &redirect.protocol {
+                    if !["HTTP", "HTTPS", "#{protocol}"].contains(&protocol.as_str()) {
+                        self.error(
+                            &format!("{path}.redirect.protocol"),
+                            "protocol must be HTTP, HTTPS or #{protocol}",
+                        );
+                    }
+                }
+            }
+            ActionKind::FixedResponse(fixed) => {
+                if !application {
+                    self.error(path, "network load balancers only forward");
+                }
+                if !(200..=599).contains(&fixed.status_code)
+                    || (300..400).contains(&fixed.status_code)
+                {
+                    let message = "fixed_response status_code must be 2XX, 4XX or 5XX";
+                    self.error(&format!("{path}.fixed_response.status_code"), message);
+                }
+            }
+        }
+    }
+
+    fn forward_target(&mut self, path: &str, application: bool, group_name: &str) {
+        let Some(group) = self.file.spec.target_groups.get(group_name) else {
+            let defined = self
+                .file
+                .spec
+                .target_groups
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let message = format!(
+                "target group `{group_name}` is not defined (defined: {})",
+                if defined.is_empty() {
+                    "none".to_string()
+                } else {
+                    defined
+                }
+            );
+            self.error(path, message);
+            return;
+        };
+        let l7 = matches!(group.protocol, TargetProtocol::Http | TargetProtocol::Https)
+            || group.target_type == TargetType::Lambda;
+        if application && !l7 {
+            let message = format!(
+                "target group `{group_name}` is {}; application load balancers forward to HTTP or HTTPS groups",
+                wire_name(&group.protocol)
+            );
+            self.error(path, message);
+        }
+        if !application && (l7 || group.target_type == TargetType::Lambda) {
+            self.error(path, format!("target group `{group_name}` is not TCP or UDP; network load balancers forward to TCP or UDP groups"));
+        }
+    }
+
+    fn target_groups(&mut self) {
+        let file = self.file;
+        let spec = &file.spec;
+        for (name, group) in &spec.target_groups {
+            let base = format!("target_groups.{name}");
+            if group.port == Some(0) {
+                self.error(&format!("{base}.port"), "port must be between 1 and 65535");
+            }
+            let health = &group.health_check;
+            if let Err(message) = parse_matcher(&health.matcher) {
+                self.error(&format!("{base}.health_check.matcher"), message);
+            }
+            if !health.path.starts_with('/') {
+                self.error(
+                    &format!("{base}.health_check.path"),
+                    "path must start with `/`",
+                );
+            }
+            if health.timeout.get() > health.interval.get() {
+                self.error(
+                    &format!("{base}.health_check.timeout"),
+                    "timeout must not be longer than interval",
+                );
+            }
+            if health.interval.get().is_zero() || health.timeout.get().is_zero() {
+                self.error(
+                    &format!("{base}.health_check"),
+                    "interval and timeout must be above 0s",
+                );
+            }
+            for (field, value) in [
+                ("healthy_threshold", health.healthy_threshold),
+                ("unhealthy_threshold", health.unhealthy_threshold),
+            ] {
+                if !(1..=10).contains(&value) {
+                    self.error(
+                        &format!("{base}.health_check.{field}"),
+                        format!("{field} must be between 1 and 10"),
+                    );
+                }
+            }
+            if group.deregistration_delay.get() > std::time::Duration::from_secs(3600) {
+                self.error(
+                    &format!("{base}.deregistration_delay"),
+                    "deregistration_delay must be at most 1h",
+                );
+            }
+            self.targets(&base, group);
+        }
+    }
+
+    fn targets(&mut self, base: &str, group: &TargetGroup) {
+        let spec = &self.file.spec;
+        let mut found = Vec::new();
+        if group.target_type == TargetType::Instance && !group.targets.is_empty() {
+            found.push((format!("{base}.targets"), "instance target groups get their targets from autoscaling groups; use target_type: ip for fixed addresses".to_string()));
+        }
+        for (idx, target) in group.targets.iter().enumerate() {
+            let path = format!("{base}.targets[{idx}]");
+            let given = [
+                target.ip.is_some(),
+                target.function.is_some(),
+                target.load_balancer.is_some(),
+            ];
+            let (field, expected) = match group.target_type {
+                TargetType::Ip => ("ip", 0),
+                TargetType::Lambda => ("function", 1),
+                TargetType::Alb => ("load_balancer", 2),
+                TargetType::Instance => continue,
+            };
+            if given.iter().filter(|it| **it).count() != 1 || !given[expected] {
+                let message = format!(
+                    "a target of an {} group is `{{ {field}: ... }}`",
+                    wire_name(&group.target_type)
+                );
+                found.push((path.clone(), message));
+                continue;
+            }
+            if let Some(ip) = &target.ip {
+                if let Err(message) = loopback(ip) {
+                    found.push((format!("{path}.ip"), message));
+                }
+                if target.port.or(group.port).is_none() {
+                    found.push((
+                        path.clone(),
+                        "no port: set the target's port or the group's".to_string(),
+                    ));
+                }
+            }
+            if let Some(function) = &target.function {
+                if !spec.functions.contains_key(function) {
+                    found.push((
+                        format!("{path}.function"),
+                        format!("function `{function}` is not defined"),
+                    ));
+                }
+            }
+            if let Some(lb_name) = &target.load_balancer {
+                match spec.load_balancers.get(lb_name) {
+                    None => found.push((
+                        format!("{path}.load_balancer"),
+                        format!("load balancer `{lb_name}` is not defined"),
+                    )),
+                    Some(lb) if lb.kind != LoadBalancerType::Application => found.push((
+                        format!("{path}.load_balancer"),
+                        format!("load balancer `{lb_name}` is not an application load balancer"),
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        if matches!(group.target_type, TargetType::Alb) && group.protocol != TargetProtocol::Tcp {
+            found.push((
+                format!("{base}.protocol"),
+                "alb target groups use protocol TCP".to_string(),
+            ));
+        }
+        for (path, message) in found {
+            self.error(&path, message);
+        }
+    }
+
+    fn functions(&mut self) {
+        let file = self.file;
+        let spec = &file.spec;
+        for (name, function) in &spec.functions {
+            let base = format!("functions.{name}");
+            if function.command.is_empty() {
+                self.error(&format!("{base}.command"), "command must not be empty");
+            }
+            if function.timeout.get().is_zero() {
+                self.error(&format!("{base}.timeout"), "timeout must be above 0s");
+            }
+        }
+    }
+
+    fn autoscaling_groups(&mut self) {
+        let file = self.file;
+        let spec = &file.spec;
+        for (name, group) in &spec.autoscaling_groups {
+            let base = format!("autoscaling_groups.{name}");
+            let desired = group.desired();
+            if group.min_size > group.max_size {
+                let message = format!(
+                    "min_size ({}) is greater than max_size ({})",
+                    group.min_size, group.max_size
+                );
+                self.error(&format!("{base}.min_size"), message);
+            }
+            if desired < group.min_size {
+                let message = format!(
+                    "desired_capacity ({desired}) is less than min_size ({})",
+                    group.min_size
+                );
+                self.error(&format!("{base}.desired_capacity"), message);
+            }
+            if desired > group.max_size {
+                let message = format!(
+                    "desired_capacity ({desired}) is greater than max_size ({})",
+                    group.max_size
+                );
+                self.error(&format!("{base}.desired_capacity"), message);
+            }
+            if group.launch_template.command.is_empty() {
+                self.error(
+                    &format!("{base}.launch_template.command"),
+                    "command must not be empty",
+                );
+            }
+            if group.launch_template.port == Some(0) {
+                self.error(
+                    &format!("{base}.launch_template.port"),
+                    "port must be between 1 and 65535",
+                );
+            }
+            for (idx, group_name) in group.target_groups.iter().enumerate() {
+                let path = format!("{base}.target_groups[{idx}]");
+                match spec.target_groups.get(group_name) {
+                    None => {
+                        self.error(&path, format!("target group `{group_name}` is not defined"))
+                    }
+                    Some(target_group) if target_group.target_type != TargetType::Instance => {
+                        let message = format!(
+                            "target group `{group_name}` has target_type {}; autoscaling groups register in instance groups",
+                            wire_name(&target_group.target_type)
+                        );
+                        self.error(&path, message);
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(refresh) = &group.instance_refresh {
+                if refresh.min_healthy_percentage > 100 {
+                    self.error(
+                        &format!("{base}.instance_refresh.min_healthy_percentage"),
+                        "min_healthy_percentage must be between 0 and 100",
+                    );
+                }
+            }
+            if let Some(scaling) = &group.scaling {
+                let value = scaling.target_tracking.target_value;
+                if !(value.is_finite() && value > 0.0) {
+                    self.error(
+                        &format!("{base}.scaling.target_tracking.target_value"),
+                        "target_value must be above 0",
+                    );
+                }
+            }
+        }
+    }
+
+    /// Load balancer -> target group (forward) -> load balancer (alb target) loops.
+    fn cycles(&mut self) {
+        let file = self.file;
+        let spec = &file.spec;
+        for (lb_name, lb) in &spec.load_balancers {
+            // Depth-first walk from each load balancer over lb -> tg -> lb edges.
+            let mut path = vec![format!("load_balancers.{lb_name}")];
+            if let Some(cycle) = find_cycle(&spec, lb, &mut path) {
+                let message = format!("reference cycle: {}", cycle.join(" -> "));
+                self.error(&format!("load_balancers.{lb_name}"), message);
+                return;
+            }
+        }
+    }
+}
+
+/// Walks lb -> tg -> lb edges depth-first; `path` holds the resource paths
+/// walked so far, starting with a load balancer.
+fn find_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<Vec<String>> {
+    for group_name in spec.load_balancer_target_groups(lb) {
+        let Some(group) = spec.target_groups.get(&group_name) else {
+            continue;
+        };
+        for next in group
+            .targets
+            .iter()
+            .filter_map(|it| it.load_balancer.as_ref())
+        {
+            let next_path = format!("load_balancers.{next}");
+            path.push(format!("target_groups.{group_name}"));
+            if path[0] == next_path {
+                let mut cycle = path.clone();
+                cycle.push(next_path);
+                return Some(cycle);
+            }
+            if !path.contains(&next_path) {
+                if let Some(next_lb) = spec.load_balancers.get(next) {
+                    path.push(next_path);
+                    if let Some(cycle) = find_cycle(spec, next_lb, path) {
+                        return Some(cycle);
+                    }
+                    path.pop();
+                }
+            }
+            path.pop();
+        }
+    }
+    None
+}
