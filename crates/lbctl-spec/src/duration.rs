@@ -63,8 +63,7 @@ impl JsonSchema for Duration {
             ..Default::default()
         };
         schema.string().pattern = Some(r"^\s*([0-9]+\s*(ns|us|ms|s|m|h|d)\s*)+$".to_string());
-        schema.metadata().description =
-            Some("A duration such as `500ms`, `2s`, `5m` or `1h30m`.".to_string());
+        schema.metadata().description = Some("A duration such as `500ms`, `2s`, `5m` or `1h30m`.".to_string());
         schema.into()
     }
 }

@@ -110,11 +110,7 @@ pub fn load(path: &Path) -> Result<SpecFile, Diagnostics> {
         }])
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let dir = if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir
-    };
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     parse(&file, dir, source)
 }
 
@@ -124,21 +120,12 @@ pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagn
     let spec: Spec = serde_yaml::from_str(&source).map_err(|err| {
         Diagnostics(vec![Diagnostic {
             file: file.to_string(),
-            location: err.location().map(|at| Location {
-                line: at.line(),
-                column: at.column(),
-            }),
+            location: err.location().map(|at| Location { line: at.line(), column: at.column() }),
             path: String::new(),
             message: yaml_message(&err),
         }])
     })?;
-    let spec_file = SpecFile {
-        file: file.to_string(),
-        dir,
-        source,
-        spec,
-        source_map,
-    };
+    let spec_file = SpecFile { file: file.to_string(), dir, source, spec, source_map };
     let diagnostics = validate::check(&spec_file);
     if diagnostics.is_empty() {
         Ok(spec_file)
@@ -186,8 +173,7 @@ impl Spec {
     pub fn load_balancer_target_groups(&self, load_balancer: &LoadBalancer) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for listener in &load_balancer.listeners {
-            let actions = std::iter::once(&listener.default_action)
-                .chain(listener.rules.iter().map(|it| &it.action));
+            let actions = std::iter::once(&listener.default_action).chain(listener.rules.iter().map(|it| &it.action));
             for action in actions {
                 if let Some(forward) = &action.forward {
                     names.extend(forward.target_groups().into_iter().map(str::to_string));

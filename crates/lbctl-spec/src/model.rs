@@ -219,10 +219,7 @@ impl Action {
 
     /// A forward to one target group.
     pub fn forward_to(group: &str) -> Action {
-        Action {
-            forward: Some(Forward::Single(group.to_string())),
-            ..Action::default()
-        }
+        Action { forward: Some(Forward::Single(group.to_string())), ..Action::default() }
     }
 }
 
@@ -522,10 +519,7 @@ pub struct Stickiness {
 
 impl Default for Stickiness {
     fn default() -> Self {
-        Stickiness {
-            enabled: false,
-            duration: default_stickiness_duration(),
-        }
+        Stickiness { enabled: false, duration: default_stickiness_duration() }
     }
 }
 

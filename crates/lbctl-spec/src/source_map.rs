@@ -29,10 +29,7 @@ impl SourceMap {
     /// Reads `source`; a document that does not scan gives an empty map (the
     /// typed parse reports that error with its own location).
     pub fn build(source: &str) -> SourceMap {
-        let mut builder = Builder {
-            map: SourceMap::default(),
-            stack: Vec::new(),
-        };
+        let mut builder = Builder { map: SourceMap::default(), stack: Vec::new() };
         let mut parser = Parser::new_from_str(source);
         let _ = parser.load(&mut builder, false);
         builder.map
@@ -75,10 +72,7 @@ struct Builder {
 
 fn location(mark: Marker) -> Location {
     // yaml-rust2 counts lines from 1 and columns from 0.
-    Location {
-        line: mark.line(),
-        column: mark.col() + 1,
-    }
+    Location { line: mark.line(), column: mark.col() + 1 }
 }
 
 fn join(parent: &str, key: &str) -> String {
@@ -94,10 +88,7 @@ impl Builder {
     fn value_path(&self) -> Option<String> {
         match self.stack.last() {
             None => Some(String::new()),
-            Some(Frame::Map {
-                path,
-                key: Some(key),
-            }) => Some(join(path, key)),
+            Some(Frame::Map { path, key: Some(key) }) => Some(join(path, key)),
             Some(Frame::Map { key: None, .. }) => None,
             Some(Frame::Seq { path, index }) => Some(format!("{path}[{index}]")),
         }
@@ -113,11 +104,7 @@ impl Builder {
     }
 
     fn scalar(&mut self, text: String, mark: Marker) {
-        if let Some(Frame::Map {
-            path,
-            key: key @ None,
-        }) = self.stack.last_mut()
-        {
+        if let Some(Frame::Map { path, key: key @ None }) = self.stack.last_mut() {
             let full = join(path, &text);
             let at = location(mark);
             self.map.keys.entry(full).or_insert(at);
@@ -140,15 +127,8 @@ impl Builder {
     fn open(&mut self, mark: Marker, sequence: bool) {
         // A complex (non-scalar) key gets a placeholder path.
         let path = self.value_path().unwrap_or_else(|| "?".to_string());
-        self.map
-            .values
-            .entry(path.clone())
-            .or_insert(location(mark));
-        self.stack.push(if sequence {
-            Frame::Seq { path, index: 0 }
-        } else {
-            Frame::Map { path, key: None }
-        });
+        self.map.values.entry(path.clone()).or_insert(location(mark));
+        self.stack.push(if sequence { Frame::Seq { path, index: 0 } } else { Frame::Map { path, key: None } });
     }
 }
 
@@ -183,25 +163,13 @@ mod tests {
     #[test]
     fn locates_values_by_path() {
         check(DOC, "name", Some((2, 7)));
-        check(
-            DOC,
-            "load_balancers.public.listeners[0].port",
-            Some((6, 15)),
-        );
-        check(
-            DOC,
-            "load_balancers.public.listeners[0].default_action.forward",
-            Some((7, 36)),
-        );
+        check(DOC, "load_balancers.public.listeners[0].port", Some((6, 15)));
+        check(DOC, "load_balancers.public.listeners[0].default_action.forward", Some((7, 36)));
     }
 
     #[test]
     fn falls_back_to_the_nearest_ancestor() {
-        check(
-            DOC,
-            "load_balancers.public.listeners[0].rules[3]",
-            Some((6, 9)),
-        );
+        check(DOC, "load_balancers.public.listeners[0].rules[3]", Some((6, 9)));
         check(DOC, "target_groups.web", None);
     }
 }

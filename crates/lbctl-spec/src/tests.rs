@@ -53,19 +53,17 @@ fn dangling_target_group_reference() {
 #[test]
 fn unknown_fields_are_errors_with_a_location() {
     let source = BASE.replace("    port: 8080\n", "    port: 8080\n    prot: HTTP\n");
-    let err = crate::parse("lbctl.yaml", PathBuf::from("."), source)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("lbctl.yaml:6:5: target_groups.web: unknown field `prot`"),
-        "{err}"
-    );
+    let err = crate::parse("lbctl.yaml", PathBuf::from("."), source).unwrap_err().to_string();
+    assert!(err.starts_with("lbctl.yaml:6:5: target_groups.web: unknown field `prot`"), "{err}");
 }
 
 #[test]
 fn impossible_capacities() {
     let source = BASE.replace("min_size: 1", "min_size: 3");
-    check(&source, &["lbctl.yaml:11:23: autoscaling_groups.web.desired_capacity: desired_capacity (2) is less than min_size (3)"]);
+    check(
+        &source,
+        &["lbctl.yaml:11:23: autoscaling_groups.web.desired_capacity: desired_capacity (2) is less than min_size (3)"],
+    );
     let source = BASE.replace("max_size: 3", "max_size: 1");
     check(&source, &["lbctl.yaml:11:23: autoscaling_groups.web.desired_capacity: desired_capacity (2) is greater than max_size (1)"]);
 }
@@ -113,15 +111,8 @@ target_groups:
   via: { protocol: TCP, port: 9001, target_type: alb, targets: [{ load_balancer: inner }] }
   web: { protocol: TCP, port: 9001, target_type: alb, targets: [{ load_balancer: edge }] }
 ";
-    let err = crate::parse("lbctl.yaml", PathBuf::from("."), source.to_string())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(
-            "reference cycle: load_balancers.edge -> target_groups.via -> load_balancers.inner"
-        ),
-        "{err}"
-    );
+    let err = crate::parse("lbctl.yaml", PathBuf::from("."), source.to_string()).unwrap_err().to_string();
+    assert!(err.contains("reference cycle: load_balancers.edge -> target_groups.via -> load_balancers.inner"), "{err}");
 }
 
 #[test]

@@ -10,10 +10,7 @@ use crate::model::*;
 use crate::{Diagnostic, SpecFile};
 
 pub(crate) fn check(file: &SpecFile) -> Vec<Diagnostic> {
-    let mut checker = Checker {
-        file,
-        found: Vec::new(),
-    };
+    let mut checker = Checker { file, found: Vec::new() };
     checker.stack();
     checker.load_balancers();
     checker.target_groups();
@@ -32,9 +29,7 @@ struct Checker<'a> {
 fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -59,16 +54,12 @@ pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
         let parse = |it: &str| -> Result<u16, String> {
             match it.parse::<u16>() {
                 Ok(code) if (100..=599).contains(&code) => Ok(code),
-                _ => Err(format!(
-                    "invalid matcher `{text}`: `{it}` is not an HTTP status code"
-                )),
+                _ => Err(format!("invalid matcher `{text}`: `{it}` is not an HTTP status code")),
             }
         };
         let (low, high) = (parse(low)?, parse(high)?);
         if low > high {
-            return Err(format!(
-                "invalid matcher `{text}`: range {low}-{high} is empty"
-            ));
+            return Err(format!("invalid matcher `{text}`: range {low}-{high} is empty"));
         }
         ranges.push((low, high));
     }
@@ -79,9 +70,7 @@ pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
 fn loopback(text: &str) -> Result<Ipv4Addr, String> {
     match text.parse::<Ipv4Addr>() {
         Ok(ip) if ip.is_loopback() => Ok(ip),
-        Ok(_) => Err(format!(
-            "`{text}` is not a loopback address; lbctl uses only 127.0.0.0/8"
-        )),
+        Ok(_) => Err(format!("`{text}` is not a loopback address; lbctl uses only 127.0.0.0/8")),
         Err(_) => Err(format!("`{text}` is not an IPv4 address")),
     }
 }
@@ -95,33 +84,23 @@ impl Checker<'_> {
         let file = self.file;
         let spec = &file.spec;
         if spec.version != 1 {
-            let message = format!(
-                "unsupported version {}; this lbctl reads version 1",
-                spec.version
-            );
+            let message = format!("unsupported version {}; this lbctl reads version 1", spec.version);
             self.error("version", message);
         }
         if !is_dns_label(&spec.name) {
-            let message = format!(
-                "stack name `{}` must be a DNS label: a-z, 0-9 and `-`, at most 63",
-                spec.name
-            );
+            let message = format!("stack name `{}` must be a DNS label: a-z, 0-9 and `-`, at most 63", spec.name);
             self.error("name", message);
         }
         let kinds: [(&str, Vec<&String>); 4] = [
             ("load_balancers", spec.load_balancers.keys().collect()),
             ("target_groups", spec.target_groups.keys().collect()),
             ("functions", spec.functions.keys().collect()),
-            (
-                "autoscaling_groups",
-                spec.autoscaling_groups.keys().collect(),
-            ),
+            ("autoscaling_groups", spec.autoscaling_groups.keys().collect()),
         ];
         for (kind, names) in kinds {
             for name in names {
                 if !is_dns_label(name) {
-                    let message =
-                        format!("name `{name}` must be a DNS label: a-z, 0-9 and `-`, at most 63");
+                    let message = format!("name `{name}` must be a DNS label: a-z, 0-9 and `-`, at most 63");
                     self.found.push(Diagnostic {
                         location: self.file.source_map.locate_key(&format!("{kind}.{name}")),
                         ..self.file.diagnostic(&format!("{kind}.{name}"), message)
@@ -140,24 +119,18 @@ impl Checker<'_> {
         for (name, lb) in &spec.load_balancers {
             let base = format!("load_balancers.{name}");
             if lb.worker_threads == Some(0) {
-                self.error(
-                    &format!("{base}.worker_threads"),
-                    "worker_threads must be at least 1",
-                );
+                self.error(&format!("{base}.worker_threads"), "worker_threads must be at least 1");
             }
             let application = lb.kind == LoadBalancerType::Application;
             match (&lb.static_ip, application) {
-                (Some(_), true) => self.error(
-                    &format!("{base}.static_ip"),
-                    "static_ip applies to network load balancers only",
-                ),
+                (Some(_), true) => {
+                    self.error(&format!("{base}.static_ip"), "static_ip applies to network load balancers only")
+                }
                 (Some(ip), false) => match loopback(ip) {
                     Err(message) => self.error(&format!("{base}.static_ip"), message),
                     Ok(_) => {
                         if let Some(other) = static_ips.insert(ip.clone(), name.clone()) {
-                            let message = format!(
-                                "static_ip {ip} is already used by load balancer `{other}`"
-                            );
+                            let message = format!("static_ip {ip} is already used by load balancer `{other}`");
                             self.error(&format!("{base}.static_ip"), message);
                         }
                     }
@@ -165,32 +138,20 @@ impl Checker<'_> {
                 _ => {}
             }
             if lb.listeners.is_empty() {
-                self.error(
-                    &format!("{base}.listeners"),
-                    "a load balancer needs at least one listener",
-                );
+                self.error(&format!("{base}.listeners"), "a load balancer needs at least one listener");
             }
             // Application load balancers share 127.0.0.1; network ones own their IP.
             let address = if application {
                 "127.0.0.1".to_string()
             } else {
-                lb.static_ip
-                    .clone()
-                    .unwrap_or_else(|| format!("allocated for {name}"))
+                lb.static_ip.clone().unwrap_or_else(|| format!("allocated for {name}"))
             };
             for (idx, listener) in lb.listeners.iter().enumerate() {
                 let path = format!("{base}.listeners[{idx}]");
                 self.listener(&path, lb, listener);
-                let key = (
-                    address.clone(),
-                    listener.port,
-                    listener.protocol == ListenerProtocol::Udp,
-                );
+                let key = (address.clone(), listener.port, listener.protocol == ListenerProtocol::Udp);
                 if let Some(other) = bound.get(&key) {
-                    let message = format!(
-                        "port {} on {} is already used by {other}",
-                        listener.port, key.0
-                    );
+                    let message = format!("port {} on {} is already used by {other}", listener.port, key.0);
                     self.error(&format!("{path}.port"), message);
                 } else {
                     bound.insert(key, path.clone());
@@ -208,15 +169,8 @@ impl Checker<'_> {
             [Tcp, Tls, Udp].contains(&listener.protocol)
         };
         if !allowed {
-            let kind = if application {
-                "application: HTTP or HTTPS"
-            } else {
-                "network: TCP, TLS or UDP"
-            };
-            let message = format!(
-                "protocol {} is not valid here ({kind})",
-                wire_name(&listener.protocol)
-            );
+            let kind = if application { "application: HTTP or HTTPS" } else { "network: TCP, TLS or UDP" };
+            let message = format!("protocol {} is not valid here ({kind})", wire_name(&listener.protocol));
             self.error(&format!("{path}.protocol"), message);
         }
         if listener.port == 0 {
@@ -224,41 +178,26 @@ impl Checker<'_> {
         }
         let needs_certificate = matches!(listener.protocol, Https | Tls);
         match (&listener.certificate, needs_certificate) {
-            (None, true) => self.error(
-                path,
-                "HTTPS and TLS listeners need a certificate (self_signed or { cert, key })",
-            ),
-            (Some(_), false) => self.error(
-                &format!("{path}.certificate"),
-                "only HTTPS and TLS listeners take a certificate",
-            ),
+            (None, true) => {
+                self.error(path, "HTTPS and TLS listeners need a certificate (self_signed or { cert, key })")
+            }
+            (Some(_), false) => {
+                self.error(&format!("{path}.certificate"), "only HTTPS and TLS listeners take a certificate")
+            }
             _ => {}
         }
-        self.action(
-            &format!("{path}.default_action"),
-            lb,
-            &listener.default_action,
-        );
+        self.action(&format!("{path}.default_action"), lb, &listener.default_action);
         if !application && !listener.rules.is_empty() {
-            self.error(
-                &format!("{path}.rules"),
-                "network load balancer listeners have no rules",
-            );
+            self.error(&format!("{path}.rules"), "network load balancer listeners have no rules");
         }
         let mut priorities: BTreeMap<u32, usize> = BTreeMap::new();
         for (idx, rule) in listener.rules.iter().enumerate() {
             let rule_path = format!("{path}.rules[{idx}]");
             if !(1..=50_000).contains(&rule.priority) {
-                self.error(
-                    &format!("{rule_path}.priority"),
-                    "priority must be between 1 and 50000",
-                );
+                self.error(&format!("{rule_path}.priority"), "priority must be between 1 and 50000");
             }
             if let Some(first) = priorities.insert(rule.priority, idx) {
-                let message = format!(
-                    "priority {} is already used by rules[{first}] of this listener",
-                    rule.priority
-                );
+                let message = format!("priority {} is already used by rules[{first}] of this listener", rule.priority);
                 self.error(&format!("{rule_path}.priority"), message);
             }
             self.conditions(&format!("{rule_path}.conditions"), &rule.conditions);
@@ -271,31 +210,20 @@ impl Checker<'_> {
             self.error(path, "a rule needs at least one condition");
         }
         for (idx, cidr) in conditions.source_ip.iter().enumerate() {
-            let valid =
-                cidr.parse::<ipnet::IpNet>().is_ok() || cidr.parse::<std::net::IpAddr>().is_ok();
+            let valid = cidr.parse::<ipnet::IpNet>().is_ok() || cidr.parse::<std::net::IpAddr>().is_ok();
             if !valid {
-                self.error(
-                    &format!("{path}.source_ip[{idx}]"),
-                    format!("`{cidr}` is not a CIDR block"),
-                );
+                self.error(&format!("{path}.source_ip[{idx}]"), format!("`{cidr}` is not a CIDR block"));
             }
         }
         for (idx, method) in conditions.http_request_method.iter().enumerate() {
-            if method.is_empty()
-                || !method
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
-            {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-') {
                 let message = format!("`{method}` is not a method name (A-Z, `_`, `-`)");
                 self.error(&format!("{path}.http_request_method[{idx}]"), message);
             }
         }
         if let Some(header) = &conditions.http_header {
             if header.values.is_empty() {
-                self.error(
-                    &format!("{path}.http_header.values"),
-                    "http_header needs at least one value",
-                );
+                self.error(&format!("{path}.http_header.values"), "http_header needs at least one value");
             }
         }
     }
@@ -303,10 +231,7 @@ impl Checker<'_> {
     fn action(&mut self, path: &str, lb: &LoadBalancer, action: &Action) {
         let application = lb.kind == LoadBalancerType::Application;
         let Some(kind) = action.kind() else {
-            self.error(
-                path,
-                "an action is exactly one of forward, redirect, fixed_response",
-            );
+            self.error(path, "an action is exactly one of forward, redirect, fixed_response");
             return;
         };
         match kind {
@@ -315,41 +240,25 @@ impl Checker<'_> {
             }
             ActionKind::Forward(Forward::Weighted(list)) => {
                 if !application {
-                    self.error(
-                        &format!("{path}.forward"),
-                        "network load balancers forward to one target group",
-                    );
+                    self.error(&format!("{path}.forward"), "network load balancers forward to one target group");
                 }
                 if list.is_empty() || list.len() > 5 {
-                    self.error(
-                        &format!("{path}.forward"),
-                        "a weighted forward takes 1 to 5 target groups",
-                    );
+                    self.error(&format!("{path}.forward"), "a weighted forward takes 1 to 5 target groups");
                 }
                 if !list.is_empty() && list.iter().all(|it| it.weight == 0) {
-                    self.error(
-                        &format!("{path}.forward"),
-                        "at least one weight must be above 0",
-                    );
+                    self.error(&format!("{path}.forward"), "at least one weight must be above 0");
                 }
                 let mut seen = BTreeSet::new();
                 for (idx, item) in list.iter().enumerate() {
                     let item_path = format!("{path}.forward[{idx}]");
                     if item.weight > 999 {
-                        self.error(
-                            &format!("{item_path}.weight"),
-                            "weight must be between 0 and 999",
-                        );
+                        self.error(&format!("{item_path}.weight"), "weight must be between 0 and 999");
                     }
                     if !seen.insert(item.target_group.as_str()) {
                         let message = format!("target group `{}` appears twice", item.target_group);
                         self.error(&format!("{item_path}.target_group"), message);
                     }
-                    self.forward_target(
-                        &format!("{item_path}.target_group"),
-                        application,
-                        &item.target_group,
-                    );
+                    self.forward_target(&format!("{item_path}.target_group"), application, &item.target_group);
                 }
             }
             ActionKind::Redirect(redirect) => {
@@ -357,17 +266,11 @@ impl Checker<'_> {
                     self.error(path, "network load balancers only forward");
                 }
                 if ![301, 302].contains(&redirect.status_code) {
-                    self.error(
-                        &format!("{path}.redirect.status_code"),
-                        "redirect status_code must be 301 or 302",
-                    );
+                    self.error(&format!("{path}.redirect.status_code"), "redirect status_code must be 301 or 302");
                 }
                 if let Some(protocol) = &redirect.protocol {
                     if !["HTTP", "HTTPS", "#{protocol}"].contains(&protocol.as_str()) {
-                        self.error(
-                            &format!("{path}.redirect.protocol"),
-                            "protocol must be HTTP, HTTPS or #{protocol}",
-                        );
+                        self.error(&format!("{path}.redirect.protocol"), "protocol must be HTTP, HTTPS or #{protocol}");
                     }
                 }
             }
@@ -375,9 +278,7 @@ impl Checker<'_> {
                 if !application {
                     self.error(path, "network load balancers only forward");
                 }
-                if !(200..=599).contains(&fixed.status_code)
-                    || (300..400).contains(&fixed.status_code)
-                {
+                if !(200..=599).contains(&fixed.status_code) || (300..400).contains(&fixed.status_code) {
                     let message = "fixed_response status_code must be 2XX, 4XX or 5XX";
                     self.error(&format!("{path}.fixed_response.status_code"), message);
                 }
@@ -387,21 +288,10 @@ impl Checker<'_> {
 
     fn forward_target(&mut self, path: &str, application: bool, group_name: &str) {
         let Some(group) = self.file.spec.target_groups.get(group_name) else {
-            let defined = self
-                .file
-                .spec
-                .target_groups
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
+            let defined = self.file.spec.target_groups.keys().cloned().collect::<Vec<_>>().join(", ");
             let message = format!(
                 "target group `{group_name}` is not defined (defined: {})",
-                if defined.is_empty() {
-                    "none".to_string()
-                } else {
-                    defined
-                }
+                if defined.is_empty() { "none".to_string() } else { defined }
             );
             self.error(path, message);
             return;
@@ -433,39 +323,23 @@ impl Checker<'_> {
                 self.error(&format!("{base}.health_check.matcher"), message);
             }
             if !health.path.starts_with('/') {
-                self.error(
-                    &format!("{base}.health_check.path"),
-                    "path must start with `/`",
-                );
+                self.error(&format!("{base}.health_check.path"), "path must start with `/`");
             }
             if health.timeout.get() > health.interval.get() {
-                self.error(
-                    &format!("{base}.health_check.timeout"),
-                    "timeout must not be longer than interval",
-                );
+                self.error(&format!("{base}.health_check.timeout"), "timeout must not be longer than interval");
             }
             if health.interval.get().is_zero() || health.timeout.get().is_zero() {
-                self.error(
-                    &format!("{base}.health_check"),
-                    "interval and timeout must be above 0s",
-                );
+                self.error(&format!("{base}.health_check"), "interval and timeout must be above 0s");
             }
-            for (field, value) in [
-                ("healthy_threshold", health.healthy_threshold),
-                ("unhealthy_threshold", health.unhealthy_threshold),
-            ] {
+            for (field, value) in
+                [("healthy_threshold", health.healthy_threshold), ("unhealthy_threshold", health.unhealthy_threshold)]
+            {
                 if !(1..=10).contains(&value) {
-                    self.error(
-                        &format!("{base}.health_check.{field}"),
-                        format!("{field} must be between 1 and 10"),
-                    );
+                    self.error(&format!("{base}.health_check.{field}"), format!("{field} must be between 1 and 10"));
                 }
             }
             if group.deregistration_delay.get() > std::time::Duration::from_secs(3600) {
-                self.error(
-                    &format!("{base}.deregistration_delay"),
-                    "deregistration_delay must be at most 1h",
-                );
+                self.error(&format!("{base}.deregistration_delay"), "deregistration_delay must be at most 1h");
             }
             self.targets(&base, group);
         }
@@ -479,11 +353,7 @@ impl Checker<'_> {
         }
         for (idx, target) in group.targets.iter().enumerate() {
             let path = format!("{base}.targets[{idx}]");
-            let given = [
-                target.ip.is_some(),
-                target.function.is_some(),
-                target.load_balancer.is_some(),
-            ];
+            let given = [target.ip.is_some(), target.function.is_some(), target.load_balancer.is_some()];
             let (field, expected) = match group.target_type {
                 TargetType::Ip => ("ip", 0),
                 TargetType::Lambda => ("function", 1),
@@ -491,10 +361,7 @@ impl Checker<'_> {
                 TargetType::Instance => continue,
             };
             if given.iter().filter(|it| **it).count() != 1 || !given[expected] {
-                let message = format!(
-                    "a target of an {} group is `{{ {field}: ... }}`",
-                    wire_name(&group.target_type)
-                );
+                let message = format!("a target of an {} group is `{{ {field}: ... }}`", wire_name(&group.target_type));
                 found.push((path.clone(), message));
                 continue;
             }
@@ -503,26 +370,18 @@ impl Checker<'_> {
                     found.push((format!("{path}.ip"), message));
                 }
                 if target.port.or(group.port).is_none() {
-                    found.push((
-                        path.clone(),
-                        "no port: set the target's port or the group's".to_string(),
-                    ));
+                    found.push((path.clone(), "no port: set the target's port or the group's".to_string()));
                 }
             }
             if let Some(function) = &target.function {
                 if !spec.functions.contains_key(function) {
-                    found.push((
-                        format!("{path}.function"),
-                        format!("function `{function}` is not defined"),
-                    ));
+                    found.push((format!("{path}.function"), format!("function `{function}` is not defined")));
                 }
             }
             if let Some(lb_name) = &target.load_balancer {
                 match spec.load_balancers.get(lb_name) {
-                    None => found.push((
-                        format!("{path}.load_balancer"),
-                        format!("load balancer `{lb_name}` is not defined"),
-                    )),
+                    None => found
+                        .push((format!("{path}.load_balancer"), format!("load balancer `{lb_name}` is not defined"))),
                     Some(lb) if lb.kind != LoadBalancerType::Application => found.push((
                         format!("{path}.load_balancer"),
                         format!("load balancer `{lb_name}` is not an application load balancer"),
@@ -532,10 +391,7 @@ impl Checker<'_> {
             }
         }
         if matches!(group.target_type, TargetType::Alb) && group.protocol != TargetProtocol::Tcp {
-            found.push((
-                format!("{base}.protocol"),
-                "alb target groups use protocol TCP".to_string(),
-            ));
+            found.push((format!("{base}.protocol"), "alb target groups use protocol TCP".to_string()));
         }
         for (path, message) in found {
             self.error(&path, message);
@@ -563,44 +419,27 @@ impl Checker<'_> {
             let base = format!("autoscaling_groups.{name}");
             let desired = group.desired();
             if group.min_size > group.max_size {
-                let message = format!(
-                    "min_size ({}) is greater than max_size ({})",
-                    group.min_size, group.max_size
-                );
+                let message = format!("min_size ({}) is greater than max_size ({})", group.min_size, group.max_size);
                 self.error(&format!("{base}.min_size"), message);
             }
             if desired < group.min_size {
-                let message = format!(
-                    "desired_capacity ({desired}) is less than min_size ({})",
-                    group.min_size
-                );
+                let message = format!("desired_capacity ({desired}) is less than min_size ({})", group.min_size);
                 self.error(&format!("{base}.desired_capacity"), message);
             }
             if desired > group.max_size {
-                let message = format!(
-                    "desired_capacity ({desired}) is greater than max_size ({})",
-                    group.max_size
-                );
+                let message = format!("desired_capacity ({desired}) is greater than max_size ({})", group.max_size);
                 self.error(&format!("{base}.desired_capacity"), message);
             }
             if group.launch_template.command.is_empty() {
-                self.error(
-                    &format!("{base}.launch_template.command"),
-                    "command must not be empty",
-                );
+                self.error(&format!("{base}.launch_template.command"), "command must not be empty");
             }
             if group.launch_template.port == Some(0) {
-                self.error(
-                    &format!("{base}.launch_template.port"),
-                    "port must be between 1 and 65535",
-                );
+                self.error(&format!("{base}.launch_template.port"), "port must be between 1 and 65535");
             }
             for (idx, group_name) in group.target_groups.iter().enumerate() {
                 let path = format!("{base}.target_groups[{idx}]");
                 match spec.target_groups.get(group_name) {
-                    None => {
-                        self.error(&path, format!("target group `{group_name}` is not defined"))
-                    }
+                    None => self.error(&path, format!("target group `{group_name}` is not defined")),
                     Some(target_group) if target_group.target_type != TargetType::Instance => {
                         let message = format!(
                             "target group `{group_name}` has target_type {}; autoscaling groups register in instance groups",
@@ -622,10 +461,7 @@ impl Checker<'_> {
             if let Some(scaling) = &group.scaling {
                 let value = scaling.target_tracking.target_value;
                 if !(value.is_finite() && value > 0.0) {
-                    self.error(
-                        &format!("{base}.scaling.target_tracking.target_value"),
-                        "target_value must be above 0",
-                    );
+                    self.error(&format!("{base}.scaling.target_tracking.target_value"), "target_value must be above 0");
                 }
             }
         }
@@ -654,11 +490,7 @@ fn find_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<
         let Some(group) = spec.target_groups.get(&group_name) else {
             continue;
         };
-        for next in group
-            .targets
-            .iter()
-            .filter_map(|it| it.load_balancer.as_ref())
-        {
+        for next in group.targets.iter().filter_map(|it| it.load_balancer.as_ref()) {
             let next_path = format!("load_balancers.{next}");
             path.push(format!("target_groups.{group_name}"));
             if path[0] == next_path {
