@@ -1,0 +1,293 @@
+//! The runtime files: how the provider, the proxies and the supervisors talk.
+//!
+//! Every process of a stack communicates through small JSON files under the
+//! stack's runtime directory (`.lbctl/run/` beside the spec), each written
+//! atomically (temp file + rename) by exactly one writer and polled by its
+//! readers. Files survive any process dying, so every party can restart and
+//! pick up where the others are; the data plane needs no `lbctl` running.
+//!
+//! ```text
+//! run/lb/<name>/config.json        ProxyConfig        provider -> proxy
+//! run/lb/<name>/status.json        ProxyStatus        proxy -> provider, supervisors, `lbctl status`
+//! run/lb/<name>/pid, proxy.log
+//! run/tg/<name>/group.json         TargetGroupConfig  provider -> proxies
+//! run/tg/<name>/targets/<src>.json Registrations      provider ("static") or supervisor ("asg-<name>") -> proxies
+//! run/asg/<name>/config.json       SupervisorConfig   provider -> supervisor
+//! run/asg/<name>/instances.json    InstancesReport    supervisor -> provider, `lbctl status`, its own restart
+//! run/asg/<name>/pid, supervisor.log, instances/<id>.log
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Where a stack's runtime files live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// `.lbctl/run` beside the spec.
+    pub root: PathBuf,
+}
+
+impl Layout {
+    /// The layout under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+    /// Directory of a load balancer's proxy.
+    pub fn lb_dir(&self, name: &str) -> PathBuf {
+        self.root.join("lb").join(name)
+    }
+    /// Root of all target group registries.
+    pub fn tg_root(&self) -> PathBuf {
+        self.root.join("tg")
+    }
+    /// Directory of one target group's registry.
+    pub fn tg_dir(&self, name: &str) -> PathBuf {
+        self.tg_root().join(name)
+    }
+    /// Registration file of one source in a target group.
+    pub fn registration_file(&self, group: &str, source: &str) -> PathBuf {
+        self.tg_dir(group).join("targets").join(format!("{source}.json"))
+    }
+    /// Directory of an auto-scaling group's supervisor.
+    pub fn asg_dir(&self, name: &str) -> PathBuf {
+        self.root.join("asg").join(name)
+    }
+}
+
+/// What a proxy process serves; written by the provider, reloaded by the
+/// proxy whenever the file changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyConfig {
+    /// Stack name.
+    pub stack: String,
+    /// Load balancer name.
+    pub name: String,
+    /// `<name>.<stack>.elb.localhost`.
+    pub dns_name: String,
+    /// Address every listener binds (127.0.0.1 for application load balancers).
+    pub bind_ip: Ipv4Addr,
+    /// Tokio worker threads.
+    pub worker_threads: usize,
+    /// Idle timeout of client connections, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Listeners as the spec gives them.
+    pub listeners: Vec<lbctl_spec::Listener>,
+    /// Target groups the listeners forward to (their registries are under `Layout::tg_dir`).
+    pub target_groups: Vec<String>,
+    /// The runtime layout, to find target group registries.
+    pub layout: Layout,
+}
+
+/// A target group's settings; written by the provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetGroupConfig {
+    /// Target group name.
+    pub name: String,
+    /// Settings as the spec gives them (health check, algorithm, delays).
+    pub settings: lbctl_spec::TargetGroup,
+}
+
+/// One registered target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RegisteredTarget {
+    /// Instance id (`i-...`) or `ip:port` for fixed targets.
+    pub id: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Traffic port.
+    pub port: u16,
+}
+
+/// The contents of one `targets/<source>.json` file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registrations {
+    /// Registered targets of this source.
+    pub targets: Vec<RegisteredTarget>,
+}
+
+/// AWS target health states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Registered, not yet checked enough.
+    Initial,
+    /// Passing health checks.
+    Healthy,
+    /// Failing health checks.
+    Unhealthy,
+    /// Deregistered, finishing in-flight requests.
+    Draining,
+    /// No load balancer routes to the group.
+    Unused,
+}
+
+/// One target as a proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetHealth {
+    /// Target id as registered.
+    pub id: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// State.
+    pub state: HealthState,
+    /// AWS-style reason code and detail, e.g.
+    /// `Target.ResponseCodeMismatch: health check returned 500`.
+    pub reason: String,
+    /// Requests forwarded to it so far.
+    pub requests: u64,
+}
+
+/// What a proxy reports; rewritten by the proxy on every change and at least
+/// every second.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// The proxy's process id.
+    pub pid: u32,
+    /// `config_digest` of the configuration file it serves.
+    pub config_digest: String,
+    /// Ports it listens on.
+    pub listening: Vec<u16>,
+    /// Problems applying the configuration (a port it could not bind).
+    pub errors: Vec<String>,
+    /// Target health by target group name.
+    pub target_groups: BTreeMap<String, Vec<TargetHealth>>,
+    /// When this was written, in Unix milliseconds.
+    pub updated_ms: u64,
+}
+
+/// What an auto-scaling group supervisor runs; written by the provider,
+/// reloaded by the supervisor whenever the file changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorConfig {
+    /// Stack name.
+    pub stack: String,
+    /// Group name.
+    pub name: String,
+    /// Settings as the spec gives them.
+    pub settings: lbctl_spec::AutoscalingGroup,
+    /// Port every instance listens on.
+    pub instance_port: u16,
+    /// Traffic port per target group the instances register in.
+    pub target_group_ports: BTreeMap<String, u16>,
+    /// The `lbctl` binary that a first word `lbctl` stands for.
+    pub lbctl_exe: PathBuf,
+    /// Working directory of instance commands (the spec's directory).
+    pub working_dir: PathBuf,
+    /// The runtime layout.
+    pub layout: Layout,
+}
+
+/// EC2-style lifecycle of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lifecycle {
+    /// Started, not yet healthy.
+    Pending,
+    /// Healthy and serving.
+    InService,
+    /// Deregistered, finishing requests.
+    Draining,
+    /// Being stopped.
+    Terminating,
+}
+
+/// One instance as its supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// `i-` and 17 hex digits.
+    pub id: String,
+    /// Process id.
+    pub pid: u32,
+    /// Its private loopback address.
+    pub ip: Ipv4Addr,
+    /// Its port.
+    pub port: u16,
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+    /// `healthy` or `unhealthy`, from the group's health check type.
+    pub health: String,
+    /// Why, e.g. `EC2: process running` or `ELB: public reports unhealthy (...)`.
+    pub health_reason: String,
+    /// Launch time, Unix milliseconds.
+    pub launched_ms: u64,
+    /// Digest of the launch template it was started from.
+    pub template_digest: String,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// What a supervisor reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstancesReport {
+    /// The supervisor's process id.
+    pub pid: u32,
+    /// `config_digest` of the configuration it runs.
+    pub config_digest: String,
+    /// Capacity it is converging to.
+    pub desired: u32,
+    /// Its instances.
+    pub instances: Vec<InstanceRecord>,
+    /// Recent events, newest last (launches, replacements and why).
+    pub events: Vec<String>,
+    /// When this was written, in Unix milliseconds.
+    pub updated_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|it| it.as_millis() as u64).unwrap_or(0)
+}
+
+/// A short stable digest of a file's bytes (FNV-1a, hex), used to tell which
+/// configuration a process has loaded. Not a security measure.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Writes `value` as JSON to `path` atomically: a reader sees the old file or
+/// the new one, never a torn one.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).context("serializing runtime file")?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes bytes atomically (temp file in the same directory, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("runtime file has no parent directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|it| it.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    file.sync_all().ok();
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Reads a JSON runtime file; `Ok(None)` when it does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let value = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+            Ok(Some(value))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
