@@ -1,0 +1,115 @@
+//! The provider trait: the only way the planner touches the world.
+//!
+//! **API boundary:** the planner and the CLI know resources only through
+//! `Provider`. A provider reads what actually exists, creates, updates and
+//! deletes, and says when a resource is ready. The local provider implements
+//! it with processes; tests implement it in memory.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::resource::{Kind, Resource};
+use crate::state::{ResourceState, State};
+
+/// What refresh found for a resource recorded in the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// It exists and runs what the state says.
+    Present,
+    /// It exists but differs from the state: it needs an update.
+    Drifted {
+        /// Why, e.g. `runtime config was edited outside lbctl`.
+        reason: String,
+    },
+    /// It is gone: it needs to be created again.
+    Missing {
+        /// Why, e.g. `proxy process 1234 is not running`.
+        reason: String,
+    },
+}
+
+/// Something the provider found before any change, placed by spec path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The spec path it concerns (`load_balancers.edge.listeners[0].protocol`).
+    pub path: String,
+    /// What it is.
+    pub message: String,
+    /// Whether it stops a plan from being applied at all (`Unsupported`) or
+    /// makes the spec invalid on this machine (`Invalid`).
+    pub severity: Severity,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The spec is valid but the provider cannot do it yet: `plan` shows it,
+    /// `apply` refuses.
+    Unsupported,
+    /// The spec cannot work on this machine (a port already taken).
+    Invalid,
+}
+
+/// Whether a resource is ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Ready.
+    Ready,
+    /// Not yet, and why (`1 of 2 instances healthy`).
+    Waiting(String),
+    /// It will not become ready (a process exited); why.
+    Failed(String),
+}
+
+/// Progress reports from inside a long provider call.
+pub trait Progress: Sync {
+    /// A short status line for the resource being worked on.
+    fn report(&self, message: &str);
+}
+
+/// A live view of one resource for `lbctl status`: rows of a table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveStatus {
+    /// One-line summary (`listening on http://...`).
+    pub summary: String,
+    /// Table header.
+    pub columns: Vec<String>,
+    /// Table rows.
+    pub rows: Vec<Vec<String>>,
+    /// The same as a JSON value for `--json`.
+    pub json: Value,
+}
+
+/// Materializes resources. Implementations must be callable from several
+/// threads at once: the executor runs independent resources in parallel.
+pub trait Provider: Sync {
+    /// Attribute paths of `kind` whose change forces replacement.
+    fn replace_triggers(&self, kind: Kind) -> &'static [&'static str];
+
+    /// Problems found before anything is touched: unsupported features and
+    /// conflicts with the machine (ports already taken by someone else).
+    fn check(&self, desired: &[Resource], state: &State) -> Vec<Finding>;
+
+    /// What exists now for a resource the state records.
+    fn read(&self, prior: &ResourceState) -> Result<Observed>;
+
+    /// Creates the resource; returns provider data kept in the state.
+    fn create(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value>;
+
+    /// Updates the resource in place; returns new provider data.
+    fn update(&self, prior: &ResourceState, resource: &Resource, progress: &dyn Progress) -> Result<Value>;
+
+    /// Deletes the resource (draining first); nothing of it may remain.
+    fn delete(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()>;
+
+    /// Whether the resource serves as desired.
+    fn ready(&self, current: &ResourceState) -> Result<Readiness>;
+
+    /// Outputs (URLs, DNS names) of the applied resources, by name.
+    fn outputs(&self, resources: &[ResourceState]) -> BTreeMap<String, String>;
+
+    /// Live status of a resource for `lbctl status`.
+    fn status(&self, current: &ResourceState) -> Result<LiveStatus>;
+}

@@ -1,0 +1,233 @@
+//! The state file: what lbctl has applied, with a lock, atomic writes and a
+//! backup.
+//!
+//! `.lbctl/state.json` is rewritten after every resource an apply touches
+//! (temp file, fsync, rename; the previous version goes to
+//! `state.json.backup`), so a crash loses at most the resource in progress.
+//! `serial` grows with every write and `lineage` is fixed when the state is
+//! first created; a saved plan records both and is refused once either moved.
+//! `.lbctl/lock` is held (`flock`) by the one apply or destroy running, and
+//! holds a line naming it.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::resource::{Address, Resource};
+
+/// The state file's format version.
+pub const STATE_FORMAT: u32 = 1;
+
+/// What lbctl has applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Format version of this file.
+    pub format: u32,
+    /// Fixed at creation; tells states of different stacks apart.
+    pub lineage: String,
+    /// Grows with every write.
+    pub serial: u64,
+    /// Stack name of the last apply.
+    #[serde(default)]
+    pub stack: String,
+    /// Applied resources by address (`load_balancer.public`).
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceState>,
+    /// Outputs of the last apply.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// One applied resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceState {
+    /// Its address.
+    pub address: Address,
+    /// The attributes it was applied with.
+    pub attributes: Value,
+    /// What it depended on when applied (deletion order).
+    #[serde(default)]
+    pub dependencies: Vec<Address>,
+    /// Provider data (process ids, file paths).
+    #[serde(default)]
+    pub private: Value,
+}
+
+impl ResourceState {
+    /// The state of `resource` once applied with provider data `private`.
+    pub fn applied(resource: &Resource, private: Value) -> ResourceState {
+        ResourceState {
+            address: resource.address.clone(),
+            attributes: resource.attributes.clone(),
+            dependencies: resource.dependencies.clone(),
+            private,
+        }
+    }
+}
+
+impl State {
+    /// An empty state with a fresh lineage.
+    pub fn new() -> State {
+        State {
+            format: STATE_FORMAT,
+            lineage: new_lineage(),
+            serial: 0,
+            stack: String::new(),
+            resources: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+        }
+    }
+
+    /// The recorded resource at `address`.
+    pub fn get(&self, address: &Address) -> Option<&ResourceState> {
+        self.resources.get(&address.to_string())
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
+fn new_lineage() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// The `.lbctl` directory of a spec.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+/// The held state lock; released on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    /// Kept open: the `flock` lives as long as this handle.
+    _file: File,
+}
+
+impl StateStore {
+    /// The store in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> StateStore {
+        StateStore { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `state.json`.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Takes the lock at once or fails naming its holder.
+    pub fn lock(&self, holder: &str) -> Result<StateLock> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let path = self.dir.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut who = String::new();
+                file.read_to_string(&mut who).ok();
+                let who = who.trim();
+                let who = if who.is_empty() { "another lbctl process" } else { who };
+                bail!("state is locked by {who} ({}); wait for it to finish", path.display());
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0).ok();
+        file.rewind().ok();
+        let pid = std::process::id();
+        writeln!(file, "pid {pid} ({holder})").ok();
+        file.flush().ok();
+        Ok(StateLock { _file: file })
+    }
+
+    /// Reads the state; a missing file is an empty state.
+    pub fn load(&self) -> Result<State> {
+        let path = self.path();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let state: State =
+                    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+                if state.format != STATE_FORMAT {
+                    bail!("{} has format {}; this lbctl reads format {STATE_FORMAT}", path.display(), state.format);
+                }
+                Ok(state)
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(State::new()),
+            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes `state` with the next serial: the old file becomes the backup,
+    /// the new one appears atomically.
+    pub fn save(&self, state: &mut State) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        state.serial += 1;
+        let path = self.path();
+        let bytes = serde_json::to_vec_pretty(state).context("serializing state")?;
+        let tmp = self.dir.join(".state.json.tmp");
+        {
+            let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            file.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        }
+        if path.exists() {
+            let backup = self.dir.join("state.json.backup");
+            std::fs::copy(&path, &backup).with_context(|| format!("backing up to {}", backup.display()))?;
+        }
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_bumps_serial_and_keeps_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let mut state = store.load().unwrap();
+        assert_eq!(state.serial, 0);
+        store.save(&mut state).unwrap();
+        store.save(&mut state).unwrap();
+        let again = store.load().unwrap();
+        assert_eq!((again.serial, &again.lineage), (2, &state.lineage));
+        let backup: State =
+            serde_json::from_slice(&std::fs::read(dir.path().join("state.json.backup")).unwrap()).unwrap();
+        assert_eq!(backup.serial, 1);
+    }
+
+    #[test]
+    fn a_second_lock_fails_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let held = store.lock("lbctl apply").unwrap();
+        let err = store.lock("lbctl destroy").unwrap_err().to_string();
+        assert!(err.contains(&format!("state is locked by pid {} (lbctl apply)", std::process::id())), "{err}");
+        drop(held);
+        store.lock("lbctl destroy").unwrap();
+    }
+}

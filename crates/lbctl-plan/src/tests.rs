@@ -1,0 +1,271 @@
+//! The planner driven end to end against an in-memory provider: plan text,
+//! ordering, drift, state writes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Result;
+use expect_test::{expect, Expect};
+use serde_json::{json, Value};
+
+use crate::executor::{self, Event, Observer, Options};
+use crate::provider::*;
+use crate::resource::{desired_resources, Kind, Resource};
+use crate::state::{ResourceState, State, StateStore};
+use crate::{plan, refresh, render};
+
+/// A provider that records calls and reports whatever `missing` says.
+#[derive(Default)]
+struct FakeProvider {
+    calls: Mutex<Vec<String>>,
+    missing: Mutex<Vec<String>>,
+}
+
+impl Provider for FakeProvider {
+    fn replace_triggers(&self, kind: Kind) -> &'static [&'static str] {
+        match kind {
+            Kind::TargetGroup => &["port"],
+            _ => &[],
+        }
+    }
+    fn check(&self, _: &[Resource], _: &State) -> Vec<Finding> {
+        Vec::new()
+    }
+    fn read(&self, prior: &ResourceState) -> Result<Observed> {
+        let name = prior.address.to_string();
+        if self.missing.lock().unwrap().contains(&name) {
+            return Ok(Observed::Missing { reason: "process 42 is not running".to_string() });
+        }
+        Ok(Observed::Present)
+    }
+    fn create(&self, resource: &Resource, _: &dyn Progress) -> Result<Value> {
+        self.calls.lock().unwrap().push(format!("create {}", resource.address));
+        Ok(json!({"pid": 42}))
+    }
+    fn update(&self, _: &ResourceState, resource: &Resource, _: &dyn Progress) -> Result<Value> {
+        self.calls.lock().unwrap().push(format!("update {}", resource.address));
+        Ok(json!({"pid": 42}))
+    }
+    fn delete(&self, prior: &ResourceState, _: &dyn Progress) -> Result<()> {
+        self.calls.lock().unwrap().push(format!("delete {}", prior.address));
+        Ok(())
+    }
+    fn ready(&self, _: &ResourceState) -> Result<Readiness> {
+        Ok(Readiness::Ready)
+    }
+    fn outputs(&self, resources: &[ResourceState]) -> BTreeMap<String, String> {
+        resources.iter().map(|it| (it.address.name.clone(), "ok".to_string())).collect()
+    }
+    fn status(&self, _: &ResourceState) -> Result<LiveStatus> {
+        Ok(LiveStatus::default())
+    }
+}
+
+struct Quiet;
+impl Observer for Quiet {
+    fn event(&self, _: Event) {}
+}
+
+const SPEC: &str = "version: 1
+name: shop
+load_balancers:
+  public:
+    type: application
+    listeners: [{ port: 8080, protocol: HTTP, default_action: { forward: web } }]
+target_groups:
+  web: { port: 8080 }
+autoscaling_groups:
+  web:
+    min_size: 1
+    max_size: 6
+    desired_capacity: 2
+    target_groups: [web]
+    launch_template: { command: [lbctl, worker] }
+";
+
+fn desired(source: &str) -> Vec<Resource> {
+    let file = lbctl_spec::parse("lbctl.yaml", PathBuf::from("."), source.to_string()).unwrap();
+    desired_resources(&file.spec)
+}
+
+/// Plans `source` against `state` and checks the plan text.
+fn check_plan(provider: &FakeProvider, source: &str, state: &State, expect: Expect) -> crate::Plan {
+    let observed = refresh(provider, state).unwrap();
+    let plan = plan(provider, desired(source), state, &observed, Vec::new());
+    expect.assert_eq(&render::text(&plan, render::Style::default()));
+    plan
+}
+
+fn apply(provider: &FakeProvider, plan: &crate::Plan, store: &StateStore, state: &mut State) {
+    let options = Options { ready_timeout: Duration::from_secs(5) };
+    executor::apply(plan, provider, store, state, &Quiet, &options).unwrap();
+}
+
+#[test]
+fn create_then_scale_in_place_then_repair_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::new(dir.path());
+    let provider = FakeProvider::default();
+    let mut state = store.load().unwrap();
+
+    let first = check_plan(
+        &provider,
+        SPEC,
+        &state,
+        expect![[r#"
+        lbctl will perform the following actions:
+
+          # target_group.web will be created
+          # (not in the state)
+          + target_group "web" {
+              + algorithm = "round_robin"
+              + deregistration_delay = "5m"
+              + health_check.healthy_threshold = 5
+              + health_check.interval = "5s"
+              + health_check.matcher = "200"
+              + health_check.path = "/"
+              + health_check.port = "traffic-port"
+              + health_check.timeout = "2s"
+              + health_check.unhealthy_threshold = 2
+              + port = 8080
+              + protocol = "HTTP"
+              + protocol_version = "HTTP1"
+              + proxy_protocol_v2 = false
+              + slow_start = "0s"
+              + stickiness.duration = "1day"
+              + stickiness.enabled = false
+              + target_type = "instance"
+            }
+
+          # load_balancer.public will be created
+          # (not in the state)
+          + load_balancer "public" {
+              + dns_name = "public.shop.elb.localhost"
+              + listeners[0].default_action.forward = "web"
+              + listeners[0].port = 8080
+              + listeners[0].protocol = "HTTP"
+              + type = "application"
+            }
+
+          # autoscaling_group.web will be created
+          # (not in the state)
+          + autoscaling_group "web" {
+              + desired_capacity = 2
+              + health_check_grace_period = "5m"
+              + health_check_type = "EC2"
+              + instance_port = 8080
+              + launch_template.command = ["lbctl","worker"]
+              + max_size = 6
+              + min_size = 1
+              + target_group_ports.web = 8080
+              + target_groups = ["web"]
+              + termination_policy = "default"
+            }
+
+        Plan: 3 to add, 0 to change, 0 to destroy.
+    "#]],
+    );
+    apply(&provider, &first, &store, &mut state);
+    let calls = provider.calls.lock().unwrap().clone();
+    assert_eq!(calls[0], "create target_group.web", "dependencies first: {calls:?}");
+    assert_eq!(state.serial, 4, "saved after each of 3 resources and once with the outputs");
+
+    let scaled = SPEC.replace("desired_capacity: 2", "desired_capacity: 4");
+    let second = check_plan(
+        &provider,
+        &scaled,
+        &state,
+        expect![[r#"
+        lbctl will perform the following actions:
+
+          # autoscaling_group.web will be updated in-place
+          # (the spec changed)
+          ~ autoscaling_group "web" {
+              ~ desired_capacity: 2 -> 4
+            }
+
+        Plan: 0 to add, 1 to change, 0 to destroy.
+    "#]],
+    );
+    apply(&provider, &second, &store, &mut state);
+
+    provider.missing.lock().unwrap().push("load_balancer.public".to_string());
+    check_plan(
+        &provider,
+        &scaled,
+        &state,
+        expect![[r#"
+        lbctl will perform the following actions:
+
+          # load_balancer.public will be created
+          # (process 42 is not running; it will be created again)
+          + load_balancer "public" {
+              + dns_name = "public.shop.elb.localhost"
+              + listeners[0].default_action.forward = "web"
+              + listeners[0].port = 8080
+              + listeners[0].protocol = "HTTP"
+              + type = "application"
+            }
+
+        Plan: 1 to add, 0 to change, 0 to destroy.
+    "#]],
+    );
+    provider.missing.lock().unwrap().clear();
+    check_plan(
+        &provider,
+        &scaled,
+        &state,
+        expect![[r#"
+        No changes. The actual state matches the spec.
+    "#]],
+    );
+}
+
+#[test]
+fn a_forcing_attribute_replaces_and_removed_resources_go_after_their_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::new(dir.path());
+    let provider = FakeProvider::default();
+    let mut state = store.load().unwrap();
+    let observed = refresh(&provider, &state).unwrap();
+    let first = plan(&provider, desired(SPEC), &state, &observed, Vec::new());
+    apply(&provider, &first, &store, &mut state);
+
+    let moved = SPEC.replace("web: { port: 8080 }", "web: { port: 9090 }");
+    let replace = check_plan(
+        &provider,
+        &moved,
+        &state,
+        expect![[r#"
+        lbctl will perform the following actions:
+
+          # target_group.web must be replaced
+          # (`port` forces replacement)
+        -/+ target_group "web" {
+              ~ port: 8080 -> 9090 # forces replacement
+            }
+
+          # autoscaling_group.web will be updated in-place
+          # (the spec changed)
+          ~ autoscaling_group "web" {
+              ~ instance_port: 8080 -> 9090
+              ~ target_group_ports.web: 8080 -> 9090
+            }
+
+        Plan: 1 to add, 1 to change, 1 to destroy.
+    "#]],
+    );
+    assert_eq!(replace.summary(), (1, 1, 1));
+
+    provider.calls.lock().unwrap().clear();
+    let observed = refresh(&provider, &state).unwrap();
+    let destroy = plan(&provider, Vec::new(), &state, &observed, Vec::new());
+    apply(&provider, &destroy, &store, &mut state);
+    let calls = provider.calls.lock().unwrap().clone();
+    let position = |call: &str| calls.iter().position(|it| it == call).unwrap();
+    assert!(position("delete load_balancer.public") < position("delete target_group.web"), "{calls:?}");
+    assert!(position("delete autoscaling_group.web") < position("delete target_group.web"), "{calls:?}");
+    assert!(state.resources.is_empty());
+}
