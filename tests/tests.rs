@@ -1,1 +1,21 @@
-//! placeholder
+//! End-to-end tests: the real `lbctl` binary against real processes, real
+//! sockets and a real HTTP client (curl). One test binary; one module per
+//! area. Every test works in its own temporary directory with free ports and
+//! destroys what it applied, even when it fails (`util::Stack`'s drop).
+
+mod util;
+
+/// The quickstart example: routing, scaling in place, self-healing, drift.
+mod quickstart;
+
+/// Launch templates that run something other than `lbctl worker`.
+mod custom_command;
+
+/// Bad specs, locks, confirmation and saved plans: errors that lose nothing.
+mod safety;
+
+/// `lbctl worker` on its own: ids, health, fault switches.
+mod worker;
+
+/// Project conventions as tests.
+mod tidy;

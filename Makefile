@@ -1,0 +1,39 @@
+# lbctl's tasks. `make test` is what CI runs (.ci/run).
+
+CARGO ?= cargo
+LBCTL := target/debug/lbctl
+QUICKSTART := examples/quickstart.yaml
+
+.PHONY: build test lint quickstart quickstart-destroy schema
+
+build:
+	$(CARGO) build --workspace
+
+# Unit tests of every crate, then the end-to-end suite (tests/), which drives
+# the real binary against real processes on loopback.
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Apply the quickstart stack, print its URL and a few responses.
+quickstart: build
+	$(LBCTL) apply -f $(QUICKSTART) --auto-approve
+	@echo
+	@for path in / / /images/cat.png; do \
+	  echo "\$$ curl http://public.quickstart.elb.localhost:8080$$path"; \
+	  curl -s http://public.quickstart.elb.localhost:8080$$path; \
+	done
+	@echo "\$$ curl -H 'Host: image.example.com' http://public.quickstart.elb.localhost:8080/"
+	@curl -s -H 'Host: image.example.com' http://public.quickstart.elb.localhost:8080/
+	@echo
+	@echo "Stop it with: make quickstart-destroy"
+
+quickstart-destroy: build
+	$(LBCTL) destroy -f $(QUICKSTART) --auto-approve
+
+# Regenerate the JSON Schema from the spec types.
+schema: build
+	$(LBCTL) schema > schemas/lbctl.schema.json

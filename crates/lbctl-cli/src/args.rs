@@ -1,0 +1,123 @@
+//! Command-line arguments (clap). Validated into commands' inputs in
+//! `commands`, before any work starts.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Plan, apply and destroy load-balanced stacks from one YAML spec, run as
+/// real local processes.
+#[derive(Debug, Parser)]
+#[command(name = "lbctl", version, about, max_term_width = 100)]
+pub struct Args {
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the spec is.
+#[derive(Debug, clap::Args)]
+pub struct SpecArg {
+    /// The spec file; its state lives in `.lbctl/` beside it.
+    #[arg(short = 'f', long = "file", default_value = "lbctl.yaml")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and check the spec; nothing else.
+    Validate {
+        #[command(flatten)]
+        spec: SpecArg,
+    },
+    /// Refresh the actual state, diff it against the spec, print the plan.
+    Plan {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Save the plan to apply it later with `lbctl apply FILE`.
+        #[arg(long = "out", value_name = "PLAN")]
+        out: Option<PathBuf>,
+        /// Exit 0 when nothing would change, 2 when something would, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Print the plan as JSON (format_version 1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Plan, confirm, execute, wait until healthy, print outputs.
+    Apply {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// A plan saved by `lbctl plan --out`; applied as saved or refused.
+        #[arg(value_name = "PLAN")]
+        plan: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+        /// How long to wait for everything to be healthy (e.g. 90s, 5m).
+        #[arg(long, default_value = "2m")]
+        timeout: String,
+    },
+    /// Tear everything down in reverse dependency order, draining first.
+    Destroy {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+    },
+    /// Live view: listeners, target health with reasons, instances.
+    Status {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the state holds.
+    Show {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The resource dependency graph as DOT.
+    Graph {
+        #[command(flatten)]
+        spec: SpecArg,
+    },
+    /// The spec's JSON Schema.
+    Schema,
+    /// A demo instance: answers with its id, serves /health, has fault switches.
+    Worker {
+        /// Address to listen on (default: $LBCTL_IP:$LBCTL_PORT).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Instance id to answer with (default: $LBCTL_INSTANCE_ID).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Processes lbctl starts itself (not for direct use).
+    #[command(hide = true)]
+    Internal {
+        #[command(subcommand)]
+        role: Internal,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Internal {
+    /// A load balancer's proxy.
+    Proxy {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// An auto-scaling group's supervisor.
+    Supervisor {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}

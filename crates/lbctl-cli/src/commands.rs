@@ -1,0 +1,339 @@
+//! One function per subcommand. Each loads its inputs, calls the planner or
+//! the provider, and renders the result through `Shell`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use lbctl_local::{LocalOptions, LocalProvider};
+use lbctl_plan::executor::{self, Options};
+use lbctl_plan::{render, Finding, Plan, Provider, Severity, State, StateStore};
+use lbctl_spec::{Diagnostic, Diagnostics, SpecFile};
+use serde_json::json;
+
+use crate::args::{Args, Command, Internal, SpecArg};
+use crate::saved_plan::SavedPlan;
+use crate::shell::Shell;
+
+/// Exit codes: 0 success, 1 error, 2 plan has changes (`--detailed-exitcode`).
+const EXIT_CHANGES: u8 = 2;
+
+pub fn run(args: Args) -> Result<u8> {
+    let shell = Shell::new().quiet(args.quiet);
+    match args.command {
+        Command::Validate { spec } => validate(&shell, &spec),
+        Command::Plan { spec, out, detailed_exitcode, json } => {
+            plan(&shell, &spec, out.as_deref(), detailed_exitcode, json)
+        }
+        Command::Apply { spec, plan, auto_approve, timeout } => {
+            let timeout = lbctl_spec::Duration::parse(&timeout).map_err(anyhow::Error::msg).context("--timeout")?;
+            apply(&shell, &spec, plan.as_deref(), auto_approve, timeout.get())
+        }
+        Command::Destroy { spec, auto_approve } => destroy(&shell, &spec, auto_approve),
+        Command::Status { spec, json } => status(&shell, &spec, json),
+        Command::Show { spec, json } => show(&shell, &spec, json),
+        Command::Graph { spec } => {
+            let file = load_spec(&spec.file)?;
+            shell.out(&lbctl_plan::graph_dot(&lbctl_plan::desired_resources(&file.spec)))?;
+            Ok(0)
+        }
+        Command::Schema => {
+            shell.out(&lbctl_spec::schema_json())?;
+            Ok(0)
+        }
+        Command::Worker { listen, id } => {
+            lbctl_dataplane::worker::run(lbctl_dataplane::worker::WorkerOptions { listen, instance_id: id })?;
+            Ok(0)
+        }
+        Command::Internal { role: Internal::Proxy { config } } => {
+            lbctl_dataplane::proxy::run(&config)?;
+            Ok(0)
+        }
+        Command::Internal { role: Internal::Supervisor { config } } => {
+            lbctl_dataplane::supervisor::run(&config)?;
+            Ok(0)
+        }
+    }
+}
+
+/// A spec that failed to load: its diagnostics, one per line, as the error.
+fn load_spec(path: &Path) -> Result<SpecFile> {
+    lbctl_spec::load(path).map_err(|diagnostics| anyhow::Error::new(diagnostics).context("the spec is invalid"))
+}
+
+/// The spec's directory, absolute: state, runtime files and instance
+/// commands are anchored there.
+fn spec_dir(path: &Path) -> Result<PathBuf> {
+    let parent = path.parent().filter(|it| !it.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    parent.canonicalize().with_context(|| format!("finding the directory of {}", path.display()))
+}
+
+fn provider_for(stack: &str, dir: &Path) -> Result<LocalProvider> {
+    Ok(LocalProvider::new(LocalOptions {
+        stack: stack.to_string(),
+        state_dir: dir.join(".lbctl"),
+        working_dir: dir.to_path_buf(),
+        lbctl_exe: std::env::current_exe().context("finding the lbctl binary")?,
+    }))
+}
+
+/// Everything a plan is made from.
+struct Inputs {
+    file: SpecFile,
+    dir: PathBuf,
+    store: StateStore,
+    provider: LocalProvider,
+}
+
+fn inputs(spec: &SpecArg) -> Result<Inputs> {
+    let file = load_spec(&spec.file)?;
+    let dir = spec_dir(&spec.file)?;
+    inputs_from(file, dir)
+}
+
+fn inputs_from(file: SpecFile, dir: PathBuf) -> Result<Inputs> {
+    let provider = provider_for(&file.spec.name, &dir)?;
+    let store = StateStore::new(dir.join(".lbctl"));
+    Ok(Inputs { file, dir, store, provider })
+}
+
+/// Splits provider findings: machine conflicts become spec diagnostics (an
+/// error), unsupported features are returned for the plan to show.
+fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
+    let desired = lbctl_plan::desired_resources(&inputs.file.spec);
+    let findings = inputs.provider.check(&desired, state);
+    let invalid: Vec<Diagnostic> = findings
+        .iter()
+        .filter(|it| it.severity == Severity::Invalid)
+        .map(|it| inputs.file.diagnostic(&it.path, it.message.clone()))
+        .collect();
+    if !invalid.is_empty() {
+        return Err(anyhow::Error::new(Diagnostics(invalid)).context("the spec cannot be applied on this machine"));
+    }
+    Ok(findings.into_iter().filter(|it| it.severity == Severity::Unsupported).collect())
+}
+
+fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
+    let unsupported = provider_findings(inputs, state)?;
+    let observed = lbctl_plan::refresh(&inputs.provider, state)?;
+    let desired = lbctl_plan::desired_resources(&inputs.file.spec);
+    Ok(lbctl_plan::plan(&inputs.provider, desired, state, &observed, unsupported))
+}
+
+fn validate(shell: &Shell, spec: &SpecArg) -> Result<u8> {
+    let inputs = inputs(spec)?;
+    let state = inputs.store.load()?;
+    let unsupported = provider_findings(&inputs, &state)?;
+    for finding in &unsupported {
+        shell.status("Note", &format!("{}: {} (apply will refuse)", finding.path, finding.message));
+    }
+    shell.out(&format!("{}: the spec is valid.\n", inputs.file.file))?;
+    Ok(0)
+}
+
+fn plan(shell: &Shell, spec: &SpecArg, out: Option<&Path>, detailed_exitcode: bool, json: bool) -> Result<u8> {
+    let inputs = inputs(spec)?;
+    let state = inputs.store.load()?;
+    let plan = make_plan(&inputs, &state)?;
+    if json {
+        shell.out(&format!("{}\n", serde_json::to_string_pretty(&render::json(&plan))?))?;
+    } else {
+        shell.out(&render::text(&plan, render::Style { color: shell.color }))?;
+    }
+    if let Some(out) = out {
+        SavedPlan::new(inputs.file.file.clone(), inputs.dir.clone(), inputs.file.source.clone(), &plan).write(out)?;
+        shell.status("Saved", &format!("plan to {}; apply it with `lbctl apply {}`", out.display(), out.display()));
+    }
+    Ok(if detailed_exitcode && plan.has_changes() { EXIT_CHANGES } else { 0 })
+}
+
+fn refuse_unsupported(plan: &Plan) -> Result<()> {
+    if plan.unsupported.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = plan.unsupported.iter().map(|it| format!("{}: {}", it.path, it.message)).collect();
+    bail!("the spec uses features the local provider does not support yet:\n  {}", lines.join("\n  "))
+}
+
+fn confirm(shell: &Shell, verb: &str, auto_approve: bool) -> Result<bool> {
+    if auto_approve {
+        return Ok(true);
+    }
+    if !shell.can_ask() {
+        bail!("{verb} needs confirmation and there is no terminal to ask on; pass --auto-approve to {verb} without asking");
+    }
+    let question = if verb == "destroy" {
+        "Do you really want to destroy all resources?"
+    } else {
+        "Do you want to perform these actions?"
+    };
+    Ok(shell.confirm(question)?)
+}
+
+fn apply(shell: &Shell, spec: &SpecArg, saved: Option<&Path>, auto_approve: bool, timeout: Duration) -> Result<u8> {
+    // Load and check everything before taking the lock or touching anything.
+    let (inputs, saved) = match saved {
+        Some(path) => {
+            let saved = SavedPlan::read(path)?;
+            let file = lbctl_spec::parse(&saved.spec_file, saved.spec_dir.clone(), saved.spec_source.clone())
+                .map_err(|it| anyhow::Error::new(it).context("the saved plan's spec is invalid"))?;
+            (inputs_from(file, saved.spec_dir.clone())?, Some(saved))
+        }
+        None => (inputs(spec)?, None),
+    };
+    let _lock = inputs.store.lock("lbctl apply")?;
+    let mut state = inputs.store.load()?;
+    if let Some(saved) = &saved {
+        if saved.lineage != state.lineage && state.serial > 0 || saved.serial != state.serial {
+            bail!(
+                "the saved plan is stale: it was made against state serial {} and the state is now at serial {}; run `lbctl plan` again",
+                saved.serial,
+                state.serial
+            );
+        }
+    }
+    let plan = make_plan(&inputs, &state)?;
+    if let Some(saved) = &saved {
+        if plan.fingerprint() != saved.fingerprint {
+            bail!("the saved plan is stale: the actual resources changed since it was made; run `lbctl plan` again");
+        }
+    } else {
+        shell.out(&render::text(&plan, render::Style { color: shell.color }))?;
+    }
+    refuse_unsupported(&plan)?;
+    if plan.has_changes() && saved.is_none() && !confirm(shell, "apply", auto_approve)? {
+        shell.error("apply cancelled");
+        return Ok(1);
+    }
+    state.stack = inputs.file.spec.name.clone();
+    let observer = shell.observer();
+    executor::apply(
+        &plan,
+        &inputs.provider,
+        &inputs.store,
+        &mut state,
+        &observer,
+        &Options { ready_timeout: timeout },
+    )?;
+    drop(observer);
+    let (add, change, destroy) = plan.summary();
+    let mut text = format!("\nApply complete! Resources: {add} added, {change} changed, {destroy} destroyed.\n");
+    if !state.outputs.is_empty() {
+        text.push_str("\nOutputs:\n\n");
+        for (key, value) in &state.outputs {
+            text.push_str(&format!("{key} = \"{value}\"\n"));
+        }
+    }
+    shell.out(&text)?;
+    Ok(0)
+}
+
+/// Destroy needs only the state: it works even when the spec no longer parses.
+fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
+    let dir = spec_dir(&spec.file)?;
+    let store = StateStore::new(dir.join(".lbctl"));
+    let _lock = store.lock("lbctl destroy")?;
+    let mut state = store.load()?;
+    let provider = provider_for(&state.stack, &dir)?;
+    let observed = lbctl_plan::refresh(&provider, &state)?;
+    let plan = lbctl_plan::plan(&provider, Vec::new(), &state, &observed, Vec::new());
+    shell.out(&render::text(&plan, render::Style { color: shell.color }))?;
+    if plan.has_changes() && !confirm(shell, "destroy", auto_approve)? {
+        shell.error("destroy cancelled");
+        return Ok(1);
+    }
+    let observer = shell.observer();
+    executor::apply(
+        &plan,
+        &provider,
+        &store,
+        &mut state,
+        &observer,
+        &Options { ready_timeout: Duration::from_secs(1) },
+    )?;
+    drop(observer);
+    state.outputs.clear();
+    store.save(&mut state)?;
+    // Runtime directories are removed by each resource's deletion; only the
+    // empty skeleton may remain.
+    remove_empty_dirs(&provider.layout().root);
+    let (_, _, destroyed) = plan.summary();
+    shell.out(&format!("\nDestroy complete! Resources: {destroyed} destroyed.\n"))?;
+    Ok(0)
+}
+
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).ok();
+}
+
+fn status(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
+    let dir = spec_dir(&spec.file)?;
+    let state = StateStore::new(dir.join(".lbctl")).load()?;
+    let provider = provider_for(&state.stack, &dir)?;
+    let mut text = String::new();
+    let mut values = Vec::new();
+    for resource in state.resources.values() {
+        let live = provider.status(resource)?;
+        values.push(json!({ "address": resource.address.to_string(), "summary": live.summary, "live": live.json }));
+        text.push_str(&format!("{}: {}\n", resource.address, live.summary));
+        if !live.rows.is_empty() {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED).set_header(live.columns.clone());
+            for row in &live.rows {
+                table.add_row(row.clone());
+            }
+            text.push_str(&format!("{table}\n"));
+        }
+        text.push('\n');
+    }
+    if json {
+        shell.out(&format!("{}\n", serde_json::to_string_pretty(&json!({ "resources": values }))?))?;
+    } else if state.resources.is_empty() {
+        shell.out("Nothing is applied.\n")?;
+    } else {
+        shell.out(&text)?;
+    }
+    Ok(0)
+}
+
+fn show(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
+    let dir = spec_dir(&spec.file)?;
+    let state = StateStore::new(dir.join(".lbctl")).load()?;
+    if json {
+        let resources: Vec<_> = state
+            .resources
+            .values()
+            .map(|it| json!({ "address": it.address.to_string(), "attributes": it.attributes }))
+            .collect();
+        let value = json!({
+            "format_version": 1, "lineage": state.lineage, "serial": state.serial,
+            "resources": resources, "outputs": state.outputs,
+        });
+        shell.out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
+        return Ok(0);
+    }
+    if state.resources.is_empty() {
+        shell.out("The state is empty.\n")?;
+        return Ok(0);
+    }
+    let mut text = String::new();
+    for resource in state.resources.values() {
+        text.push_str(&format!("# {}\n{}\n\n", resource.address, serde_json::to_string_pretty(&resource.attributes)?));
+    }
+    if !state.outputs.is_empty() {
+        text.push_str("Outputs:\n\n");
+        for (key, value) in &state.outputs {
+            text.push_str(&format!("{key} = \"{value}\"\n"));
+        }
+    }
+    shell.out(&text)?;
+    Ok(0)
+}

@@ -1,0 +1,128 @@
+//! What the local provider can do today, and what the machine allows.
+//!
+//! Unsupported features are reported by spec path so that `plan` can name
+//! them and `apply` can refuse, instead of silently ignoring a setting.
+
+use std::net::{Ipv4Addr, TcpListener};
+
+use lbctl_plan::{Finding, Kind, Resource, Severity, State};
+use lbctl_spec::{
+    Algorithm, AutoscalingGroup, HealthCheckProtocol, ListenerProtocol, LoadBalancer, LoadBalancerType,
+    ProtocolVersion, TargetGroup, TargetProtocol, TargetType,
+};
+
+use crate::provider::{lb_settings, settings, LocalProvider};
+
+fn unsupported(path: String, message: &str) -> Finding {
+    Finding { path, message: message.to_string(), severity: Severity::Unsupported }
+}
+
+pub(crate) fn check(provider: &LocalProvider, desired: &[Resource], state: &State) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for resource in desired {
+        let base = resource.address.spec_path();
+        match resource.address.kind {
+            Kind::LoadBalancer => {
+                let Ok(lb) = lb_settings(&resource.attributes) else { continue };
+                load_balancer(&base, &lb, &mut found);
+                ports_free(provider, resource, &lb, state, &mut found);
+            }
+            Kind::TargetGroup => {
+                let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
+                target_group(&base, &group, &mut found);
+            }
+            Kind::AutoscalingGroup => {
+                let Ok(group) = settings::<AutoscalingGroup>(&resource.attributes, crate::provider::ASG_DERIVED) else {
+                    continue;
+                };
+                if group.scaling.is_some() {
+                    found.push(unsupported(format!("{base}.scaling"), "scaling policies are not supported yet"));
+                }
+                if group.instance_refresh.is_some() {
+                    let message =
+                        "instance refresh is not supported yet (a launch template change only affects new instances)";
+                    found.push(unsupported(format!("{base}.instance_refresh"), message));
+                }
+            }
+            Kind::Function => {}
+        }
+    }
+    found
+}
+
+fn load_balancer(base: &str, lb: &LoadBalancer, found: &mut Vec<Finding>) {
+    if lb.kind == LoadBalancerType::Network {
+        found.push(unsupported(format!("{base}.type"), "network load balancers are not supported yet"));
+        return;
+    }
+    for (idx, listener) in lb.listeners.iter().enumerate() {
+        if listener.protocol == ListenerProtocol::Https {
+            let message = "HTTPS listeners are not supported yet";
+            found.push(unsupported(format!("{base}.listeners[{idx}].protocol"), message));
+        }
+    }
+}
+
+fn target_group(base: &str, group: &TargetGroup, found: &mut Vec<Finding>) {
+    let mut note = |field: &str, message: &str| found.push(unsupported(format!("{base}.{field}"), message));
+    match group.target_type {
+        TargetType::Lambda => note("target_type", "lambda targets are not supported yet"),
+        TargetType::Alb => note("target_type", "alb targets are not supported yet"),
+        TargetType::Instance | TargetType::Ip => {}
+    }
+    if matches!(group.protocol, TargetProtocol::Https | TargetProtocol::Tcp | TargetProtocol::Udp)
+        && group.target_type != TargetType::Alb
+    {
+        note("protocol", "only HTTP target groups are supported yet");
+    }
+    if group.protocol_version != ProtocolVersion::Http1 {
+        note("protocol_version", "HTTP2 and GRPC target groups are not supported yet");
+    }
+    if group.algorithm != Algorithm::RoundRobin {
+        note("algorithm", "only round_robin is supported yet");
+    }
+    if !group.slow_start.get().is_zero() {
+        note("slow_start", "slow start is not supported yet");
+    }
+    if group.stickiness.enabled {
+        note("stickiness", "stickiness is not supported yet");
+    }
+    if group.health_check.protocol == Some(HealthCheckProtocol::Https) {
+        note("health_check.protocol", "HTTPS health checks are not supported yet");
+    }
+    if group.proxy_protocol_v2 {
+        note("proxy_protocol_v2", "the PROXY protocol is not supported yet");
+    }
+}
+
+/// Every listener port must be free on the machine, unless this stack's own
+/// running proxy already holds it.
+fn ports_free(
+    provider: &LocalProvider,
+    resource: &Resource,
+    lb: &LoadBalancer,
+    state: &State,
+    found: &mut Vec<Finding>,
+) {
+    let held: Vec<u16> = state.get(&resource.address).map(|it| provider.listening_ports(it)).unwrap_or_default();
+    // Ports held by any of this stack's running proxies may move between
+    // load balancers within one apply (deletions run first).
+    let held_by_stack: Vec<u16> = state
+        .resources
+        .values()
+        .filter(|it| it.address.kind == Kind::LoadBalancer)
+        .flat_map(|it| provider.listening_ports(it))
+        .collect();
+    for (idx, listener) in lb.listeners.iter().enumerate() {
+        if held.contains(&listener.port) || held_by_stack.contains(&listener.port) {
+            continue;
+        }
+        if let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, listener.port)) {
+            found.push(Finding {
+                path: format!("{}.listeners[{idx}].port", resource.address.spec_path()),
+                message: format!("port {} on 127.0.0.1 is already in use on this machine ({err})", listener.port),
+                severity: Severity::Invalid,
+            });
+        }
+    }
+}

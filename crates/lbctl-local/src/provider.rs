@@ -1,0 +1,576 @@
+//! `LocalProvider`: create, read, update and delete resources as processes
+//! and runtime files.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lbctl_dataplane::process;
+use lbctl_dataplane::runtime::{
+    self, InstancesReport, Layout, ProxyConfig, ProxyStatus, RegisteredTarget, Registrations, SupervisorConfig,
+    TargetGroupConfig,
+};
+use lbctl_plan::{Finding, Kind, LiveStatus, Observed, Progress, Provider, Readiness, Resource, ResourceState, State};
+use lbctl_spec::{AutoscalingGroup, Function, LoadBalancer, TargetGroup};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Attributes of an auto-scaling group that the planner derives (not spec fields).
+pub(crate) const ASG_DERIVED: &[&str] = &["instance_port", "target_group_ports"];
+/// Attributes of a load balancer that the planner derives.
+const LB_DERIVED: &[&str] = &["dns_name"];
+
+/// How long a started process gets to report that it runs.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a proxy gets to finish in-flight requests when stopped.
+const PROXY_STOP_GRACE: Duration = Duration::from_secs(10);
+/// What a supervisor needs beyond its groups' deregistration delay to stop
+/// its instances (SIGTERM, then SIGKILL after 10 s).
+const SUPERVISOR_STOP_MARGIN: Duration = Duration::from_secs(15);
+
+/// Where the local provider keeps things and which binary it runs.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Stack name.
+    pub stack: String,
+    /// `.lbctl` beside the spec; runtime files go to its `run/`.
+    pub state_dir: PathBuf,
+    /// Working directory of instance commands (the spec's directory).
+    pub working_dir: PathBuf,
+    /// The `lbctl` binary that runs proxies, supervisors and `lbctl` commands.
+    pub lbctl_exe: PathBuf,
+}
+
+/// The local provider.
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    options: LocalOptions,
+    layout: Layout,
+}
+
+/// What the state keeps about a process-backed resource.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ProcessData {
+    /// Process id of the proxy or supervisor.
+    pid: u32,
+    /// Its configuration file; also the marker that tells the process is ours.
+    config_path: PathBuf,
+    /// Digest of the configuration file as written.
+    config_digest: String,
+}
+
+/// What the state keeps about a file-backed resource.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct FileData {
+    /// The file.
+    path: PathBuf,
+    /// Digest of the file as written.
+    digest: String,
+}
+
+/// Spec settings from resource attributes, minus the planner's derived keys.
+pub(crate) fn settings<T: DeserializeOwned>(attributes: &Value, derived: &[&str]) -> Result<T> {
+    let mut value = attributes.clone();
+    if let Some(map) = value.as_object_mut() {
+        for key in derived {
+            map.remove(*key);
+        }
+    }
+    serde_json::from_value(value).context("reading resource attributes")
+}
+
+/// A load balancer's spec settings from its attributes.
+pub(crate) fn lb_settings(attributes: &Value) -> Result<LoadBalancer> {
+    settings(attributes, LB_DERIVED)
+}
+
+fn private<T: DeserializeOwned + Default>(resource: &ResourceState) -> T {
+    serde_json::from_value(resource.private.clone()).unwrap_or_default()
+}
+
+impl LocalProvider {
+    /// A provider for one stack.
+    pub fn new(options: LocalOptions) -> LocalProvider {
+        let layout = Layout::new(options.state_dir.join("run"));
+        LocalProvider { options, layout }
+    }
+
+    /// The runtime layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Ports the running proxy of a load balancer state listens on.
+    pub(crate) fn listening_ports(&self, resource: &ResourceState) -> Vec<u16> {
+        let data: ProcessData = private(resource);
+        if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
+            return Vec::new();
+        }
+        self.proxy_status(&resource.address.name).map(|it| it.listening).unwrap_or_default()
+    }
+
+    fn proxy_status(&self, name: &str) -> Option<ProxyStatus> {
+        runtime::read_json(&self.layout.lb_dir(name).join("status.json")).ok().flatten()
+    }
+
+    fn instances(&self, name: &str) -> Option<InstancesReport> {
+        runtime::read_json(&self.layout.asg_dir(name).join("instances.json")).ok().flatten()
+    }
+
+    /// Starts `lbctl internal <role> --config <config_path>` and waits until
+    /// `started` says it runs, failing with its log if it exits.
+    fn start_process(
+        &self,
+        role: &str,
+        config_path: &Path,
+        log: &Path,
+        progress: &dyn Progress,
+        started: impl Fn(u32) -> Option<Result<()>>,
+    ) -> Result<u32> {
+        let mut command = Command::new(&self.options.lbctl_exe);
+        command.arg("internal").arg(role).arg("--config").arg(config_path);
+        let mut child = process::spawn_detached(command, log)?;
+        let pid = child.id();
+        std::fs::write(config_path.with_file_name("pid"), format!("{pid}\n")).ok();
+        progress.report(&format!("started {role} (pid {pid}), waiting for it to come up"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{role} exited with {status} while starting:\n{}", process::log_tail(log, 15));
+            }
+            if let Some(result) = started(pid) {
+                // The process outlives this command on purpose: drop the handle
+                // without waiting; once lbctl exits, init reaps it.
+                return result.map(|()| pid);
+            }
+            if Instant::now() >= deadline {
+                process::stop(pid, &config_path.to_string_lossy(), Duration::from_secs(2));
+                let _ = child.try_wait();
+                bail!("{role} did not come up within {}s:\n{}", START_TIMEOUT.as_secs(), process::log_tail(log, 15));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until a running process reports `digest` as applied.
+    fn wait_applied(&self, what: &str, pid: u32, marker: &str, applied: impl Fn() -> Option<Result<()>>) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(result) = applied() {
+                return result;
+            }
+            if !process::is_ours(pid, marker) {
+                bail!("{what} (pid {pid}) exited while applying the new configuration");
+            }
+            if Instant::now() >= deadline {
+                bail!("{what} (pid {pid}) did not apply the new configuration within {}s", START_TIMEOUT.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Load balancers.
+
+    fn proxy_config(&self, resource: &Resource) -> Result<ProxyConfig> {
+        let lb = lb_settings(&resource.attributes)?;
+        let name = &resource.address.name;
+        let worker_threads = lb
+            .worker_threads
+            .map(|it| it as usize)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1));
+        let target_groups = resource.dependencies.iter().map(|it| it.name.clone()).collect();
+        Ok(ProxyConfig {
+            stack: self.options.stack.clone(),
+            name: name.clone(),
+            dns_name: lbctl_plan::dns_name(&self.options.stack, name),
+            bind_ip: Ipv4Addr::LOCALHOST,
+            worker_threads,
+            idle_timeout_ms: lb.idle_timeout.map(|it| it.get().as_millis() as u64).unwrap_or(60_000),
+            listeners: lb.listeners,
+            target_groups,
+            layout: self.layout.clone(),
+        })
+    }
+
+    /// Whether a proxy's status shows it serving `digest` on every port.
+    fn proxy_serves(&self, name: &str, pid: u32, digest: &str, ports: &[u16]) -> Option<Result<()>> {
+        let status = self.proxy_status(name)?;
+        if status.pid != pid || status.config_digest != digest {
+            return None;
+        }
+        if !status.errors.is_empty() {
+            return Some(Err(anyhow!("load balancer {name}: {}", status.errors.join("; "))));
+        }
+        ports.iter().all(|it| status.listening.contains(it)).then_some(Ok(()))
+    }
+
+    fn create_load_balancer(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
+        let config = self.proxy_config(resource)?;
+        let dir = self.layout.lb_dir(&config.name);
+        let config_path = dir.join("config.json");
+        runtime::write_json(&config_path, &config)?;
+        let digest = runtime::digest(&std::fs::read(&config_path)?);
+        let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
+        let pid = self.start_process("proxy", &config_path, &dir.join("proxy.log"), progress, |pid| {
+            self.proxy_serves(&config.name, pid, &digest, &ports)
+        })?;
+        Ok(json!(ProcessData { pid, config_path, config_digest: digest }))
+    }
+
+    fn update_load_balancer(
+        &self,
+        prior: &ResourceState,
+        resource: &Resource,
+        progress: &dyn Progress,
+    ) -> Result<Value> {
+        let mut data: ProcessData = private(prior);
+        let config = self.proxy_config(resource)?;
+        runtime::write_json(&data.config_path, &config)?;
+        data.config_digest = runtime::digest(&std::fs::read(&data.config_path)?);
+        progress.report("reloading the proxy's configuration");
+        let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
+        let marker = data.config_path.to_string_lossy().into_owned();
+        self.wait_applied("proxy", data.pid, &marker, || {
+            self.proxy_serves(&config.name, data.pid, &data.config_digest, &ports)
+        })?;
+        Ok(json!(data))
+    }
+
+    // Auto-scaling groups.
+
+    fn supervisor_config(&self, resource: &Resource) -> Result<SupervisorConfig> {
+        let settings: AutoscalingGroup = settings(&resource.attributes, ASG_DERIVED)?;
+        let instance_port = resource.attributes["instance_port"].as_u64().context("instance_port")? as u16;
+        let target_group_ports: BTreeMap<String, u16> =
+            serde_json::from_value(resource.attributes["target_group_ports"].clone()).context("target_group_ports")?;
+        Ok(SupervisorConfig {
+            stack: self.options.stack.clone(),
+            name: resource.address.name.clone(),
+            settings,
+            instance_port,
+            target_group_ports,
+            lbctl_exe: self.options.lbctl_exe.clone(),
+            working_dir: self.options.working_dir.clone(),
+            layout: self.layout.clone(),
+        })
+    }
+
+    fn supervisor_runs(&self, name: &str, pid: u32, digest: &str) -> Option<Result<()>> {
+        let report = self.instances(name)?;
+        (report.pid == pid && report.config_digest == digest).then_some(Ok(()))
+    }
+
+    fn create_autoscaling_group(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
+        let config = self.supervisor_config(resource)?;
+        let dir = self.layout.asg_dir(&config.name);
+        let config_path = dir.join("config.json");
+        runtime::write_json(&config_path, &config)?;
+        let digest = runtime::digest(&std::fs::read(&config_path)?);
+        let pid = self.start_process("supervisor", &config_path, &dir.join("supervisor.log"), progress, |pid| {
+            self.supervisor_runs(&config.name, pid, &digest)
+        })?;
+        Ok(json!(ProcessData { pid, config_path, config_digest: digest }))
+    }
+
+    fn update_autoscaling_group(
+        &self,
+        prior: &ResourceState,
+        resource: &Resource,
+        progress: &dyn Progress,
+    ) -> Result<Value> {
+        let mut data: ProcessData = private(prior);
+        let config = self.supervisor_config(resource)?;
+        runtime::write_json(&data.config_path, &config)?;
+        data.config_digest = runtime::digest(&std::fs::read(&data.config_path)?);
+        progress.report("handing the new settings to the supervisor");
+        let marker = data.config_path.to_string_lossy().into_owned();
+        self.wait_applied("supervisor", data.pid, &marker, || {
+            self.supervisor_runs(&config.name, data.pid, &data.config_digest)
+        })?;
+        Ok(json!(data))
+    }
+
+    /// Stops a supervisor (it drains and stops its instances), then makes
+    /// sure none of the instances it listed survived.
+    fn delete_autoscaling_group(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
+        let data: ProcessData = private(prior);
+        let name = &prior.address.name;
+        let marker = data.config_path.to_string_lossy().into_owned();
+        let settings: Option<AutoscalingGroup> = settings(&prior.attributes, ASG_DERIVED).ok();
+        let delay = settings
+            .iter()
+            .flat_map(|it| it.target_groups.iter())
+            .filter_map(|tg| {
+                runtime::read_json::<TargetGroupConfig>(&self.layout.tg_dir(tg).join("group.json")).ok().flatten()
+            })
+            .map(|it| it.settings.deregistration_delay.get())
+            .max()
+            .unwrap_or_default();
+        let before = self.instances(name);
+        if process::is_ours(data.pid, &marker) {
+            progress.report("draining and stopping instances");
+            process::stop(data.pid, &marker, delay + SUPERVISOR_STOP_MARGIN);
+        }
+        // Instances left by a supervisor that died or had to be killed.
+        for instance in before.iter().flat_map(|it| it.instances.iter()) {
+            if process::stop(instance.pid, &instance.id, Duration::from_secs(5)) {
+                progress.report(&format!("killed instance {} (pid {})", instance.id, instance.pid));
+            }
+        }
+        self.remove_registrations(&format!("asg-{name}"));
+        remove_dir(&self.layout.asg_dir(name))
+    }
+
+    fn remove_registrations(&self, source: &str) {
+        let Ok(groups) = std::fs::read_dir(self.layout.tg_root()) else { return };
+        for group in groups.flatten() {
+            let file = group.path().join("targets").join(format!("{source}.json"));
+            std::fs::remove_file(file).ok();
+        }
+    }
+
+    // Target groups and functions: files only.
+
+    fn write_target_group(&self, resource: &Resource) -> Result<Value> {
+        let settings: TargetGroup = settings(&resource.attributes, &[])?;
+        let name = &resource.address.name;
+        let mut targets = Vec::new();
+        for target in &settings.targets {
+            if let (Some(ip), Some(port)) = (&target.ip, target.port.or(settings.port)) {
+                let ip: Ipv4Addr = ip.parse().with_context(|| format!("target address {ip}"))?;
+                targets.push(RegisteredTarget { id: format!("{ip}:{port}"), ip, port });
+            }
+        }
+        runtime::write_json(&self.layout.registration_file(name, "static"), &Registrations { targets })?;
+        let path = self.layout.tg_dir(name).join("group.json");
+        runtime::write_json(&path, &TargetGroupConfig { name: name.clone(), settings })?;
+        let digest = runtime::digest(&std::fs::read(&path)?);
+        Ok(json!(FileData { path, digest }))
+    }
+
+    /// Removes what the provider wrote for a target group; registrations of
+    /// auto-scaling groups stay until their supervisors remove them.
+    fn delete_target_group(&self, prior: &ResourceState) -> Result<()> {
+        let dir = self.layout.tg_dir(&prior.address.name);
+        std::fs::remove_file(dir.join("group.json")).ok();
+        std::fs::remove_file(self.layout.registration_file(&prior.address.name, "static")).ok();
+        std::fs::remove_dir(dir.join("targets")).ok();
+        std::fs::remove_dir(&dir).ok();
+        Ok(())
+    }
+
+    fn write_function(&self, resource: &Resource) -> Result<Value> {
+        let function: Function = settings(&resource.attributes, &[])?;
+        let path = self.layout.root.join("fn").join(&resource.address.name).join("function.json");
+        runtime::write_json(&path, &function)?;
+        let digest = runtime::digest(&std::fs::read(&path)?);
+        Ok(json!(FileData { path, digest }))
+    }
+
+    fn read_file_resource(&self, prior: &ResourceState) -> Observed {
+        let data: FileData = private(prior);
+        match std::fs::read(&data.path) {
+            Err(_) => Observed::Missing { reason: format!("{} is missing", data.path.display()) },
+            Ok(bytes) if runtime::digest(&bytes) != data.digest => {
+                Observed::Drifted { reason: format!("{} was changed outside lbctl", data.path.display()) }
+            }
+            Ok(_) => Observed::Present,
+        }
+    }
+
+    fn read_process_resource(&self, prior: &ResourceState, role: &str) -> Observed {
+        let data: ProcessData = private(prior);
+        if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
+            return Observed::Missing { reason: format!("{role} process {} is not running", data.pid) };
+        }
+        match std::fs::read(&data.config_path) {
+            Ok(bytes) if runtime::digest(&bytes) == data.config_digest => Observed::Present,
+            _ => Observed::Drifted { reason: format!("{} was changed outside lbctl", data.config_path.display()) },
+        }
+    }
+
+    /// Readiness of an auto-scaling group: `desired` instances healthy in
+    /// every load balancer that routes to its target groups.
+    fn autoscaling_group_ready(&self, current: &ResourceState) -> Result<Readiness> {
+        let data: ProcessData = private(current);
+        let name = &current.address.name;
+        if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
+            let log = self.layout.asg_dir(name).join("supervisor.log");
+            return Ok(Readiness::Failed(format!("supervisor exited:\n{}", process::log_tail(&log, 10))));
+        }
+        let settings: AutoscalingGroup = settings(&current.attributes, ASG_DERIVED)?;
+        let Some(report) = self.instances(name).filter(|it| it.config_digest == data.config_digest) else {
+            return Ok(Readiness::Waiting("supervisor has not reported yet".to_string()));
+        };
+        let statuses = self.all_proxy_statuses();
+        let desired = settings.desired() as usize;
+        let mut healthy = 0;
+        let mut waiting = Vec::new();
+        let live = report
+            .instances
+            .iter()
+            .filter(|it| matches!(it.lifecycle, runtime::Lifecycle::Pending | runtime::Lifecycle::InService));
+        for instance in live {
+            match crate::status::instance_target_health(&statuses, &settings.target_groups, &instance.id) {
+                Ok(()) if process::is_alive(instance.pid) => healthy += 1,
+                Ok(()) => waiting.push(format!("{}: process {} exited", instance.id, instance.pid)),
+                Err(reason) => waiting.push(format!("{}: {reason}", instance.id)),
+            }
+        }
+        if healthy >= desired {
+            return Ok(Readiness::Ready);
+        }
+        let detail = if waiting.is_empty() { String::new() } else { format!(" ({})", waiting.join("; ")) };
+        Ok(Readiness::Waiting(format!("{healthy} of {desired} instances healthy{detail}")))
+    }
+
+    pub(crate) fn all_proxy_statuses(&self) -> Vec<(String, ProxyStatus)> {
+        let Ok(entries) = std::fs::read_dir(self.layout.root.join("lb")) else { return Vec::new() };
+        let mut statuses = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(Some(status)) = runtime::read_json::<ProxyStatus>(&entry.path().join("status.json")) {
+                if process::is_alive(status.pid) {
+                    statuses.push((name, status));
+                }
+            }
+        }
+        statuses.sort_by(|a, b| a.0.cmp(&b.0));
+        statuses
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+impl Provider for LocalProvider {
+    fn replace_triggers(&self, kind: Kind) -> &'static [&'static str] {
+        match kind {
+            Kind::LoadBalancer => &["type", "static_ip"],
+            Kind::TargetGroup => &["protocol", "port", "target_type"],
+            Kind::AutoscalingGroup | Kind::Function => &[],
+        }
+    }
+
+    fn check(&self, desired: &[Resource], state: &State) -> Vec<Finding> {
+        crate::capabilities::check(self, desired, state)
+    }
+
+    fn read(&self, prior: &ResourceState) -> Result<Observed> {
+        Ok(match prior.address.kind {
+            Kind::LoadBalancer => self.read_process_resource(prior, "proxy"),
+            Kind::AutoscalingGroup => self.read_process_resource(prior, "supervisor"),
+            Kind::TargetGroup | Kind::Function => self.read_file_resource(prior),
+        })
+    }
+
+    fn create(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
+        match resource.address.kind {
+            Kind::LoadBalancer => self.create_load_balancer(resource, progress),
+            Kind::AutoscalingGroup => self.create_autoscaling_group(resource, progress),
+            Kind::TargetGroup => self.write_target_group(resource),
+            Kind::Function => self.write_function(resource),
+        }
+    }
+
+    fn update(&self, prior: &ResourceState, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
+        match resource.address.kind {
+            Kind::LoadBalancer => self.update_load_balancer(prior, resource, progress),
+            Kind::AutoscalingGroup => self.update_autoscaling_group(prior, resource, progress),
+            Kind::TargetGroup => self.write_target_group(resource),
+            Kind::Function => self.write_function(resource),
+        }
+    }
+
+    fn delete(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
+        match prior.address.kind {
+            Kind::LoadBalancer => {
+                let data: ProcessData = private(prior);
+                let marker = data.config_path.to_string_lossy().into_owned();
+                if process::is_ours(data.pid, &marker) {
+                    progress.report("stopping the proxy");
+                    process::stop(data.pid, &marker, PROXY_STOP_GRACE);
+                }
+                remove_dir(&self.layout.lb_dir(&prior.address.name))
+            }
+            Kind::AutoscalingGroup => self.delete_autoscaling_group(prior, progress),
+            Kind::TargetGroup => self.delete_target_group(prior),
+            Kind::Function => {
+                let data: FileData = private(prior);
+                if let Some(dir) = data.path.parent() {
+                    remove_dir(dir)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn ready(&self, current: &ResourceState) -> Result<Readiness> {
+        match current.address.kind {
+            Kind::LoadBalancer => {
+                let data: ProcessData = private(current);
+                let name = &current.address.name;
+                if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
+                    let log = self.layout.lb_dir(name).join("proxy.log");
+                    return Ok(Readiness::Failed(format!("proxy exited:\n{}", process::log_tail(&log, 10))));
+                }
+                let lb = lb_settings(&current.attributes)?;
+                let ports: Vec<u16> = lb.listeners.iter().map(|it| it.port).collect();
+                Ok(match self.proxy_serves(name, data.pid, &data.config_digest, &ports) {
+                    Some(Ok(())) => Readiness::Ready,
+                    Some(Err(err)) => Readiness::Failed(format!("{err:#}")),
+                    None => Readiness::Waiting("proxy is not listening yet".to_string()),
+                })
+            }
+            Kind::AutoscalingGroup => self.autoscaling_group_ready(current),
+            Kind::TargetGroup | Kind::Function => Ok(Readiness::Ready),
+        }
+    }
+
+    fn outputs(&self, resources: &[ResourceState]) -> BTreeMap<String, String> {
+        let mut outputs = BTreeMap::new();
+        for resource in resources.iter().filter(|it| it.address.kind == Kind::LoadBalancer) {
+            let Ok(lb) = lb_settings(&resource.attributes) else { continue };
+            let name = &resource.address.name;
+            let dns = lbctl_plan::dns_name(&self.options.stack, name);
+            outputs.insert(format!("{name}_dns_name"), dns.clone());
+            for (idx, listener) in lb.listeners.iter().enumerate() {
+                let scheme = lbctl_spec::wire_name(&listener.protocol).to_lowercase();
+                let key = if idx == 0 { format!("{name}_url") } else { format!("{name}_url_{}", listener.port) };
+                outputs.insert(key, format!("{scheme}://{dns}:{}/", listener.port));
+            }
+        }
+        outputs
+    }
+
+    fn status(&self, current: &ResourceState) -> Result<LiveStatus> {
+        crate::status::live_status(self, current)
+    }
+}
+
+impl LocalProvider {
+    /// Process id of a process-backed resource and whether it runs.
+    pub(crate) fn process_of(&self, resource: &ResourceState) -> (u32, bool) {
+        let data: ProcessData = private(resource);
+        (data.pid, process::is_ours(data.pid, &data.config_path.to_string_lossy()))
+    }
+
+    /// The instances report of an auto-scaling group.
+    pub(crate) fn instances_report(&self, name: &str) -> Option<InstancesReport> {
+        self.instances(name)
+    }
+
+    /// The stack name.
+    pub(crate) fn stack(&self) -> &str {
+        &self.options.stack
+    }
+}

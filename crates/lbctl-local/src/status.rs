@@ -1,0 +1,167 @@
+//! The live view for `lbctl status`: listeners, target health, instances.
+
+use lbctl_dataplane::runtime::{HealthState, ProxyStatus};
+use lbctl_plan::{Kind, LiveStatus, ResourceState};
+use serde_json::json;
+
+use crate::provider::{lb_settings, LocalProvider};
+
+fn state_name(state: HealthState) -> &'static str {
+    match state {
+        HealthState::Initial => "initial",
+        HealthState::Healthy => "healthy",
+        HealthState::Unhealthy => "unhealthy",
+        HealthState::Draining => "draining",
+        HealthState::Unused => "unused",
+    }
+}
+
+/// `Ok` when `instance_id` is healthy in every load balancer that routes to
+/// one of `target_groups`; otherwise the first reason it is not. A group no
+/// load balancer routes to does not count against it.
+pub(crate) fn instance_target_health(
+    statuses: &[(String, ProxyStatus)],
+    target_groups: &[String],
+    instance_id: &str,
+) -> Result<(), String> {
+    for (lb, status) in statuses {
+        for group in target_groups {
+            let Some(targets) = status.target_groups.get(group) else { continue };
+            match targets.iter().find(|it| it.id == instance_id) {
+                None => return Err(format!("not yet registered in {group} at load balancer {lb}")),
+                Some(target) if target.state != HealthState::Healthy => {
+                    return Err(format!("{} in {group} at {lb}: {}", state_name(target.state), target.reason));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> anyhow::Result<LiveStatus> {
+    let name = &current.address.name;
+    match current.address.kind {
+        Kind::LoadBalancer => {
+            let (pid, running) = provider.process_of(current);
+            let lb = lb_settings(&current.attributes)?;
+            let dns = lbctl_plan::dns_name(provider.stack(), name);
+            let urls: Vec<String> = lb
+                .listeners
+                .iter()
+                .map(|it| format!("{}://{dns}:{}/", lbctl_spec::wire_name(&it.protocol).to_lowercase(), it.port))
+                .collect();
+            let state = if running { format!("running (pid {pid})") } else { format!("NOT RUNNING (pid {pid} gone)") };
+            let status = provider.all_proxy_statuses().into_iter().find(|(lb_name, _)| lb_name == name).map(|it| it.1);
+            let mut rows = Vec::new();
+            let mut targets_json = Vec::new();
+            for (group, targets) in status.iter().flat_map(|it| it.target_groups.iter()) {
+                for target in targets {
+                    rows.push(vec![
+                        group.clone(),
+                        target.id.clone(),
+                        format!("{}:{}", target.ip, target.port),
+                        state_name(target.state).to_string(),
+                        target.reason.clone(),
+                        target.requests.to_string(),
+                    ]);
+                    targets_json.push(json!({
+                        "target_group": group, "id": target.id, "address": format!("{}:{}", target.ip, target.port),
+                        "state": state_name(target.state), "reason": target.reason, "requests": target.requests,
+                    }));
+                }
+            }
+            Ok(LiveStatus {
+                summary: format!("{state}, listening on {}", urls.join(", ")),
+                columns: ["target group", "target", "address", "state", "reason", "requests"]
+                    .map(String::from)
+                    .to_vec(),
+                rows,
+                json: json!({ "running": running, "pid": pid, "urls": urls, "targets": targets_json }),
+            })
+        }
+        Kind::AutoscalingGroup => {
+            let (pid, running) = provider.process_of(current);
+            let report = provider.instances_report(name).unwrap_or_default();
+            let state = if running {
+                format!("supervisor running (pid {pid})")
+            } else {
+                format!("supervisor NOT RUNNING (pid {pid} gone)")
+            };
+            let mut rows = Vec::new();
+            let mut instances_json = Vec::new();
+            for instance in &report.instances {
+                let lifecycle = format!("{:?}", instance.lifecycle);
+                rows.push(vec![
+                    instance.id.clone(),
+                    format!("{}:{}", instance.ip, instance.port),
+                    instance.pid.to_string(),
+                    lifecycle.clone(),
+                    instance.health.clone(),
+                    instance.health_reason.clone(),
+                    instance.log.display().to_string(),
+                ]);
+                instances_json.push(json!({
+                    "id": instance.id, "address": format!("{}:{}", instance.ip, instance.port), "pid": instance.pid,
+                    "lifecycle": lifecycle, "health": instance.health, "health_reason": instance.health_reason,
+                    "log": instance.log,
+                }));
+            }
+            Ok(LiveStatus {
+                summary: format!("{state}, desired {}, {} instances", report.desired, report.instances.len()),
+                columns: ["instance", "address", "pid", "lifecycle", "health", "reason", "log"]
+                    .map(String::from)
+                    .to_vec(),
+                rows,
+                json: json!({ "running": running, "pid": pid, "desired": report.desired, "instances": instances_json, "events": report.events }),
+            })
+        }
+        Kind::TargetGroup => {
+            let statuses = provider.all_proxy_statuses();
+            let routing: Vec<&String> =
+                statuses.iter().filter(|(_, status)| status.target_groups.contains_key(name)).map(|it| &it.0).collect();
+            let summary = if routing.is_empty() {
+                "unused: no load balancer routes to it".to_string()
+            } else {
+                format!("checked by {}", routing.iter().map(|it| it.as_str()).collect::<Vec<_>>().join(", "))
+            };
+            Ok(LiveStatus { summary, json: json!({ "load_balancers": routing }), ..LiveStatus::default() })
+        }
+        Kind::Function => Ok(LiveStatus { summary: "invoked per request".to_string(), ..LiveStatus::default() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use lbctl_dataplane::runtime::TargetHealth;
+
+    use super::*;
+
+    fn status(group: &str, id: &str, state: HealthState) -> ProxyStatus {
+        let target = TargetHealth {
+            id: id.to_string(),
+            ip: "127.0.0.2".parse().unwrap(),
+            port: 80,
+            state,
+            reason: "Target.Timeout: health check timed out".to_string(),
+            requests: 0,
+        };
+        ProxyStatus { target_groups: BTreeMap::from([(group.to_string(), vec![target])]), ..ProxyStatus::default() }
+    }
+
+    #[test]
+    fn healthy_means_healthy_wherever_it_is_checked() {
+        let groups = vec!["web".to_string()];
+        let healthy = vec![("public".to_string(), status("web", "i-1", HealthState::Healthy))];
+        assert_eq!(instance_target_health(&healthy, &groups, "i-1"), Ok(()));
+        let mixed = vec![healthy[0].clone(), ("other".to_string(), status("web", "i-1", HealthState::Unhealthy))];
+        assert_eq!(
+            instance_target_health(&mixed, &groups, "i-1"),
+            Err("unhealthy in web at other: Target.Timeout: health check timed out".to_string())
+        );
+        assert!(instance_target_health(&healthy, &groups, "i-2").is_err(), "not registered yet");
+        assert_eq!(instance_target_health(&[], &groups, "i-2"), Ok(()), "unused groups do not count");
+    }
+}

@@ -1,0 +1,255 @@
+//! Test support: a stack in a temporary directory, the real binary, curl,
+//! and waiting on conditions with a deadline (never fixed sleeps).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn lbctl_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lbctl"))
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// Whether something listens on 127.0.0.1:`port`.
+pub fn port_in_use(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err()
+}
+
+/// Polls `condition` every 100 ms until it gives a value or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A command's result, with its output as text.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Panics with both streams unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "exit code\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// A stack applied from a spec in its own temporary directory. Dropping it
+/// destroys the stack and then kills, by PID, anything of it still alive.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub spec: PathBuf,
+}
+
+impl Stack {
+    /// A stack from spec text (written as `lbctl.yaml`).
+    pub fn new(spec_text: &str) -> Stack {
+        let dir = tempfile::Builder::new().prefix("lbctl-e2e-").tempdir().unwrap();
+        let spec = dir.path().join("lbctl.yaml");
+        std::fs::write(&spec, spec_text).unwrap();
+        Stack { dir, spec }
+    }
+
+    /// A stack from a file of `examples/`, with text replacements applied
+    /// (free ports instead of fixed ones, so tests run side by side).
+    pub fn example(name: &str, replacements: &[(&str, &str)]) -> Stack {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut text = std::fs::read_to_string(examples.join(name)).unwrap();
+        for (from, to) in replacements {
+            assert!(text.contains(from), "{name} has no `{from}`");
+            text = text.replace(from, to);
+        }
+        let stack = Stack::new(&text);
+        // Copy the example's companion files (scripts it runs).
+        for entry in std::fs::read_dir(&examples).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|it| it != "yaml") {
+                std::fs::copy(entry.path(), stack.dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        stack
+    }
+
+    /// Rewrites the spec.
+    pub fn edit(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.spec).unwrap();
+        assert!(text.contains(from), "spec has no `{from}`");
+        std::fs::write(&self.spec, text.replace(from, to)).unwrap();
+    }
+
+    /// `lbctl ARGS` in the stack's directory, no terminal, no stdin.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(lbctl_exe());
+        command.args(args).current_dir(self.dir.path()).stdin(Stdio::null()).env("NO_COLOR", "1");
+        command
+    }
+
+    pub fn lbctl(&self, args: &[&str]) -> Run {
+        self.command(args).output().unwrap().into()
+    }
+
+    pub fn apply(&self) -> Run {
+        self.lbctl(&["apply", "--auto-approve"]).expect_code(0)
+    }
+
+    /// The outputs as `apply` printed them.
+    pub fn outputs(run: &Run) -> BTreeMap<String, String> {
+        run.stdout
+            .lines()
+            .filter_map(|line| line.split_once(" = \""))
+            .map(|(key, value)| (key.to_string(), value.trim_end_matches('"').to_string()))
+            .collect()
+    }
+
+    /// `lbctl status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let run = self.lbctl(&["status", "--json"]).expect_code(0);
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+
+    /// Instances of an auto-scaling group as `status --json` reports them.
+    pub fn instances(&self, group: &str) -> Vec<serde_json::Value> {
+        let status = self.status();
+        let address = format!("autoscaling_group.{group}");
+        let resource = status["resources"].as_array().unwrap().iter().find(|it| it["address"] == address.as_str());
+        resource.map(|it| it["live"]["instances"].as_array().unwrap().clone()).unwrap_or_default()
+    }
+
+    /// Every process id the stack's runtime files name.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        collect_pids(&self.dir.path().join(".lbctl/run"), &mut pids);
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+}
+
+fn collect_pids(dir: &Path, pids: &mut Vec<u32>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_pids(&path, pids);
+        } else if path.file_name().is_some_and(|it| it == "pid") {
+            if let Ok(pid) = std::fs::read_to_string(&path).unwrap_or_default().trim().parse() {
+                pids.push(pid);
+            }
+        } else if path.file_name().is_some_and(|it| it == "instances.json") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Ok(report) = serde_json::from_str::<serde_json::Value>(&text) {
+                for instance in report["instances"].as_array().into_iter().flatten() {
+                    if let Some(pid) = instance["pid"].as_u64() {
+                        pids.push(pid as u32);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])))
+        .unwrap_or(false)
+}
+
+/// SIGKILL by PID.
+pub fn kill9(pid: u32) {
+    // SAFETY: kill(2) with a positive pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let pids = self.pids();
+        let _ = self.command(&["destroy", "--auto-approve"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        // Whatever destroy could not stop (a failed test may have broken it).
+        for pid in pids.into_iter().chain(self.pids()) {
+            if alive(pid) {
+                // Only processes of this stack: proxies and supervisors name
+                // its directory on their command line, instances run in it.
+                let dir = self.dir.path().to_string_lossy().into_owned();
+                let cmdline =
+                    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                        .into_owned();
+                let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+                let ours = cmdline.contains(&dir) || cwd.starts_with(self.dir.path());
+                if ours {
+                    kill9(pid);
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP response as curl saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// `curl` a URL with extra headers; `None` when curl could not connect.
+pub fn curl(url: &str, headers: &[&str]) -> Option<Response> {
+    curl_with(url, headers, &[])
+}
+
+/// `curl` with extra curl arguments (`-X POST`).
+pub fn curl_with(url: &str, headers: &[&str], extra: &[&str]) -> Option<Response> {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "--max-time", "10", "-D", "-", url]).args(extra);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let output = command.output().expect("curl is installed");
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Some(Response { status, headers, body: body.to_string() })
+}
+
+/// The instance id that answered a request through the load balancer.
+pub fn instance_of(url: &str, headers: &[&str]) -> Option<String> {
+    let response = curl(url, headers)?;
+    (response.status == 200).then(|| response.headers.get("x-instance-id").cloned()).flatten()
+}
