@@ -32,7 +32,7 @@ target_groups:
 #[test]
 fn a_dangling_reference_fails_validate_and_plan_with_its_location() {
     let stack = Stack::new(&small_spec(free_port()).replace("forward: fixed", "forward: fixd"));
-    let expected = "lbctl.yaml:8:36: load_balancers.front.listeners[0].default_action.forward: target group `fixd` is not defined (defined: fixed)";
+    let expected = "lbctl.yaml:9:36: load_balancers.front.listeners[0].default_action.forward: target group `fixd` is not defined (defined: fixed)";
     for command in [&["validate"][..], &["plan"][..], &["apply", "--auto-approve"][..]] {
         let run = stack.lbctl(command).expect_code(1);
         assert!(run.stderr.starts_with(expected), "{command:?}:\n{}", run.stderr);
