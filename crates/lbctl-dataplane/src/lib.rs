@@ -12,4 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod process;
+pub mod proxy;
 pub mod runtime;
+pub mod supervisor;
+pub mod worker;

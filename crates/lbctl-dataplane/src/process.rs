@@ -113,7 +113,12 @@ mod tests {
         command.arg("30");
         let mut child = spawn_detached(command, &dir.path().join("sleep.log")).unwrap();
         let pid = child.id();
-        assert!(is_ours(pid, "sleep"));
+        // The child's command line becomes `sleep 30` once it has exec'd.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_ours(pid, "sleep") {
+            assert!(Instant::now() < deadline, "the child never showed up as `sleep`");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(!is_ours(pid, "not-in-its-command-line"));
         // Reap in the background so the process does not linger as a zombie.
         let reaper = std::thread::spawn(move || child.wait());

@@ -474,7 +474,7 @@ impl Checker<'_> {
         for (lb_name, lb) in &spec.load_balancers {
             // Depth-first walk from each load balancer over lb -> tg -> lb edges.
             let mut path = vec![format!("load_balancers.{lb_name}")];
-            if let Some(cycle) = find_cycle(&spec, lb, &mut path) {
+            if let Some(cycle) = find_cycle(spec, lb, &mut path) {
                 let message = format!("reference cycle: {}", cycle.join(" -> "));
                 self.error(&format!("load_balancers.{lb_name}"), message);
                 return;

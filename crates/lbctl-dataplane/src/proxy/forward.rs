@@ -1,0 +1,341 @@
+//! The request path: route a request, then forward it to a target or answer
+//! it directly (redirect, fixed response, error).
+//!
+//! Forwarding keeps the method, path, query, Host header and body (streamed
+//! both ways), drops hop-by-hop headers, and adds the `X-Forwarded-*`
+//! headers. Upstream connections are pooled. Failures map to AWS's answers:
+//! 503 when no target is routable, 502 when the target refused or broke the
+//! response, 504 when it did not answer within the idle timeout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::action::{Action, RedirectSource};
+use super::router::{RequestView, Router};
+use super::selection::InFlight;
+use super::target_group::TargetGroup;
+use crate::runtime::ProxyConfig;
+
+/// How long connecting to a target may take (AWS: 10 seconds).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection to a target is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The pooled HTTP/1.1 client to targets.
+pub type Upstream = Client<HttpConnector, Incoming>;
+
+/// A new upstream client; one is shared by every listener of a proxy.
+pub fn upstream_client() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// What one listener needs per request, compiled from its configuration.
+pub struct ListenerContext {
+    /// The listener's port.
+    pub port: u16,
+    /// Its rules.
+    pub router: Router,
+    /// How long a target may take to answer, and an idle client connection may stay open.
+    pub idle_timeout: Duration,
+    /// `X-Forwarded-Port` value.
+    forwarded_port: HeaderValue,
+    /// `#{host}` of a redirect when the request has no Host header.
+    default_host: String,
+}
+
+impl ListenerContext {
+    /// Compiles `listener` of `config`; `resolve` gives the target group of a name.
+    pub fn compile(
+        listener: &lbctl_spec::Listener,
+        config: &ProxyConfig,
+        resolve: &mut dyn FnMut(&str) -> std::sync::Arc<TargetGroup>,
+    ) -> (ListenerContext, Vec<String>) {
+        let (router, errors) = Router::compile(listener, resolve);
+        let context = ListenerContext {
+            port: listener.port,
+            router,
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms.max(1)),
+            forwarded_port: HeaderValue::from(listener.port),
+            default_host: config.dns_name.clone(),
+        };
+        (context, errors)
+    }
+}
+
+/// A listener's shared state: its current context (swapped on reload) and the upstream client.
+pub struct Frontend {
+    /// The current configuration of the listener.
+    pub context: ArcSwap<ListenerContext>,
+    /// The client to targets.
+    pub upstream: Upstream,
+}
+
+/// Answers one request from `peer`.
+pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let client_ip = peer.ip().to_canonical();
+    // Route under the context snapshot, then let it go before any await.
+    let (group, idle_timeout, forwarded_port) = {
+        let context = frontend.context.load();
+        let view = RequestView::new(&request, client_ip);
+        let group = match context.router.route(&view) {
+            Action::Forward(group) => group.clone(),
+            Action::Weighted(weighted) => match weighted.pick() {
+                Some(group) => group.clone(),
+                None => return error(StatusCode::SERVICE_UNAVAILABLE),
+            },
+            Action::Fixed(fixed) => {
+                let mut response = Response::new(ProxyBody::full(fixed.body.clone()));
+                *response.status_mut() = fixed.status;
+                response.headers_mut().insert(CONTENT_TYPE, fixed.content_type.clone());
+                return response;
+            }
+            Action::Redirect(redirect) => {
+                let host = view.host.and_then(|it| std::str::from_utf8(it).ok()).unwrap_or(&context.default_host);
+                let uri = request.uri();
+                let source = RedirectSource {
+                    protocol: "http",
+                    host,
+                    port: context.port,
+                    path: uri.path(),
+                    query: uri.query().unwrap_or(""),
+                };
+                let Ok(location) = HeaderValue::try_from(redirect.location(&source)) else {
+                    return error(StatusCode::BAD_REQUEST);
+                };
+                let mut response = Response::new(ProxyBody::empty());
+                *response.status_mut() = redirect.status;
+                response.headers_mut().insert(LOCATION, location);
+                return response;
+            }
+        };
+        (group, context.idle_timeout, context.forwarded_port.clone())
+    };
+    let Some(backend) = group.select() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    drop(group);
+    let in_flight = InFlight::start(backend);
+
+    let (mut parts, body) = request.into_parts();
+    prepare_request_headers(&mut parts.headers, &parts.uri, client_ip, forwarded_port);
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(in_flight.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = match Uri::from_parts(uri) {
+        Ok(uri) => uri,
+        Err(_) => return error(StatusCode::BAD_REQUEST),
+    };
+    parts.version = Version::HTTP_11;
+
+    match tokio::time::timeout(idle_timeout, frontend.upstream.request(Request::from_parts(parts, body))).await {
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT),
+        Ok(Err(_)) => error(StatusCode::BAD_GATEWAY),
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, ProxyBody::upstream(body, in_flight))
+        }
+    }
+}
+
+/// Drops hop-by-hop headers, adds the forwarding headers, and keeps the Host
+/// the client sent (from the HTTP/2 authority when it sent no header).
+fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: IpAddr, forwarded_port: HeaderValue) {
+    remove_hop_by_hop(headers);
+    if !headers.contains_key(HOST) {
+        if let Some(host) = uri.authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()) {
+            headers.insert(HOST, host);
+        }
+    }
+    let forwarded_for = {
+        let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        if previous.peek().is_none() {
+            HeaderValue::try_from(client_ip.to_string())
+        } else {
+            let mut value = Vec::with_capacity(64);
+            for item in previous {
+                value.extend_from_slice(item.as_bytes());
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(client_ip.to_string().as_bytes());
+            HeaderValue::from_bytes(&value)
+        }
+    };
+    if let Ok(forwarded_for) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PORT.clone(), forwarded_port);
+}
+
+/// Removes the headers that only concern one connection, including those
+/// the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let mut named = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if !token.is_empty() && !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive") {
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
+        headers.remove(name);
+    }
+}
+
+/// An answer of the load balancer itself: status line text as the body.
+fn error(status: StatusCode) -> Response<ProxyBody> {
+    let body: &'static [u8] = match status {
+        StatusCode::BAD_REQUEST => b"400 Bad Request\n",
+        StatusCode::BAD_GATEWAY => b"502 Bad Gateway\n",
+        StatusCode::SERVICE_UNAVAILABLE => b"503 Service Unavailable\n",
+        StatusCode::GATEWAY_TIMEOUT => b"504 Gateway Timeout\n",
+        _ => b"error\n",
+    };
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// A response body: a target's, streamed while counting the request as in
+/// flight, or one the load balancer made.
+pub struct ProxyBody {
+    kind: BodyKind,
+}
+
+enum BodyKind {
+    Full(Option<Bytes>),
+    Upstream { body: Incoming, _in_flight: InFlight },
+}
+
+impl ProxyBody {
+    fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody { kind: BodyKind::Full(if bytes.is_empty() { None } else { Some(bytes) }) }
+    }
+
+    fn empty() -> ProxyBody {
+        ProxyBody { kind: BodyKind::Full(None) }
+    }
+
+    fn upstream(body: Incoming, in_flight: InFlight) -> ProxyBody {
+        ProxyBody { kind: BodyKind::Upstream { body, _in_flight: in_flight } }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|it| Ok(Frame::data(it)))),
+            BodyKind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full(bytes) => bytes.is_none(),
+            BodyKind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |it| it.len() as u64)),
+            BodyKind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_headers_for_the_target() {
+        fn check(headers: &[(&str, &str)], expect: &[(&str, &str)]) {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+            }
+            let uri: Uri = "/x".parse().unwrap();
+            prepare_request_headers(&mut map, &uri, "10.0.0.9".parse().unwrap(), HeaderValue::from(8080u16));
+            let mut got: Vec<(String, String)> =
+                map.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
+            got.sort();
+            let mut expect: Vec<(String, String)> =
+                expect.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            expect.sort();
+            assert_eq!(got, expect, "{headers:?}");
+        }
+        let added = [("x-forwarded-proto", "http"), ("x-forwarded-port", "8080")];
+        check(
+            &[("host", "shop.example.com")],
+            &[&[("host", "shop.example.com"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
+        );
+        check(
+            &[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8"), ("x-forwarded-proto", "https")],
+            &[&[("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.0.0.9")][..], &added].concat(),
+        );
+        check(
+            &[
+                ("connection", "keep-alive, x-secret"),
+                ("x-secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("accept", "*/*"),
+            ],
+            &[&[("accept", "*/*"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
+        );
+    }
+
+    #[test]
+    fn error_answers() {
+        fn check(status: StatusCode, expect: &str) {
+            let response = error(status);
+            let BodyKind::Full(Some(body)) = &response.body().kind else { panic!() };
+            assert_eq!((response.status(), std::str::from_utf8(body).unwrap()), (status, expect));
+        }
+        check(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n");
+        check(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
+        check(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Timeout\n");
+    }
+}

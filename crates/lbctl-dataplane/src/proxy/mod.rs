@@ -1,0 +1,668 @@
+//! The application load balancer process (`lbctl internal proxy CONFIG`).
+//!
+//! It serves one `ProxyConfig` (`lb/<name>/config.json`) until SIGTERM or
+//! SIGINT, reloading it whenever the file's bytes change, and reports through
+//! `lb/<name>/status.json`. It is organised like pingora's load-balancing
+//! crate, one concern per module:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | this one | the entry point, listeners, configuration reload, shutdown |
+//! | `router` | rules compiled per configuration, request matching |
+//! | `action` | forward, weighted forward, redirect and fixed-response actions |
+//! | `forward` | the request path: routing, forwarding, error answers |
+//! | `target_group` | one group's manager: discovery, health and selection together |
+//! | `discovery` | reading a group's registry files |
+//! | `health_check` | probes and the per-target health state machine |
+//! | `selection` | routable targets and the balancing algorithms |
+//! | `status` | the status file |
+//!
+//! Only HTTP listeners are served for now; a listener of another protocol is
+//! skipped and reported in the status's `errors`.
+
+mod action;
+mod discovery;
+mod forward;
+mod health_check;
+mod router;
+mod selection;
+mod status;
+mod target_group;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use lbctl_spec::ListenerProtocol;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use self::forward::{Frontend, ListenerContext, Upstream};
+use self::status::StatusBoard;
+use self::target_group::TargetGroup;
+use crate::runtime::{self, ProxyConfig};
+
+/// How often the configuration file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_millis(200);
+/// How long in-flight requests may take to finish when a listener closes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a port that could not be bound is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the proxy of the configuration file at `config_path` until SIGTERM
+/// or SIGINT; blocking. In-flight requests get a few seconds to finish, and
+/// the status file is removed on the way out.
+pub fn run(config_path: &Path) -> Result<()> {
+    let (_, config) = load_config(config_path)?;
+    let threads = match config.worker_threads {
+        0 => std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1),
+        threads => threads,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("lbctl-proxy")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        serve(config_path, shutdown).await
+    });
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
+/// Serves the configuration file at `config_path` on the current tokio
+/// runtime until `shutdown` resolves; `run` without the signals and the
+/// runtime, for embedding and tests.
+pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (bytes, config) = load_config(config_path)?;
+    let name = config.name.clone();
+    let board = Arc::new(StatusBoard::new(config.layout.lb_dir(&config.name).join("status.json")));
+    eprintln!("proxy {name}: starting (pid {})", std::process::id());
+    let mut proxy = Proxy::new(config_path, board.clone());
+    proxy.apply(config, runtime::digest(&bytes)).await;
+    // The provider waits for this file: write it as soon as the ports are bound.
+    if let Err(err) = board.write() {
+        eprintln!("proxy {name}: cannot write the status file: {err:#}");
+    }
+    let writer = AbortOnDrop(tokio::spawn(status::write_loop(board.clone())));
+    let mut poll = tokio::time::interval(CONFIG_POLL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = poll.tick() => proxy.tick().await,
+        }
+    }
+    eprintln!("proxy {name}: shutting down");
+    drop(writer);
+    proxy.shutdown().await;
+    eprintln!("proxy {name}: stopped");
+    Ok(())
+}
+
+/// Reads and parses a configuration file, returning its bytes too.
+fn load_config(path: &Path) -> Result<(Vec<u8>, ProxyConfig)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    Ok((bytes, config))
+}
+
+/// A task that is aborted when this is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A running target group and its manager task.
+struct GroupHandle {
+    group: Arc<TargetGroup>,
+    _manager: AbortOnDrop,
+}
+
+/// A bound listener and its accept task.
+struct ListenerHandle {
+    frontend: Arc<Frontend>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A listener of the configuration whose port is not bound (yet).
+struct Unbound {
+    context: ListenerContext,
+    error: String,
+}
+
+/// The proxy's mutable state, owned by its main loop.
+struct Proxy {
+    config_path: PathBuf,
+    /// The configuration applied, and the digest of its file's bytes.
+    config: Option<ProxyConfig>,
+    applied: String,
+    /// Why the configuration file on disk is not applied, and its digest.
+    rejected: Option<(String, String)>,
+    upstream: Upstream,
+    board: Arc<StatusBoard>,
+    groups: BTreeMap<String, GroupHandle>,
+    listeners: BTreeMap<u16, ListenerHandle>,
+    unbound: BTreeMap<u16, Unbound>,
+    last_bind_attempt: Instant,
+    /// Problems of the applied configuration (unsupported listeners, bad rules).
+    config_errors: Vec<String>,
+    /// Accept tasks of closed listeners, still draining their connections.
+    retiring: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn new(config_path: &Path, board: Arc<StatusBoard>) -> Proxy {
+        Proxy {
+            config_path: config_path.to_path_buf(),
+            config: None,
+            applied: String::new(),
+            rejected: None,
+            upstream: forward::upstream_client(),
+            board,
+            groups: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            unbound: BTreeMap::new(),
+            last_bind_attempt: Instant::now(),
+            config_errors: Vec::new(),
+            retiring: Vec::new(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.config.as_ref().map_or("", |it| it.name.as_str())
+    }
+
+    /// One poll: reload the configuration if its file changed, retry ports
+    /// that could not be bound, forget listeners that finished draining.
+    async fn tick(&mut self) {
+        self.retiring.retain(|it| !it.is_finished());
+        match std::fs::read(&self.config_path) {
+            Ok(bytes) => {
+                let digest = runtime::digest(&bytes);
+                if digest == self.applied {
+                    // The applied file is back (after a bad edit): nothing is wrong any more.
+                    if self.rejected.take().is_some() {
+                        self.publish();
+                    }
+                } else if self.rejected.as_ref().is_none_or(|(it, _)| *it != digest) {
+                    match serde_json::from_slice::<ProxyConfig>(&bytes) {
+                        Ok(config) => {
+                            eprintln!("proxy {}: applying configuration {digest}", self.name());
+                            self.rejected = None;
+                            self.apply(config, digest).await;
+                            return;
+                        }
+                        Err(err) => self.reject(digest, format!("{}: {err}", self.config_path.display())),
+                    }
+                }
+            }
+            Err(err) => {
+                let problem = format!("reading {}: {err}", self.config_path.display());
+                self.reject(String::new(), problem);
+            }
+        }
+        if !self.unbound.is_empty() && self.last_bind_attempt.elapsed() >= BIND_RETRY && self.bind_pending().await {
+            self.publish();
+        }
+    }
+
+    /// Keeps serving the applied configuration and reports why the file is not used.
+    fn reject(&mut self, digest: String, problem: String) {
+        if self.rejected.as_ref().is_some_and(|(it, _)| *it == digest) {
+            return;
+        }
+        eprintln!("proxy {}: keeping the current configuration: {problem}", self.name());
+        self.rejected = Some((digest, problem));
+        self.publish();
+    }
+
+    /// Applies a configuration: target groups, rules, listeners.
+    async fn apply(&mut self, config: ProxyConfig, digest: String) {
+        let previous = self.config.take();
+        let mut errors = Vec::new();
+
+        // Target groups: every group named, and every group an action forwards to.
+        let mut wanted: BTreeSet<String> = config.target_groups.iter().cloned().collect();
+        for listener in &config.listeners {
+            wanted.extend(referenced_groups(listener).map(str::to_string));
+        }
+        if previous.as_ref().is_some_and(|it| it.layout != config.layout) {
+            self.groups.clear();
+        }
+        self.groups.retain(|name, _| wanted.contains(name));
+        for name in wanted {
+            self.groups.entry(name).or_insert_with_key(|name| {
+                let group = TargetGroup::new(name);
+                let manager = target_group::manage(group.clone(), config.layout.clone(), self.board.clone());
+                GroupHandle { group, _manager: AbortOnDrop(tokio::spawn(manager)) }
+            });
+        }
+
+        // Listeners: compile every usable one.
+        let mut contexts = BTreeMap::new();
+        for listener in &config.listeners {
+            let port = listener.port;
+            if listener.protocol != ListenerProtocol::Http {
+                let protocol = lbctl_spec::wire_name(&listener.protocol);
+                errors.push(format!("listener {port}: {protocol} listeners are not supported yet"));
+                continue;
+            }
+            if contexts.contains_key(&port) {
+                errors.push(format!("listener {port}: the port is used by another listener"));
+                continue;
+            }
+            let groups = &self.groups;
+            let mut resolve =
+                |name: &str| groups.get(name).map(|it| it.group.clone()).unwrap_or_else(|| TargetGroup::new(name));
+            let (context, problems) = ListenerContext::compile(listener, &config, &mut resolve);
+            errors.extend(problems.into_iter().map(|it| format!("listener {port}: {it}")));
+            contexts.insert(port, context);
+        }
+
+        // Close what is gone, swap the rules of what stays, bind what is new.
+        let rebind = previous.as_ref().is_some_and(|it| it.bind_ip != config.bind_ip);
+        let closing: Vec<u16> =
+            self.listeners.keys().copied().filter(|port| rebind || !contexts.contains_key(port)).collect();
+        for port in closing {
+            if let Some(listener) = self.listeners.remove(&port) {
+                eprintln!("proxy {}: closing port {port}", config.name);
+                let _ = listener.stop.send(true);
+                self.retiring.push(listener.task);
+            }
+        }
+        self.unbound.clear();
+        for (port, context) in contexts {
+            match self.listeners.get(&port) {
+                Some(listener) => listener.frontend.context.store(Arc::new(context)),
+                None => {
+                    self.unbound.insert(port, Unbound { context, error: String::new() });
+                }
+            }
+        }
+        self.config = Some(config);
+        self.applied = digest;
+        self.config_errors = errors;
+        self.bind_pending().await;
+        self.publish();
+    }
+
+    /// Binds the ports not bound yet; true when any was.
+    async fn bind_pending(&mut self) -> bool {
+        self.last_bind_attempt = Instant::now();
+        let Some(config) = &self.config else { return false };
+        let (ip, name) = (config.bind_ip, config.name.clone());
+        let mut bound = false;
+        let ports: Vec<u16> = self.unbound.keys().copied().collect();
+        for port in ports {
+            match TcpListener::bind((ip, port)).await {
+                Ok(listener) => {
+                    let pending = self.unbound.remove(&port).expect("listed above");
+                    let frontend = Arc::new(Frontend {
+                        context: ArcSwap::from_pointee(pending.context),
+                        upstream: self.upstream.clone(),
+                    });
+                    let (stop, stopped) = watch::channel(false);
+                    let task = tokio::spawn(accept_loop(listener, frontend.clone(), stopped));
+                    eprintln!("proxy {name}: listening on {ip}:{port}");
+                    self.listeners.insert(port, ListenerHandle { frontend, stop, task });
+                    bound = true;
+                }
+                Err(err) => {
+                    let error = format!("listener {port}: cannot listen on {ip}:{port}: {err}");
+                    let pending = self.unbound.get_mut(&port).expect("listed above");
+                    if pending.error != error {
+                        eprintln!("proxy {name}: {error}");
+                        pending.error = error;
+                    }
+                }
+            }
+        }
+        bound
+    }
+
+    /// Puts the current state on the status board.
+    fn publish(&self) {
+        let mut errors = self.config_errors.clone();
+        errors.extend(self.unbound.values().map(|it| it.error.clone()).filter(|it| !it.is_empty()));
+        if let Some((_, problem)) = &self.rejected {
+            errors.push(format!("configuration not applied: {problem}"));
+        }
+        let listening = self.listeners.keys().copied().collect();
+        let groups = self.groups.values().map(|it| it.group.clone()).collect();
+        let digest = self.applied.clone();
+        self.board.update(move |report| {
+            report.config_digest = digest;
+            report.listening = listening;
+            report.errors = errors;
+            report.groups = groups;
+        });
+    }
+
+    /// Stops accepting, lets in-flight requests finish (for a while), stops
+    /// the target groups and removes the status file.
+    async fn shutdown(mut self) {
+        for (_, listener) in std::mem::take(&mut self.listeners) {
+            let _ = listener.stop.send(true);
+            self.retiring.push(listener.task);
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT + Duration::from_secs(1);
+        for task in self.retiring.drain(..) {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+        self.groups.clear();
+        self.board.remove();
+    }
+}
+
+/// The target groups a listener's actions forward to.
+fn referenced_groups(listener: &lbctl_spec::Listener) -> impl Iterator<Item = &str> {
+    std::iter::once(&listener.default_action)
+        .chain(listener.rules.iter().map(|it| &it.action))
+        .filter_map(|it| it.forward.as_ref())
+        .flat_map(|it| it.target_groups())
+}
+
+/// Accepts connections until told to stop, then closes the socket and lets
+/// the open connections finish their requests.
+async fn accept_loop(listener: TcpListener, frontend: Arc<Frontend>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve_connection(stream, peer, &frontend, &graceful),
+                Err(err) => {
+                    // Out of file descriptors, typically: wait instead of spinning.
+                    if !matches!(err.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+                        eprintln!("proxy: accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            },
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+}
+
+/// Serves one client connection (HTTP/1.1, or HTTP/2 with prior knowledge).
+fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: &Arc<Frontend>, graceful: &GracefulShutdown) {
+    let _ = stream.set_nodelay(true);
+    let idle_timeout = frontend.context.load().idle_timeout;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Reading the next request's head is bounded by the idle timeout, which
+    // closes idle keep-alive connections as AWS does.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let shared = frontend.clone();
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(forward::handle(&shared, request, peer).await) }
+    });
+    let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{HealthState, Layout, ProxyStatus, RegisteredTarget, Registrations, TargetGroupConfig};
+    use crate::worker;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper::{HeaderMap, Request, StatusCode};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use std::net::Ipv4Addr;
+    use tokio::sync::oneshot;
+
+    type TestClient = Client<HttpConnector, Empty<Bytes>>;
+
+    /// A demo worker serving on a free port until its sender is dropped or fired.
+    struct TestWorker {
+        target: RegisteredTarget,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Result<()>>,
+    }
+
+    async fn start_worker(id: &str) -> TestWorker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let id_owned = id.to_string();
+        let task = tokio::spawn(async move {
+            let faults = Arc::new(worker::Faults::default());
+            worker::serve(listener, &id_owned, "hello", faults, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        TestWorker { target: RegisteredTarget { id: id.into(), ip: Ipv4Addr::LOCALHOST, port }, stop, task }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A stack layout with target group `web` (fast health checks) and `targets` registered in it.
+    fn write_group(layout: &Layout, targets: &[RegisteredTarget]) {
+        let yaml = "{ port: 8080, health_check: { path: /health, interval: 100ms, timeout: 500ms, \
+                    healthy_threshold: 2, unhealthy_threshold: 2 }, deregistration_delay: 300ms }";
+        let settings = serde_yaml::from_str(yaml).unwrap();
+        runtime::write_json(
+            &layout.tg_dir("web").join("group.json"),
+            &TargetGroupConfig { name: "web".into(), settings },
+        )
+        .unwrap();
+        runtime::write_json(&layout.registration_file("web", "static"), &Registrations { targets: targets.to_vec() })
+            .unwrap();
+    }
+
+    fn proxy_config(layout: &Layout, listeners: &str) -> ProxyConfig {
+        ProxyConfig {
+            stack: "shop".into(),
+            name: "public".into(),
+            dns_name: "public.shop.elb.localhost".into(),
+            bind_ip: Ipv4Addr::LOCALHOST,
+            worker_threads: 2,
+            idle_timeout_ms: 1000,
+            listeners: serde_yaml::from_str(listeners).unwrap(),
+            target_groups: vec!["web".into(), "empty".into()],
+            layout: layout.clone(),
+        }
+    }
+
+    /// Polls the status file until `ready` holds, for at most ten seconds.
+    async fn wait_for(path: &Path, what: &str, ready: impl Fn(&ProxyStatus) -> bool) -> ProxyStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = runtime::read_json::<ProxyStatus>(path) {
+                if ready(&status) {
+                    return status;
+                }
+                assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {status:#?}");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; no status file");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn states(status: &ProxyStatus, group: &str) -> Vec<(String, HealthState)> {
+        status
+            .target_groups
+            .get(group)
+            .map(|it| it.iter().map(|it| (it.id.clone(), it.state)).collect())
+            .unwrap_or_default()
+    }
+
+    async fn get(client: &TestClient, port: u16, path: &str, host: &str) -> (StatusCode, HeaderMap, String) {
+        let request =
+            Request::get(format!("http://127.0.0.1:{port}{path}")).header("host", host).body(Empty::new()).unwrap();
+        let response = client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn forwards_routes_and_drains() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = Layout::new(dir.path().join("run"));
+            let workers = vec![start_worker("i-a").await, start_worker("i-b").await];
+            write_group(&layout, &workers.iter().map(|it| it.target.clone()).collect::<Vec<_>>());
+            let port = free_port();
+            let listeners = format!(
+                r#"
+- port: {port}
+  protocol: HTTP
+  default_action: {{ forward: web }}
+  rules:
+    - priority: 10
+      conditions: {{ path_pattern: ["/teapot"] }}
+      action: {{ fixed_response: {{ status_code: 418, body: "short and stout" }} }}
+    - priority: 20
+      conditions: {{ path_pattern: ["/old/*"] }}
+      action: {{ redirect: {{ path: "/new/#{{path}}", status_code: 301 }} }}
+    - priority: 30
+      conditions: {{ path_pattern: ["/nobody/*"] }}
+      action: {{ forward: empty }}
+- port: {}
+  protocol: HTTPS
+  default_action: {{ forward: web }}
+"#,
+                free_port()
+            );
+            let config_path = layout.lb_dir("public").join("config.json");
+            runtime::write_json(&config_path, &proxy_config(&layout, &listeners)).unwrap();
+            let status_path = layout.lb_dir("public").join("status.json");
+
+            let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
+            let served_path = config_path.clone();
+            let proxy = tokio::spawn(async move {
+                serve(&served_path, async move {
+                    let _ = proxy_stopped.await;
+                })
+                .await
+            });
+
+            let status = wait_for(&status_path, "both targets healthy", |it| {
+                states(it, "web").iter().filter(|(_, state)| *state == HealthState::Healthy).count() == 2
+            })
+            .await;
+            assert_eq!(status.pid, std::process::id());
+            assert_eq!(status.config_digest, runtime::digest(&std::fs::read(&config_path).unwrap()));
+            assert_eq!(status.listening, vec![port]);
+            assert_eq!(status.errors.len(), 1, "{:?}", status.errors);
+            assert!(status.errors[0].contains("HTTPS listeners are not supported yet"), "{:?}", status.errors);
+            assert_eq!(states(&status, "empty"), vec![]);
+
+            let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+            let mut seen = BTreeSet::new();
+            for _ in 0..10 {
+                let (code, headers, body) = get(&client, port, "/hello?x=1", "shop.example.com").await;
+                assert_eq!(code, StatusCode::OK, "{body}");
+                assert!(body.ends_with("path=/hello\n"), "{body}");
+                assert_eq!(headers["x-seen-forwarded-for"], "127.0.0.1");
+                assert_eq!(headers["x-seen-forwarded-proto"], "http");
+                assert_eq!(headers["x-seen-forwarded-port"], port.to_string());
+                assert_eq!(headers["x-seen-host"], "shop.example.com");
+                seen.insert(headers["x-instance-id"].to_str().unwrap().to_string());
+            }
+            assert_eq!(seen, BTreeSet::from(["i-a".to_string(), "i-b".to_string()]));
+
+            let (code, headers, body) = get(&client, port, "/teapot", "x").await;
+            assert_eq!((code.as_u16(), body.as_str(), headers["content-type"].to_str().unwrap()), (418, "short and stout", "text/plain"));
+            let (code, headers, _) = get(&client, port, "/old/a/b?q=1", "shop.example.com").await;
+            let location = headers["location"].to_str().unwrap();
+            assert_eq!((code.as_u16(), location), (301, format!("http://shop.example.com:{port}/new/old/a/b?q=1").as_str()));
+            let (code, _, body) = get(&client, port, "/nobody/home", "x").await;
+            assert_eq!((code.as_u16(), body.as_str()), (503, "503 Service Unavailable\n"));
+            let (code, _, body) = get(&client, port, "/slow?sleep=1500", "x").await;
+            assert_eq!((code.as_u16(), body.as_str()), (504, "504 Gateway Timeout\n"));
+
+            let status = wait_for(&status_path, "request counters", |it| {
+                it.target_groups["web"].iter().map(|it| it.requests).sum::<u64>() == 11
+            })
+            .await;
+            assert!(status.target_groups["web"].iter().all(|it| it.requests >= 4), "{status:#?}");
+
+            // Deregistering i-b drains it: no new requests, then it is gone.
+            write_group(&layout, &[workers[0].target.clone()]);
+            wait_for(&status_path, "i-b draining", |it| states(it, "web").contains(&("i-b".into(), HealthState::Draining))).await;
+            for _ in 0..4 {
+                assert_eq!(get(&client, port, "/", "x").await.1["x-instance-id"], "i-a");
+            }
+            wait_for(&status_path, "i-b gone", |it| states(it, "web") == vec![("i-a".into(), HealthState::Healthy)]).await;
+
+            // A target that refuses connections is unhealthy; with no healthy
+            // target left the group fails open to it, and the answer is 502.
+            let dead = RegisteredTarget { id: "dead".into(), ip: Ipv4Addr::LOCALHOST, port: free_port() };
+            write_group(&layout, &[dead]);
+            wait_for(&status_path, "dead unhealthy and i-a drained", |it| {
+                states(it, "web") == vec![("dead".into(), HealthState::Unhealthy)]
+            })
+            .await;
+            let (code, _, body) = get(&client, port, "/", "x").await;
+            assert_eq!((code.as_u16(), body.as_str()), (502, "502 Bad Gateway\n"));
+
+            // A new configuration applies without a restart.
+            let fixed = format!("[{{ port: {port}, protocol: HTTP, default_action: {{ fixed_response: {{ status_code: 200, body: v2 }} }} }}]");
+            runtime::write_json(&config_path, &proxy_config(&layout, &fixed)).unwrap();
+            let digest = runtime::digest(&std::fs::read(&config_path).unwrap());
+            let status = wait_for(&status_path, "the new configuration", |it| it.config_digest == digest).await;
+            assert_eq!((status.listening, status.errors), (vec![port], vec![]));
+            assert_eq!(get(&client, port, "/", "x").await.2, "v2");
+
+            // A broken file keeps the applied configuration and says why.
+            let good = std::fs::read(&config_path).unwrap();
+            std::fs::write(&config_path, b"{").unwrap();
+            let status = wait_for(&status_path, "the rejection", |it| !it.errors.is_empty()).await;
+            assert_eq!(status.config_digest, digest);
+            assert!(status.errors[0].starts_with("configuration not applied: "), "{:?}", status.errors);
+            assert_eq!(get(&client, port, "/", "x").await.2, "v2");
+            runtime::write_atomic(&config_path, &good).unwrap();
+            wait_for(&status_path, "the error to clear", |it| it.errors.is_empty()).await;
+
+            stop_proxy.send(()).unwrap();
+            proxy.await.unwrap().unwrap();
+            assert!(!status_path.exists(), "the status file is removed on shutdown");
+            assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the port is closed");
+            for worker in workers {
+                worker.stop.send(()).unwrap();
+                worker.task.await.unwrap().unwrap();
+            }
+        });
+    }
+}
