@@ -424,7 +424,11 @@ impl LocalProvider {
         if healthy >= desired {
             return Ok(Readiness::Ready);
         }
-        let detail = if waiting.is_empty() { String::new() } else { format!(" ({})", waiting.join("; ")) };
+        let detail = match waiting.as_slice() {
+            [] => String::new(),
+            [one] => format!(" ({one})"),
+            [first, rest @ ..] => format!(" ({first}; and {} more)", rest.len()),
+        };
         Ok(Readiness::Waiting(format!("{healthy} of {desired} instances healthy{detail}")))
     }
 

@@ -240,7 +240,9 @@ impl Table {
                 changed = true;
             }
         }
-        self.expire(now) || changed
+        // Draining targets are dropped by the next tick's `expire`, so each
+        // is seen as `draining` at least once.
+        changed
     }
 
     /// Applies a health check result; what it changed.
@@ -273,12 +275,14 @@ impl Table {
         change
     }
 
-    /// Drops the targets whose draining is over; true when any was.
+    /// Drops the targets whose draining is over: the deregistration delay
+    /// has passed, or (as AWS does) no request is in flight to them any more.
+    /// True when any was dropped.
     fn expire(&mut self, now: Instant) -> bool {
         let before = self.entries.len();
         let name = &self.name;
         self.entries.retain(|target, entry| {
-            let keep = entry.drain_until.is_none_or(|until| now < until);
+            let keep = entry.drain_until.is_none_or(|until| now < until && entry.backend.in_flight() > 0);
             if !keep {
                 eprintln!("target group {name}: {} drained", target.id);
             }
@@ -330,6 +334,7 @@ fn state_name(state: HealthState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::selection::InFlight;
     use crate::runtime::TargetGroupConfig;
     use std::collections::BTreeSet;
     use std::net::Ipv4Addr;
@@ -378,18 +383,25 @@ mod tests {
         let stale = CheckResult { target: target("b"), generation: 0, outcome: Outcome::Pass };
         assert_eq!(table.record(stale), Change::None);
 
-        // Deregistered: draining, no new requests, dropped after the delay.
+        // Deregistered: draining, no new requests, kept while a request is
+        // in flight and until the delay.
+        let in_flight = InFlight::start(table.entries[&target("a")].backend.clone());
         assert!(table.apply(discovered(&["b"]), start));
         assert_eq!(published(&table), ("a=draining b=initial".into(), "b b b b".into()));
         assert_eq!(record(&mut table, "a", Outcome::Pass), Change::None, "draining targets are not checked");
         assert!(!table.expire(start + Duration::from_millis(1999)));
+        drop(in_flight);
         assert!(table.apply(discovered(&["b", "a"]), start + Duration::from_secs(1)));
         assert_eq!(published(&table).0, "a=initial b=initial", "registered again while draining");
 
+        let in_flight = InFlight::start(table.entries[&target("b")].backend.clone());
         assert!(table.apply(discovered(&[]), start + Duration::from_secs(1)));
         assert_eq!(published(&table), ("a=draining b=draining".into(), "- - - -".into()));
-        assert!(table.expire(start + Duration::from_secs(3)));
+        assert!(table.expire(start + Duration::from_secs(1)), "a has nothing in flight: drained at once");
+        assert_eq!(published(&table).0, "b=draining");
+        assert!(table.expire(start + Duration::from_secs(3)), "b: the delay is over");
         assert_eq!(published(&table).0, "");
+        drop(in_flight);
     }
 
     #[test]
