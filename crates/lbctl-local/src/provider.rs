@@ -429,7 +429,9 @@ impl LocalProvider {
             [one] => format!(" ({one})"),
             [first, rest @ ..] => format!(" ({first}; and {} more)", rest.len()),
         };
-        Ok(Readiness::Waiting(format!("{healthy} of {desired} instances healthy{detail}")))
+        // The supervisor's latest event says why when instances keep dying.
+        let latest = report.events.last().map(|it| format!("; latest event: {it}")).unwrap_or_default();
+        Ok(Readiness::Waiting(format!("{healthy} of {desired} instances healthy{detail}{latest}")))
     }
 
     pub(crate) fn all_proxy_statuses(&self) -> Vec<(String, ProxyStatus)> {
