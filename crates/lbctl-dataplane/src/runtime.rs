@@ -128,6 +128,19 @@ pub enum HealthState {
     Unused,
 }
 
+impl HealthState {
+    /// The state as the status file and `lbctl status` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Initial => "initial",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+            HealthState::Draining => "draining",
+            HealthState::Unused => "unused",
+        }
+    }
+}
+
 /// One target as a proxy sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetHealth {
@@ -239,6 +252,23 @@ pub struct InstancesReport {
     pub events: Vec<String>,
     /// When this was written, in Unix milliseconds.
     pub updated_ms: u64,
+}
+
+/// The status of every load balancer of a stack whose proxy is running, by
+/// load balancer name, sorted.
+pub fn running_proxy_statuses(layout: &Layout) -> Vec<(String, ProxyStatus)> {
+    let Ok(entries) = std::fs::read_dir(layout.root.join("lb")) else { return Vec::new() };
+    let mut statuses = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(Some(status)) = read_json::<ProxyStatus>(&entry.path().join("status.json")) {
+            if crate::process::is_alive(status.pid) {
+                statuses.push((name, status));
+            }
+        }
+    }
+    statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    statuses
 }
 
 /// Milliseconds since the Unix epoch.

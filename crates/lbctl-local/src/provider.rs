@@ -173,6 +173,41 @@ impl LocalProvider {
         }
     }
 
+    /// Writes a process's configuration into `dir` and starts it there;
+    /// `runs(pid, digest)` says when it serves that configuration.
+    fn launch<T: Serialize>(
+        &self,
+        role: &str,
+        dir: &Path,
+        config: &T,
+        progress: &dyn Progress,
+        runs: impl Fn(u32, &str) -> Option<Result<()>>,
+    ) -> Result<Value> {
+        let config_path = dir.join("config.json");
+        runtime::write_json(&config_path, config)?;
+        let config_digest = runtime::digest(&std::fs::read(&config_path)?);
+        let log = dir.join(format!("{role}.log"));
+        let pid = self.start_process(role, &config_path, &log, progress, |pid| runs(pid, &config_digest))?;
+        Ok(json!(ProcessData { pid, config_path, config_digest }))
+    }
+
+    /// Rewrites a running process's configuration and waits until it
+    /// reports the new one as applied (it reloads on change: no restart).
+    fn reconfigure<T: Serialize>(
+        &self,
+        role: &str,
+        prior: &ResourceState,
+        config: &T,
+        runs: impl Fn(u32, &str) -> Option<Result<()>>,
+    ) -> Result<Value> {
+        let mut data: ProcessData = private(prior);
+        runtime::write_json(&data.config_path, config)?;
+        data.config_digest = runtime::digest(&std::fs::read(&data.config_path)?);
+        let marker = data.config_path.to_string_lossy().into_owned();
+        self.wait_applied(role, data.pid, &marker, || runs(data.pid, &data.config_digest))?;
+        Ok(json!(data))
+    }
+
     // Load balancers.
 
     fn proxy_config(&self, resource: &Resource) -> Result<ProxyConfig> {
@@ -210,15 +245,10 @@ impl LocalProvider {
 
     fn create_load_balancer(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
         let config = self.proxy_config(resource)?;
-        let dir = self.layout.lb_dir(&config.name);
-        let config_path = dir.join("config.json");
-        runtime::write_json(&config_path, &config)?;
-        let digest = runtime::digest(&std::fs::read(&config_path)?);
         let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
-        let pid = self.start_process("proxy", &config_path, &dir.join("proxy.log"), progress, |pid| {
-            self.proxy_serves(&config.name, pid, &digest, &ports)
-        })?;
-        Ok(json!(ProcessData { pid, config_path, config_digest: digest }))
+        self.launch("proxy", &self.layout.lb_dir(&config.name), &config, progress, |pid, digest| {
+            self.proxy_serves(&config.name, pid, digest, &ports)
+        })
     }
 
     fn update_load_balancer(
@@ -227,17 +257,10 @@ impl LocalProvider {
         resource: &Resource,
         progress: &dyn Progress,
     ) -> Result<Value> {
-        let mut data: ProcessData = private(prior);
         let config = self.proxy_config(resource)?;
-        runtime::write_json(&data.config_path, &config)?;
-        data.config_digest = runtime::digest(&std::fs::read(&data.config_path)?);
-        progress.report("reloading the proxy's configuration");
         let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
-        let marker = data.config_path.to_string_lossy().into_owned();
-        self.wait_applied("proxy", data.pid, &marker, || {
-            self.proxy_serves(&config.name, data.pid, &data.config_digest, &ports)
-        })?;
-        Ok(json!(data))
+        progress.report("reloading the proxy's configuration");
+        self.reconfigure("proxy", prior, &config, |pid, digest| self.proxy_serves(&config.name, pid, digest, &ports))
     }
 
     // Auto-scaling groups.
@@ -266,14 +289,9 @@ impl LocalProvider {
 
     fn create_autoscaling_group(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
         let config = self.supervisor_config(resource)?;
-        let dir = self.layout.asg_dir(&config.name);
-        let config_path = dir.join("config.json");
-        runtime::write_json(&config_path, &config)?;
-        let digest = runtime::digest(&std::fs::read(&config_path)?);
-        let pid = self.start_process("supervisor", &config_path, &dir.join("supervisor.log"), progress, |pid| {
-            self.supervisor_runs(&config.name, pid, &digest)
-        })?;
-        Ok(json!(ProcessData { pid, config_path, config_digest: digest }))
+        self.launch("supervisor", &self.layout.asg_dir(&config.name), &config, progress, |pid, digest| {
+            self.supervisor_runs(&config.name, pid, digest)
+        })
     }
 
     fn update_autoscaling_group(
@@ -282,16 +300,9 @@ impl LocalProvider {
         resource: &Resource,
         progress: &dyn Progress,
     ) -> Result<Value> {
-        let mut data: ProcessData = private(prior);
         let config = self.supervisor_config(resource)?;
-        runtime::write_json(&data.config_path, &config)?;
-        data.config_digest = runtime::digest(&std::fs::read(&data.config_path)?);
         progress.report("handing the new settings to the supervisor");
-        let marker = data.config_path.to_string_lossy().into_owned();
-        self.wait_applied("supervisor", data.pid, &marker, || {
-            self.supervisor_runs(&config.name, data.pid, &data.config_digest)
-        })?;
-        Ok(json!(data))
+        self.reconfigure("supervisor", prior, &config, |pid, digest| self.supervisor_runs(&config.name, pid, digest))
     }
 
     /// Stops a supervisor (it drains and stops its instances), then makes
@@ -435,18 +446,7 @@ impl LocalProvider {
     }
 
     pub(crate) fn all_proxy_statuses(&self) -> Vec<(String, ProxyStatus)> {
-        let Ok(entries) = std::fs::read_dir(self.layout.root.join("lb")) else { return Vec::new() };
-        let mut statuses = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Ok(Some(status)) = runtime::read_json::<ProxyStatus>(&entry.path().join("status.json")) {
-                if process::is_alive(status.pid) {
-                    statuses.push((name, status));
-                }
-            }
-        }
-        statuses.sort_by(|a, b| a.0.cmp(&b.0));
-        statuses
+        runtime::running_proxy_statuses(&self.layout)
     }
 }
 

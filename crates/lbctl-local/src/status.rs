@@ -6,16 +6,6 @@ use serde_json::json;
 
 use crate::provider::{lb_settings, LocalProvider};
 
-fn state_name(state: HealthState) -> &'static str {
-    match state {
-        HealthState::Initial => "initial",
-        HealthState::Healthy => "healthy",
-        HealthState::Unhealthy => "unhealthy",
-        HealthState::Draining => "draining",
-        HealthState::Unused => "unused",
-    }
-}
-
 /// `Ok` when `instance_id` is healthy in every load balancer that routes to
 /// one of `target_groups`; otherwise the first reason it is not. A group no
 /// load balancer routes to does not count against it.
@@ -30,7 +20,7 @@ pub(crate) fn instance_target_health(
             match targets.iter().find(|it| it.id == instance_id) {
                 None => return Err(format!("not yet registered in {group} at load balancer {lb}")),
                 Some(target) if target.state != HealthState::Healthy => {
-                    return Err(format!("{} in {group} at {lb}: {}", state_name(target.state), target.reason));
+                    return Err(format!("{} in {group} at {lb}: {}", target.state.as_str(), target.reason));
                 }
                 Some(_) => {}
             }
@@ -61,13 +51,13 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                         group.clone(),
                         target.id.clone(),
                         format!("{}:{}", target.ip, target.port),
-                        state_name(target.state).to_string(),
+                        target.state.as_str().to_string(),
                         target.reason.clone(),
                         target.requests.to_string(),
                     ]);
                     targets_json.push(json!({
                         "target_group": group, "id": target.id, "address": format!("{}:{}", target.ip, target.port),
-                        "state": state_name(target.state), "reason": target.reason, "requests": target.requests,
+                        "state": target.state.as_str(), "reason": target.reason, "requests": target.requests,
                     }));
                 }
             }

@@ -268,8 +268,8 @@ impl Table {
                 result.target.id,
                 result.target.ip,
                 result.target.port,
-                state_name(before),
-                state_name(after)
+                before.as_str(),
+                after.as_str()
             );
         }
         change
@@ -320,17 +320,6 @@ impl Table {
     }
 }
 
-/// A state as the status file spells it.
-fn state_name(state: HealthState) -> &'static str {
-    match state {
-        HealthState::Initial => "initial",
-        HealthState::Healthy => "healthy",
-        HealthState::Unhealthy => "unhealthy",
-        HealthState::Draining => "draining",
-        HealthState::Unused => "unused",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,8 +351,7 @@ mod tests {
     fn published(table: &Table) -> (String, String) {
         let group = TargetGroup::new("web");
         table.publish(&group);
-        let states: Vec<String> =
-            group.health().iter().map(|it| format!("{}={}", it.id, state_name(it.state))).collect();
+        let states: Vec<String> = group.health().iter().map(|it| format!("{}={}", it.id, it.state.as_str())).collect();
         let picks: Vec<String> = (0..4).map(|_| group.select().map(|it| it.id.clone()).unwrap_or("-".into())).collect();
         (states.join(" "), picks.join(" "))
     }

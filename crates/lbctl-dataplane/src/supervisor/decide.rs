@@ -76,18 +76,8 @@ pub(crate) struct Observation {
 
 impl Observation {
     fn describe(&self) -> String {
-        let reason = if self.reason.is_empty() { state_name(self.state).to_string() } else { self.reason.clone() };
+        let reason = if self.reason.is_empty() { self.state.as_str().to_string() } else { self.reason.clone() };
         format!("load balancer {} reports {reason}", self.lb)
-    }
-}
-
-fn state_name(state: HealthState) -> &'static str {
-    match state {
-        HealthState::Initial => "initial",
-        HealthState::Healthy => "healthy",
-        HealthState::Unhealthy => "unhealthy",
-        HealthState::Draining => "draining",
-        HealthState::Unused => "unused",
     }
 }
 

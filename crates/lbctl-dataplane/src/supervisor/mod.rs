@@ -349,18 +349,7 @@ impl Supervisor {
 
     /// Statuses of the load balancers whose proxy runs.
     fn proxy_statuses(&self) -> Vec<(String, ProxyStatus)> {
-        let Ok(entries) = std::fs::read_dir(self.config.layout.root.join("lb")) else { return Vec::new() };
-        let mut statuses = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Ok(Some(status)) = runtime::read_json::<ProxyStatus>(&entry.path().join("status.json")) {
-                if process::is_alive(status.pid) {
-                    statuses.push((name, status));
-                }
-            }
-        }
-        statuses.sort_by(|a, b| a.0.cmp(&b.0));
-        statuses
+        runtime::running_proxy_statuses(&self.config.layout)
     }
 
     /// Drops instances whose process exited; live ones get replaced.
