@@ -11,6 +11,9 @@ mod quickstart;
 /// Launch templates that run something other than `lbctl worker`.
 mod custom_command;
 
+/// Rule conditions and actions of application load balancers.
+mod routing;
+
 /// Bad specs, locks, confirmation and saved plans: errors that lose nothing.
 mod safety;
 
