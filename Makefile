@@ -4,7 +4,7 @@ CARGO ?= cargo
 LBCTL := target/debug/lbctl
 QUICKSTART := examples/quickstart.yaml
 
-.PHONY: build test lint quickstart quickstart-destroy schema
+.PHONY: build test lint quickstart quickstart-destroy schema bench
 
 build:
 	$(CARGO) build --workspace
@@ -37,3 +37,8 @@ quickstart-destroy: build
 # Regenerate the JSON Schema from the spec types.
 schema: build
 	$(LBCTL) schema > schemas/lbctl.schema.json
+
+# lbctl's ALB beside nginx and HAProxy on this machine (installs them with
+# apt when missing); prints figures and ratios. Not a test.
+bench:
+	python3 bench/bench.py
