@@ -36,7 +36,9 @@ fn start_workers(names: &[&str]) -> (Workers, BTreeMap<String, u16>) {
     }
     let workers = Workers(children);
     for port in ports.values() {
-        wait_for("a worker to listen", Duration::from_secs(20), || curl(&format!("http://127.0.0.1:{port}/health"), &[]));
+        wait_for("a worker to listen", Duration::from_secs(20), || {
+            curl(&format!("http://127.0.0.1:{port}/health"), &[])
+        });
     }
     (workers, ports)
 }
@@ -127,7 +129,10 @@ target_groups:
     let base = format!("http://127.0.0.1:{port}");
     // The targets are healthy once every group answers from its worker.
     wait_for("all groups healthy", Duration::from_secs(30), || {
-        let healthy = stack.status()["resources"].to_string().matches("\"state\":\"healthy\"").count();
+        let status = stack.status();
+        let front = status["resources"].as_array().unwrap().iter().find(|it| it["address"] == "load_balancer.front");
+        let healthy =
+            front.map(|it| it["live"].to_string()).unwrap_or_default().matches("\"state\":\"healthy\"").count();
         (healthy == 3).then_some(())
     });
 

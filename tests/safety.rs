@@ -65,12 +65,11 @@ fn apply_without_a_terminal_needs_auto_approve() {
 #[test]
 fn unsupported_features_are_shown_by_plan_and_refused_by_apply() {
     let stack = Stack::new(
-        &small_spec(free_port())
-            .replace("    target_type: ip\n", "    target_type: ip\n    algorithm: least_outstanding_requests\n"),
+        &small_spec(free_port()).replace("    target_type: ip\n", "    target_type: ip\n    proxy_protocol_v2: true\n"),
     );
     let plan = stack.lbctl(&["plan"]).expect_code(0);
     assert!(
-        plan.stdout.contains("! target_groups.fixed.algorithm: only round_robin is supported yet"),
+        plan.stdout.contains("! target_groups.fixed.proxy_protocol_v2: the PROXY protocol is not supported yet"),
         "{}",
         plan.stdout
     );

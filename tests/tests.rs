@@ -14,11 +14,23 @@ mod custom_command;
 /// Rule conditions and actions of application load balancers.
 mod routing;
 
+/// Malformed and hostile clients: 400, 431, smuggling, slow heads, idle timeout.
+mod hardening;
+
+/// Zero failed requests under load through applies and a killed instance.
+mod hitless;
+
 /// Bad specs, locks, confirmation and saved plans: errors that lose nothing.
 mod safety;
 
+/// Lambda targets, stickiness, algorithms, slow start and target states.
+mod targets;
+
 /// `lbctl worker` on its own: ids, health, fault switches.
 mod worker;
+
+/// HTTPS listeners, HTTP/2 (ALPN, h2c), HTTPS and HTTP/2 target groups, gRPC.
+mod tls;
 
 /// Project conventions as tests.
 mod tidy;

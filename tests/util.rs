@@ -13,8 +13,19 @@ pub fn lbctl_exe() -> PathBuf {
 }
 
 /// A port free on 127.0.0.1 right now.
+///
+/// A port is never handed out twice in one test run, so a port a test
+/// frees (a killed proxy) cannot be taken by another test meanwhile.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Whether something listens on 127.0.0.1:`port`.
@@ -252,4 +263,107 @@ pub fn curl_with(url: &str, headers: &[&str], extra: &[&str]) -> Option<Response
 pub fn instance_of(url: &str, headers: &[&str]) -> Option<String> {
     let response = curl(url, headers)?;
     (response.status == 200).then(|| response.headers.get("x-instance-id").cloned()).flatten()
+}
+
+/// A blocking HTTP/1.1 client that keeps one connection open across
+/// requests, as a browser or an SDK does: for load loops, where a curl per
+/// request would be too slow. It reconnects only when the server said
+/// `Connection: close`; a connection lost otherwise is the request's error.
+pub struct KeepAliveClient {
+    port: u16,
+    host: String,
+    connection: Option<std::io::BufReader<std::net::TcpStream>>,
+}
+
+/// A response as `KeepAliveClient` read it.
+#[derive(Debug)]
+pub struct KeepAliveResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl KeepAliveClient {
+    /// A client of 127.0.0.1:`port` sending `Host: host`.
+    pub fn new(port: u16, host: &str) -> KeepAliveClient {
+        KeepAliveClient { port, host: host.to_string(), connection: None }
+    }
+
+    /// GETs `path`; `Err` says what went wrong on the wire.
+    pub fn get(&mut self, path: &str) -> Result<KeepAliveResponse, String> {
+        use std::io::{BufRead, Read, Write};
+        if self.connection.is_none() {
+            let stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))
+                .map_err(|err| format!("connecting: {err}"))?;
+            stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|err| err.to_string())?;
+            stream.set_nodelay(true).map_err(|err| err.to_string())?;
+            self.connection = Some(std::io::BufReader::new(stream));
+        }
+        let result = (|| {
+            let reader = self.connection.as_mut().expect("connected above");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+            reader.get_mut().write_all(request.as_bytes()).map_err(|err| format!("writing: {err}"))?;
+            let mut line = String::new();
+            fn read_line(reader: &mut impl BufRead, line: &mut String) -> Result<(), String> {
+                line.clear();
+                match reader.read_line(line) {
+                    Ok(0) => Err("the connection closed".to_string()),
+                    Ok(_) => Ok(()),
+                    Err(err) => Err(format!("reading: {err}")),
+                }
+            }
+            read_line(reader, &mut line)?;
+            let status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|it| it.parse().ok())
+                .ok_or_else(|| format!("bad status line {line:?}"))?;
+            let (mut length, mut chunked, mut close) = (None, false, false);
+            loop {
+                read_line(reader, &mut line)?;
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(':').ok_or_else(|| format!("bad header {header:?}"))?;
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+                match name.as_str() {
+                    "content-length" => length = value.parse::<usize>().ok(),
+                    "transfer-encoding" => chunked = value.ends_with("chunked"),
+                    "connection" => close = value == "close",
+                    _ => {}
+                }
+            }
+            let mut body = Vec::new();
+            if chunked {
+                loop {
+                    read_line(reader, &mut line)?;
+                    let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                        .map_err(|_| format!("bad chunk size {line:?}"))?;
+                    let mut chunk = vec![0u8; size + 2];
+                    reader.read_exact(&mut chunk).map_err(|err| format!("reading a chunk: {err}"))?;
+                    body.extend_from_slice(&chunk[..size]);
+                    if size == 0 {
+                        break;
+                    }
+                }
+            } else {
+                let mut exact = vec![0u8; length.unwrap_or(0)];
+                reader.read_exact(&mut exact).map_err(|err| format!("reading the body: {err}"))?;
+                body = exact;
+            }
+            Ok((KeepAliveResponse { status, body: String::from_utf8_lossy(&body).into_owned() }, close))
+        })();
+        match result {
+            Ok((response, close)) => {
+                if close {
+                    self.connection = None;
+                }
+                Ok(response)
+            }
+            Err(err) => {
+                self.connection = None;
+                Err(err)
+            }
+        }
+    }
 }

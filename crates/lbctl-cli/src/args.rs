@@ -99,6 +99,9 @@ pub enum Command {
         /// Instance id to answer with (default: $LBCTL_INSTANCE_ID).
         #[arg(long)]
         id: Option<String>,
+        /// Serve HTTPS (and HTTP/2 through ALPN) with a self-signed certificate made at start.
+        #[arg(long)]
+        tls: bool,
     },
     /// Processes lbctl starts itself (not for direct use).
     #[command(hide = true)]

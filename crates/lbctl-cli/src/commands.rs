@@ -42,8 +42,8 @@ pub fn run(args: Args) -> Result<u8> {
             shell.out(&lbctl_spec::schema_json())?;
             Ok(0)
         }
-        Command::Worker { listen, id } => {
-            lbctl_dataplane::worker::run(lbctl_dataplane::worker::WorkerOptions { listen, instance_id: id })?;
+        Command::Worker { listen, id, tls } => {
+            lbctl_dataplane::worker::run(lbctl_dataplane::worker::WorkerOptions { listen, instance_id: id, tls })?;
             Ok(0)
         }
         Command::Internal { role: Internal::Proxy { config } } => {

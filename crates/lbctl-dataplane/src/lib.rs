@@ -2,8 +2,8 @@
 //!
 //! This crate owns the load balancer proxy (`proxy`), the auto-scaling group
 //! supervisor (`supervisor`), the built-in demo instance (`worker`), the
-//! runtime files through which they and the provider talk (`runtime`), and
-//! process helpers (`process`).
+//! runtime files through which they and the provider talk (`runtime`), TLS
+//! certificates and configurations (`tls`), and process helpers (`process`).
 //!
 //! **Architecture invariant:** it knows nothing of plans, state files or the
 //! provider trait: a proxy or supervisor is started with one configuration
@@ -15,4 +15,5 @@ pub mod process;
 pub mod proxy;
 pub mod runtime;
 pub mod supervisor;
+pub mod tls;
 pub mod worker;

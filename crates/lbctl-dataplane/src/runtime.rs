@@ -10,8 +10,10 @@
 //! run/lb/<name>/config.json        ProxyConfig        provider -> proxy
 //! run/lb/<name>/status.json        ProxyStatus        proxy -> provider, supervisors, `lbctl status`
 //! run/lb/<name>/pid, proxy.log
+//! run/lb/<name>/tls/*.pem          self_signed cert   provider -> proxy, users (`ca.pem` for `curl --cacert`)
 //! run/tg/<name>/group.json         TargetGroupConfig  provider -> proxies
 //! run/tg/<name>/targets/<src>.json Registrations      provider ("static") or supervisor ("asg-<name>") -> proxies
+//! run/fn/<name>/function.json      FunctionConfig     provider -> proxies (read on every invocation)
 //! run/asg/<name>/config.json       SupervisorConfig   provider -> supervisor
 //! run/asg/<name>/instances.json    InstancesReport    supervisor -> provider, `lbctl status`, its own restart
 //! run/asg/<name>/pid, supervisor.log, instances/<id>.log
@@ -59,6 +61,10 @@ impl Layout {
     pub fn asg_dir(&self, name: &str) -> PathBuf {
         self.root.join("asg").join(name)
     }
+    /// The file describing a Lambda-style function.
+    pub fn function_file(&self, name: &str) -> PathBuf {
+        self.root.join("fn").join(name).join("function.json")
+    }
 }
 
 /// What a proxy process serves; written by the provider, reloaded by the
@@ -83,6 +89,20 @@ pub struct ProxyConfig {
     pub target_groups: Vec<String>,
     /// The runtime layout, to find target group registries.
     pub layout: Layout,
+    /// Certificate and key files of the HTTPS listeners, by port, with
+    /// absolute paths (the provider resolves `self_signed` and relative
+    /// paths). Absent from configurations without HTTPS listeners.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<u16, CertificateFiles>,
+}
+
+/// A PEM certificate chain and private key on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateFiles {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
 }
 
 /// A target group's settings; written by the provider.
@@ -94,7 +114,23 @@ pub struct TargetGroupConfig {
     pub settings: lbctl_spec::TargetGroup,
 }
 
-/// One registered target.
+/// A Lambda-style function as the proxies run it; written by the provider
+/// and read by a proxy on every invocation, so a changed function applies to
+/// the next request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionConfig {
+    /// Function name.
+    pub name: String,
+    /// Settings as the spec gives them (command, timeout, env).
+    pub settings: lbctl_spec::Function,
+    /// The `lbctl` binary that a first word `lbctl` stands for.
+    pub lbctl_exe: PathBuf,
+    /// Working directory of the command (the spec's directory).
+    pub working_dir: PathBuf,
+}
+
+/// One registered target. A Lambda function registered in a `lambda` target
+/// group has its name as id, address 0.0.0.0 and port 0.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegisteredTarget {
     /// Instance id (`i-...`) or `ip:port` for fixed targets.
@@ -271,6 +307,25 @@ pub fn running_proxy_statuses(layout: &Layout) -> Vec<(String, ProxyStatus)> {
     statuses
 }
 
+/// Every target registered in target group `group` by any source, in id
+/// order; a registration file that cannot be read or parsed registers nothing.
+pub fn registered_targets(layout: &Layout, group: &str) -> Vec<RegisteredTarget> {
+    let Ok(entries) = std::fs::read_dir(layout.tg_dir(group).join("targets")) else { return Vec::new() };
+    let mut targets = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".json") || name.starts_with('.') {
+            continue;
+        }
+        if let Ok(Some(registrations)) = read_json::<Registrations>(&entry.path()) {
+            targets.extend(registrations.targets);
+        }
+    }
+    let mut targets: Vec<RegisteredTarget> = targets.into_iter().collect();
+    targets.sort_by(|a, b| a.id.cmp(&b.id));
+    targets
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|it| it.as_millis() as u64).unwrap_or(0)
@@ -319,5 +374,26 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_targets_are_the_union_of_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let target =
+            |id: &str, last: u8| RegisteredTarget { id: id.into(), ip: Ipv4Addr::new(127, 0, 0, last), port: 80 };
+        assert_eq!(registered_targets(&layout, "web"), vec![], "no registry yet");
+        write_json(&layout.registration_file("web", "static"), &Registrations { targets: vec![target("b", 2)] })
+            .unwrap();
+        let asg = Registrations { targets: vec![target("a", 3), target("b", 2)] };
+        write_json(&layout.registration_file("web", "asg-web"), &asg).unwrap();
+        std::fs::write(layout.registration_file("web", "broken"), b"{").unwrap();
+        let ids: Vec<String> = registered_targets(&layout, "web").into_iter().map(|it| it.id).collect();
+        assert_eq!(ids, ["a", "b"]);
     }
 }

@@ -1,7 +1,9 @@
 //! The built-in demo instance (`lbctl worker`).
 //!
 //! A worker is what an auto-scaling group's launch template runs when the user
-//! has no application of their own: a small HTTP/1.1 server that answers every
+//! has no application of their own: a small HTTP server (HTTP/1.1, and HTTP/2
+//! with prior knowledge; with `--tls`, HTTPS with a self-signed certificate
+//! made at start and HTTP/2 through ALPN) that answers every
 //! request with its instance id, serves a health path, and has fault switches
 //! so that demos and tests can make it unhealthy or take its web server down
 //! while the process stays alive (the "EC2 healthy, ELB unhealthy" case).
@@ -13,6 +15,10 @@
 //! | `POST /fault/unhealthy`, `POST /fault/healthy` | switch the health answer |
 //! | `POST /fault/stop-listener` (or SIGUSR1) | close the listening socket, keep the process |
 //! | `?sleep=<ms>` on any request | wait that long before answering |
+//!
+//! Every answer echoes the forwarding headers it received as `x-seen-*`
+//! (`x-seen-host` is the Host, or the HTTP/2 `:authority`) and the HTTP
+//! version as `x-seen-version`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,9 +33,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -44,6 +51,8 @@ pub struct WorkerOptions {
     pub listen: Option<SocketAddr>,
     /// Instance id to answer with (default `LBCTL_INSTANCE_ID`, else `local`).
     pub instance_id: Option<String>,
+    /// Serve HTTPS with a self-signed certificate generated at start.
+    pub tls: bool,
 }
 
 /// The worker's fault switches, shared by its request handlers and its
@@ -88,6 +97,15 @@ pub fn run(options: WorkerOptions) -> Result<()> {
     let result = runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let tls = if options.tls {
+            let names = vec![listen.ip().to_string(), "localhost".to_string()];
+            let generated = crate::tls::generate_certificate(&names)?;
+            let config =
+                crate::tls::server_config_from_pem(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        } else {
+            None
+        };
         let faults = Arc::new(Faults::default());
         let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -104,7 +122,7 @@ pub fn run(options: WorkerOptions) -> Result<()> {
                 _ = int.recv() => {}
             }
         };
-        serve(listener, &instance_id, &greeting, faults, shutdown).await
+        serve_with_tls(listener, &instance_id, &greeting, faults, tls, shutdown).await
     });
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
@@ -128,6 +146,19 @@ pub async fn serve(
     instance_id: &str,
     greeting: &str,
     faults: Arc<Faults>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    serve_with_tls(listener, instance_id, greeting, faults, None, shutdown).await
+}
+
+/// `serve`, over TLS when `tls` is given (the handshake runs on each
+/// connection's own task).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    instance_id: &str,
+    greeting: &str,
+    faults: Arc<Faults>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let addr = listener.local_addr().context("reading the listening address")?;
@@ -162,17 +193,19 @@ pub async fn serve(
             accepted = open.accept() => match accepted {
                 Ok((stream, _)) => {
                     stream.set_nodelay(true).ok();
-                    let app = app.clone();
-                    let service = service_fn(move |request| {
-                        let app = app.clone();
-                        async move { Ok::<_, Infallible>(app.handle(request).await) }
-                    });
-                    let connection =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    let watched = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        let _ = watched.await;
-                    });
+                    let (app, watcher) = (app.clone(), graceful.watcher());
+                    match tls.clone() {
+                        None => {
+                            tokio::spawn(serve_connection(stream, app, watcher));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(async move {
+                                if let Ok(Ok(stream)) = tokio::time::timeout(DRAIN_TIMEOUT, acceptor.accept(stream)).await {
+                                    serve_connection(stream, app, watcher).await;
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(err) => {
                     // Running out of file descriptors must not spin the loop.
@@ -192,6 +225,19 @@ pub async fn serve(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
     eprintln!("worker {instance_id}: stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection until it closes.
+async fn serve_connection<I>(io: I, app: Arc<App>, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.handle(request).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let _ = watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned()).await;
 }
 
 /// What every request handler shares.
@@ -258,11 +304,23 @@ impl App {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         headers.insert(HeaderName::from_static("x-instance-id"), self.instance_header.clone());
         for (seen, echoed) in ECHOED {
-            let value = if seen == "host" { parts.headers.get(HOST) } else { parts.headers.get(seen) };
+            let value = if seen == "host" {
+                // HTTP/2 requests carry the host as `:authority`, in the URI.
+                let authority = parts.uri.authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok());
+                parts.headers.get(HOST).cloned().or(authority)
+            } else {
+                parts.headers.get(seen).cloned()
+            };
             if let Some(value) = value {
-                headers.insert(HeaderName::from_static(echoed), value.clone());
+                headers.insert(HeaderName::from_static(echoed), value);
             }
         }
+        let version = match parts.version {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        headers.insert(HeaderName::from_static("x-seen-version"), HeaderValue::from_static(version));
         response
     }
 }
@@ -280,7 +338,6 @@ mod tests {
     use super::*;
     use http_body_util::Empty;
     use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
 
     type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 

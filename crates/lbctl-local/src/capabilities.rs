@@ -6,10 +6,7 @@
 use std::net::{Ipv4Addr, TcpListener};
 
 use lbctl_plan::{Finding, Kind, Resource, Severity, State};
-use lbctl_spec::{
-    Algorithm, AutoscalingGroup, HealthCheckProtocol, ListenerProtocol, LoadBalancer, LoadBalancerType,
-    ProtocolVersion, TargetGroup, TargetProtocol, TargetType,
-};
+use lbctl_spec::{AutoscalingGroup, LoadBalancer, LoadBalancerType, TargetGroup, TargetProtocol, TargetType};
 
 use crate::provider::{lb_settings, settings, LocalProvider};
 
@@ -25,6 +22,7 @@ pub(crate) fn check(provider: &LocalProvider, desired: &[Resource], state: &Stat
             Kind::LoadBalancer => {
                 let Ok(lb) = lb_settings(&resource.attributes) else { continue };
                 load_balancer(&base, &lb, &mut found);
+                crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
                 ports_free(provider, resource, &lb, state, &mut found);
             }
             Kind::TargetGroup => {
@@ -53,42 +51,17 @@ pub(crate) fn check(provider: &LocalProvider, desired: &[Resource], state: &Stat
 fn load_balancer(base: &str, lb: &LoadBalancer, found: &mut Vec<Finding>) {
     if lb.kind == LoadBalancerType::Network {
         found.push(unsupported(format!("{base}.type"), "network load balancers are not supported yet"));
-        return;
-    }
-    for (idx, listener) in lb.listeners.iter().enumerate() {
-        if listener.protocol == ListenerProtocol::Https {
-            let message = "HTTPS listeners are not supported yet";
-            found.push(unsupported(format!("{base}.listeners[{idx}].protocol"), message));
-        }
     }
 }
 
 fn target_group(base: &str, group: &TargetGroup, found: &mut Vec<Finding>) {
     let mut note = |field: &str, message: &str| found.push(unsupported(format!("{base}.{field}"), message));
     match group.target_type {
-        TargetType::Lambda => note("target_type", "lambda targets are not supported yet"),
         TargetType::Alb => note("target_type", "alb targets are not supported yet"),
-        TargetType::Instance | TargetType::Ip => {}
+        TargetType::Instance | TargetType::Ip | TargetType::Lambda => {}
     }
-    if matches!(group.protocol, TargetProtocol::Https | TargetProtocol::Tcp | TargetProtocol::Udp)
-        && group.target_type != TargetType::Alb
-    {
-        note("protocol", "only HTTP target groups are supported yet");
-    }
-    if group.protocol_version != ProtocolVersion::Http1 {
-        note("protocol_version", "HTTP2 and GRPC target groups are not supported yet");
-    }
-    if group.algorithm != Algorithm::RoundRobin {
-        note("algorithm", "only round_robin is supported yet");
-    }
-    if !group.slow_start.get().is_zero() {
-        note("slow_start", "slow start is not supported yet");
-    }
-    if group.stickiness.enabled {
-        note("stickiness", "stickiness is not supported yet");
-    }
-    if group.health_check.protocol == Some(HealthCheckProtocol::Https) {
-        note("health_check.protocol", "HTTPS health checks are not supported yet");
+    if matches!(group.protocol, TargetProtocol::Tcp | TargetProtocol::Udp) && group.target_type != TargetType::Alb {
+        note("protocol", "only HTTP and HTTPS target groups are supported yet");
     }
     if group.proxy_protocol_v2 {
         note("proxy_protocol_v2", "the PROXY protocol is not supported yet");

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod capabilities;
+mod certificates;
 mod provider;
 mod status;
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use lbctl_dataplane::process;
 use lbctl_dataplane::runtime::{
-    self, InstancesReport, Layout, ProxyConfig, ProxyStatus, RegisteredTarget, Registrations, SupervisorConfig,
-    TargetGroupConfig,
+    self, FunctionConfig, InstancesReport, Layout, ProxyConfig, ProxyStatus, RegisteredTarget, Registrations,
+    SupervisorConfig, TargetGroupConfig,
 };
 use lbctl_plan::{Finding, Kind, LiveStatus, Observed, Progress, Provider, Readiness, Resource, ResourceState, State};
-use lbctl_spec::{AutoscalingGroup, Function, LoadBalancer, TargetGroup};
+use lbctl_spec::{AutoscalingGroup, Function, LoadBalancer, TargetGroup, TargetType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -218,16 +218,20 @@ impl LocalProvider {
             .map(|it| it as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1));
         let target_groups = resource.dependencies.iter().map(|it| it.name.clone()).collect();
+        let dns_name = lbctl_plan::dns_name(&self.options.stack, name);
+        let certificates =
+            crate::certificates::listener_certificates(&self.layout, &self.options.working_dir, name, &dns_name, &lb)?;
         Ok(ProxyConfig {
             stack: self.options.stack.clone(),
             name: name.clone(),
-            dns_name: lbctl_plan::dns_name(&self.options.stack, name),
+            dns_name,
             bind_ip: Ipv4Addr::LOCALHOST,
             worker_threads,
             idle_timeout_ms: lb.idle_timeout.map(|it| it.get().as_millis() as u64).unwrap_or(60_000),
             listeners: lb.listeners,
             target_groups,
             layout: self.layout.clone(),
+            certificates,
         })
     }
 
@@ -351,6 +355,11 @@ impl LocalProvider {
         let name = &resource.address.name;
         let mut targets = Vec::new();
         for target in &settings.targets {
+            // A function is registered by name, with no address.
+            if let (TargetType::Lambda, Some(function)) = (settings.target_type, &target.function) {
+                targets.push(RegisteredTarget { id: function.clone(), ip: Ipv4Addr::UNSPECIFIED, port: 0 });
+                continue;
+            }
             if let (Some(ip), Some(port)) = (&target.ip, target.port.or(settings.port)) {
                 let ip: Ipv4Addr = ip.parse().with_context(|| format!("target address {ip}"))?;
                 targets.push(RegisteredTarget { id: format!("{ip}:{port}"), ip, port });
@@ -376,8 +385,15 @@ impl LocalProvider {
 
     fn write_function(&self, resource: &Resource) -> Result<Value> {
         let function: Function = settings(&resource.attributes, &[])?;
-        let path = self.layout.root.join("fn").join(&resource.address.name).join("function.json");
-        runtime::write_json(&path, &function)?;
+        let name = &resource.address.name;
+        let path = self.layout.function_file(name);
+        let config = FunctionConfig {
+            name: name.clone(),
+            settings: function,
+            lbctl_exe: self.options.lbctl_exe.clone(),
+            working_dir: self.options.working_dir.clone(),
+        };
+        runtime::write_json(&path, &config)?;
         let digest = runtime::digest(&std::fs::read(&path)?);
         Ok(json!(FileData { path, digest }))
     }
@@ -554,6 +570,9 @@ impl Provider for LocalProvider {
                 let key = if idx == 0 { format!("{name}_url") } else { format!("{name}_url_{}", listener.port) };
                 outputs.insert(key, format!("{scheme}://{dns}:{}/", listener.port));
             }
+            if let Some(ca) = crate::certificates::self_signed_ca(&self.layout, name, &lb) {
+                outputs.insert(format!("{name}_ca_cert"), ca.display().to_string());
+            }
         }
         outputs
     }
@@ -578,5 +597,10 @@ impl LocalProvider {
     /// The stack name.
     pub(crate) fn stack(&self) -> &str {
         &self.options.stack
+    }
+
+    /// The spec's directory, which relative paths in the spec start from.
+    pub(crate) fn working_dir(&self) -> &Path {
+        &self.options.working_dir
     }
 }

@@ -1,10 +1,25 @@
 //! The live view for `lbctl status`: listeners, target health, instances.
 
-use lbctl_dataplane::runtime::{HealthState, ProxyStatus};
+use std::net::Ipv4Addr;
+
+use lbctl_dataplane::runtime::{self, HealthState, ProxyStatus, RegisteredTarget};
 use lbctl_plan::{Kind, LiveStatus, ResourceState};
 use serde_json::json;
 
 use crate::provider::{lb_settings, LocalProvider};
+
+/// The reason of a target in a group that no load balancer routes to (AWS's code).
+const REASON_NOT_IN_USE: &str = "Target.NotInUse: target group is not used by any load balancer";
+
+/// A target's address as `status` shows it: `ip:port`, or `lambda` for a
+/// function (registered with address 0.0.0.0 and port 0).
+fn target_address(ip: Ipv4Addr, port: u16) -> String {
+    if ip.is_unspecified() && port == 0 {
+        "lambda".to_string()
+    } else {
+        format!("{ip}:{port}")
+    }
+}
 
 /// `Ok` when `instance_id` is healthy in every load balancer that routes to
 /// one of `target_groups`; otherwise the first reason it is not. A group no
@@ -29,6 +44,48 @@ pub(crate) fn instance_target_health(
     Ok(())
 }
 
+/// One target of a target group as one load balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GroupTarget {
+    /// The load balancer; `None` for a target of a group none routes to.
+    load_balancer: Option<String>,
+    id: String,
+    address: String,
+    state: HealthState,
+    reason: String,
+}
+
+/// The targets of `group` as each running load balancer that routes to it
+/// sees them; when none does, its `registered` targets, all `unused`.
+fn group_targets(
+    statuses: &[(String, ProxyStatus)],
+    group: &str,
+    registered: impl FnOnce() -> Vec<RegisteredTarget>,
+) -> Vec<GroupTarget> {
+    let mut targets = Vec::new();
+    for (lb, status) in statuses {
+        for target in status.target_groups.get(group).into_iter().flatten() {
+            targets.push(GroupTarget {
+                load_balancer: Some(lb.clone()),
+                id: target.id.clone(),
+                address: target_address(target.ip, target.port),
+                state: target.state,
+                reason: target.reason.clone(),
+            });
+        }
+    }
+    if !statuses.iter().any(|(_, status)| status.target_groups.contains_key(group)) {
+        targets.extend(registered().into_iter().map(|target| GroupTarget {
+            load_balancer: None,
+            address: target_address(target.ip, target.port),
+            id: target.id,
+            state: HealthState::Unused,
+            reason: REASON_NOT_IN_USE.to_string(),
+        }));
+    }
+    targets
+}
+
 pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> anyhow::Result<LiveStatus> {
     let name = &current.address.name;
     match current.address.kind {
@@ -47,16 +104,17 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
             let mut targets_json = Vec::new();
             for (group, targets) in status.iter().flat_map(|it| it.target_groups.iter()) {
                 for target in targets {
+                    let address = target_address(target.ip, target.port);
                     rows.push(vec![
                         group.clone(),
                         target.id.clone(),
-                        format!("{}:{}", target.ip, target.port),
+                        address.clone(),
                         target.state.as_str().to_string(),
                         target.reason.clone(),
                         target.requests.to_string(),
                     ]);
                     targets_json.push(json!({
-                        "target_group": group, "id": target.id, "address": format!("{}:{}", target.ip, target.port),
+                        "target_group": group, "id": target.id, "address": address,
                         "state": target.state.as_str(), "reason": target.reason, "requests": target.requests,
                     }));
                 }
@@ -115,7 +173,29 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
             } else {
                 format!("checked by {}", routing.iter().map(|it| it.as_str()).collect::<Vec<_>>().join(", "))
             };
-            Ok(LiveStatus { summary, json: json!({ "load_balancers": routing }), ..LiveStatus::default() })
+            let targets = group_targets(&statuses, name, || runtime::registered_targets(provider.layout(), name));
+            let rows = targets
+                .iter()
+                .map(|it| {
+                    let lb = it.load_balancer.clone().unwrap_or_else(|| "-".to_string());
+                    vec![lb, it.id.clone(), it.address.clone(), it.state.as_str().to_string(), it.reason.clone()]
+                })
+                .collect();
+            let targets_json: Vec<_> = targets
+                .iter()
+                .map(|it| {
+                    json!({
+                        "load_balancer": it.load_balancer, "id": it.id, "address": it.address,
+                        "state": it.state.as_str(), "reason": it.reason,
+                    })
+                })
+                .collect();
+            Ok(LiveStatus {
+                summary,
+                columns: ["load balancer", "target", "address", "state", "reason"].map(String::from).to_vec(),
+                rows,
+                json: json!({ "load_balancers": routing, "targets": targets_json }),
+            })
         }
         Kind::Function => Ok(LiveStatus { summary: "invoked per request".to_string(), ..LiveStatus::default() }),
     }
@@ -153,5 +233,32 @@ mod tests {
         );
         assert!(instance_target_health(&healthy, &groups, "i-2").is_err(), "not registered yet");
         assert_eq!(instance_target_health(&[], &groups, "i-2"), Ok(()), "unused groups do not count");
+    }
+
+    #[test]
+    fn targets_of_groups_used_or_not() {
+        fn check(statuses: &[(String, ProxyStatus)], group: &str, expect: &[&str]) {
+            let registered = || {
+                vec![
+                    RegisteredTarget { id: "127.0.0.9:80".into(), ip: "127.0.0.9".parse().unwrap(), port: 80 },
+                    RegisteredTarget { id: "thumbnailer".into(), ip: Ipv4Addr::UNSPECIFIED, port: 0 },
+                ]
+            };
+            let got: Vec<String> = group_targets(statuses, group, registered)
+                .into_iter()
+                .map(|it| {
+                    let lb = it.load_balancer.unwrap_or("-".into());
+                    format!("{lb} {} {} {} {}", it.id, it.address, it.state.as_str(), it.reason)
+                })
+                .collect();
+            assert_eq!(got, expect, "{group}");
+        }
+        let statuses = vec![("public".to_string(), status("web", "i-1", HealthState::Unhealthy))];
+        check(&statuses, "web", &["public i-1 127.0.0.2:80 unhealthy Target.Timeout: health check timed out"]);
+        let unused = "Target.NotInUse: target group is not used by any load balancer";
+        let expect =
+            [format!("- 127.0.0.9:80 127.0.0.9:80 unused {unused}"), format!("- thumbnailer lambda unused {unused}")];
+        check(&statuses, "spare", &expect.iter().map(String::as_str).collect::<Vec<_>>());
+        check(&[], "web", &expect.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }

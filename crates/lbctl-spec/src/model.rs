@@ -442,13 +442,14 @@ pub enum TrafficPort {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// Protocol (default: the group's protocol, HTTP or TCP).
+    /// Protocol (default: the group's protocol: HTTP, HTTPS or TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<HealthCheckProtocol>,
     /// Port (default `traffic-port`).
     #[serde(default = "default_health_port")]
     pub port: HealthCheckPort,
-    /// Path for HTTP(S) checks.
+    /// Path for HTTP(S) checks; for `GRPC` groups, the gRPC method to call
+    /// (`/` stands for AWS's default, `/AWS.ALB/healthcheck`).
     #[serde(default = "default_health_path")]
     pub path: String,
     /// Time between checks.
@@ -463,7 +464,8 @@ pub struct HealthCheck {
     /// Consecutive failures to become unhealthy.
     #[serde(default = "default_unhealthy_threshold")]
     pub unhealthy_threshold: u32,
-    /// Status codes counted as success: `200`, `200,202`, `200-299`.
+    /// Status codes counted as success: `200`, `200,202`, `200-299`; for
+    /// `GRPC` groups, gRPC status codes 0-99 (`200` stands for AWS's default, `12`).
     #[serde(default = "default_matcher")]
     pub matcher: String,
 }

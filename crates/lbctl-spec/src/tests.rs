@@ -124,3 +124,20 @@ fn the_schema_file_is_the_schema_output() {
         "schemas/lbctl.schema.json is stale: run `lbctl schema > schemas/lbctl.schema.json`"
     );
 }
+
+#[test]
+fn health_check_matchers_are_http_or_grpc_codes() {
+    let with = |group: &str| BASE.replace("    health_check: { path: /health }\n", group);
+    check(&with("    health_check: { matcher: '200,202-299' }\n"), &[]);
+    check(
+        &with("    health_check: { matcher: '12' }\n"),
+        &["lbctl.yaml:6:30: target_groups.web.health_check.matcher: invalid matcher `12`: `12` is not an HTTP status code"],
+    );
+    // gRPC groups match gRPC status codes; the HTTP default stands for gRPC's (12).
+    check(&with("    protocol_version: GRPC\n    health_check: { matcher: '0-99' }\n"), &[]);
+    check(&with("    protocol_version: GRPC\n"), &[]);
+    check(
+        &with("    protocol_version: GRPC\n    health_check: { matcher: '0,100' }\n"),
+        &["lbctl.yaml:7:30: target_groups.web.health_check.matcher: invalid matcher `0,100`: `100` is not a gRPC status code (0-99)"],
+    );
+}

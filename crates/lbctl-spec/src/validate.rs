@@ -44,6 +44,29 @@ pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
 
 /// Parses a health check matcher: `200`, `200,202`, `200-299`.
 pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    parse_codes(text, 100..=599, "an HTTP status code")
+}
+
+/// Parses a gRPC health check matcher: gRPC status codes `0` to `99`, as
+/// lists and ranges (`0`, `0,12`, `0-99`).
+pub fn parse_grpc_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    parse_codes(text, 0..=99, "a gRPC status code (0-99)")
+}
+
+/// The status ranges a target group's health check counts as success. For
+/// `GRPC` groups these are gRPC status codes, and the HTTP default `200`
+/// stands for AWS's gRPC default, `12` (unimplemented: the service answers,
+/// it just has no such method, as with AWS's default path).
+pub fn health_check_matcher(group: &TargetGroup) -> Result<Vec<(u16, u16)>, String> {
+    let matcher = group.health_check.matcher.as_str();
+    match group.protocol_version {
+        ProtocolVersion::Grpc if matcher == "200" => Ok(vec![(12, 12)]),
+        ProtocolVersion::Grpc => parse_grpc_matcher(matcher),
+        ProtocolVersion::Http1 | ProtocolVersion::Http2 => parse_matcher(matcher),
+    }
+}
+
+fn parse_codes(text: &str, allowed: std::ops::RangeInclusive<u16>, what: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut ranges = Vec::new();
     for part in text.split(',') {
         let part = part.trim();
@@ -53,8 +76,8 @@ pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
         };
         let parse = |it: &str| -> Result<u16, String> {
             match it.parse::<u16>() {
-                Ok(code) if (100..=599).contains(&code) => Ok(code),
-                _ => Err(format!("invalid matcher `{text}`: `{it}` is not an HTTP status code")),
+                Ok(code) if allowed.contains(&code) => Ok(code),
+                _ => Err(format!("invalid matcher `{text}`: `{it}` is not {what}")),
             }
         };
         let (low, high) = (parse(low)?, parse(high)?);
@@ -319,7 +342,7 @@ impl Checker<'_> {
                 self.error(&format!("{base}.port"), "port must be between 1 and 65535");
             }
             let health = &group.health_check;
-            if let Err(message) = parse_matcher(&health.matcher) {
+            if let Err(message) = health_check_matcher(group) {
                 self.error(&format!("{base}.health_check.matcher"), message);
             }
             if !health.path.starts_with('/') {

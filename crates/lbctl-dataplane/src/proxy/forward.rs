@@ -5,7 +5,13 @@
 //! both ways), drops hop-by-hop headers, and adds the `X-Forwarded-*`
 //! headers. Upstream connections are pooled. Failures map to AWS's answers:
 //! 503 when no target is routable, 502 when the target refused or broke the
-//! response, 504 when it did not answer within the idle timeout.
+//! response, 504 when it did not answer within the idle timeout. A bodiless
+//! request whose target refused it or died before answering is first sent
+//! once more to another target (`retry`).
+//!
+//! A request for a function target is invoked instead (`lambda`), with the
+//! same headers. When the group has stickiness on, the response carries the
+//! `AWSALB` cookie naming the target that answered (`selection`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -14,46 +20,30 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
 use super::action::{Action, RedirectSource};
+use super::lambda;
+use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
 use super::selection::InFlight;
 use super::target_group::TargetGroup;
+use super::upstream::{self, Upstream};
 use crate::runtime::ProxyConfig;
-
-/// How long connecting to a target may take (AWS: 10 seconds).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an idle pooled connection to a target is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// The pooled HTTP/1.1 client to targets.
-pub type Upstream = Client<HttpConnector, Incoming>;
-
-/// A new upstream client; one is shared by every listener of a proxy.
-pub fn upstream_client() -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
-}
 
 /// What one listener needs per request, compiled from its configuration.
 pub struct ListenerContext {
@@ -65,6 +55,11 @@ pub struct ListenerContext {
     pub idle_timeout: Duration,
     /// `X-Forwarded-Port` value.
     forwarded_port: HeaderValue,
+    /// `http` or `https`: the `X-Forwarded-Proto` value and a redirect's `#{protocol}`.
+    protocol: &'static str,
+    /// The TLS configuration of an HTTPS listener (set by the proxy after
+    /// compiling, from the certificate files); `None` for plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `#{host}` of a redirect when the request has no Host header.
     default_host: String,
 }
@@ -82,6 +77,11 @@ impl ListenerContext {
             router,
             idle_timeout: Duration::from_millis(config.idle_timeout_ms.max(1)),
             forwarded_port: HeaderValue::from(listener.port),
+            protocol: match listener.protocol {
+                lbctl_spec::ListenerProtocol::Https => "https",
+                _ => "http",
+            },
+            tls: None,
             default_host: config.dns_name.clone(),
         };
         (context, errors)
@@ -100,7 +100,7 @@ pub struct Frontend {
 pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
     let client_ip = peer.ip().to_canonical();
     // Route under the context snapshot, then let it go before any await.
-    let (group, idle_timeout, forwarded_port) = {
+    let (group, idle_timeout, forwarded_port, protocol) = {
         let context = frontend.context.load();
         let view = RequestView::new(&request, client_ip);
         let group = match context.router.route(&view) {
@@ -119,7 +119,7 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
                 let host = view.host.and_then(|it| std::str::from_utf8(it).ok()).unwrap_or(&context.default_host);
                 let uri = request.uri();
                 let source = RedirectSource {
-                    protocol: "http",
+                    protocol: context.protocol,
                     host,
                     port: context.port,
                     path: uri.path(),
@@ -134,16 +134,25 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
                 return response;
             }
         };
-        (group, context.idle_timeout, context.forwarded_port.clone())
+        (group, context.idle_timeout, context.forwarded_port.clone(), context.protocol)
     };
-    let Some(backend) = group.select() else {
+    let Some((backend, mut sticky_cookie)) = group.select_with(request.headers()) else {
         return error(StatusCode::SERVICE_UNAVAILABLE);
     };
-    drop(group);
-    let in_flight = InFlight::start(backend);
+    let transport = group.transport();
+    let mut in_flight = InFlight::start(backend);
 
     let (mut parts, body) = request.into_parts();
-    prepare_request_headers(&mut parts.headers, &parts.uri, client_ip, forwarded_port);
+    // HTTP/2 targets get `te: trailers` through when the client sent it (gRPC requires it).
+    let te_trailers = transport.http2 && upstream::asks_for_trailers(parts.headers.get(TE));
+    prepare_request_headers(&mut parts.headers, &parts.uri, client_ip, forwarded_port, protocol);
+    if te_trailers {
+        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(function) = &in_flight.function {
+        let response = lambda::invoke(function, parts, body).await.map(ProxyBody::full);
+        return with_sticky_cookie(response, sticky_cookie);
+    }
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(in_flight.authority.clone());
@@ -156,20 +165,47 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
     };
     parts.version = Version::HTTP_11;
 
-    match tokio::time::timeout(idle_timeout, frontend.upstream.request(Request::from_parts(parts, body))).await {
+    let replay = Replay::capture(&parts, &body);
+    let deadline = Instant::now() + idle_timeout;
+    let sent = frontend.upstream.send(transport, &in_flight, Request::from_parts(parts, Either::Left(body)));
+    let mut answer = tokio::time::timeout_at(deadline, sent).await;
+    // A target that died under the request: once more on another one (`retry`).
+    if let Ok(Err(err)) = &answer {
+        if let Some((other, request)) = retry::second_attempt(&group, &in_flight, err, replay) {
+            in_flight = other;
+            sticky_cookie = sticky_cookie.and_then(|_| group.sticky_cookie_for(&in_flight));
+            answer = tokio::time::timeout_at(deadline, frontend.upstream.send(transport, &in_flight, request)).await;
+        }
+    }
+    match answer {
         Err(_) => error(StatusCode::GATEWAY_TIMEOUT),
         Ok(Err(_)) => error(StatusCode::BAD_GATEWAY),
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, ProxyBody::upstream(body, in_flight))
+            with_sticky_cookie(Response::from_parts(parts, ProxyBody::upstream(body, in_flight)), sticky_cookie)
         }
     }
 }
 
+/// Adds the stickiness cookie (when the target group has stickiness on) to
+/// a target's response.
+fn with_sticky_cookie(mut response: Response<ProxyBody>, cookie: Option<HeaderValue>) -> Response<ProxyBody> {
+    if let Some(cookie) = cookie {
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    response
+}
+
 /// Drops hop-by-hop headers, adds the forwarding headers, and keeps the Host
 /// the client sent (from the HTTP/2 authority when it sent no header).
-fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: IpAddr, forwarded_port: HeaderValue) {
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    client_ip: IpAddr,
+    forwarded_port: HeaderValue,
+    protocol: &'static str,
+) {
     remove_hop_by_hop(headers);
     if !headers.contains_key(HOST) {
         if let Some(host) = uri.authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()) {
@@ -193,7 +229,7 @@ fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client_ip: IpAddr
     if let Ok(forwarded_for) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(protocol));
     headers.insert(X_FORWARDED_PORT.clone(), forwarded_port);
 }
 
@@ -297,7 +333,7 @@ mod tests {
                 map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
             }
             let uri: Uri = "/x".parse().unwrap();
-            prepare_request_headers(&mut map, &uri, "10.0.0.9".parse().unwrap(), HeaderValue::from(8080u16));
+            prepare_request_headers(&mut map, &uri, "10.0.0.9".parse().unwrap(), HeaderValue::from(8080u16), "http");
             let mut got: Vec<(String, String)> =
                 map.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
             got.sort();

@@ -14,20 +14,30 @@
 //! | `target_group` | one group's manager: discovery, health and selection together |
 //! | `discovery` | reading a group's registry files |
 //! | `health_check` | probes and the per-target health state machine |
-//! | `selection` | routable targets and the balancing algorithms |
+//! | `head_guard` | request-head checks hyper does not make: conflicting framing, slow heads |
+//! | `selection` | routable targets, the balancing algorithms, slow start, stickiness |
+//! | `lambda` | function targets: the ALB Lambda event in, the response document out |
+//! | `retry` | a request whose target died, once more on another target |
 //! | `status` | the status file |
+//! | `upstream` | connections to targets: HTTP/1.1 or HTTP/2, plain or TLS |
 //!
-//! Only HTTP listeners are served for now; a listener of another protocol is
+//! HTTP and HTTPS listeners are served (HTTPS with the certificate files the
+//! configuration names, loaded once per configuration); a listener of
+//! another protocol, or an HTTPS one whose certificate cannot be loaded, is
 //! skipped and reported in the status's `errors`.
 
 mod action;
 mod discovery;
 mod forward;
+mod head_guard;
 mod health_check;
+mod lambda;
+mod retry;
 mod router;
 mod selection;
 mod status;
 mod target_group;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -42,16 +52,17 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use lbctl_spec::ListenerProtocol;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use self::forward::{Frontend, ListenerContext, Upstream};
+use self::forward::{Frontend, ListenerContext};
 use self::status::StatusBoard;
 use self::target_group::TargetGroup;
+use self::upstream::Upstream;
 use crate::runtime::{self, ProxyConfig};
 
 /// How often the configuration file is checked for changes.
@@ -60,6 +71,17 @@ const CONFIG_POLL: Duration = Duration::from_millis(200);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a port that could not be bound is tried again.
 const BIND_RETRY: Duration = Duration::from_secs(1);
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head (request line and headers) accepted, in bytes:
+/// AWS's limit for the whole header block. A larger HTTP/1 head gets 431
+/// from hyper (as soon as the read buffer holds this much without a
+/// complete head, so a client cannot make the proxy buffer more); it is also
+/// the HTTP/2 header list limit.
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+/// The most header fields in a request: hyper's default, kept explicit.
+/// More get 431.
+const MAX_REQUEST_HEADERS: usize = 100;
 
 /// Runs the proxy of the configuration file at `config_path` until SIGTERM
 /// or SIGINT; blocking. In-flight requests get a few seconds to finish, and
@@ -185,7 +207,7 @@ impl Proxy {
             config: None,
             applied: String::new(),
             rejected: None,
-            upstream: forward::upstream_client(),
+            upstream: Upstream::new(),
             board,
             groups: BTreeMap::new(),
             listeners: BTreeMap::new(),
@@ -270,11 +292,21 @@ impl Proxy {
         let mut contexts = BTreeMap::new();
         for listener in &config.listeners {
             let port = listener.port;
-            if listener.protocol != ListenerProtocol::Http {
-                let protocol = lbctl_spec::wire_name(&listener.protocol);
-                errors.push(format!("listener {port}: {protocol} listeners are not supported yet"));
-                continue;
-            }
+            let tls = match listener.protocol {
+                ListenerProtocol::Http => None,
+                ListenerProtocol::Https => match listener_tls(&config, port) {
+                    Ok(acceptor) => Some(acceptor),
+                    Err(err) => {
+                        errors.push(format!("listener {port}: {err:#}"));
+                        continue;
+                    }
+                },
+                _ => {
+                    let protocol = lbctl_spec::wire_name(&listener.protocol);
+                    errors.push(format!("listener {port}: {protocol} listeners are not supported yet"));
+                    continue;
+                }
+            };
             if contexts.contains_key(&port) {
                 errors.push(format!("listener {port}: the port is used by another listener"));
                 continue;
@@ -282,7 +314,8 @@ impl Proxy {
             let groups = &self.groups;
             let mut resolve =
                 |name: &str| groups.get(name).map(|it| it.group.clone()).unwrap_or_else(|| TargetGroup::new(name));
-            let (context, problems) = ListenerContext::compile(listener, &config, &mut resolve);
+            let (mut context, problems) = ListenerContext::compile(listener, &config, &mut resolve);
+            context.tls = tls;
             errors.extend(problems.into_iter().map(|it| format!("listener {port}: {it}")));
             contexts.insert(port, context);
         }
@@ -382,6 +415,14 @@ impl Proxy {
     }
 }
 
+/// The TLS acceptor of the HTTPS listener on `port`, from the certificate
+/// files the configuration gives for it.
+fn listener_tls(config: &ProxyConfig, port: u16) -> Result<tokio_rustls::TlsAcceptor> {
+    let files = config.certificates.get(&port).context("the configuration names no certificate files for it")?;
+    let server_config = crate::tls::server_config_from_files(&files.cert, &files.key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(server_config))
+}
+
 /// The target groups a listener's actions forward to.
 fn referenced_groups(listener: &lbctl_spec::Listener) -> impl Iterator<Item = &str> {
     std::iter::once(&listener.default_action)
@@ -413,24 +454,53 @@ async fn accept_loop(listener: TcpListener, frontend: Arc<Frontend>, mut stop: w
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }
 
-/// Serves one client connection (HTTP/1.1, or HTTP/2 with prior knowledge).
+/// Serves one client connection: HTTP/1.1 or HTTP/2 with prior knowledge
+/// (h2c) on a plain listener; on an HTTPS listener the same after the TLS
+/// handshake, HTTP/2 being chosen through ALPN. The handshake runs on the
+/// connection's own task, never in the accept loop.
 fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: &Arc<Frontend>, graceful: &GracefulShutdown) {
     let _ = stream.set_nodelay(true);
+    let tls = frontend.context.load().tls.clone();
+    let (frontend, watcher) = (frontend.clone(), graceful.watcher());
+    match tls {
+        None => {
+            tokio::spawn(serve_http(stream, peer, frontend, watcher));
+        }
+        Some(acceptor) => {
+            tokio::spawn(async move {
+                if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    serve_http(stream, peer, frontend, watcher).await;
+                }
+            });
+        }
+    }
+}
+
+/// Serves HTTP on an accepted (and, on HTTPS listeners, decrypted) connection
+/// until it closes or a graceful shutdown ends it.
+async fn serve_http<I>(io: I, peer: SocketAddr, frontend: Arc<Frontend>, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let idle_timeout = frontend.context.load().idle_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Reading the next request's head is bounded by the idle timeout, which
-    // closes idle keep-alive connections as AWS does.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let shared = frontend.clone();
+    // Waiting for the next request's head is bounded by the idle timeout,
+    // which closes idle keep-alive connections as AWS does; a head that has
+    // started must also be complete within `head_guard::HEADER_READ_TIMEOUT`.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+        .max_headers(MAX_REQUEST_HEADERS);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
+    let shared = frontend;
     let service = service_fn(move |request| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(forward::handle(&shared, request, peer).await) }
     });
-    let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let io = TokioIo::new(head_guard::HeadGuard::new(io));
+    let _ = watcher.watch(builder.serve_connection(io, service).into_owned()).await;
 }
 
 #[cfg(test)]
@@ -499,6 +569,7 @@ mod tests {
             listeners: serde_yaml::from_str(listeners).unwrap(),
             target_groups: vec!["web".into(), "empty".into()],
             layout: layout.clone(),
+            certificates: BTreeMap::new(),
         }
     }
 
@@ -585,7 +656,7 @@ mod tests {
             assert_eq!(status.config_digest, runtime::digest(&std::fs::read(&config_path).unwrap()));
             assert_eq!(status.listening, vec![port]);
             assert_eq!(status.errors.len(), 1, "{:?}", status.errors);
-            assert!(status.errors[0].contains("HTTPS listeners are not supported yet"), "{:?}", status.errors);
+            assert!(status.errors[0].ends_with("the configuration names no certificate files for it"), "{:?}", status.errors);
             assert_eq!(states(&status, "empty"), vec![]);
 
             let client: TestClient = Client::builder(TokioExecutor::new()).build_http();

@@ -6,25 +6,48 @@
 //! drains deregistered targets, and publishes two snapshots whenever
 //! something changes: the routable set (read by every request, lock-free)
 //! and the targets' health (read by the status writer).
+//!
+//! In a `lambda` target group the targets are functions: they are not
+//! health-checked (AWS's default) and count as healthy from registration.
+//! A target that becomes healthy while another healthy target is not in slow
+//! start begins its slow start (when the group has one).
+//!
+//! **Passive health**: a request that cannot connect to a target reports it
+//! (`report_connection_failure`), and the manager at once marks it, if it
+//! was healthy, `unhealthy` (`Target.ConnectionFailed: ... (passive)`), so no new request
+//! goes there, until a health check that started after the mark passes, or
+//! `PASSIVE_HOLD` has passed (a target whose health checks are slow gets a
+//! request again then, retried elsewhere should it still refuse).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use lbctl_spec::Algorithm;
+use hyper::header::HeaderValue;
+use hyper::HeaderMap;
+use lbctl_spec::TargetType;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::discovery::{Discovered, Registry};
 use super::health_check::{self, Change, HealthCheck, Outcome, Tracker};
-use super::selection::{Backend, Balancer, Candidates};
+use super::lambda::Function;
+use super::selection::{Backend, Balancer, Candidates, Routing};
 use super::status::StatusBoard;
+use super::upstream::{Transport, TransportCell};
 use super::AbortOnDrop;
 use crate::runtime::{HealthState, Layout, RegisteredTarget, TargetHealth};
 
 /// How often a group's registry is re-read.
 const DISCOVERY_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a target that refused a connection stays out of rotation at
+/// most when no passing health check clears it first.
+const PASSIVE_HOLD: Duration = Duration::from_secs(5);
+/// Connection failures waiting for the manager, at most; more are dropped
+/// (the first of a target is the one that matters).
+const MAX_PENDING_FAILURES: usize = 64;
 
 /// A target group, shared by the listeners that forward to it.
 pub struct TargetGroup {
@@ -32,6 +55,11 @@ pub struct TargetGroup {
     pub name: String,
     balancer: Balancer,
     records: ArcSwap<Vec<TargetRecord>>,
+    /// How requests reach the targets; set from the group's settings.
+    transport: TransportCell,
+    /// Targets requests could not connect to, with why, for the manager.
+    connection_failures: Mutex<Vec<(RegisteredTarget, String)>>,
+    connection_failed: Notify,
 }
 
 /// One target's published state.
@@ -45,12 +73,49 @@ struct TargetRecord {
 impl TargetGroup {
     /// A group with no targets yet.
     pub fn new(name: &str) -> Arc<TargetGroup> {
-        Arc::new(TargetGroup { name: name.to_string(), balancer: Balancer::default(), records: ArcSwap::default() })
+        Arc::new(TargetGroup {
+            name: name.to_string(),
+            balancer: Balancer::default(),
+            records: ArcSwap::default(),
+            transport: TransportCell::default(),
+            connection_failures: Mutex::default(),
+            connection_failed: Notify::new(),
+        })
     }
 
-    /// The target for the next request, if any is routable.
-    pub fn select(&self) -> Option<Arc<Backend>> {
-        self.balancer.select()
+    /// How requests reach the targets (protocol and HTTP version).
+    pub fn transport(&self) -> Transport {
+        self.transport.load()
+    }
+
+    /// The stickiness cookie pinning a client to `backend`, when the group
+    /// has stickiness on (see `Balancer::sticky_cookie_for`).
+    pub fn sticky_cookie_for(&self, backend: &Backend) -> Option<HeaderValue> {
+        self.balancer.sticky_cookie_for(backend)
+    }
+
+    /// The target for a request with these headers, if any is routable, and
+    /// the stickiness cookie to set on the response (see `Balancer::select_with`).
+    pub fn select_with(&self, headers: &HeaderMap) -> Option<(Arc<Backend>, Option<HeaderValue>)> {
+        self.balancer.select_with(headers)
+    }
+
+    /// The target for the retry of a request `failed` could not answer, if
+    /// another one is routable.
+    pub fn select_other(&self, failed: &Backend) -> Option<Arc<Backend>> {
+        self.balancer.select_other(failed)
+    }
+
+    /// Reports that a request could not connect to `backend` (`error` says
+    /// how): the manager takes it out of rotation (passive health).
+    pub fn report_connection_failure(&self, backend: &Backend, error: &str) {
+        let mut failures = self.connection_failures.lock().unwrap_or_else(|it| it.into_inner());
+        if failures.len() < MAX_PENDING_FAILURES {
+            let target = RegisteredTarget { id: backend.id.clone(), ip: backend.ip, port: backend.port };
+            failures.push((target, error.to_string()));
+        }
+        drop(failures);
+        self.connection_failed.notify_one();
     }
 
     /// Every target's health, in id order, for the status file.
@@ -74,7 +139,7 @@ impl TargetGroup {
 /// targets, and publishes changes (touching `board` so the status follows).
 pub async fn manage(group: Arc<TargetGroup>, layout: Layout, board: Arc<StatusBoard>) {
     let mut registry = Registry::new(&layout, &group.name);
-    let mut table = Table::new(&group.name);
+    let mut table = Table::new(&group.name, layout);
     let (results_tx, mut results) = unbounded_channel::<CheckResult>();
     let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -83,7 +148,12 @@ pub async fn manage(group: Arc<TargetGroup>, layout: Layout, board: Arc<StatusBo
             _ = tick.tick() => {
                 let now = Instant::now();
                 let mut changed = match registry.poll() {
-                    Some(Ok(discovered)) => table.apply(discovered, now),
+                    Some(Ok(discovered)) => {
+                        if let Some(config) = &discovered.config {
+                            group.transport.store(Transport::of(&config.settings));
+                        }
+                        table.apply(discovered, now)
+                    }
                     Some(Err(problem)) => {
                         eprintln!("target group {}: keeping the previous targets: {problem}", group.name);
                         false
@@ -91,9 +161,15 @@ pub async fn manage(group: Arc<TargetGroup>, layout: Layout, board: Arc<StatusBo
                     None => false,
                 };
                 changed |= table.expire(now);
+                changed |= table.end_slow_starts(now);
+                changed |= table.expire_suspects(now);
                 changed
             }
             Some(result) = results.recv() => table.record(result) != Change::None,
+            _ = group.connection_failed.notified() => {
+                let failures = std::mem::take(&mut *group.connection_failures.lock().unwrap_or_else(|it| it.into_inner()));
+                table.mark_suspects(failures, Instant::now())
+            }
         };
         table.start_checkers(&results_tx);
         if changed {
@@ -132,8 +208,10 @@ async fn check_loop(
 /// A group's settings that its manager uses.
 struct Settings {
     check: Arc<HealthCheck>,
-    algorithm: Algorithm,
+    routing: Routing,
     deregistration_delay: Duration,
+    /// Whether the targets are functions.
+    lambda: bool,
 }
 
 /// One registered (or draining) target.
@@ -142,22 +220,49 @@ struct Entry {
     tracker: Tracker,
     /// When a draining target is dropped.
     drain_until: Option<Instant>,
+    /// When its slow start began, while it lasts.
+    slow_start_since: Option<Instant>,
     /// Identifies the current health check task; results of older ones are ignored.
     generation: u64,
     checker: Option<AbortOnDrop>,
+    /// Since when and why it is out of rotation after a failed connection.
+    suspect: Option<(Instant, String)>,
+}
+
+impl Entry {
+    /// Its health state: a function's is healthy until it is deregistered.
+    fn state(&self) -> HealthState {
+        match self.tracker.state() {
+            HealthState::Draining => HealthState::Draining,
+            _ if self.suspect.is_some() => HealthState::Unhealthy,
+            _ if self.backend.function.is_some() => HealthState::Healthy,
+            state => state,
+        }
+    }
+
+    /// The reason for its state (empty while healthy).
+    fn reason(&self) -> &str {
+        match &self.suspect {
+            _ if self.state() == HealthState::Healthy => "",
+            Some((_, reason)) if self.tracker.state() != HealthState::Draining => reason,
+            _ => self.tracker.reason(),
+        }
+    }
 }
 
 /// The manager's view of its targets.
 struct Table {
     name: String,
+    /// Where the functions of a `lambda` group are described.
+    layout: Layout,
     settings: Option<Settings>,
     entries: BTreeMap<RegisteredTarget, Entry>,
     generations: u64,
 }
 
 impl Table {
-    fn new(name: &str) -> Table {
-        Table { name: name.to_string(), settings: None, entries: BTreeMap::new(), generations: 0 }
+    fn new(name: &str, layout: Layout) -> Table {
+        Table { name: name.to_string(), layout, settings: None, entries: BTreeMap::new(), generations: 0 }
     }
 
     fn next_generation(&mut self) -> u64 {
@@ -180,13 +285,22 @@ impl Table {
         let group = &config.settings;
         let settings = Settings {
             check: Arc::new(HealthCheck::of(group)),
-            algorithm: group.algorithm,
+            routing: Routing::of(group),
             deregistration_delay: group.deregistration_delay.get(),
+            lambda: group.target_type == TargetType::Lambda,
         };
         let mut changed = match &self.settings {
-            Some(old) => old.algorithm != settings.algorithm,
+            Some(old) => old.routing != settings.routing,
             None => true,
         };
+        if self.settings.as_ref().is_some_and(|old| old.lambda != settings.lambda) {
+            // Functions and addresses are different targets: start afresh.
+            self.entries.clear();
+            changed = true;
+        }
+        if settings.routing.slow_start.is_zero() {
+            self.entries.values_mut().for_each(|it| it.slow_start_since = None);
+        }
         if self.settings.as_ref().is_some_and(|old| old.check != settings.check) {
             // New health check settings: restart every check, keeping states.
             let keys: Vec<RegisteredTarget> = self.entries.keys().cloned().collect();
@@ -198,19 +312,32 @@ impl Table {
             }
         }
         let delay = settings.deregistration_delay;
+        let lambda = settings.lambda;
         self.settings = Some(settings);
 
         for target in &discovered.targets {
             let generation = self.next_generation();
             match self.entries.get_mut(target) {
                 None => {
-                    eprintln!("target group {}: registered {} ({}:{})", self.name, target.id, target.ip, target.port);
+                    let backend = if lambda {
+                        eprintln!("target group {}: registered function {}", self.name, target.id);
+                        let file = self.layout.function_file(&target.id);
+                        Backend::lambda(Function::new(&target.id, file, &self.name, &self.layout.root))
+                    } else {
+                        eprintln!(
+                            "target group {}: registered {} ({}:{})",
+                            self.name, target.id, target.ip, target.port
+                        );
+                        Backend::new(&target.id, target.ip, target.port)
+                    };
                     let entry = Entry {
-                        backend: Backend::new(&target.id, target.ip, target.port),
+                        backend,
                         tracker: Tracker::default(),
                         drain_until: None,
+                        slow_start_since: None,
                         generation,
                         checker: None,
+                        suspect: None,
                     };
                     self.entries.insert(target.clone(), entry);
                     changed = true;
@@ -219,8 +346,10 @@ impl Table {
                     eprintln!("target group {}: registered {} again while it was draining", self.name, target.id);
                     entry.tracker = Tracker::default();
                     entry.drain_until = None;
+                    entry.slow_start_since = None;
                     entry.generation = generation;
                     entry.checker = None;
+                    entry.suspect = None;
                     changed = true;
                 }
                 Some(_) => {}
@@ -236,6 +365,7 @@ impl Table {
                 );
                 entry.tracker.drain();
                 entry.drain_until = Some(now + delay);
+                entry.slow_start_since = None;
                 entry.checker = None;
                 changed = true;
             }
@@ -247,17 +377,39 @@ impl Table {
 
     /// Applies a health check result; what it changed.
     fn record(&mut self, result: CheckResult) -> Change {
+        // A target that turns healthy while another healthy one is not in
+        // slow start begins its slow start (AWS).
+        let settled_peer = self.entries.iter().any(|(target, it)| {
+            *target != result.target && it.state() == HealthState::Healthy && it.slow_start_since.is_none()
+        });
         let (Some(settings), Some(entry)) = (&self.settings, self.entries.get_mut(&result.target)) else {
             return Change::None;
         };
         if entry.generation != result.generation || entry.tracker.state() == HealthState::Draining {
             return Change::None;
         }
+        // A pass clears a passive mark, if the probe started after the mark
+        // (it takes at most the check's timeout).
+        let now = Instant::now();
+        let cleared = result.outcome == Outcome::Pass
+            && entry.suspect.as_ref().is_some_and(|(since, _)| *since + settings.check.timeout < now);
+        if cleared {
+            entry.suspect = None;
+            eprintln!("target group {}: {} passed a health check; back in rotation", self.name, result.target.id);
+        }
         let before = entry.tracker.state();
         let change = entry.tracker.record(&result.outcome, &settings.check);
+        if cleared && change == Change::None {
+            return Change::State;
+        }
         if change == Change::State {
             let after = entry.tracker.state();
-            let why = if entry.tracker.reason().is_empty() {
+            let slow_start = settings.routing.slow_start;
+            let ramps = after == HealthState::Healthy && !slow_start.is_zero() && settled_peer;
+            entry.slow_start_since = ramps.then(Instant::now);
+            let why = if ramps {
+                format!(" (slow start for {})", lbctl_spec::Duration(slow_start))
+            } else if entry.tracker.reason().is_empty() {
                 String::new()
             } else {
                 format!(" ({})", entry.tracker.reason())
@@ -291,11 +443,73 @@ impl Table {
         before != self.entries.len()
     }
 
-    /// Starts a health check task for every target that needs one.
+    /// Marks the healthy targets requests could not connect to as out of
+    /// rotation; true when any was not already. Targets the health checks
+    /// have not found healthy keep their state and reason: they only get
+    /// requests when the group fails open, and an instance still booting
+    /// must not look unhealthy to its auto-scaling group.
+    fn mark_suspects(&mut self, failures: Vec<(RegisteredTarget, String)>, now: Instant) -> bool {
+        let mut changed = false;
+        for (target, error) in failures {
+            let Some(entry) = self.entries.get_mut(&target) else { continue };
+            if entry.suspect.is_some() || entry.tracker.state() != HealthState::Healthy {
+                continue;
+            }
+            let reason = format!("Target.ConnectionFailed: {error} (passive)");
+            eprintln!(
+                "target group {}: {} ({}:{}) {} -> unhealthy ({reason})",
+                self.name,
+                target.id,
+                target.ip,
+                target.port,
+                entry.state().as_str()
+            );
+            entry.suspect = Some((now, reason));
+            changed = true;
+        }
+        changed
+    }
+
+    /// Puts back in rotation the targets marked out longer than
+    /// `PASSIVE_HOLD` ago; true when any was.
+    fn expire_suspects(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for (target, entry) in &mut self.entries {
+            if entry.suspect.as_ref().is_some_and(|(since, _)| *since + PASSIVE_HOLD <= now) {
+                eprintln!(
+                    "target group {}: {} back in rotation after {}",
+                    self.name,
+                    target.id,
+                    lbctl_spec::Duration(PASSIVE_HOLD)
+                );
+                entry.suspect = None;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Ends the slow starts whose period is over, so that requests take the
+    /// plain path again; true when any ended.
+    fn end_slow_starts(&mut self, now: Instant) -> bool {
+        let period = self.settings.as_ref().map(|it| it.routing.slow_start).unwrap_or_default();
+        let mut ended = false;
+        for entry in self.entries.values_mut() {
+            if entry.slow_start_since.is_some_and(|since| since + period <= now) {
+                entry.slow_start_since = None;
+                ended = true;
+            }
+        }
+        ended
+    }
+
+    /// Starts a health check task for every target that needs one (not
+    /// functions: AWS does not check them unless asked).
     fn start_checkers(&mut self, results: &UnboundedSender<CheckResult>) {
         let Some(settings) = &self.settings else { return };
         for (target, entry) in &mut self.entries {
-            if entry.checker.is_none() && entry.tracker.state() != HealthState::Draining {
+            let checked = entry.backend.function.is_none();
+            if checked && entry.checker.is_none() && entry.tracker.state() != HealthState::Draining {
                 let task = check_loop(settings.check.clone(), target.clone(), entry.generation, results.clone());
                 entry.checker = Some(AbortOnDrop(tokio::spawn(task)));
             }
@@ -304,17 +518,13 @@ impl Table {
 
     /// Publishes the routable set and the health records.
     fn publish(&self, group: &TargetGroup) {
-        let algorithm = self.settings.as_ref().map(|it| it.algorithm).unwrap_or(Algorithm::RoundRobin);
-        let targets = self.entries.values().map(|it| (&it.backend, it.tracker.state()));
-        group.balancer.update(Candidates::build(targets, algorithm));
+        let routing = self.settings.as_ref().map(|it| it.routing).unwrap_or_default();
+        let targets = self.entries.values().map(|it| (&it.backend, it.state(), it.slow_start_since));
+        group.balancer.update(Candidates::build(targets, routing));
         let records = self
             .entries
             .values()
-            .map(|it| TargetRecord {
-                backend: it.backend.clone(),
-                state: it.tracker.state(),
-                reason: it.tracker.reason().to_string(),
-            })
+            .map(|it| TargetRecord { backend: it.backend.clone(), state: it.state(), reason: it.reason().to_string() })
             .collect();
         group.records.store(Arc::new(records));
     }
@@ -333,8 +543,15 @@ mod tests {
     }
 
     fn discovered(ids: &[&str]) -> Discovered {
-        let yaml = "{ health_check: { healthy_threshold: 2, unhealthy_threshold: 2 }, deregistration_delay: 2s }";
-        let settings: lbctl_spec::TargetGroup = serde_yaml::from_str(yaml).unwrap();
+        discovered_with(ids, "")
+    }
+
+    /// Registry contents with `extra` group settings (`key: value, ` pairs).
+    fn discovered_with(ids: &[&str], extra: &str) -> Discovered {
+        let yaml = format!(
+            "{{ {extra}health_check: {{ healthy_threshold: 2, unhealthy_threshold: 2 }}, deregistration_delay: 2s }}"
+        );
+        let settings: lbctl_spec::TargetGroup = serde_yaml::from_str(&yaml).unwrap();
         Discovered {
             config: Some(TargetGroupConfig { name: "web".into(), settings }),
             targets: ids.iter().map(|it| target(it)).collect::<BTreeSet<_>>(),
@@ -352,14 +569,52 @@ mod tests {
         let group = TargetGroup::new("web");
         table.publish(&group);
         let states: Vec<String> = group.health().iter().map(|it| format!("{}={}", it.id, it.state.as_str())).collect();
-        let picks: Vec<String> = (0..4).map(|_| group.select().map(|it| it.id.clone()).unwrap_or("-".into())).collect();
+        let picks: Vec<String> = (0..4)
+            .map(|_| group.select_with(&HeaderMap::new()).map(|it| it.0.id.clone()).unwrap_or("-".into()))
+            .collect();
         (states.join(" "), picks.join(" "))
+    }
+
+    #[test]
+    fn passive_health_marks_and_clears() {
+        let now = Instant::now();
+        let mut table = Table::new("web", Layout::new("/nonexistent"));
+        table.apply(discovered(&["a", "b"]), now);
+        for id in ["a", "a", "b", "b"] {
+            record(&mut table, id, Outcome::Pass);
+        }
+        // A refused connection takes the target out of rotation at once.
+        let group = TargetGroup::new("web");
+        group.report_connection_failure(&Backend::new("a", Ipv4Addr::new(127, 0, 0, 2), 8080), "connection refused");
+        let failures = std::mem::take(&mut *group.connection_failures.lock().unwrap());
+        assert!(table.mark_suspects(failures, now));
+        assert_eq!(published(&table), ("a=unhealthy b=healthy".into(), "b b b b".into()));
+        assert_eq!(table.entries[&target("a")].reason(), "Target.ConnectionFailed: connection refused (passive)");
+        assert!(!table.mark_suspects(vec![(target("a"), "connection reset".into())], now), "already out");
+        // A pass from a probe that may have started before the mark does not
+        // clear it (the check's timeout is 5 s), nor does time until the hold is over.
+        assert_eq!(record(&mut table, "a", Outcome::Pass), Change::None);
+        assert!(!table.expire_suspects(now + PASSIVE_HOLD - Duration::from_millis(1)));
+        assert_eq!(published(&table).0, "a=unhealthy b=healthy");
+        assert!(table.expire_suspects(now + PASSIVE_HOLD));
+        assert_eq!(published(&table), ("a=healthy b=healthy".into(), "a b a b".into()));
+        // A pass from a later probe clears a mark.
+        let long_ago = now.checked_sub(Duration::from_secs(6)).unwrap();
+        assert!(table.mark_suspects(vec![(target("b"), "connection refused".into())], long_ago));
+        assert_eq!(published(&table).0, "a=healthy b=unhealthy");
+        assert_eq!(record(&mut table, "b", Outcome::Pass), Change::State);
+        assert_eq!(published(&table).0, "a=healthy b=healthy");
+        // Only healthy targets are marked.
+        table.apply(discovered(&["b", "c"]), now);
+        let failures = ["a", "c", "z"].map(|it| (target(it), "connection refused".to_string()));
+        assert!(!table.mark_suspects(failures.to_vec(), now));
+        assert_eq!(published(&table).0, "a=draining b=healthy c=initial");
     }
 
     #[test]
     fn registration_health_and_draining() {
         let start = Instant::now();
-        let mut table = Table::new("web");
+        let mut table = Table::new("web", Layout::new("/nonexistent"));
         assert!(table.apply(discovered(&["a", "b"]), start));
         assert_eq!(published(&table), ("a=initial b=initial".into(), "a b a b".into()));
 
@@ -395,7 +650,7 @@ mod tests {
     #[test]
     fn unhealthy_targets_fail_open() {
         let start = Instant::now();
-        let mut table = Table::new("web");
+        let mut table = Table::new("web", Layout::new("/nonexistent"));
         table.apply(discovered(&["a", "b"]), start);
         let refused = || Outcome::Fail("Target.FailedHealthChecks: connection refused".into());
         for id in ["a", "b"] {
@@ -409,8 +664,64 @@ mod tests {
     }
 
     #[test]
+    fn functions_are_healthy_without_checks() {
+        let layout = Layout::new("/stack/run");
+        let mut table = Table::new("web", layout.clone());
+        table.apply(discovered_with(&["thumbnailer"], "target_type: lambda, "), Instant::now());
+        let (states, picks) = published(&table);
+        assert_eq!(
+            (states.as_str(), picks.as_str()),
+            ("thumbnailer=healthy", "thumbnailer thumbnailer thumbnailer thumbnailer")
+        );
+        let entry = &table.entries[&target("thumbnailer")];
+        assert_eq!(
+            (entry.reason(), entry.backend.function.as_ref().map(|it| it.name.as_str())),
+            ("", Some("thumbnailer"))
+        );
+        // Deregistered functions drain like any target.
+        table.apply(discovered_with(&[], "target_type: lambda, "), Instant::now());
+        assert_eq!(published(&table).0, "thumbnailer=draining");
+        // A group that changes between functions and addresses starts afresh.
+        table.apply(discovered(&["thumbnailer"]), Instant::now());
+        assert_eq!(published(&table).0, "thumbnailer=initial");
+        assert!(table.entries[&target("thumbnailer")].backend.function.is_none());
+    }
+
+    #[test]
+    fn slow_start_begins_beside_a_settled_target() {
+        let start = Instant::now();
+        let mut table = Table::new("web", Layout::new("/nonexistent"));
+        table.apply(discovered_with(&["a", "b", "c"], "slow_start: 10s, "), start);
+        let ramping = |table: &Table| -> Vec<String> {
+            table.entries.iter().filter(|it| it.1.slow_start_since.is_some()).map(|it| it.0.id.clone()).collect()
+        };
+        // The first healthy target has no healthy peer: no slow start.
+        record(&mut table, "a", Outcome::Pass);
+        record(&mut table, "a", Outcome::Pass);
+        assert_eq!(ramping(&table), Vec::<String>::new());
+        // The next ones turn healthy beside it: slow start.
+        for id in ["b", "c"] {
+            record(&mut table, id, Outcome::Pass);
+            record(&mut table, id, Outcome::Pass);
+        }
+        assert_eq!(ramping(&table), vec!["b", "c"]);
+        // Unhealthy ends it; the period's end too.
+        let refused = || Outcome::Fail("Target.FailedHealthChecks: connection refused".into());
+        record(&mut table, "c", refused());
+        record(&mut table, "c", refused());
+        assert_eq!(ramping(&table), vec!["b"]);
+        assert!(!table.end_slow_starts(Instant::now()));
+        assert!(table.end_slow_starts(Instant::now() + Duration::from_secs(10)));
+        assert_eq!(ramping(&table), Vec::<String>::new());
+        // Turning slow start off ends every ramp at once.
+        table.entries.get_mut(&target("b")).unwrap().slow_start_since = Some(start);
+        assert!(table.apply(discovered(&["a", "b", "c"]), start), "the routing settings changed");
+        assert_eq!(ramping(&table), Vec::<String>::new());
+    }
+
+    #[test]
     fn a_missing_group_file_drops_every_target() {
-        let mut table = Table::new("web");
+        let mut table = Table::new("web", Layout::new("/nonexistent"));
         table.apply(discovered(&["a"]), Instant::now());
         assert!(table.apply(Discovered { config: None, targets: BTreeSet::new() }, Instant::now()));
         assert_eq!(published(&table), (String::new(), "- - - -".into()));

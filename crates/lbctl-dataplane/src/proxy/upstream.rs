@@ -1,0 +1,422 @@
+//! Connections to targets: which protocol a target group speaks, and the
+//! clients that speak it.
+//!
+//! | group `protocol` / `protocol_version` | transport | connections |
+//! | --- | --- | --- |
+//! | `HTTP` / `HTTP1` | HTTP/1.1 | pooled (hyper-util's client), several per target |
+//! | `HTTPS` / `HTTP1` | HTTP/1.1 over TLS, ALPN `http/1.1` | pooled the same way |
+//! | `HTTP` / `HTTP2`, `GRPC` | h2c (HTTP/2 with prior knowledge) | one per target, multiplexed |
+//! | `HTTPS` / `HTTP2`, `GRPC` | HTTP/2 over TLS, ALPN `h2` | one per target, multiplexed |
+//!
+//! Target certificates are not verified, as AWS does not (see `crate::tls`).
+//! Every client and TLS configuration is built once per process; a request
+//! only picks one. HTTP/2 requests carry the client's Host as `:authority`
+//! (and no Host header, which HTTP/2 forbids to differ from it), so the Host
+//! is preserved whatever the version on either side. Trailers (gRPC's
+//! `grpc-status`) pass through in both directions, as body frames.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper::header::{HeaderValue, HOST};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::selection::Backend;
+use crate::tls::{self, ClientAlpn};
+
+/// How long connecting to a target may take (AWS: 10 seconds).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection to a target is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The body of a request forwarded to a target: the client's, or none when
+/// a bodiless request is sent again to another target (`retry`).
+pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// How the load balancer talks to a target group's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transport {
+    /// TLS to the target (`protocol: HTTPS`).
+    pub tls: bool,
+    /// HTTP/2 to the target (`protocol_version: HTTP2` or `GRPC`).
+    pub http2: bool,
+}
+
+impl Transport {
+    /// The transport of a target group's settings.
+    pub fn of(group: &lbctl_spec::TargetGroup) -> Transport {
+        use lbctl_spec::{ProtocolVersion, TargetProtocol};
+        Transport {
+            tls: group.protocol == TargetProtocol::Https,
+            http2: matches!(group.protocol_version, ProtocolVersion::Http2 | ProtocolVersion::Grpc),
+        }
+    }
+
+    fn to_bits(self) -> u8 {
+        u8::from(self.tls) | (u8::from(self.http2) << 1)
+    }
+
+    fn from_bits(bits: u8) -> Transport {
+        Transport { tls: bits & 1 != 0, http2: bits & 2 != 0 }
+    }
+}
+
+/// A target group's current transport, read by every request without a
+/// lock and replaced by the group's manager when its settings change.
+#[derive(Debug, Default)]
+pub struct TransportCell(AtomicU8);
+
+impl TransportCell {
+    /// The current transport.
+    pub fn load(&self) -> Transport {
+        Transport::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Replaces the transport; requests already sent keep theirs.
+    pub fn store(&self, transport: Transport) {
+        self.0.store(transport.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+pub struct UpstreamError {
+    connect: bool,
+    source: BoxError,
+}
+
+impl UpstreamError {
+    /// Whether no connection to the target could be made (refused, reset
+    /// during the TLS or HTTP/2 handshake, timed out): the request was not sent.
+    pub fn is_connect(&self) -> bool {
+        self.connect
+    }
+
+    fn connect(source: impl Into<BoxError>) -> UpstreamError {
+        UpstreamError { connect: true, source: source.into() }
+    }
+
+    fn exchange(source: impl Into<BoxError>) -> UpstreamError {
+        UpstreamError { connect: false, source: source.into() }
+    }
+
+    fn from_client(err: hyper_util::client::legacy::Error) -> UpstreamError {
+        UpstreamError { connect: err.is_connect(), source: err.into() }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.connect { "connecting to the target" } else { "forwarding to the target" };
+        write!(f, "{what}: {}", self.source)
+    }
+}
+
+impl StdError for UpstreamError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// The clients to targets; one is shared by every listener of a proxy.
+#[derive(Clone)]
+pub struct Upstream {
+    http1: Client<HttpConnector, UpstreamBody>,
+    http1_tls: Client<TlsConnector, UpstreamBody>,
+}
+
+impl Default for Upstream {
+    fn default() -> Upstream {
+        Upstream::new()
+    }
+}
+
+impl Upstream {
+    /// The clients, with their TLS configuration built once here.
+    pub fn new() -> Upstream {
+        let http = http_connector();
+        let tls = TlsConnector {
+            http: http.clone(),
+            tls: tokio_rustls::TlsConnector::from(tls::client_config(ClientAlpn::Http1)),
+        };
+        Upstream { http1: pooled_client(http), http1_tls: pooled_client(tls) }
+    }
+
+    /// Sends `request` to `backend` over `transport` and returns the
+    /// response head (its body streams on). The request's URI is absolute
+    /// (`http://<target ip:port>/path`) and its version HTTP/1.1, as the
+    /// request path prepares it; HTTP/2 transports rewrite both.
+    pub async fn send(
+        &self,
+        transport: Transport,
+        backend: &Backend,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match transport {
+            Transport { http2: false, tls: false } => {
+                self.http1.request(request).await.map_err(UpstreamError::from_client)
+            }
+            Transport { http2: false, tls: true } => {
+                self.http1_tls.request(request).await.map_err(UpstreamError::from_client)
+            }
+            Transport { http2: true, tls } => {
+                // Boxed: the HTTP/2 path's state (connecting, TLS, handshake)
+                // would otherwise enlarge every request's future.
+                let addr = SocketAddr::from((backend.ip, backend.port));
+                Box::pin(backend.h2.send(addr, tls, into_http2(request, tls))).await
+            }
+        }
+    }
+}
+
+fn http_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector
+}
+
+fn pooled_client<C>(connector: C) -> Client<C, UpstreamBody>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// Turns an HTTP/1.1-shaped request into an HTTP/2 one: the Host header
+/// becomes the `:authority` (the target's address when there is no usable
+/// Host), the scheme says whether TLS is used.
+fn into_http2<B>(request: Request<B>, tls: bool) -> Request<B> {
+    let (mut parts, body) = request.into_parts();
+    let authority = parts.headers.get(HOST).and_then(|it| Authority::try_from(it.as_bytes()).ok());
+    if authority.is_some() {
+        parts.headers.remove(HOST);
+    }
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    if let Some(authority) = authority {
+        uri.authority = Some(authority);
+    }
+    // Scheme, authority and path were valid apart; they are together.
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    parts.version = Version::HTTP_2;
+    Request::from_parts(parts, body)
+}
+
+/// A target's HTTP/2 connection, made on first use and shared by every
+/// request to it (HTTP/2 multiplexes). It lives in the target's `Backend`, so
+/// it is closed when the target leaves the group.
+#[derive(Default)]
+pub struct Http2Connection {
+    /// The live connection's handle; `None` before the first request. The
+    /// async mutex is held while connecting, so concurrent first requests
+    /// wait for one connection instead of each making their own.
+    sender: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+}
+
+impl fmt::Debug for Http2Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http2Connection").finish_non_exhaustive()
+    }
+}
+
+impl Http2Connection {
+    /// Sends a request; a request the connection closed under before it went
+    /// out is sent once more on a new connection.
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        tls: bool,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = self.sender(addr, tls).await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(mut err) => match err.take_message() {
+                Some(request) => {
+                    let mut sender = self.sender(addr, tls).await?;
+                    sender.send_request(request).await.map_err(UpstreamError::exchange)
+                }
+                None => Err(UpstreamError::exchange(err.into_error())),
+            },
+        }
+    }
+
+    /// The live connection's handle, connecting when there is none.
+    async fn sender(&self, addr: SocketAddr, tls: bool) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+        let mut slot = self.sender.lock().await;
+        if let Some(sender) = slot.as_ref().filter(|it| !it.is_closed()) {
+            return Ok(sender.clone());
+        }
+        *slot = None;
+        let sender = tokio::time::timeout(CONNECT_TIMEOUT, connect_http2(addr, tls))
+            .await
+            .map_err(|_| UpstreamError::connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))??;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+/// Connects to `addr`, over TLS (ALPN `h2`) or not, and starts HTTP/2 on it.
+async fn connect_http2(addr: SocketAddr, tls: bool) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+    let stream = TcpStream::connect(addr).await.map_err(UpstreamError::connect)?;
+    stream.set_nodelay(true).ok();
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if tls {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls::client_config(ClientAlpn::Http2));
+        let stream = connector.connect(tls::target_server_name(ip), stream).await.map_err(UpstreamError::connect)?;
+        let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::connect)?;
+        tokio::spawn(connection);
+        Ok(sender)
+    } else {
+        let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::connect)?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+}
+
+/// The connector of the pooled HTTP/1.1-over-TLS client: a TCP connection
+/// (hyper-util's connector, with its timeout), then a TLS handshake.
+#[derive(Clone)]
+struct TlsConnector {
+    http: HttpConnector,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl tower_service::Service<Uri> for TlsConnector {
+    type Response = TokioIo<TargetTls>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<TargetTls>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let ip = uri.host().and_then(|it| it.parse::<Ipv4Addr>().ok()).unwrap_or(Ipv4Addr::LOCALHOST);
+        let connecting = tower_service::Service::<Uri>::call(&mut self.http, uri);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let stream = connecting.await?.into_inner();
+            let stream = tls.connect(tls::target_server_name(ip), stream).await?;
+            Ok(TokioIo::new(TargetTls(stream)))
+        })
+    }
+}
+
+/// A TLS connection to a target, as the pooled client sees it.
+struct TargetTls(TlsStream<TcpStream>);
+
+impl Connection for TargetTls {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for TargetTls {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TargetTls {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// `te: trailers` is the one TE value HTTP/2 allows; gRPC requires it.
+pub(super) fn asks_for_trailers(value: Option<&HeaderValue>) -> bool {
+    value.is_some_and(|it| it.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transports_of_target_groups() {
+        fn check(yaml: &str, expect: (bool, bool)) {
+            let group: lbctl_spec::TargetGroup = serde_yaml::from_str(yaml).unwrap();
+            let transport = Transport::of(&group);
+            assert_eq!((transport.tls, transport.http2), expect, "{yaml}");
+            let cell = TransportCell::default();
+            cell.store(transport);
+            assert_eq!(cell.load(), transport);
+        }
+        check("{}", (false, false));
+        check("{ protocol: HTTPS }", (true, false));
+        check("{ protocol_version: HTTP2 }", (false, true));
+        check("{ protocol: HTTPS, protocol_version: GRPC }", (true, true));
+    }
+
+    #[test]
+    fn http2_requests_carry_the_host_as_authority() {
+        fn check(host: Option<&str>, tls: bool, expect: (&str, Option<&str>)) {
+            let mut builder = Request::get("http://127.0.0.9:50051/pkg.Service/Method?x=1");
+            if let Some(host) = host {
+                builder = builder.header(HOST, host);
+            }
+            let (parts, ()) = into_http2(builder.body(()).unwrap(), tls).into_parts();
+            let host = parts.headers.get(HOST).map(|it| it.to_str().unwrap());
+            assert_eq!((parts.uri.to_string().as_str(), host), expect);
+            assert_eq!(parts.version, Version::HTTP_2);
+        }
+        check(Some("api.example.com:8443"), true, ("https://api.example.com:8443/pkg.Service/Method?x=1", None));
+        check(None, false, ("http://127.0.0.9:50051/pkg.Service/Method?x=1", None));
+        check(Some("bad host"), false, ("http://127.0.0.9:50051/pkg.Service/Method?x=1", Some("bad host")));
+    }
+
+    #[test]
+    fn te_trailers() {
+        assert!(asks_for_trailers(Some(&HeaderValue::from_static("trailers"))));
+        assert!(!asks_for_trailers(Some(&HeaderValue::from_static("gzip"))));
+        assert!(!asks_for_trailers(None));
+    }
+}

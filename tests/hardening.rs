@@ -1,0 +1,194 @@
+//! Malformed and hostile clients against a real load balancer: each gets
+//! its status or is cut off, and the proxy serves the next client as before.
+//! The requests are written byte for byte over `std::net::TcpStream`, as no
+//! well-behaved client would send them.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// The proxy's header read timeout (`head_guard::HEADER_READ_TIMEOUT`).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn spec(port: u16, brief_port: u16) -> String {
+    format!(
+        r#"version: 1
+name: hardening
+load_balancers:
+  public:
+    type: application
+    listeners:
+      - port: {port}
+        protocol: HTTP
+        default_action: {{ forward: web }}
+  brief:
+    type: application
+    idle_timeout: 2s
+    listeners:
+      - port: {brief_port}
+        protocol: HTTP
+        default_action: {{ fixed_response: {{ status_code: 200, content_type: text/plain, body: brief }} }}
+target_groups:
+  web:
+    protocol: HTTP
+    port: 8080
+    health_check: {{ path: /health, interval: 500ms, timeout: 400ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
+    deregistration_delay: 1s
+autoscaling_groups:
+  web:
+    min_size: 1
+    max_size: 1
+    desired_capacity: 1
+    health_check_type: EC2
+    target_groups: [web]
+    launch_template:
+      command: ["lbctl", "worker", "--listen", "{{ip}}:{{port}}"]
+"#
+    )
+}
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream
+}
+
+/// Sends `request` as is and reads until the proxy closes the connection
+/// (or resets it, or 15 s pass); what was read, as text.
+fn exchange(port: u16, request: &[u8]) -> String {
+    let mut stream = connect(port);
+    // A proxy that refuses early may close before everything is written.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status line of an answer.
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or("")
+}
+
+#[test]
+fn malformed_requests_get_their_status_and_the_proxy_serves_on() {
+    let (port, brief_port) = (free_port(), free_port());
+    let stack = Stack::new(&spec(port, brief_port));
+    stack.apply();
+    let url = format!("http://127.0.0.1:{port}/");
+    let pid_file = stack.dir.path().join(".lbctl/run/lb/public/pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let serves = |after: &str| {
+        let response = curl(&url, &[]).unwrap_or_else(|| panic!("no answer after {after}"));
+        assert_eq!(response.status, 200, "after {after}: {response:?}");
+        assert!(response.body.starts_with("hello from i-"), "after {after}: {response:?}");
+        assert!(alive(pid), "the proxy died after {after}");
+    };
+    serves("apply");
+
+    // A client that trickles its head one byte a second, on its own thread
+    // while the other checks run: cut off once the head is 10 s old.
+    let slow = std::thread::spawn(move || {
+        let mut stream = connect(port);
+        stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let started = Instant::now();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: ").unwrap();
+        let mut buf = [0u8; 256];
+        for _ in 0..40 {
+            // Reading is the one-second pace: it times out while the connection is open.
+            match stream.read(&mut buf) {
+                Ok(0) => return (started.elapsed(), String::new()),
+                Ok(n) => return (started.elapsed(), String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(err) => return (started.elapsed(), format!("read error: {err}")),
+            }
+            if let Err(err) = stream.write_all(b"a") {
+                return (started.elapsed(), format!("write error: {err}"));
+            }
+        }
+        panic!("the slow client was never cut off");
+    });
+
+    // Bad request lines: 400, whatever the garbage.
+    for garbage in [
+        &b"NOT A REQUEST\r\n\r\n"[..],
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/1.1 extra\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        let answer = exchange(port, garbage);
+        assert!(status_line(&answer).starts_with("HTTP/1.1 400 "), "{garbage:?} -> {answer:?}");
+        serves(&format!("{garbage:?}"));
+    }
+
+    // A 100 KiB header: 431 (AWS allows 64 KiB of headers).
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let answer = exchange(port, &big);
+    assert!(status_line(&answer).starts_with("HTTP/1.1 431 "), "{:?}", status_line(&answer));
+    serves("a 100 KiB header");
+    // Within the limit is fine.
+    let fine = format!("X-Fine: {}", "b".repeat(32 * 1024));
+    assert_eq!(curl(&url, &[&fine]).unwrap().status, 200);
+
+    // Request smuggling: both framing headers, in either order, and two lengths.
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5",
+        "transfer-encoding: chunked\r\ncontent-length: 0",
+        "Content-Length: 5\r\nContent-Length: 6",
+    ] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let answer = exchange(port, request.as_bytes());
+        assert!(status_line(&answer).starts_with("HTTP/1.1 400 "), "{framing:?} -> {answer:?}");
+        assert!(!answer.contains("/smuggled"), "{framing:?} -> {answer:?}");
+        serves(framing);
+    }
+    // Well-framed bodies pass, chunked or not, and pipelined requests too.
+    let posted = curl_with(&url, &[], &["-d", "some=data"]).unwrap();
+    assert_eq!(posted.status, 200, "{posted:?}");
+    let chunked = curl_with(&url, &["Transfer-Encoding: chunked"], &["-d", "some=data"]).unwrap();
+    assert_eq!(chunked.status, 200, "{chunked:?}");
+    let pipelined = exchange(
+        port,
+        b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(pipelined.matches("HTTP/1.1 200 OK").count(), 2, "{pipelined}");
+    assert!(pipelined.contains("path=/one") && pipelined.contains("path=/two"), "{pipelined}");
+
+    // The load balancer's idle timeout closes an idle keep-alive connection.
+    let mut idle = connect(brief_port);
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let mut answer = String::new();
+    while !answer.ends_with("\r\n\r\nbrief") {
+        let n = idle.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the whole answer: {answer:?}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let idle_since = Instant::now();
+    let closed = idle.read(&mut buf);
+    let waited = idle_since.elapsed();
+    assert!(matches!(closed, Ok(0)), "{closed:?}");
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8), "closed after {waited:?}");
+    let _ = idle.shutdown(Shutdown::Both);
+
+    let (elapsed, answer) = slow.join().unwrap();
+    assert!(
+        elapsed >= HEADER_READ_TIMEOUT - Duration::from_secs(1)
+            && elapsed < HEADER_READ_TIMEOUT + Duration::from_secs(4),
+        "the slow client was cut off after {elapsed:?}"
+    );
+    assert!(answer.is_empty() || answer.starts_with("read error"), "{answer:?}");
+    serves("a slow client");
+}
