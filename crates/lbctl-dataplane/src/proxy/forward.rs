@@ -36,8 +36,9 @@ use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
 use super::selection::InFlight;
 use super::target_group::TargetGroup;
-use super::upstream::{self, Upstream};
+use super::upstream::{self, Upstream, UpstreamBody};
 use crate::runtime::ProxyConfig;
+use hyper::client::conn::http1;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -180,10 +181,11 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
     match answer {
         Err(_) => error(StatusCode::GATEWAY_TIMEOUT),
         Ok(Err(_)) => error(StatusCode::BAD_GATEWAY),
-        Ok(Ok(response)) => {
-            let (mut parts, body) = response.into_parts();
+        Ok(Ok(exchange)) => {
+            let (mut parts, body) = exchange.response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
-            with_sticky_cookie(Response::from_parts(parts, ProxyBody::upstream(body, in_flight)), sticky_cookie)
+            let body = ProxyBody::upstream(body, in_flight, exchange.connection);
+            with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }
     }
 }
@@ -278,7 +280,13 @@ pub struct ProxyBody {
 
 enum BodyKind {
     Full(Option<Bytes>),
-    Upstream { body: Incoming, _in_flight: InFlight },
+    /// A target's body; `connection` goes back to the target's pool once
+    /// the last frame is read (a body dropped early closes it instead).
+    Upstream {
+        body: Incoming,
+        in_flight: InFlight,
+        connection: Option<http1::SendRequest<UpstreamBody>>,
+    },
 }
 
 impl ProxyBody {
@@ -290,8 +298,20 @@ impl ProxyBody {
         ProxyBody { kind: BodyKind::Full(None) }
     }
 
-    fn upstream(body: Incoming, in_flight: InFlight) -> ProxyBody {
-        ProxyBody { kind: BodyKind::Upstream { body, _in_flight: in_flight } }
+    fn upstream(
+        body: Incoming,
+        in_flight: InFlight,
+        connection: Option<http1::SendRequest<UpstreamBody>>,
+    ) -> ProxyBody {
+        // An empty body (204, HEAD) may never be polled: its connection is free now.
+        let connection = match connection {
+            Some(connection) if body.is_end_stream() => {
+                in_flight.h1.release(connection);
+                None
+            }
+            other => other,
+        };
+        ProxyBody { kind: BodyKind::Upstream { body, in_flight, connection } }
     }
 }
 
@@ -302,7 +322,20 @@ impl Body for ProxyBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().kind {
             BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|it| Ok(Frame::data(it)))),
-            BodyKind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            BodyKind::Upstream { body, in_flight, connection } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                let ended = match &frame {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
+                    if let Some(connection) = connection.take() {
+                        in_flight.h1.release(connection);
+                    }
+                }
+                frame
+            }
         }
     }
 

@@ -92,12 +92,17 @@ pub fn run(config_path: &Path) -> Result<()> {
         0 => std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1),
         threads => threads,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("lbctl-proxy")
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    // One worker thread: a current-thread runtime, where every task runs on
+    // the one thread with no cross-thread wake-ups or work stealing (the
+    // cheapest scheduler tokio has, and the closest to an nginx worker).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = builder.thread_name("lbctl-proxy").enable_all().build().context("starting the runtime")?;
     let result = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -247,8 +247,12 @@ mod tests {
             for _ in 0..200 {
                 let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
                 let outcome = match upstream.send(Default::default(), &backend, request).await {
-                    Ok(response) => {
-                        response.into_body().collect().await.unwrap();
+                    Ok(exchange) => {
+                        exchange.response.into_body().collect().await.unwrap();
+                        // Back to the pool, as the request path does after the body.
+                        if let Some(connection) = exchange.connection {
+                            backend.h1.release(connection);
+                        }
                         "answered".to_string()
                     }
                     Err(err) => format!("{:?}", Failure::of(&err)),

@@ -43,7 +43,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::lambda::Function;
-use super::upstream::Http2Connection;
+use super::upstream::{Http1Pool, Http2Connection};
 use crate::runtime::HealthState;
 
 /// The stickiness cookie's name (AWS's load-balancer-generated cookie).
@@ -71,6 +71,8 @@ pub struct Backend {
     pub function: Option<Function>,
     /// Its HTTP/2 connection (HTTP/2 and gRPC groups), made on first use.
     pub h2: Http2Connection,
+    /// Its idle HTTP/1.1 connections (plain HTTP groups).
+    pub h1: Http1Pool,
     /// What stickiness cookies name this target by: a keyed hash of its id.
     sticky_key: u64,
     requests: AtomicU64,
@@ -99,6 +101,7 @@ impl Backend {
             authority,
             function,
             h2: Http2Connection::default(),
+            h1: Http1Pool::default(),
             sticky_key: STICKY_SECRET.hash_one(("target", id)),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),

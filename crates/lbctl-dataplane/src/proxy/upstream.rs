@@ -3,7 +3,7 @@
 //!
 //! | group `protocol` / `protocol_version` | transport | connections |
 //! | --- | --- | --- |
-//! | `HTTP` / `HTTP1` | HTTP/1.1 | pooled (hyper-util's client), several per target |
+//! | `HTTP` / `HTTP1` | HTTP/1.1 | pooled per target (`Http1Pool`), several per target |
 //! | `HTTPS` / `HTTP1` | HTTP/1.1 over TLS, ALPN `http/1.1` | pooled the same way |
 //! | `HTTP` / `HTTP2`, `GRPC` | h2c (HTTP/2 with prior knowledge) | one per target, multiplexed |
 //! | `HTTPS` / `HTTP2`, `GRPC` | HTTP/2 over TLS, ALPN `h2` | one per target, multiplexed |
@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderValue, HOST};
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Request, Response, Uri, Version};
@@ -139,7 +139,6 @@ impl StdError for UpstreamError {
 /// The clients to targets; one is shared by every listener of a proxy.
 #[derive(Clone)]
 pub struct Upstream {
-    http1: Client<HttpConnector, UpstreamBody>,
     http1_tls: Client<TlsConnector, UpstreamBody>,
 }
 
@@ -157,7 +156,7 @@ impl Upstream {
             http: http.clone(),
             tls: tokio_rustls::TlsConnector::from(tls::client_config(ClientAlpn::Http1)),
         };
-        Upstream { http1: pooled_client(http), http1_tls: pooled_client(tls) }
+        Upstream { http1_tls: pooled_client(tls) }
     }
 
     /// Sends `request` to `backend` over `transport` and returns the
@@ -169,22 +168,131 @@ impl Upstream {
         transport: Transport,
         backend: &Backend,
         request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Exchange, UpstreamError> {
         match transport {
-            Transport { http2: false, tls: false } => {
-                self.http1.request(request).await.map_err(UpstreamError::from_client)
-            }
+            Transport { http2: false, tls: false } => backend.h1.send(backend, request).await,
             Transport { http2: false, tls: true } => {
-                self.http1_tls.request(request).await.map_err(UpstreamError::from_client)
+                let response = self.http1_tls.request(request).await.map_err(UpstreamError::from_client)?;
+                Ok(Exchange { response, connection: None })
             }
             Transport { http2: true, tls } => {
                 // Boxed: the HTTP/2 path's state (connecting, TLS, handshake)
                 // would otherwise enlarge every request's future.
                 let addr = SocketAddr::from((backend.ip, backend.port));
-                Box::pin(backend.h2.send(addr, tls, into_http2(request, tls))).await
+                let response = Box::pin(backend.h2.send(addr, tls, into_http2(request, tls))).await?;
+                Ok(Exchange { response, connection: None })
             }
         }
     }
+}
+
+/// A target's answer, and the HTTP/1.1 connection it came on when that
+/// connection goes back to the target's pool once the body is read.
+pub struct Exchange {
+    /// The response head; the body streams on.
+    pub response: Response<Incoming>,
+    /// Give this back with `Http1Pool::release` after the body's last frame.
+    pub connection: Option<http1::SendRequest<UpstreamBody>>,
+}
+
+impl fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchange").field("status", &self.response.status()).finish_non_exhaustive()
+    }
+}
+
+/// Idle HTTP/1.1 connections to one target, kept on its `Backend`.
+///
+/// The request path takes an idle connection (or makes one), sends, and
+/// gives the connection back when the response body has been read to its
+/// end, so a connection is never shared by two requests and a slow body
+/// never holds up another request. A connection the target closed shows as
+/// not ready and is dropped. Lighter than hyper-util's pooled client: no
+/// pool keys to hash, no background task per request, and the lock is never
+/// contended on a one-thread proxy and never held across an await.
+#[derive(Default)]
+pub struct Http1Pool {
+    idle: std::sync::Mutex<Vec<http1::SendRequest<UpstreamBody>>>,
+}
+
+/// Idle connections kept per target; more are closed when released.
+const MAX_IDLE_PER_TARGET: usize = 512;
+
+impl fmt::Debug for Http1Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http1Pool").finish_non_exhaustive()
+    }
+}
+
+impl Http1Pool {
+    /// Gives a connection back after its response body ended.
+    pub fn release(&self, connection: http1::SendRequest<UpstreamBody>) {
+        if connection.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|it| it.into_inner());
+        if idle.len() < MAX_IDLE_PER_TARGET {
+            idle.push(connection);
+        }
+    }
+
+    fn take(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+        self.idle.lock().unwrap_or_else(|it| it.into_inner()).pop()
+    }
+
+    /// Sends on an idle connection, or a new one. A request an idle
+    /// connection could not take (the target closed it) goes out on a new
+    /// connection; it was never written, so that is always safe.
+    async fn send(&self, backend: &Backend, mut request: Request<UpstreamBody>) -> Result<Exchange, UpstreamError> {
+        to_origin_form(&mut request, backend);
+        while let Some(mut connection) = self.take() {
+            // Ready once the connection has finished its previous exchange.
+            if connection.ready().await.is_err() {
+                continue;
+            }
+            match connection.try_send_request(request).await {
+                Ok(response) => return Ok(Exchange { response, connection: Some(connection) }),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::exchange(err.into_error())),
+                },
+            }
+        }
+        let mut connection = connect_http1(SocketAddr::from((backend.ip, backend.port))).await?;
+        let response = connection.send_request(request).await.map_err(UpstreamError::exchange)?;
+        Ok(Exchange { response, connection: Some(connection) })
+    }
+}
+
+/// HTTP/1.1 to an origin server takes the path and query only (the request
+/// path prepares an absolute URI), and always a Host header.
+fn to_origin_form(request: &mut Request<UpstreamBody>, backend: &Backend) {
+    if request.uri().scheme().is_some() {
+        let origin = request.uri().path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
+        *request.uri_mut() = origin;
+    }
+    if !request.headers().contains_key(HOST) {
+        if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
+            request.headers_mut().insert(HOST, host);
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to `addr`, its connection task spawned.
+async fn connect_http1(addr: SocketAddr) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    let timed_out = || UpstreamError::connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(UpstreamError::connect)?;
+    stream.set_nodelay(true).ok();
+    let (sender, connection) =
+        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::connect)?;
+    tokio::spawn(async move {
+        // Ends when the target or the pool lets go of the connection.
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 fn http_connector() -> HttpConnector {
