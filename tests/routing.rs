@@ -3,7 +3,7 @@
 //! targets so that each answer names the group that served it.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use crate::util::*;
@@ -25,12 +25,7 @@ fn start_workers(names: &[&str]) -> (Workers, BTreeMap<String, u16>) {
     let mut ports = BTreeMap::new();
     for name in names {
         let port = free_port();
-        let child = Command::new(lbctl_exe())
-            .args(["worker", "--listen", &format!("127.0.0.1:{port}"), "--id", name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_worker(name, port);
         children.push(child);
         ports.insert(name.to_string(), port);
     }

@@ -5,7 +5,7 @@
 //! target.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -46,12 +46,7 @@ impl Workers {
     /// Starts worker `name` on its port and waits until it answers.
     fn launch(&mut self, name: &str) {
         let port = self.ports[name];
-        let child = Command::new(lbctl_exe())
-            .args(["worker", "--listen", &format!("127.0.0.1:{port}"), "--id", name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_worker(name, port);
         self.children.insert(name.to_string(), child);
         let health = format!("http://127.0.0.1:{port}/health");
         wait_for("a worker to listen", Duration::from_secs(20), || curl(&health, &[]));

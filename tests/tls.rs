@@ -290,12 +290,7 @@ impl FixedWorkers {
     fn start(ports: &[u16]) -> FixedWorkers {
         let mut children = Vec::new();
         for port in ports {
-            let child = Command::new(lbctl_exe())
-                .args(["worker", "--listen", &format!("127.0.0.1:{port}"), "--id", &format!("fixed-{port}")])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
+            let child = spawn_worker(&format!("fixed-{port}"), *port);
             children.push(child);
         }
         let workers = FixedWorkers(children);

@@ -12,6 +12,17 @@ pub fn lbctl_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lbctl"))
 }
 
+/// Starts `lbctl worker` with instance id `id` on 127.0.0.1:`port`; the
+/// caller owns the child and must kill it (drop guards do).
+pub fn spawn_worker(id: &str, port: u16) -> std::process::Child {
+    Command::new(lbctl_exe())
+        .args(["worker", "--listen", &format!("127.0.0.1:{port}"), "--id", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// A port free on 127.0.0.1 right now.
 ///
 /// A port is never handed out twice in one test run, so a port a test

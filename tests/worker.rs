@@ -1,6 +1,6 @@
 //! `lbctl worker`: the demo instance and its fault switches.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use crate::util::*;
@@ -18,12 +18,7 @@ impl Drop for Worker {
 #[test]
 fn worker_answers_with_its_id_and_its_listener_can_be_stopped() {
     let port = free_port();
-    let child = Command::new(lbctl_exe())
-        .args(["worker", "--listen", &format!("127.0.0.1:{port}"), "--id", "i-0123456789abcdef0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_worker("i-0123456789abcdef0", port);
     let worker = Worker(child);
     let url = format!("http://127.0.0.1:{port}/");
     let response = wait_for("the worker to listen", Duration::from_secs(20), || curl(&url, &[]));
