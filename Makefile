@@ -1,5 +1,6 @@
 # lbctl's tasks. `make test` is what CI runs (.ci/run).
 
+SHELL := /bin/bash
 CARGO ?= cargo
 LBCTL := target/debug/lbctl
 QUICKSTART := examples/quickstart.yaml
@@ -11,8 +12,11 @@ build:
 
 # Unit tests of every crate, then the end-to-end suite (tests/), which drives
 # the real binary against real processes on loopback.
+# The last line adds up every test binary's result.
 test: build
-	$(CARGO) test --workspace --no-fail-fast
+	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
+	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i == "passed;") p += $$(i-1); if ($$i == "failed;") f += $$(i-1) } } \
+	  END { printf "summary: %d passed, %d failed\n", p, f }' target/test.log
 
 lint:
 	$(CARGO) fmt --all -- --check
