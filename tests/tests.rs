@@ -8,6 +8,9 @@ mod util;
 /// The quickstart example: routing, scaling in place, self-healing, drift.
 mod quickstart;
 
+/// Auto-scaling groups: ELB and EC2 health, supervisor recovery.
+mod autoscaling;
+
 /// Launch templates that run something other than `lbctl worker`.
 mod custom_command;
 

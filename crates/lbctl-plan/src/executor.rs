@@ -120,10 +120,9 @@ fn run_action(
     match action.kind {
         ActionKind::Create => {
             let resource = desired()?;
-            // A resource re-created after drift may have leftovers to clear.
-            if let Some(prior) = &action.prior {
-                provider.delete(prior, progress)?;
-            }
+            // A resource re-created after drift is created over what is left
+            // of it: the provider adopts what still lives (a supervisor's
+            // instances) instead of the executor tearing it down first.
             let private = provider.create(resource, progress)?;
             Ok(Some(ResourceState::applied(resource, private)))
         }

@@ -95,7 +95,10 @@ pub trait Provider: Sync {
     /// What exists now for a resource the state records.
     fn read(&self, prior: &ResourceState) -> Result<Observed>;
 
-    /// Creates the resource; returns provider data kept in the state.
+    /// Creates the resource; returns provider data kept in the state. Also
+    /// called for a resource refresh found `Missing`, over whatever is left
+    /// of it: the provider adopts what still lives (instances of a killed
+    /// supervisor) or replaces it.
     fn create(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value>;
 
     /// Updates the resource in place; returns new provider data.

@@ -1,0 +1,113 @@
+//! Auto-scaling group health and recovery: the walkthrough's "web server
+//! down, instance fine" case under `ELB` and `EC2` health checks, and a
+//! supervisor killed and re-created without losing its instances.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::util::*;
+
+const SLOW: Duration = Duration::from_secs(60);
+
+fn spec(port: u16, health_check_type: &str) -> String {
+    format!(
+        "version: 1
+name: asg-{kind}
+load_balancers:
+  front:
+    type: application
+    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
+target_groups:
+  web:
+    port: 8080
+    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
+    deregistration_delay: 1s
+autoscaling_groups:
+  web:
+    min_size: 2
+    max_size: 3
+    health_check_type: {health_check_type}
+    health_check_grace_period: 1s
+    target_groups: [web]
+    launch_template: {{ command: [lbctl, worker] }}
+",
+        kind = health_check_type.to_lowercase()
+    )
+}
+
+/// (id, address, pid) of every instance the supervisor reports.
+fn instances(stack: &Stack) -> Vec<(String, String, u32)> {
+    stack
+        .instances("web")
+        .iter()
+        .map(|it| {
+            let id = it["id"].as_str().unwrap().to_string();
+            (id, it["address"].as_str().unwrap().to_string(), it["pid"].as_u64().unwrap() as u32)
+        })
+        .collect()
+}
+
+fn stop_listener(address: &str) {
+    curl_with(&format!("http://{address}/fault/stop-listener"), &[], &["-X", "POST"])
+        .expect("the fault switch answers");
+}
+
+#[test]
+fn elb_health_replaces_an_instance_whose_web_server_is_down() {
+    let port = free_port();
+    let stack = Stack::new(&spec(port, "ELB"));
+    stack.apply();
+    let before = instances(&stack);
+    let (victim, address, pid) = before[0].clone();
+    stop_listener(&address);
+    let replaced = wait_for("the instance to be replaced", SLOW, || {
+        let now = instances(&stack);
+        let ids: BTreeSet<&String> = now.iter().map(|it| &it.0).collect();
+        (!ids.contains(&victim) && now.len() == 2 && !alive(pid)).then_some(now)
+    });
+    assert!(replaced.iter().all(|it| it.0 != victim));
+    let url = format!("http://127.0.0.1:{port}/");
+    let answering: BTreeSet<String> = (0..10).filter_map(|_| instance_of(&url, &[])).collect();
+    assert!(!answering.contains(&victim));
+}
+
+#[test]
+fn ec2_health_keeps_the_instance_but_the_load_balancer_stops_routing_to_it() {
+    let port = free_port();
+    let stack = Stack::new(&spec(port, "EC2"));
+    stack.apply();
+    let (victim, address, pid) = instances(&stack)[0].clone();
+    stop_listener(&address);
+    wait_for("the load balancer to mark it unhealthy", SLOW, || {
+        let status = stack.status().to_string();
+        status.contains("\"state\":\"unhealthy\"").then_some(())
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+    let answering: BTreeSet<String> = (0..10).filter_map(|_| instance_of(&url, &[])).collect();
+    assert_eq!(answering.len(), 1, "only the healthy instance serves");
+    assert!(!answering.contains(&victim));
+    // EC2 sees a running process: the instance stays.
+    assert!(instances(&stack).iter().any(|it| it.0 == victim), "kept by the EC2 health check");
+    assert!(alive(pid));
+}
+
+#[test]
+fn a_killed_supervisor_is_recreated_and_adopts_its_instances() {
+    let port = free_port();
+    let stack = Stack::new(&spec(port, "ELB"));
+    stack.apply();
+    let before: BTreeSet<String> = instances(&stack).into_iter().map(|it| it.0).collect();
+    let supervisor: u32 =
+        std::fs::read_to_string(stack.dir.path().join(".lbctl/run/asg/web/pid")).unwrap().trim().parse().unwrap();
+    kill9(supervisor);
+    wait_for("the supervisor to be gone", Duration::from_secs(10), || (!alive(supervisor)).then_some(()));
+    // The instances keep serving without it.
+    let url = format!("http://127.0.0.1:{port}/");
+    assert!(instance_of(&url, &[]).is_some_and(|it| before.contains(&it)));
+    let plan = stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(2);
+    assert!(plan.stdout.contains(&format!("supervisor process {supervisor} is not running")), "{}", plan.stdout);
+    stack.apply();
+    let after: BTreeSet<String> = instances(&stack).into_iter().map(|it| it.0).collect();
+    assert_eq!(after, before, "the same instances, adopted");
+    stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
