@@ -11,6 +11,15 @@ mod quickstart;
 /// Auto-scaling groups: ELB and EC2 health, supervisor recovery.
 mod autoscaling;
 
+/// Instance refresh: a launch template change under load, and its rollback.
+mod refresh;
+
+/// Draining scale-in and interrupted applies.
+mod scale_in;
+
+/// Target tracking scaling policies: scale out under load, back in after.
+mod scaling;
+
 /// Launch templates that run something other than `lbctl worker`.
 mod custom_command;
 

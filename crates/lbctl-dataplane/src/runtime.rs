@@ -282,12 +282,44 @@ pub struct InstancesReport {
     pub config_digest: String,
     /// Capacity it is converging to.
     pub desired: u32,
+    /// What sets `desired` when a scaling policy does, e.g. `target tracking
+    /// on request_count_per_target`; `None`: the configuration's
+    /// `desired_capacity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_set_by: Option<String>,
     /// Its instances.
     pub instances: Vec<InstanceRecord>,
     /// Recent events, newest last (launches, replacements and why).
     pub events: Vec<String>,
     /// When this was written, in Unix milliseconds.
     pub updated_ms: u64,
+    /// The instance refresh in progress or the outcome of the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshStatus>,
+}
+
+/// Where an instance refresh (the rolling replacement a launch template
+/// change starts) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefreshState {
+    /// Replacing instances batch by batch.
+    InProgress,
+    /// Every instance runs the new launch template.
+    Successful,
+    /// New instances could not get in service: the previous template is back.
+    RolledBack,
+}
+
+/// Progress and outcome of an instance refresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshStatus {
+    /// Where it stands.
+    pub state: RefreshState,
+    /// Share of desired capacity on the new launch template, 0 to 100.
+    pub percent: u32,
+    /// Why it rolled back (empty otherwise).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// The status of every load balancer of a stack whose proxy is running, by

@@ -5,8 +5,8 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 
-use lbctl_plan::{Finding, Kind, Resource, Severity, State};
-use lbctl_spec::{AutoscalingGroup, LoadBalancer, LoadBalancerType, TargetGroup, TargetProtocol, TargetType};
+use lbctl_plan::{Finding, Kind, Resource, Severity};
+use lbctl_spec::{LoadBalancer, LoadBalancerType, TargetGroup, TargetProtocol, TargetType};
 
 use crate::provider::{lb_settings, settings, LocalProvider};
 
@@ -14,7 +14,7 @@ fn unsupported(path: String, message: &str) -> Finding {
     Finding { path, message: message.to_string(), severity: Severity::Unsupported }
 }
 
-pub(crate) fn check(provider: &LocalProvider, desired: &[Resource], state: &State) -> Vec<Finding> {
+pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> Vec<Finding> {
     let mut found = Vec::new();
     for resource in desired {
         let base = resource.address.spec_path();
@@ -23,26 +23,13 @@ pub(crate) fn check(provider: &LocalProvider, desired: &[Resource], state: &Stat
                 let Ok(lb) = lb_settings(&resource.attributes) else { continue };
                 load_balancer(&base, &lb, &mut found);
                 crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
-                ports_free(provider, resource, &lb, state, &mut found);
+                ports_free(provider, resource, &lb, &mut found);
             }
             Kind::TargetGroup => {
                 let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
                 target_group(&base, &group, &mut found);
             }
-            Kind::AutoscalingGroup => {
-                let Ok(group) = settings::<AutoscalingGroup>(&resource.attributes, crate::provider::ASG_DERIVED) else {
-                    continue;
-                };
-                if group.scaling.is_some() {
-                    found.push(unsupported(format!("{base}.scaling"), "scaling policies are not supported yet"));
-                }
-                if group.instance_refresh.is_some() {
-                    let message =
-                        "instance refresh is not supported yet (a launch template change only affects new instances)";
-                    found.push(unsupported(format!("{base}.instance_refresh"), message));
-                }
-            }
-            Kind::Function => {}
+            Kind::AutoscalingGroup | Kind::Function => {}
         }
     }
     found
@@ -70,24 +57,13 @@ fn target_group(base: &str, group: &TargetGroup, found: &mut Vec<Finding>) {
 
 /// Every listener port must be free on the machine, unless this stack's own
 /// running proxy already holds it.
-fn ports_free(
-    provider: &LocalProvider,
-    resource: &Resource,
-    lb: &LoadBalancer,
-    state: &State,
-    found: &mut Vec<Finding>,
-) {
-    let held: Vec<u16> = state.get(&resource.address).map(|it| provider.listening_ports(it)).unwrap_or_default();
-    // Ports held by any of this stack's running proxies may move between
-    // load balancers within one apply (deletions run first).
-    let held_by_stack: Vec<u16> = state
-        .resources
-        .values()
-        .filter(|it| it.address.kind == Kind::LoadBalancer)
-        .flat_map(|it| provider.listening_ports(it))
-        .collect();
+fn ports_free(provider: &LocalProvider, resource: &Resource, lb: &LoadBalancer, found: &mut Vec<Finding>) {
+    // Ports held by any of this stack's running proxies are not a clash:
+    // they may move between load balancers within one apply (deletions run
+    // first), and a proxy an interrupted apply left behind is adopted.
+    let held_by_stack: Vec<u16> = provider.all_proxy_statuses().into_iter().flat_map(|(_, it)| it.listening).collect();
     for (idx, listener) in lb.listeners.iter().enumerate() {
-        if held.contains(&listener.port) || held_by_stack.contains(&listener.port) {
+        if held_by_stack.contains(&listener.port) {
             continue;
         }
         if let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, listener.port)) {

@@ -104,15 +104,6 @@ impl LocalProvider {
         &self.layout
     }
 
-    /// Ports the running proxy of a load balancer state listens on.
-    pub(crate) fn listening_ports(&self, resource: &ResourceState) -> Vec<u16> {
-        let data: ProcessData = private(resource);
-        if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
-            return Vec::new();
-        }
-        self.proxy_status(&resource.address.name).map(|it| it.listening).unwrap_or_default()
-    }
-
     fn proxy_status(&self, name: &str) -> Option<ProxyStatus> {
         runtime::read_json(&self.layout.lb_dir(name).join("status.json")).ok().flatten()
     }
@@ -186,6 +177,17 @@ impl LocalProvider {
         let config_path = dir.join("config.json");
         runtime::write_json(&config_path, config)?;
         let config_digest = runtime::digest(&std::fs::read(&config_path)?);
+        // A process of ours already runs here when an earlier `lbctl` was
+        // killed after starting it and before saving the state: adopt it
+        // (it reloads the configuration just written) rather than start a
+        // second one beside it.
+        let marker = config_path.to_string_lossy().into_owned();
+        let orphan = std::fs::read_to_string(dir.join("pid")).ok().and_then(|it| it.trim().parse::<u32>().ok());
+        if let Some(pid) = orphan.filter(|pid| process::is_ours(*pid, &marker)) {
+            progress.report(&format!("adopting the running {role} (pid {pid})"));
+            self.wait_applied(role, pid, &marker, || runs(pid, &config_digest))?;
+            return Ok(json!(ProcessData { pid, config_path, config_digest }));
+        }
         let log = dir.join(format!("{role}.log"));
         let pid = self.start_process(role, &config_path, &log, progress, |pid| runs(pid, &config_digest))?;
         Ok(json!(ProcessData { pid, config_path, config_digest }))
@@ -433,8 +435,23 @@ impl LocalProvider {
         let Some(report) = self.instances(name).filter(|it| it.config_digest == data.config_digest) else {
             return Ok(Readiness::Waiting("supervisor has not reported yet".to_string()));
         };
+        // A launch template change is done when its instance refresh is.
+        if let Some(refresh) = &report.refresh {
+            match refresh.state {
+                runtime::RefreshState::RolledBack => {
+                    return Ok(Readiness::Failed(format!("instance refresh rolled back: {}", refresh.reason)));
+                }
+                runtime::RefreshState::InProgress => {
+                    let latest = report.events.last().map(|it| format!("; latest event: {it}")).unwrap_or_default();
+                    return Ok(Readiness::Waiting(format!("instance refresh {}%{latest}", refresh.percent)));
+                }
+                runtime::RefreshState::Successful => {}
+            }
+        }
         let statuses = self.all_proxy_statuses();
-        let desired = settings.desired() as usize;
+        // A scaling policy chooses the desired capacity: it is not drift, and
+        // the group is ready with as many instances as the policy wants.
+        let desired = if report.desired_set_by.is_some() { report.desired } else { settings.desired() } as usize;
         let mut healthy = 0;
         let mut waiting = Vec::new();
         let live = report
@@ -483,14 +500,39 @@ impl Provider for LocalProvider {
         }
     }
 
-    fn check(&self, desired: &[Resource], state: &State) -> Vec<Finding> {
-        crate::capabilities::check(self, desired, state)
+    fn ignored_changes(&self, resource: &Resource) -> &'static [&'static str] {
+        // Under a scaling policy the supervisor sets the desired capacity;
+        // the spec's value is only where it starts.
+        let scaled = resource.address.kind == Kind::AutoscalingGroup && !resource.attributes["scaling"].is_null();
+        if scaled {
+            &["desired_capacity"]
+        } else {
+            &[]
+        }
+    }
+
+    fn check(&self, desired: &[Resource], _state: &State) -> Vec<Finding> {
+        // The machine's and the runtime files' view is what counts here.
+        crate::capabilities::check(self, desired)
     }
 
     fn read(&self, prior: &ResourceState) -> Result<Observed> {
         Ok(match prior.address.kind {
             Kind::LoadBalancer => self.read_process_resource(prior, "proxy"),
-            Kind::AutoscalingGroup => self.read_process_resource(prior, "supervisor"),
+            Kind::AutoscalingGroup => match self.read_process_resource(prior, "supervisor") {
+                // A rolled-back refresh runs the previous launch template, not
+                // the state's: the next plan shows the update again.
+                Observed::Present => match self.instances(&prior.address.name).and_then(|it| it.refresh) {
+                    Some(refresh) if refresh.state == runtime::RefreshState::RolledBack => Observed::Drifted {
+                        reason: format!(
+                            "its instance refresh rolled back ({}); it runs the previous launch template",
+                            refresh.reason
+                        ),
+                    },
+                    _ => Observed::Present,
+                },
+                other => other,
+            },
             Kind::TargetGroup | Kind::Function => self.read_file_resource(prior),
         })
     }

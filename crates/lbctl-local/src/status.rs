@@ -156,12 +156,17 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                 }));
             }
             Ok(LiveStatus {
-                summary: format!("{state}, desired {}, {} instances", report.desired, report.instances.len()),
+                summary: format!(
+                    "{state}, desired {}{}, {} instances",
+                    report.desired,
+                    report.desired_set_by.as_ref().map(|by| format!(" (set by {by})")).unwrap_or_default(),
+                    report.instances.len()
+                ),
                 columns: ["instance", "address", "pid", "lifecycle", "health", "reason", "log"]
                     .map(String::from)
                     .to_vec(),
                 rows,
-                json: json!({ "running": running, "pid": pid, "desired": report.desired, "instances": instances_json, "events": report.events }),
+                json: json!({ "running": running, "pid": pid, "desired": report.desired, "desired_set_by": report.desired_set_by, "instances": instances_json, "events": report.events }),
             })
         }
         Kind::TargetGroup => {

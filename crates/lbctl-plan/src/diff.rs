@@ -153,7 +153,9 @@ pub fn plan(
             continue;
         };
         let triggers = provider.replace_triggers(resource.address.kind);
-        let changes = attribute_changes(&prior.attributes, &resource.attributes, triggers);
+        let ignored = provider.ignored_changes(resource);
+        let mut changes = attribute_changes(&prior.attributes, &resource.attributes, triggers);
+        changes.retain(|change| !ignored.contains(&change.path.as_str()));
         let observation = observed.get(&resource.address).cloned().unwrap_or(Observed::Present);
         let (kind, reason) = match observation {
             Observed::Missing { reason } => {

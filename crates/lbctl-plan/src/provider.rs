@@ -88,6 +88,14 @@ pub trait Provider: Sync {
     /// Attribute paths of `kind` whose change forces replacement.
     fn replace_triggers(&self, kind: Kind) -> &'static [&'static str];
 
+    /// Attribute paths of a resource whose changes the plan leaves alone,
+    /// because the provider manages them at run time (an auto-scaling
+    /// group's desired capacity under a scaling policy, as Terraform's
+    /// `ignore_changes`). Default: none.
+    fn ignored_changes(&self, _resource: &Resource) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Problems found before anything is touched: unsupported features and
     /// conflicts with the machine (ports already taken by someone else).
     fn check(&self, desired: &[Resource], state: &State) -> Vec<Finding>;

@@ -21,6 +21,8 @@ use crate::{plan, refresh, render};
 struct FakeProvider {
     calls: Mutex<Vec<String>>,
     missing: Mutex<Vec<String>>,
+    /// Leaves `desired_capacity` to run time, as under a scaling policy.
+    ignore_desired: bool,
 }
 
 impl Provider for FakeProvider {
@@ -28,6 +30,13 @@ impl Provider for FakeProvider {
         match kind {
             Kind::TargetGroup => &["port"],
             _ => &[],
+        }
+    }
+    fn ignored_changes(&self, _: &Resource) -> &'static [&'static str] {
+        if self.ignore_desired {
+            &["desired_capacity"]
+        } else {
+            &[]
         }
     }
     fn check(&self, _: &[Resource], _: &State) -> Vec<Finding> {
@@ -268,4 +277,24 @@ fn a_forcing_attribute_replaces_and_removed_resources_go_after_their_dependents(
     assert!(position("delete load_balancer.public") < position("delete target_group.web"), "{calls:?}");
     assert!(position("delete autoscaling_group.web") < position("delete target_group.web"), "{calls:?}");
     assert!(state.resources.is_empty());
+}
+
+#[test]
+fn changes_the_provider_manages_at_run_time_are_not_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::new(dir.path());
+    let provider = FakeProvider { ignore_desired: true, ..FakeProvider::default() };
+    let mut state = store.load().unwrap();
+    let observed = refresh(&provider, &state).unwrap();
+    let first = plan(&provider, desired(SPEC), &state, &observed, Vec::new());
+    apply(&provider, &first, &store, &mut state);
+    let scaled = SPEC.replace("desired_capacity: 2", "desired_capacity: 4");
+    check_plan(
+        &provider,
+        &scaled,
+        &state,
+        expect![[r#"
+        No changes. The actual state matches the spec.
+    "#]],
+    );
 }

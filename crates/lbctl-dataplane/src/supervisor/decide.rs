@@ -198,6 +198,30 @@ pub(crate) fn launch_backoff(failures: u32) -> Duration {
     (Duration::from_millis(500) * factor).min(Duration::from_secs(15))
 }
 
+/// Instances an instance refresh replaces per batch (AWS's rule): as many as
+/// may be out of service while `min_healthy_percentage` of `desired` stays
+/// in service, at least one.
+pub(crate) fn refresh_batch_size(desired: usize, min_healthy_percentage: u32) -> usize {
+    let percentage = min_healthy_percentage.min(100) as usize;
+    let must_stay = (desired * percentage).div_ceil(100);
+    desired.saturating_sub(must_stay).max(1)
+}
+
+/// Share of `desired` capacity already on the new launch template, when
+/// `outdated` live instances still run the previous one.
+pub(crate) fn refresh_percent(desired: usize, outdated: usize) -> u32 {
+    if desired == 0 {
+        return 100;
+    }
+    (desired.saturating_sub(outdated) * 100 / desired) as u32
+}
+
+/// How long the new instances of a refresh batch get to be in service
+/// (before the warmup): max(30 s, 10 health check intervals).
+pub(crate) fn refresh_timeout(health_check_interval: Duration) -> Duration {
+    (health_check_interval * 10).max(Duration::from_secs(30))
+}
+
 /// `2024-05-01T12:34:56Z` for Unix milliseconds.
 pub(crate) fn utc_timestamp(ms: u64) -> String {
     let secs = ms / 1000;
@@ -403,5 +427,34 @@ mod tests {
         assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_timestamp(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(utc_timestamp(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn refresh_batch_size_keeps_min_healthy_percentage_of_desired_in_service() {
+        // desired - ceil(desired * min / 100), at least one.
+        assert_eq!(refresh_batch_size(3, 50), 1);
+        assert_eq!(refresh_batch_size(4, 50), 2);
+        assert_eq!(refresh_batch_size(10, 90), 1);
+        assert_eq!(refresh_batch_size(10, 75), 2);
+        assert_eq!(refresh_batch_size(3, 90), 1);
+        assert_eq!(refresh_batch_size(3, 100), 1);
+        assert_eq!(refresh_batch_size(5, 0), 5);
+        assert_eq!(refresh_batch_size(1, 0), 1);
+        assert_eq!(refresh_batch_size(0, 90), 1);
+    }
+
+    #[test]
+    fn refresh_percent_counts_capacity_on_the_new_template() {
+        assert_eq!(refresh_percent(3, 3), 0);
+        assert_eq!(refresh_percent(4, 2), 50);
+        assert_eq!(refresh_percent(3, 0), 100);
+        assert_eq!(refresh_percent(2, 3), 0);
+        assert_eq!(refresh_percent(0, 0), 100);
+    }
+
+    #[test]
+    fn refresh_timeout_is_ten_intervals_but_at_least_thirty_seconds() {
+        assert_eq!(refresh_timeout(Duration::from_millis(500)), Duration::from_secs(30));
+        assert_eq!(refresh_timeout(Duration::from_secs(5)), Duration::from_secs(50));
     }
 }

@@ -15,6 +15,8 @@
 //! instance: drains and stops are per-instance deadlines.
 
 mod decide;
+mod refresh;
+mod scaling;
 #[cfg(test)]
 mod tests;
 
@@ -166,6 +168,10 @@ struct Supervisor {
     launch_failures: u32,
     next_launch_at: Instant,
     last_warning: String,
+    /// The target tracking policy's state, when the group has one.
+    tracker: Option<scaling::TargetTracker>,
+    /// The instance refresh in progress or the outcome of the last one.
+    refresh: Option<refresh::Refresh>,
 }
 
 fn template_digest(template: &LaunchTemplate) -> String {
@@ -194,6 +200,8 @@ impl Supervisor {
             launch_failures: 0,
             next_launch_at: Instant::now(),
             last_warning: String::new(),
+            tracker: None,
+            refresh: None,
         };
         supervisor.adopt()?;
         supervisor.find_registrations();
@@ -299,7 +307,10 @@ impl Supervisor {
         let statuses = self.proxy_statuses();
         self.reap();
         self.check_health(&statuses);
+        self.track_target(&statuses);
+        self.refresh_step();
         self.scale();
+        self.note_refresh_launches();
         self.progress_stops(&statuses);
         self.sync_registrations();
         self.write_report(false);
@@ -329,7 +340,9 @@ impl Supervisor {
         match serde_json::from_slice::<SupervisorConfig>(&bytes) {
             Ok(config) => {
                 let before = self.config.settings.desired();
-                self.template_digest = template_digest(&config.settings.launch_template);
+                let previous_template = self.config.settings.launch_template.clone();
+                let previous_digest =
+                    std::mem::replace(&mut self.template_digest, template_digest(&config.settings.launch_template));
                 self.config = config;
                 self.config_digest = digest;
                 self.bad_digest = None;
@@ -338,6 +351,7 @@ impl Supervisor {
                     self.config_digest,
                     self.config.settings.desired()
                 ));
+                self.consider_refresh(previous_template, previous_digest);
             }
             Err(err) => {
                 self.event(format!("ignoring invalid configuration {digest}: {err}; keeping {}", self.config_digest));
@@ -411,7 +425,8 @@ impl Supervisor {
 
     /// Launches or drains instances until `desired` are live.
     fn scale(&mut self) {
-        let desired = self.config.settings.desired() as usize;
+        // An instance refresh launches its new instances before it drains old ones.
+        let desired = self.desired_capacity() as usize + self.refresh_extra();
         let live = self.instances.iter().filter(|it| it.is_live()).count();
         if live < desired {
             for _ in live..desired {
@@ -603,10 +618,12 @@ impl Supervisor {
         let report = InstancesReport {
             pid: std::process::id(),
             config_digest: self.config_digest.clone(),
-            desired: self.config.settings.desired(),
+            desired: self.desired_capacity(),
+            desired_set_by: self.desired_set_by(),
             instances: self.instances.iter().map(|it| it.record.clone()).collect(),
             events: self.events.iter().cloned().collect(),
             updated_ms: 0,
+            refresh: self.refresh.as_ref().map(refresh::Refresh::status),
         };
         if let Some((last, at)) = &self.last_report {
             if !force && *last == report && at.elapsed() < REPORT_EVERY {

@@ -1,0 +1,160 @@
+//! Instance refresh: a launch template change under load replaces every
+//! instance batch by batch with no failed request, and a broken template is
+//! rolled back with a clear error from `apply` (acceptance step 3 of issue 4).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Client threads of the load loop.
+const CLIENTS: usize = 2;
+/// The load loop stops after this long even if the test does not stop it.
+const LOAD_LIMIT: Duration = Duration::from_secs(90);
+
+fn spec(port: u16) -> String {
+    format!(
+        r#"version: 1
+name: refresh
+load_balancers:
+  front:
+    type: application
+    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
+target_groups:
+  web:
+    port: 8080
+    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
+    deregistration_delay: 1s
+autoscaling_groups:
+  web:
+    min_size: 3
+    max_size: 4
+    desired_capacity: 3
+    health_check_type: ELB
+    health_check_grace_period: 5s
+    target_groups: [web]
+    instance_refresh: {{ min_healthy_percentage: 50 }}
+    launch_template:
+      command: ["lbctl", "worker"]
+      env: {{ GREETING: one }}
+"#
+    )
+}
+
+/// What the load loop saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// The first few failures, for the assertion message.
+    failures: Mutex<Vec<String>>,
+}
+
+/// Keep-alive GETs of `/` until `stop` or the time limit.
+fn load(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut client = KeepAliveClient::new(port, "refresh.example.com");
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < LOAD_LIMIT {
+        match client.get("/") {
+            Ok(response) if response.status == 200 => {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            other => {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                let mut failures = tally.failures.lock().unwrap();
+                if failures.len() < 10 {
+                    failures.push(format!("after {:?}: {other:?}", started.elapsed()));
+                }
+            }
+        }
+    }
+}
+
+/// Stops the load threads when the test ends, however it ends.
+struct LoadGuard {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LoadGuard {
+    fn start(port: u16, tally: &Arc<Tally>) -> LoadGuard {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..CLIENTS)
+            .map(|_| {
+                let (stop, tally) = (Arc::clone(&stop), Arc::clone(tally));
+                std::thread::spawn(move || load(port, stop, tally))
+            })
+            .collect();
+        LoadGuard { stop, threads }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Ids of the group's instances that are not on their way out.
+fn live_ids(stack: &Stack) -> BTreeSet<String> {
+    stack
+        .instances("web")
+        .iter()
+        .filter(|it| {
+            let lifecycle = it["lifecycle"].as_str().unwrap_or("");
+            lifecycle.eq_ignore_ascii_case("pending") || lifecycle.eq_ignore_ascii_case("inservice")
+        })
+        .map(|it| it["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_launch_template_change_replaces_every_instance_under_load_and_a_broken_one_rolls_back() {
+    let port = free_port();
+    let stack = Stack::new(&spec(port));
+    stack.apply();
+    let before = live_ids(&stack);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let tally = Arc::new(Tally::default());
+    let guard = LoadGuard::start(port, &tally);
+    stack.edit("GREETING: one", "GREETING: two");
+    let started = Instant::now();
+    let run = stack.lbctl(&["apply", "--auto-approve", "--timeout", "90s"]).expect_code(0);
+    eprintln!("refresh apply took {:?}\n{}", started.elapsed(), run.stderr);
+    let after = live_ids(&stack);
+    guard.finish();
+    let (ok, failed) = (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    eprintln!("load during the refresh: {ok} ok, {failed} failed");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(before.is_disjoint(&after), "old instances left: before {before:?}, after {after:?}");
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "failures: {:?}", tally.failures.lock().unwrap());
+
+    stack.edit(r#"command: ["lbctl", "worker"]"#, r#"command: ["sh", "-c", "exit 3"]"#);
+    let run = stack.lbctl(&["apply", "--auto-approve", "--timeout", "90s"]).expect_code(1);
+    assert!(run.stderr.contains("rolled back"), "stderr:\n{}", run.stderr);
+    eprintln!("broken template apply:\n{}", run.stderr);
+    let kept = wait_for("the rolled-back group to run its previous instances", Duration::from_secs(30), || {
+        let now = live_ids(&stack);
+        (now == after).then_some(now)
+    });
+    assert_eq!(kept, after);
+    let url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..5 {
+        let answered = instance_of(&url, &[]).expect("the group still serves");
+        assert!(after.contains(&answered), "{answered} is not one of {after:?}");
+    }
+    // The group runs the previous template, not the spec's: plan says so.
+    let plan = stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(2);
+    assert!(plan.stdout.contains("instance refresh rolled back"), "{}", plan.stdout);
+}

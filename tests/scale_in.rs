@@ -1,0 +1,145 @@
+//! Scale-in that drains (no request lost, the oldest instances go first) and
+//! an apply killed halfway that the next apply finishes without orphans.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn spec(port: u16, desired: u32) -> String {
+    format!(
+        "version: 1
+name: scale-in
+load_balancers:
+  front:
+    type: application
+    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
+target_groups:
+  web:
+    port: 8080
+    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
+    deregistration_delay: 3s
+autoscaling_groups:
+  web:
+    min_size: 1
+    max_size: 4
+    desired_capacity: {desired}
+    health_check_type: ELB
+    health_check_grace_period: 2s
+    termination_policy: oldest_instance
+    target_groups: [web]
+    launch_template: {{ command: [lbctl, worker] }}
+"
+    )
+}
+
+fn ids(stack: &Stack) -> BTreeSet<String> {
+    stack.instances("web").iter().map(|it| it["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn scale_in_drains_and_stops_the_oldest_instances() {
+    let port = free_port();
+    let stack = Stack::new(&spec(port, 2));
+    stack.apply();
+    let oldest = ids(&stack);
+    stack.edit("desired_capacity: 2", "desired_capacity: 4");
+    stack.apply();
+    let newest: BTreeSet<String> = ids(&stack).difference(&oldest).cloned().collect();
+    assert_eq!(newest.len(), 2);
+
+    // Bounded load: three fast clients and one whose requests take 1 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let loaders: Vec<_> = ["/", "/", "/", "/?sleep=1000"]
+        .into_iter()
+        .map(|path| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut client = KeepAliveClient::new(port, "scale-in.test");
+                let began = Instant::now();
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) || began.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
+                    match client.get(path) {
+                        Ok(response) if response.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    wait_for("load to start", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > 20).then_some(()));
+
+    stack.edit("desired_capacity: 4", "desired_capacity: 2");
+    stack.apply();
+    let remaining = wait_for("scale-in to finish", Duration::from_secs(60), || {
+        let now = ids(&stack);
+        (now.len() == 2).then_some(now)
+    });
+    // Let a few more requests go through the two that remain.
+    let seen = ok.load(Ordering::Relaxed);
+    wait_for("more requests", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > seen + 20).then_some(()));
+    stop.store(true, Ordering::Relaxed);
+    for loader in loaders {
+        loader.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("scale-in 4 -> 2 under load: {ok} requests succeeded, {failed} failed");
+    assert_eq!(failed, 0);
+    assert_eq!(remaining, newest, "oldest_instance stops the two oldest");
+}
+
+#[test]
+fn an_apply_killed_halfway_is_finished_by_the_next_without_orphans() {
+    let port = free_port();
+    let stack = Stack::new(&spec(port, 2));
+    let mut first =
+        stack.command(&["apply", "--auto-approve"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Kill it as soon as it has started the proxy and the supervisor, most
+    // likely before it recorded them in the state: they must be adopted.
+    let run = stack.dir.path().join(".lbctl/run");
+    wait_for("the first apply to start its processes", Duration::from_secs(30), || {
+        (run.join("lb/front/pid").exists() && run.join("asg/web/pid").exists()).then_some(())
+    });
+    kill9(first.id());
+    first.wait().unwrap();
+
+    let applied = stack.apply();
+    assert!(applied.stdout.contains("Apply complete!"), "{}", applied.stdout);
+    stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+    assert_eq!(ids(&stack).len(), 2);
+    let url = format!("http://127.0.0.1:{port}/");
+    assert!(instance_of(&url, &[]).is_some());
+
+    // Exactly one proxy and one supervisor run for the stack: every process
+    // in the stack's directory is one the runtime files name.
+    let known = stack.pids();
+    let dir = stack.dir.path().to_path_buf();
+    let ours: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|it| it.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .into_owned();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            cmdline.contains("internal") && cmdline.contains(dir.to_str().unwrap())
+                || cwd.starts_with(&dir) && cmdline.contains("worker")
+        })
+        .collect();
+    let orphans: Vec<&u32> = ours.iter().filter(|it| !known.contains(it)).collect();
+    assert!(orphans.is_empty(), "processes no runtime file names: {orphans:?} (known {known:?})");
+    stack.lbctl(&["destroy", "--auto-approve"]).expect_code(0);
+    for pid in ours {
+        assert!(!alive(pid), "{pid} survived destroy");
+    }
+}
