@@ -100,8 +100,9 @@ fn target_tracking_on_request_count_scales_out_under_load_and_back_in() {
         line.contains("desired ") && line.contains(" (set by target tracking on request_count_per_target)")
     });
     assert!(says, "{}", human.stdout);
-    // The policy's capacity is not drift.
-    stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+    // The policy's capacity is not drift, and plan says why it leaves it.
+    let plan = stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+    assert!(plan.stdout.contains("`desired_capacity` is managed at run time"), "{}", plan.stdout);
 
     stop.store(true, Ordering::SeqCst);
     for thread in threads {

@@ -84,6 +84,9 @@ pub struct Plan {
     pub actions: Vec<PlannedAction>,
     /// Features the provider cannot do yet: `apply` refuses while any remain.
     pub unsupported: Vec<Finding>,
+    /// What the plan deliberately leaves alone, in words (attributes the
+    /// provider manages at run time).
+    pub notes: Vec<String>,
     /// Every desired resource (to wait for readiness and compute outputs).
     pub desired: Vec<Resource>,
     /// The state's serial when planned.
@@ -139,6 +142,15 @@ pub fn plan(
     unsupported: Vec<Finding>,
 ) -> Plan {
     let mut actions = Vec::new();
+    let mut notes = Vec::new();
+    for resource in &desired {
+        for path in provider.ignored_changes(resource) {
+            notes.push(format!(
+                "{}: `{path}` is managed at run time (a scaling policy); plan leaves it alone",
+                resource.address
+            ));
+        }
+    }
     let desired_addresses: BTreeSet<&Address> = desired.iter().map(|it| &it.address).collect();
     for resource in &desired {
         let Some(prior) = state.get(&resource.address) else {
@@ -201,7 +213,7 @@ pub fn plan(
         });
     }
     actions.sort_by(|a, b| a.address.cmp(&b.address));
-    Plan { actions, unsupported, desired, serial: state.serial, lineage: state.lineage.clone() }
+    Plan { actions, unsupported, notes, desired, serial: state.serial, lineage: state.lineage.clone() }
 }
 
 /// Leaf-level differences between two attribute values. Objects are walked

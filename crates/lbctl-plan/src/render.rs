@@ -47,6 +47,12 @@ pub fn text(plan: &Plan, style: Style) -> String {
         }
         out.push('\n');
     }
+    for note in &plan.notes {
+        let _ = writeln!(out, "Note: {note}.");
+    }
+    if !plan.notes.is_empty() {
+        out.push('\n');
+    }
     if !plan.has_changes() {
         out.push_str("No changes. The actual state matches the spec.\n");
         return out;
@@ -137,7 +143,7 @@ fn long_change(kind: ActionKind, change: &Change, before: &str, after: &str, for
 ///   "resource_changes": [ { "address": "load_balancer.public", "action": "create",
 ///       "reason": "…", "changes": [ { "path": "…", "before": …, "after": …,
 ///       "forces_replacement": false } ] } ],
-///   "unsupported": [ { "path": "…", "message": "…" } ] }
+///   "unsupported": [ { "path": "…", "message": "…" } ], "notes": [ "…" ] }
 /// ```
 pub fn json(plan: &Plan) -> Value {
     let (add, change, destroy) = plan.summary();
@@ -175,5 +181,6 @@ pub fn json(plan: &Plan) -> Value {
         "summary": { "add": add, "change": change, "destroy": destroy },
         "resource_changes": resource_changes,
         "unsupported": unsupported,
+        "notes": plan.notes,
     })
 }
