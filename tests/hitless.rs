@@ -1,7 +1,7 @@
 //! Zero failed requests under load while the load balancer is reconfigured
 //! five times and an instance is killed with -9: the proxy swaps routing
 //! tables without touching its listeners, and retries an idempotent request
-//! whose target died on another target (acceptance step 4 of issue 3).
+//! whose target died on another target.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

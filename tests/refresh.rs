@@ -1,6 +1,6 @@
 //! Instance refresh: a launch template change under load replaces every
 //! instance batch by batch with no failed request, and a broken template is
-//! rolled back with a clear error from `apply` (acceptance step 3 of issue 4).
+//! rolled back with a clear error from `apply`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
