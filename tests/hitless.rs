@@ -3,10 +3,7 @@
 //! tables without touching its listeners, and retries an idempotent request
 //! whose target died on another target.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -64,85 +61,15 @@ autoscaling_groups:
     )
 }
 
-/// What the load loop saw.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    /// Successful answers per greeting (`blue`, `green`).
-    by_group: Mutex<BTreeMap<String, u64>>,
-    /// The first few failures, for the assertion message.
-    failures: Mutex<Vec<String>>,
-}
-
-/// One client thread: keep-alive GETs of `/` until `stop` or the time limit.
-fn load(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let mut client = KeepAliveClient::new(port, "hitless.example.com");
-    let started = Instant::now();
-    let mut by_group: BTreeMap<String, u64> = BTreeMap::new();
-    while !stop.load(Ordering::Relaxed) && started.elapsed() < LOAD_LIMIT {
-        match client.get("/") {
-            Ok(response) if response.status == 200 => {
-                tally.ok.fetch_add(1, Ordering::Relaxed);
-                let greeting = response.body.split_whitespace().next().unwrap_or("").to_string();
-                *by_group.entry(greeting).or_insert(0) += 1;
-            }
-            other => {
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-                let mut failures = tally.failures.lock().unwrap();
-                if failures.len() < 10 {
-                    failures.push(format!("after {:?}: {other:?}", started.elapsed()));
-                }
-            }
-        }
-    }
-    let mut total = tally.by_group.lock().unwrap();
-    for (group, count) in by_group {
-        *total.entry(group).or_insert(0) += count;
-    }
-}
-
-/// Stops the load threads when the test ends, however it ends.
-struct LoadGuard {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl LoadGuard {
-    fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            thread.join().unwrap();
-        }
-    }
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 #[test]
 fn five_applies_and_a_killed_instance_fail_no_request() {
     let port = free_port();
     let stack = Stack::new(&spec(port));
     stack.apply();
 
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = (0..CLIENTS)
-        .map(|_| {
-            let (stop, tally) = (stop.clone(), tally.clone());
-            std::thread::spawn(move || load(port, stop, tally))
-        })
-        .collect();
-    let guard = LoadGuard { stop, threads };
+    let load = LoadLoop::start(port, "hitless.example.com", &["/"; CLIENTS], LOAD_LIMIT);
     // Progress: at least `more` successful requests from now on.
-    let progress = |what: &str, more: u64| {
-        let from = tally.ok.load(Ordering::Relaxed);
-        wait_for(what, Duration::from_secs(30), || (tally.ok.load(Ordering::Relaxed) >= from + more).then_some(()));
-    };
+    let progress = |what: &str, more: u64| load.wait_for_more(what, more);
     progress("the load loop to start", 200);
 
     // 1. A rule with a fixed response on an unrelated path.
@@ -183,9 +110,9 @@ fn five_applies_and_a_killed_instance_fail_no_request() {
     stack.apply();
     progress("requests after apply 5", 500);
 
-    guard.finish();
-    let (ok, failed) = (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
-    let by_group = tally.by_group.lock().unwrap().clone();
+    let tally = load.finish();
+    let (ok, failed) = (tally.ok(), tally.failed());
+    let by_group = tally.by_greeting.lock().unwrap().clone();
     println!("hitless: {ok} requests succeeded, {failed} failed; by group: {by_group:?}");
     if failed > 0 {
         let log = stack.dir.path().join(".lbctl/run/lb/public/proxy.log");

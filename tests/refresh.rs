@@ -3,8 +3,6 @@
 //! rolled back with a clear error from `apply`.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -43,67 +41,6 @@ autoscaling_groups:
     )
 }
 
-/// What the load loop saw.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    /// The first few failures, for the assertion message.
-    failures: Mutex<Vec<String>>,
-}
-
-/// Keep-alive GETs of `/` until `stop` or the time limit.
-fn load(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let mut client = KeepAliveClient::new(port, "refresh.example.com");
-    let started = Instant::now();
-    while !stop.load(Ordering::Relaxed) && started.elapsed() < LOAD_LIMIT {
-        match client.get("/") {
-            Ok(response) if response.status == 200 => {
-                tally.ok.fetch_add(1, Ordering::Relaxed);
-            }
-            other => {
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-                let mut failures = tally.failures.lock().unwrap();
-                if failures.len() < 10 {
-                    failures.push(format!("after {:?}: {other:?}", started.elapsed()));
-                }
-            }
-        }
-    }
-}
-
-/// Stops the load threads when the test ends, however it ends.
-struct LoadGuard {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl LoadGuard {
-    fn start(port: u16, tally: &Arc<Tally>) -> LoadGuard {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..CLIENTS)
-            .map(|_| {
-                let (stop, tally) = (Arc::clone(&stop), Arc::clone(tally));
-                std::thread::spawn(move || load(port, stop, tally))
-            })
-            .collect();
-        LoadGuard { stop, threads }
-    }
-
-    fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            thread.join().unwrap();
-        }
-    }
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Ids of the group's instances that are not on their way out.
 fn live_ids(stack: &Stack) -> BTreeSet<String> {
     stack
@@ -125,15 +62,14 @@ fn a_launch_template_change_replaces_every_instance_under_load_and_a_broken_one_
     let before = live_ids(&stack);
     assert_eq!(before.len(), 3, "{before:?}");
 
-    let tally = Arc::new(Tally::default());
-    let guard = LoadGuard::start(port, &tally);
+    let load = LoadLoop::start(port, "refresh.example.com", &["/"; CLIENTS], LOAD_LIMIT);
     stack.edit("GREETING: one", "GREETING: two");
     let started = Instant::now();
     let run = stack.lbctl(&["apply", "--auto-approve", "--timeout", "90s"]).expect_code(0);
     eprintln!("refresh apply took {:?}\n{}", started.elapsed(), run.stderr);
     let after = live_ids(&stack);
-    guard.finish();
-    let (ok, failed) = (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    let tally = load.finish();
+    let (ok, failed) = (tally.ok(), tally.failed());
     eprintln!("load during the refresh: {ok} ok, {failed} failed");
     assert_eq!(after.len(), 3, "{after:?}");
     assert!(before.is_disjoint(&after), "old instances left: before {before:?}, after {after:?}");

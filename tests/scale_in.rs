@@ -3,9 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -52,31 +50,8 @@ fn scale_in_drains_and_stops_the_oldest_instances() {
     assert_eq!(newest.len(), 2);
 
     // Bounded load: three fast clients and one whose requests take 1 s.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let loaders: Vec<_> = ["/", "/", "/", "/?sleep=1000"]
-        .into_iter()
-        .map(|path| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let mut client = KeepAliveClient::new(port, "scale-in.test");
-                let began = Instant::now();
-                for _ in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) || began.elapsed() > Duration::from_secs(60) {
-                        break;
-                    }
-                    match client.get(path) {
-                        Ok(response) if response.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            eprintln!("failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
-    wait_for("load to start", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > 20).then_some(()));
+    let load = LoadLoop::start(port, "scale-in.test", &["/", "/", "/", "/?sleep=1000"], Duration::from_secs(60));
+    load.wait_for_more("load to start", 20);
 
     stack.edit("desired_capacity: 4", "desired_capacity: 2");
     stack.apply();
@@ -85,15 +60,11 @@ fn scale_in_drains_and_stops_the_oldest_instances() {
         (now.len() == 2).then_some(now)
     });
     // Let a few more requests go through the two that remain.
-    let seen = ok.load(Ordering::Relaxed);
-    wait_for("more requests", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > seen + 20).then_some(()));
-    stop.store(true, Ordering::Relaxed);
-    for loader in loaders {
-        loader.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    load.wait_for_more("more requests", 20);
+    let tally = load.finish();
+    let (ok, failed) = (tally.ok(), tally.failed());
     println!("scale-in 4 -> 2 under load: {ok} requests succeeded, {failed} failed");
-    assert_eq!(failed, 0);
+    assert_eq!(failed, 0, "failures: {:?}", tally.failures.lock().unwrap());
     assert_eq!(remaining, newest, "oldest_instance stops the two oldest");
 }
 

@@ -378,3 +378,95 @@ impl KeepAliveClient {
         }
     }
 }
+
+/// Requests one `LoadLoop` client makes at most.
+const LOAD_MAX_REQUESTS: u64 = 500_000;
+
+/// What a `LoadLoop` saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Successful answers by the first word of their body (the worker's greeting).
+    pub by_greeting: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// The first few failures, for assertion messages.
+    pub failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A bounded load loop: one keep-alive client thread per path, each GETting
+/// its path until `finish`, the drop of the loop, `limit`, or
+/// `LOAD_MAX_REQUESTS` requests, whichever comes first.
+pub struct LoadLoop {
+    pub tally: std::sync::Arc<Tally>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LoadLoop {
+    pub fn start(port: u16, host: &str, paths: &[&'static str], limit: Duration) -> LoadLoop {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tally = std::sync::Arc::new(Tally::default());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = paths
+            .iter()
+            .map(|path| {
+                let (tally, stop, host, path) = (tally.clone(), stop.clone(), host.to_string(), *path);
+                std::thread::spawn(move || {
+                    let mut client = KeepAliveClient::new(port, &host);
+                    let started = Instant::now();
+                    for _ in 0..LOAD_MAX_REQUESTS {
+                        if stop.load(Ordering::Relaxed) || started.elapsed() >= limit {
+                            break;
+                        }
+                        match client.get(path) {
+                            Ok(response) if response.status == 200 => {
+                                tally.ok.fetch_add(1, Ordering::Relaxed);
+                                let greeting = response.body.split_whitespace().next().unwrap_or("").to_string();
+                                *tally.by_greeting.lock().unwrap().entry(greeting).or_insert(0) += 1;
+                            }
+                            other => {
+                                tally.failed.fetch_add(1, Ordering::Relaxed);
+                                let mut failures = tally.failures.lock().unwrap();
+                                if failures.len() < 10 {
+                                    failures.push(format!("{path} after {:?}: {other:?}", started.elapsed()));
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        LoadLoop { tally, stop, threads }
+    }
+
+    /// Waits until `more` further requests have succeeded.
+    pub fn wait_for_more(&self, what: &str, more: u64) {
+        let from = self.tally.ok();
+        wait_for(what, Duration::from_secs(30), || (self.tally.ok() >= from + more).then_some(()));
+    }
+
+    /// Stops the clients and waits for them.
+    pub fn finish(mut self) -> std::sync::Arc<Tally> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+        self.tally.clone()
+    }
+}
+
+impl Drop for LoadLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
