@@ -91,7 +91,7 @@ pub enum Command {
     },
     /// The spec's JSON Schema.
     Schema,
-    /// A demo instance: answers with its id, serves /health, has fault switches.
+    /// A demo instance: answers with its id, serves /health, has fault switches; with --echo, a TCP and UDP echo server.
     Worker {
         /// Address to listen on (default: $LBCTL_IP:$LBCTL_PORT).
         #[arg(long)]
@@ -102,6 +102,13 @@ pub enum Command {
         /// Serve HTTPS (and HTTP/2 through ALPN) with a self-signed certificate made at start.
         #[arg(long)]
         tls: bool,
+        /// Serve TCP and UDP echo on the address instead of HTTP (a network load balancer's target);
+        /// `whoami` answers with the instance id.
+        #[arg(long, conflicts_with = "tls")]
+        echo: bool,
+        /// Require a PROXY protocol v2 header on every TCP connection and report the client address it carries.
+        #[arg(long)]
+        proxy_protocol: bool,
     },
     /// Processes lbctl starts itself (not for direct use).
     #[command(hide = true)]

@@ -42,8 +42,14 @@ pub fn run(args: Args) -> Result<u8> {
             shell.out(&lbctl_spec::schema_json())?;
             Ok(0)
         }
-        Command::Worker { listen, id, tls } => {
-            lbctl_dataplane::worker::run(lbctl_dataplane::worker::WorkerOptions { listen, instance_id: id, tls })?;
+        Command::Worker { listen, id, tls, echo, proxy_protocol } => {
+            lbctl_dataplane::worker::run(lbctl_dataplane::worker::WorkerOptions {
+                listen,
+                instance_id: id,
+                tls,
+                echo,
+                proxy_protocol,
+            })?;
             Ok(0)
         }
         Command::Internal { role: Internal::Proxy { config } } => {
@@ -258,6 +264,10 @@ fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
     // Runtime directories are removed by each resource's deletion; only the
     // empty skeleton may remain.
     remove_empty_dirs(&provider.layout().root);
+    // The stack is gone: its network load balancers' addresses are free again.
+    for ip in provider.release_addresses()? {
+        shell.status("Released", &format!("static IP {ip}"));
+    }
     let (_, _, destroyed) = plan.summary();
     shell.out(&format!("\nDestroy complete! Resources: {destroyed} destroyed.\n"))?;
     Ok(0)

@@ -3,10 +3,10 @@
 //! Unsupported features are reported by spec path so that `plan` can name
 //! them and `apply` can refuse, instead of silently ignoring a setting.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
 use lbctl_plan::{Finding, Kind, Resource, Severity};
-use lbctl_spec::{LoadBalancer, LoadBalancerType, TargetGroup, TargetProtocol, TargetType};
+use lbctl_spec::{ListenerProtocol, LoadBalancer, LoadBalancerType, TargetGroup, TargetProtocol};
 
 use crate::provider::{lb_settings, settings, LocalProvider};
 
@@ -16,13 +16,15 @@ fn unsupported(path: String, message: &str) -> Finding {
 
 pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> Vec<Finding> {
     let mut found = Vec::new();
+    let load_balancers: Vec<&str> =
+        desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer).map(|it| it.address.name.as_str()).collect();
     for resource in desired {
         let base = resource.address.spec_path();
         match resource.address.kind {
             Kind::LoadBalancer => {
                 let Ok(lb) = lb_settings(&resource.attributes) else { continue };
-                load_balancer(&base, &lb, &mut found);
                 crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
+                static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found);
                 ports_free(provider, resource, &lb, &mut found);
             }
             Kind::TargetGroup => {
@@ -35,41 +37,69 @@ pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> Vec<Findi
     found
 }
 
-fn load_balancer(base: &str, lb: &LoadBalancer, found: &mut Vec<Finding>) {
-    if lb.kind == LoadBalancerType::Network {
-        found.push(unsupported(format!("{base}.type"), "network load balancers are not supported yet"));
-    }
-}
-
 fn target_group(base: &str, group: &TargetGroup, found: &mut Vec<Finding>) {
-    let mut note = |field: &str, message: &str| found.push(unsupported(format!("{base}.{field}"), message));
-    match group.target_type {
-        TargetType::Alb => note("target_type", "alb targets are not supported yet"),
-        TargetType::Instance | TargetType::Ip | TargetType::Lambda => {}
-    }
-    if matches!(group.protocol, TargetProtocol::Tcp | TargetProtocol::Udp) && group.target_type != TargetType::Alb {
-        note("protocol", "only HTTP and HTTPS target groups are supported yet");
-    }
-    if group.proxy_protocol_v2 {
-        note("proxy_protocol_v2", "the PROXY protocol is not supported yet");
+    if group.proxy_protocol_v2 && group.protocol != TargetProtocol::Tcp {
+        let message =
+            "the PROXY protocol is sent on TCP connections only (TCP target groups of network load balancers)";
+        found.push(unsupported(format!("{base}.proxy_protocol_v2"), message));
     }
 }
 
-/// Every listener port must be free on the machine, unless this stack's own
-/// running proxy already holds it.
+/// A given `static_ip` must not be another stack's, nor allocated to
+/// another load balancer of this one.
+fn static_ip_free(
+    provider: &LocalProvider,
+    base: &str,
+    name: &str,
+    lb: &LoadBalancer,
+    load_balancers: &[&str],
+    found: &mut Vec<Finding>,
+) {
+    let Some(ip) = lb.static_ip.as_deref().and_then(|it| it.parse::<Ipv4Addr>().ok()) else { return };
+    let Some(owner) = provider.static_ip_holder(ip, name) else { return };
+    let same_stack = owner.state_dir == provider.state_dir();
+    if same_stack && !load_balancers.contains(&owner.load_balancer.as_str()) {
+        // Held for a load balancer this stack no longer has: this one takes it.
+        return;
+    }
+    let whose =
+        if same_stack { "this stack".to_string() } else { format!("the stack in {}", owner.state_dir.display()) };
+    found.push(Finding {
+        path: format!("{base}.static_ip"),
+        message: format!("static_ip {ip} is held by load balancer `{}` of {whose}", owner.load_balancer),
+        severity: Severity::Invalid,
+    });
+}
+
+/// Every listener port must be free on the machine, at the load balancer's
+/// address (127.0.0.1, or a network load balancer's static IP), unless this
+/// stack's own running proxy already holds it.
 fn ports_free(provider: &LocalProvider, resource: &Resource, lb: &LoadBalancer, found: &mut Vec<Finding>) {
     // Ports held by any of this stack's running proxies are not a clash:
     // they may move between load balancers within one apply (deletions run
     // first), and a proxy an interrupted apply left behind is adopted.
     let held_by_stack: Vec<u16> = provider.all_proxy_statuses().into_iter().flat_map(|(_, it)| it.listening).collect();
+    let ip = match lb.kind {
+        LoadBalancerType::Application => Ipv4Addr::LOCALHOST,
+        // A newly allocated address has nothing bound to it yet.
+        LoadBalancerType::Network => match provider.known_static_ip(&resource.address.name, lb) {
+            Some(ip) => ip,
+            None => return,
+        },
+    };
     for (idx, listener) in lb.listeners.iter().enumerate() {
         if held_by_stack.contains(&listener.port) {
             continue;
         }
-        if let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, listener.port)) {
+        let bound = if listener.protocol == ListenerProtocol::Udp {
+            UdpSocket::bind((ip, listener.port)).map(drop)
+        } else {
+            TcpListener::bind((ip, listener.port)).map(drop)
+        };
+        if let Err(err) = bound {
             found.push(Finding {
                 path: format!("{}.listeners[{idx}].port", resource.address.spec_path()),
-                message: format!("port {} on 127.0.0.1 is already in use on this machine ({err})", listener.port),
+                message: format!("port {} on {ip} is already in use on this machine ({err})", listener.port),
                 severity: Severity::Invalid,
             });
         }

@@ -2,8 +2,9 @@
 //! keeps, and the checks of user-supplied PEM files.
 //!
 //! A load balancer with a `self_signed` listener gets one certificate, made
-//! the first time it is needed, for its DNS name, `localhost` and
-//! `127.0.0.1`, signed by a CA of its own. The files live in
+//! the first time it is needed, for its DNS name, `localhost`,
+//! `127.0.0.1` and (network load balancers) its static IP, signed by a CA
+//! of its own. The files live in
 //! `.lbctl/run/lb/<lb>/tls/` (`ca.pem`, `cert.pem`, `key.pem`), so they
 //! survive proxy restarts and configuration changes, and go with the load
 //! balancer's directory when it is destroyed. `ca.pem` is the output
@@ -14,12 +15,13 @@
 //! a missing file, bad PEM or mismatched key is a spec error there.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use lbctl_dataplane::runtime::{self, CertificateFiles, Layout};
 use lbctl_plan::{Finding, Severity};
-use lbctl_spec::{Certificate, GeneratedCertificate, ListenerProtocol, LoadBalancer};
+use lbctl_spec::{Certificate, GeneratedCertificate, Listener, ListenerProtocol, LoadBalancer};
 
 /// File that records which names the generated certificate was made for.
 const NAMES_FILE: &str = "names";
@@ -33,27 +35,30 @@ pub(crate) fn self_signed_dir(layout: &Layout, lb_name: &str) -> PathBuf {
 /// one of its listeners uses `self_signed`.
 pub(crate) fn self_signed_ca(layout: &Layout, lb_name: &str, lb: &LoadBalancer) -> Option<PathBuf> {
     let uses_generated = lb.listeners.iter().any(|it| {
-        it.protocol == ListenerProtocol::Https
+        matches!(it.protocol, ListenerProtocol::Https | ListenerProtocol::Tls)
             && matches!(it.certificate, Some(Certificate::Generated(GeneratedCertificate::SelfSigned)))
     });
     uses_generated.then(|| self_signed_dir(layout, lb_name).join("ca.pem"))
 }
 
-/// The certificate files of every HTTPS listener of `lb`, by port,
-/// generating the `self_signed` one if it does not exist yet.
+/// The certificate files of every HTTPS and TLS listener of `lb`, by port,
+/// generating the `self_signed` one if it does not exist yet (for
+/// `dns_name`, and `static_ip` when given).
 pub(crate) fn listener_certificates(
     layout: &Layout,
     working_dir: &Path,
     lb_name: &str,
     dns_name: &str,
+    static_ip: Option<Ipv4Addr>,
     lb: &LoadBalancer,
 ) -> Result<BTreeMap<u16, CertificateFiles>> {
     let mut certificates = BTreeMap::new();
-    for listener in lb.listeners.iter().filter(|it| it.protocol == ListenerProtocol::Https) {
+    let encrypted = |it: &&Listener| matches!(it.protocol, ListenerProtocol::Https | ListenerProtocol::Tls);
+    for listener in lb.listeners.iter().filter(encrypted) {
         let files = match &listener.certificate {
             None => continue,
             Some(Certificate::Generated(GeneratedCertificate::SelfSigned)) => {
-                ensure_self_signed(&self_signed_dir(layout, lb_name), dns_name)?
+                ensure_self_signed(&self_signed_dir(layout, lb_name), dns_name, static_ip)?
             }
             Some(Certificate::Files { cert, key }) => {
                 CertificateFiles { cert: working_dir.join(cert), key: working_dir.join(key) }
@@ -81,11 +86,12 @@ pub(crate) fn check_files(base: &str, working_dir: &Path, lb: &LoadBalancer, fou
     }
 }
 
-/// The generated certificate in `dir` for `dns_name`, `localhost` and
-/// `127.0.0.1`; made (again) when missing or made for other names.
-fn ensure_self_signed(dir: &Path, dns_name: &str) -> Result<CertificateFiles> {
+/// The generated certificate in `dir` for `dns_name`, `localhost`,
+/// `127.0.0.1` and `static_ip`; made (again) when missing or made for other names.
+fn ensure_self_signed(dir: &Path, dns_name: &str, static_ip: Option<Ipv4Addr>) -> Result<CertificateFiles> {
     let files = CertificateFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
-    let names = vec![dns_name.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+    let mut names = vec![dns_name.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(static_ip.filter(|it| *it != Ipv4Addr::LOCALHOST).map(|it| it.to_string()));
     let recorded = names.join("\n");
     let complete = [&files.cert, &files.key, &dir.join("ca.pem")].iter().all(|it| it.is_file());
     if complete && std::fs::read_to_string(dir.join(NAMES_FILE)).is_ok_and(|it| it == recorded) {
@@ -127,7 +133,7 @@ mod tests {
               { port: 8080, protocol: HTTP, default_action: { forward: web } }]",
         );
         let certificates =
-            listener_certificates(&layout, dir.path(), "public", "public.shop.elb.localhost", &lb).unwrap();
+            listener_certificates(&layout, dir.path(), "public", "public.shop.elb.localhost", None, &lb).unwrap();
         let tls_dir = layout.lb_dir("public").join("tls");
         let expected = CertificateFiles { cert: tls_dir.join("cert.pem"), key: tls_dir.join("key.pem") };
         assert_eq!(certificates, BTreeMap::from([(8443, expected.clone()), (8444, expected.clone())]));
@@ -138,9 +144,9 @@ mod tests {
 
         // Asking again keeps the files; another DNS name makes new ones.
         let cert = std::fs::read(&expected.cert).unwrap();
-        listener_certificates(&layout, dir.path(), "public", "public.shop.elb.localhost", &lb).unwrap();
+        listener_certificates(&layout, dir.path(), "public", "public.shop.elb.localhost", None, &lb).unwrap();
         assert_eq!(std::fs::read(&expected.cert).unwrap(), cert);
-        listener_certificates(&layout, dir.path(), "public", "public.other.elb.localhost", &lb).unwrap();
+        listener_certificates(&layout, dir.path(), "public", "public.other.elb.localhost", None, &lb).unwrap();
         assert_ne!(std::fs::read(&expected.cert).unwrap(), cert);
 
         let plain = load_balancer("[{ port: 8080, protocol: HTTP, default_action: { forward: web } }]");
@@ -160,7 +166,7 @@ mod tests {
               { port: 8445, protocol: HTTPS, certificate: { cert: missing.pem, key: tls/key.pem }, default_action: { forward: web } }]",
         );
         let layout = Layout::new(dir.path().join("run"));
-        let certificates = listener_certificates(&layout, dir.path(), "public", "x", &lb).unwrap();
+        let certificates = listener_certificates(&layout, dir.path(), "public", "x", None, &lb).unwrap();
         assert_eq!(certificates[&8443].cert, dir.path().join("tls/cert.pem"));
         assert_eq!(certificates[&8443].key, dir.path().join("tls/key.pem"));
 

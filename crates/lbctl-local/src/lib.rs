@@ -14,6 +14,7 @@
 //! back.
 #![deny(missing_docs)]
 
+mod addresses;
 mod capabilities;
 mod certificates;
 mod provider;

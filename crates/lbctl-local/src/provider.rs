@@ -14,10 +14,12 @@ use lbctl_dataplane::runtime::{
     SupervisorConfig, TargetGroupConfig,
 };
 use lbctl_plan::{Finding, Kind, LiveStatus, Observed, Progress, Provider, Readiness, Resource, ResourceState, State};
-use lbctl_spec::{AutoscalingGroup, Function, LoadBalancer, TargetGroup, TargetType};
+use lbctl_spec::{AutoscalingGroup, Function, LoadBalancer, LoadBalancerType, TargetGroup, TargetType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use crate::addresses::AddressTable;
 
 /// Attributes of an auto-scaling group that the planner derives (not spec fields).
 pub(crate) const ASG_DERIVED: &[&str] = &["instance_port", "target_group_ports"];
@@ -50,6 +52,7 @@ pub struct LocalOptions {
 pub struct LocalProvider {
     options: LocalOptions,
     layout: Layout,
+    addresses: AddressTable,
 }
 
 /// What the state keeps about a process-backed resource.
@@ -61,6 +64,9 @@ struct ProcessData {
     config_path: PathBuf,
     /// Digest of the configuration file as written.
     config_digest: String,
+    /// The address a network load balancer listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    static_ip: Option<Ipv4Addr>,
 }
 
 /// What the state keeps about a file-backed resource.
@@ -96,7 +102,7 @@ impl LocalProvider {
     /// A provider for one stack.
     pub fn new(options: LocalOptions) -> LocalProvider {
         let layout = Layout::new(options.state_dir.join("run"));
-        LocalProvider { options, layout }
+        LocalProvider { options, layout, addresses: AddressTable::default() }
     }
 
     /// The runtime layout.
@@ -186,11 +192,11 @@ impl LocalProvider {
         if let Some(pid) = orphan.filter(|pid| process::is_ours(*pid, &marker)) {
             progress.report(&format!("adopting the running {role} (pid {pid})"));
             self.wait_applied(role, pid, &marker, || runs(pid, &config_digest))?;
-            return Ok(json!(ProcessData { pid, config_path, config_digest }));
+            return Ok(json!(ProcessData { pid, config_path, config_digest, static_ip: None }));
         }
         let log = dir.join(format!("{role}.log"));
         let pid = self.start_process(role, &config_path, &log, progress, |pid| runs(pid, &config_digest))?;
-        Ok(json!(ProcessData { pid, config_path, config_digest }))
+        Ok(json!(ProcessData { pid, config_path, config_digest, static_ip: None }))
     }
 
     /// Rewrites a running process's configuration and waits until it
@@ -221,20 +227,59 @@ impl LocalProvider {
             .unwrap_or_else(|| std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1));
         let target_groups = resource.dependencies.iter().map(|it| it.name.clone()).collect();
         let dns_name = lbctl_plan::dns_name(&self.options.stack, name);
-        let certificates =
-            crate::certificates::listener_certificates(&self.layout, &self.options.working_dir, name, &dns_name, &lb)?;
+        let static_ip = self.static_ip(name, &lb)?;
+        let certificates = crate::certificates::listener_certificates(
+            &self.layout,
+            &self.options.working_dir,
+            name,
+            &dns_name,
+            static_ip,
+            &lb,
+        )?;
+        // AWS's defaults: 60 s for application load balancers, 350 s for network ones.
+        let default_idle = if static_ip.is_some() { 350_000 } else { 60_000 };
         Ok(ProxyConfig {
             stack: self.options.stack.clone(),
             name: name.clone(),
             dns_name,
-            bind_ip: Ipv4Addr::LOCALHOST,
+            bind_ip: static_ip.unwrap_or(Ipv4Addr::LOCALHOST),
             worker_threads,
-            idle_timeout_ms: lb.idle_timeout.map(|it| it.get().as_millis() as u64).unwrap_or(60_000),
+            idle_timeout_ms: lb.idle_timeout.map(|it| it.get().as_millis() as u64).unwrap_or(default_idle),
             listeners: lb.listeners,
             target_groups,
             layout: self.layout.clone(),
             certificates,
         })
+    }
+
+    /// The address of a network load balancer (`None` for an application
+    /// one): its `static_ip`, or the one allocated to it, once, and kept.
+    fn static_ip(&self, name: &str, lb: &LoadBalancer) -> Result<Option<Ipv4Addr>> {
+        if lb.kind != LoadBalancerType::Network {
+            return Ok(None);
+        }
+        let given = lb.static_ip.as_deref().map(str::parse).transpose().context("static_ip")?;
+        self.addresses.assign(&self.options.state_dir, name, given, &[]).map(Some)
+    }
+
+    /// The address a network load balancer has or will have: `static_ip`,
+    /// or the one allocated to it before; `None` when it gets a new one
+    /// (nothing can be bound there yet). Changes nothing.
+    pub(crate) fn known_static_ip(&self, name: &str, lb: &LoadBalancer) -> Option<Ipv4Addr> {
+        match lb.static_ip.as_deref() {
+            Some(ip) => ip.parse().ok(),
+            None => self.addresses.lookup(&self.options.state_dir, name).ok().flatten(),
+        }
+    }
+
+    /// Who else holds `ip`, the `static_ip` of load balancer `name`.
+    pub(crate) fn static_ip_holder(&self, ip: Ipv4Addr, name: &str) -> Option<crate::addresses::Owner> {
+        self.addresses.holder_other_than(ip, &self.options.state_dir, name).ok().flatten()
+    }
+
+    /// Releases the stack's network load balancer addresses (after its destroy).
+    pub fn release_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        self.addresses.release_stack(&self.options.state_dir)
     }
 
     /// Whether a proxy's status shows it serving `digest` on every port.
@@ -252,9 +297,10 @@ impl LocalProvider {
     fn create_load_balancer(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
         let config = self.proxy_config(resource)?;
         let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
-        self.launch("proxy", &self.layout.lb_dir(&config.name), &config, progress, |pid, digest| {
+        let launched = self.launch("proxy", &self.layout.lb_dir(&config.name), &config, progress, |pid, digest| {
             self.proxy_serves(&config.name, pid, digest, &ports)
-        })
+        })?;
+        Ok(with_static_ip(launched, &config))
     }
 
     fn update_load_balancer(
@@ -266,7 +312,9 @@ impl LocalProvider {
         let config = self.proxy_config(resource)?;
         let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
         progress.report("reloading the proxy's configuration");
-        self.reconfigure("proxy", prior, &config, |pid, digest| self.proxy_serves(&config.name, pid, digest, &ports))
+        let reconfigured = self
+            .reconfigure("proxy", prior, &config, |pid, digest| self.proxy_serves(&config.name, pid, digest, &ports))?;
+        Ok(with_static_ip(reconfigured, &config))
     }
 
     // Auto-scaling groups.
@@ -360,6 +408,13 @@ impl LocalProvider {
             // A function is registered by name, with no address.
             if let (TargetType::Lambda, Some(function)) = (settings.target_type, &target.function) {
                 targets.push(RegisteredTarget { id: function.clone(), ip: Ipv4Addr::UNSPECIFIED, port: 0 });
+                continue;
+            }
+            // An application load balancer listens on 127.0.0.1, at the group's port.
+            if let (TargetType::Alb, Some(lb), Some(port)) =
+                (settings.target_type, &target.load_balancer, target.port.or(settings.port))
+            {
+                targets.push(RegisteredTarget { id: lb.clone(), ip: Ipv4Addr::LOCALHOST, port });
                 continue;
             }
             if let (Some(ip), Some(port)) = (&target.ip, target.port.or(settings.port)) {
@@ -481,6 +536,16 @@ impl LocalProvider {
     pub(crate) fn all_proxy_statuses(&self) -> Vec<(String, ProxyStatus)> {
         runtime::running_proxy_statuses(&self.layout)
     }
+}
+
+/// A proxy's private data with the address it listens on, when it is a
+/// network load balancer's.
+fn with_static_ip(mut data: Value, config: &ProxyConfig) -> Value {
+    use lbctl_spec::ListenerProtocol::{Tcp, Tls, Udp};
+    if config.listeners.iter().any(|it| matches!(it.protocol, Tcp | Tls | Udp)) {
+        data["static_ip"] = json!(config.bind_ip);
+    }
+    data
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {
@@ -607,10 +672,20 @@ impl Provider for LocalProvider {
             let name = &resource.address.name;
             let dns = lbctl_plan::dns_name(&self.options.stack, name);
             outputs.insert(format!("{name}_dns_name"), dns.clone());
+            // A network load balancer is reached at its static IP: `*.localhost`
+            // resolves to 127.0.0.1 only.
+            let data: ProcessData = private(resource);
+            if let Some(ip) = data.static_ip {
+                outputs.insert(format!("{name}_static_ip"), ip.to_string());
+            }
             for (idx, listener) in lb.listeners.iter().enumerate() {
                 let scheme = lbctl_spec::wire_name(&listener.protocol).to_lowercase();
                 let key = if idx == 0 { format!("{name}_url") } else { format!("{name}_url_{}", listener.port) };
-                outputs.insert(key, format!("{scheme}://{dns}:{}/", listener.port));
+                let url = match data.static_ip {
+                    Some(ip) => format!("{scheme}://{ip}:{}", listener.port),
+                    None => format!("{scheme}://{dns}:{}/", listener.port),
+                };
+                outputs.insert(key, url);
             }
             if let Some(ca) = crate::certificates::self_signed_ca(&self.layout, name, &lb) {
                 outputs.insert(format!("{name}_ca_cert"), ca.display().to_string());
@@ -639,6 +714,11 @@ impl LocalProvider {
     /// The stack name.
     pub(crate) fn stack(&self) -> &str {
         &self.options.stack
+    }
+
+    /// The stack's state directory.
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.options.state_dir
     }
 
     /// The spec's directory, which relative paths in the spec start from.

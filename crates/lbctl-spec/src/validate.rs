@@ -409,7 +409,18 @@ impl Checker<'_> {
                         format!("{path}.load_balancer"),
                         format!("load balancer `{lb_name}` is not an application load balancer"),
                     )),
-                    Some(_) => {}
+                    Some(lb) => {
+                        // AWS: the group's port is the ALB listener traffic goes to.
+                        let ports: Vec<String> = lb.listeners.iter().map(|it| it.port.to_string()).collect();
+                        let port = target.port.or(group.port);
+                        if !port.is_some_and(|port| lb.listeners.iter().any(|it| it.port == port)) {
+                            let message = format!(
+                                "the port of an alb target must be a listener port of `{lb_name}` ({}); set the group's port",
+                                ports.join(", ")
+                            );
+                            found.push((path.clone(), message));
+                        }
+                    }
                 }
             }
         }

@@ -78,17 +78,24 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Consecutive failures to become unhealthy.
     pub unhealthy_threshold: u32,
+    /// Whether each probe connection starts with a PROXY protocol v2
+    /// `LOCAL` header (no client address), as AWS sends to targets of a
+    /// group with `proxy_protocol_v2` on: such targets expect one on every
+    /// connection.
+    pub proxy_protocol: bool,
 }
 
 impl HealthCheck {
     /// The health check of a target group. The protocol defaults to the
-    /// group's (HTTP, HTTPS, or TCP for TCP/UDP groups); HTTP(S) checks speak
+    /// group's (HTTP, HTTPS, or TCP for TCP/UDP groups; HTTP for `alb` groups); HTTP(S) checks speak
     /// the group's HTTP version, and `GRPC` groups get gRPC checks, with
     /// AWS's defaults standing in for the HTTP ones (path `/` means
     /// `/AWS.ALB/healthcheck`, matcher `200` means gRPC status `12`).
     pub fn of(group: &lbctl_spec::TargetGroup) -> HealthCheck {
         let settings = &group.health_check;
         let protocol = settings.protocol.unwrap_or(match group.protocol {
+            // An ALB as a target is checked through its HTTP listener (AWS).
+            _ if group.target_type == lbctl_spec::TargetType::Alb => HealthCheckProtocol::Http,
             TargetProtocol::Http => HealthCheckProtocol::Http,
             TargetProtocol::Https => HealthCheckProtocol::Https,
             TargetProtocol::Tcp | TargetProtocol::Udp => HealthCheckProtocol::Tcp,
@@ -120,8 +127,18 @@ impl HealthCheck {
             timeout: settings.timeout.get().max(Duration::from_millis(1)),
             healthy_threshold: settings.healthy_threshold.max(1),
             unhealthy_threshold: settings.unhealthy_threshold.max(1),
+            proxy_protocol: group.proxy_protocol_v2,
         }
     }
+}
+
+/// A PROXY protocol v2 `LOCAL` header: a connection of the load balancer's
+/// own, with no client address.
+fn local_proxy_header() -> Vec<u8> {
+    use ppp::v2::{Addresses, Builder, Command, Protocol, Version};
+    Builder::with_addresses(Version::Two | Command::Local, Protocol::Unspecified, Addresses::Unspecified)
+        .build()
+        .expect("a header without addresses fits")
 }
 
 /// AWS's default gRPC health check method: one no service has, so a live
@@ -141,7 +158,10 @@ pub enum Outcome {
 pub async fn probe(check: &HealthCheck, ip: Ipv4Addr, port: u16) -> Outcome {
     let addr = SocketAddr::from((ip, check.port.unwrap_or(port)));
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.map_err(|err| failed(&err))?;
+        let mut stream = TcpStream::connect(addr).await.map_err(|err| failed(&err))?;
+        if check.proxy_protocol {
+            stream.write_all(&local_proxy_header()).await.map_err(|err| failed(&err))?;
+        }
         if check.probe == Probe::Tcp {
             return Ok(());
         }
@@ -418,6 +438,7 @@ mod tests {
             timeout: Duration::from_millis(500),
             healthy_threshold: healthy,
             unhealthy_threshold: unhealthy,
+            proxy_protocol: false,
         }
     }
 

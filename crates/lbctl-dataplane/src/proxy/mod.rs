@@ -17,14 +17,18 @@
 //! | `head_guard` | request-head checks hyper does not make: conflicting framing, slow heads |
 //! | `selection` | routable targets, the balancing algorithms, slow start, stickiness |
 //! | `lambda` | function targets: the ALB Lambda event in, the response document out |
+//! | `network` | network load balancer listeners: TCP and TLS connections, UDP flows |
+//! | `relay` | moving a connection's bytes both ways: splice, or a buffer for TLS |
 //! | `retry` | a request whose target died, once more on another target |
 //! | `status` | the status file |
 //! | `upstream` | connections to targets: HTTP/1.1 or HTTP/2, plain or TLS |
 //!
-//! HTTP and HTTPS listeners are served (HTTPS with the certificate files the
-//! configuration names, loaded once per configuration); a listener of
-//! another protocol, or an HTTPS one whose certificate cannot be loaded, is
-//! skipped and reported in the status's `errors`.
+//! The same process serves both kinds of load balancer: HTTP and HTTPS
+//! listeners (application), TCP, TLS and UDP listeners (network), all bound
+//! to the configuration's `bind_ip`. HTTPS and TLS listeners use the
+//! certificate files the configuration names, loaded once per configuration;
+//! a listener whose certificate cannot be loaded is skipped and reported in
+//! the status's `errors`.
 
 mod action;
 mod discovery;
@@ -32,6 +36,8 @@ mod forward;
 mod head_guard;
 mod health_check;
 mod lambda;
+mod network;
+mod relay;
 mod retry;
 mod router;
 mod selection;
@@ -54,7 +60,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use lbctl_spec::ListenerProtocol;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -172,16 +178,54 @@ struct GroupHandle {
     _manager: AbortOnDrop,
 }
 
+/// A listener's port and transport: a TCP and a UDP listener may share a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct ListenerKey {
+    port: u16,
+    udp: bool,
+}
+
+/// What a listener serves, compiled from the configuration.
+enum Compiled {
+    /// HTTP or HTTPS.
+    Http(Box<ListenerContext>),
+    /// TCP or TLS.
+    Stream(network::StreamContext),
+    /// UDP.
+    Datagram(network::DatagramContext),
+}
+
+/// The live context of a bound listener, swapped on reload.
+enum Served {
+    Http(Arc<Frontend>),
+    Stream(Arc<ArcSwap<network::StreamContext>>),
+    Datagram(Arc<ArcSwap<network::DatagramContext>>),
+}
+
+impl Served {
+    /// Gives a bound listener its new context; false when the listener
+    /// serves another kind and must be bound again.
+    fn swap(&self, compiled: Compiled) -> Result<(), Compiled> {
+        match (self, compiled) {
+            (Served::Http(frontend), Compiled::Http(context)) => frontend.context.store(Arc::from(context)),
+            (Served::Stream(served), Compiled::Stream(context)) => served.store(Arc::new(context)),
+            (Served::Datagram(served), Compiled::Datagram(context)) => served.store(Arc::new(context)),
+            (_, compiled) => return Err(compiled),
+        }
+        Ok(())
+    }
+}
+
 /// A bound listener and its accept task.
 struct ListenerHandle {
-    frontend: Arc<Frontend>,
+    served: Served,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 /// A listener of the configuration whose port is not bound (yet).
 struct Unbound {
-    context: ListenerContext,
+    compiled: Compiled,
     error: String,
 }
 
@@ -196,8 +240,8 @@ struct Proxy {
     upstream: Upstream,
     board: Arc<StatusBoard>,
     groups: BTreeMap<String, GroupHandle>,
-    listeners: BTreeMap<u16, ListenerHandle>,
-    unbound: BTreeMap<u16, Unbound>,
+    listeners: BTreeMap<ListenerKey, ListenerHandle>,
+    unbound: BTreeMap<ListenerKey, Unbound>,
     last_bind_attempt: Instant,
     /// Problems of the applied configuration (unsupported listeners, bad rules).
     config_errors: Vec<String>,
@@ -294,56 +338,72 @@ impl Proxy {
         }
 
         // Listeners: compile every usable one.
-        let mut contexts = BTreeMap::new();
+        let mut contexts: BTreeMap<ListenerKey, Compiled> = BTreeMap::new();
         for listener in &config.listeners {
             let port = listener.port;
+            let key = ListenerKey { port, udp: listener.protocol == ListenerProtocol::Udp };
+            if contexts.contains_key(&key) {
+                errors.push(format!("listener {port}: the port is used by another listener"));
+                continue;
+            }
             let tls = match listener.protocol {
-                ListenerProtocol::Http => None,
-                ListenerProtocol::Https => match listener_tls(&config, port) {
+                ListenerProtocol::Https | ListenerProtocol::Tls => match listener_tls(&config, port) {
                     Ok(acceptor) => Some(acceptor),
                     Err(err) => {
                         errors.push(format!("listener {port}: {err:#}"));
                         continue;
                     }
                 },
-                _ => {
-                    let protocol = lbctl_spec::wire_name(&listener.protocol);
-                    errors.push(format!("listener {port}: {protocol} listeners are not supported yet"));
-                    continue;
-                }
+                ListenerProtocol::Http | ListenerProtocol::Tcp | ListenerProtocol::Udp => None,
             };
-            if contexts.contains_key(&port) {
-                errors.push(format!("listener {port}: the port is used by another listener"));
-                continue;
-            }
             let groups = &self.groups;
             let mut resolve =
                 |name: &str| groups.get(name).map(|it| it.group.clone()).unwrap_or_else(|| TargetGroup::new(name));
-            let (mut context, problems) = ListenerContext::compile(listener, &config, &mut resolve);
-            context.tls = tls;
-            errors.extend(problems.into_iter().map(|it| format!("listener {port}: {it}")));
-            contexts.insert(port, context);
+            let compiled = match listener.protocol {
+                ListenerProtocol::Http | ListenerProtocol::Https => {
+                    let (mut context, problems) = ListenerContext::compile(listener, &config, &mut resolve);
+                    context.tls = tls;
+                    errors.extend(problems.into_iter().map(|it| format!("listener {port}: {it}")));
+                    Compiled::Http(Box::new(context))
+                }
+                ListenerProtocol::Tcp | ListenerProtocol::Tls | ListenerProtocol::Udp => {
+                    // Validation allows a network listener one target group.
+                    let Some(group) = referenced_groups(listener).next() else {
+                        errors.push(format!("listener {port}: a network listener forwards to one target group"));
+                        continue;
+                    };
+                    let group = resolve(group);
+                    if key.udp {
+                        Compiled::Datagram(network::DatagramContext { group, bind_ip: config.bind_ip })
+                    } else {
+                        let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+                        Compiled::Stream(network::StreamContext { group, tls, idle_timeout })
+                    }
+                }
+            };
+            contexts.insert(key, compiled);
         }
 
-        // Close what is gone, swap the rules of what stays, bind what is new.
+        // Close what is gone, swap the contexts of what stays, bind what is new.
         let rebind = previous.as_ref().is_some_and(|it| it.bind_ip != config.bind_ip);
-        let closing: Vec<u16> =
-            self.listeners.keys().copied().filter(|port| rebind || !contexts.contains_key(port)).collect();
-        for port in closing {
-            if let Some(listener) = self.listeners.remove(&port) {
-                eprintln!("proxy {}: closing port {port}", config.name);
-                let _ = listener.stop.send(true);
-                self.retiring.push(listener.task);
-            }
+        let closing: Vec<ListenerKey> =
+            self.listeners.keys().copied().filter(|key| rebind || !contexts.contains_key(key)).collect();
+        for key in closing {
+            self.close_listener(key);
         }
         self.unbound.clear();
-        for (port, context) in contexts {
-            match self.listeners.get(&port) {
-                Some(listener) => listener.frontend.context.store(Arc::new(context)),
-                None => {
-                    self.unbound.insert(port, Unbound { context, error: String::new() });
-                }
-            }
+        for (key, compiled) in contexts {
+            let compiled = match self.listeners.get(&key) {
+                Some(listener) => match listener.served.swap(compiled) {
+                    Ok(()) => continue,
+                    Err(compiled) => {
+                        self.close_listener(key);
+                        compiled
+                    }
+                },
+                None => compiled,
+            };
+            self.unbound.insert(key, Unbound { compiled, error: String::new() });
         }
         self.config = Some(config);
         self.applied = digest;
@@ -352,30 +412,63 @@ impl Proxy {
         self.publish();
     }
 
+    /// Stops a listener's accepting; what it accepted finishes on its own.
+    fn close_listener(&mut self, key: ListenerKey) {
+        if let Some(listener) = self.listeners.remove(&key) {
+            let transport = if key.udp { "udp" } else { "tcp" };
+            eprintln!("proxy {}: closing {transport} port {}", self.name(), key.port);
+            let _ = listener.stop.send(true);
+            self.retiring.push(listener.task);
+        }
+    }
+
     /// Binds the ports not bound yet; true when any was.
     async fn bind_pending(&mut self) -> bool {
         self.last_bind_attempt = Instant::now();
         let Some(config) = &self.config else { return false };
         let (ip, name) = (config.bind_ip, config.name.clone());
         let mut bound = false;
-        let ports: Vec<u16> = self.unbound.keys().copied().collect();
-        for port in ports {
-            match TcpListener::bind((ip, port)).await {
-                Ok(listener) => {
-                    let pending = self.unbound.remove(&port).expect("listed above");
-                    let frontend = Arc::new(Frontend {
-                        context: ArcSwap::from_pointee(pending.context),
-                        upstream: self.upstream.clone(),
-                    });
+        let keys: Vec<ListenerKey> = self.unbound.keys().copied().collect();
+        for key in keys {
+            let port = key.port;
+            let attempt = if key.udp {
+                UdpSocket::bind((ip, port)).await.map(Bound::Udp)
+            } else {
+                TcpListener::bind((ip, port)).await.map(Bound::Tcp)
+            };
+            match attempt {
+                Ok(socket) => {
+                    let pending = self.unbound.remove(&key).expect("listed above");
                     let (stop, stopped) = watch::channel(false);
-                    let task = tokio::spawn(accept_loop(listener, frontend.clone(), stopped));
-                    eprintln!("proxy {name}: listening on {ip}:{port}");
-                    self.listeners.insert(port, ListenerHandle { frontend, stop, task });
+                    let (served, task) = match (pending.compiled, socket) {
+                        (Compiled::Http(context), Bound::Tcp(listener)) => {
+                            let frontend = Arc::new(Frontend {
+                                context: ArcSwap::from(Arc::from(context)),
+                                upstream: self.upstream.clone(),
+                            });
+                            let task = tokio::spawn(accept_loop(listener, frontend.clone(), stopped));
+                            (Served::Http(frontend), task)
+                        }
+                        (Compiled::Stream(context), Bound::Tcp(listener)) => {
+                            let context = Arc::new(ArcSwap::from_pointee(context));
+                            let task = tokio::spawn(network::accept_streams(listener, context.clone(), stopped));
+                            (Served::Stream(context), task)
+                        }
+                        (Compiled::Datagram(context), Bound::Udp(socket)) => {
+                            let context = Arc::new(ArcSwap::from_pointee(context));
+                            let task = tokio::spawn(network::serve_datagrams(socket, context.clone(), stopped));
+                            (Served::Datagram(context), task)
+                        }
+                        _ => unreachable!("UDP keys hold datagram contexts and bind UDP sockets"),
+                    };
+                    let transport = if key.udp { "udp" } else { "tcp" };
+                    eprintln!("proxy {name}: listening on {transport} {ip}:{port}");
+                    self.listeners.insert(key, ListenerHandle { served, stop, task });
                     bound = true;
                 }
                 Err(err) => {
                     let error = format!("listener {port}: cannot listen on {ip}:{port}: {err}");
-                    let pending = self.unbound.get_mut(&port).expect("listed above");
+                    let pending = self.unbound.get_mut(&key).expect("listed above");
                     if pending.error != error {
                         eprintln!("proxy {name}: {error}");
                         pending.error = error;
@@ -393,7 +486,8 @@ impl Proxy {
         if let Some((_, problem)) = &self.rejected {
             errors.push(format!("configuration not applied: {problem}"));
         }
-        let listening = self.listeners.keys().copied().collect();
+        let listening: BTreeSet<u16> = self.listeners.keys().map(|it| it.port).collect();
+        let listening = listening.into_iter().collect();
         let groups = self.groups.values().map(|it| it.group.clone()).collect();
         let digest = self.applied.clone();
         self.board.update(move |report| {
@@ -420,7 +514,13 @@ impl Proxy {
     }
 }
 
-/// The TLS acceptor of the HTTPS listener on `port`, from the certificate
+/// A bound listening socket.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// The TLS acceptor of the HTTPS or TLS listener on `port`, from the certificate
 /// files the configuration gives for it.
 fn listener_tls(config: &ProxyConfig, port: u16) -> Result<tokio_rustls::TlsAcceptor> {
     let files = config.certificates.get(&port).context("the configuration names no certificate files for it")?;

@@ -25,6 +25,11 @@
 //! the proxy starts (so cookies do not outlive the proxy process). A request
 //! whose cookie is valid and names a target that is still routable goes to
 //! that target; any other gets a target as usual and a new cookie.
+//!
+//! **Flow hash** (network load balancers): a connection or UDP flow goes to
+//! the routable target its flow hash picks, whatever the algorithm; it stays
+//! there for its life because the connection is bound to it, not because
+//! selection remembers it.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::Ipv4Addr;
@@ -41,6 +46,7 @@ use hyper::HeaderMap;
 use lbctl_spec::Algorithm;
 use rand::Rng;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::lambda::Function;
 use super::upstream::{Http1Pool, Http2Connection};
@@ -77,6 +83,9 @@ pub struct Backend {
     sticky_key: u64,
     requests: AtomicU64,
     in_flight: AtomicU64,
+    /// Cancelled when the target leaves its group (drained, or the group
+    /// is gone): connections still relayed to it close then.
+    retired: CancellationToken,
 }
 
 impl Backend {
@@ -105,7 +114,19 @@ impl Backend {
             sticky_key: STICKY_SECRET.hash_one(("target", id)),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            retired: CancellationToken::new(),
         }
+    }
+
+    /// Marks the target as gone from its group: what still relays to it
+    /// stops (`retired`).
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    /// Resolves once the target has left its group.
+    pub fn retired(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.retired.cancelled()
     }
 
     /// Requests forwarded to it so far.
@@ -354,6 +375,19 @@ impl Balancer {
         (0..count)
             .map(|offset| &candidates.backends[(start + offset) % count])
             .find(|it| !std::ptr::eq(it.as_ref(), failed))
+            .cloned()
+    }
+
+    /// The target of a new flow with hash `hash`: the routable target at
+    /// the hash's place, or, when `avoid` is given, the next one that is not
+    /// it (a connection to `avoid` failed). `None` when nothing (else) is routable.
+    pub fn select_flow(&self, hash: u64, avoid: Option<&Backend>) -> Option<Arc<Backend>> {
+        let candidates = self.candidates.load();
+        let count = candidates.backends.len();
+        let start = (hash % count.max(1) as u64) as usize;
+        (0..count)
+            .map(|offset| &candidates.backends[(start + offset) % count])
+            .find(|it| avoid.is_none_or(|avoid| !std::ptr::eq(it.as_ref(), avoid)))
             .cloned()
     }
 

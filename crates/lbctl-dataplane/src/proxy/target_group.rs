@@ -100,6 +100,13 @@ impl TargetGroup {
         self.balancer.select_with(headers)
     }
 
+    /// The target of a new connection or UDP flow with flow hash `hash`,
+    /// avoiding `avoid` (a target it could not connect to); see
+    /// `Balancer::select_flow`.
+    pub fn select_flow(&self, hash: u64, avoid: Option<&Backend>) -> Option<Arc<Backend>> {
+        self.balancer.select_flow(hash, avoid)
+    }
+
     /// The target for the retry of a request `failed` could not answer, if
     /// another one is routable.
     pub fn select_other(&self, failed: &Backend) -> Option<Arc<Backend>> {
@@ -278,6 +285,7 @@ impl Table {
                 eprintln!("target group {name}: group.json is gone; dropping its targets");
             }
             let changed = !self.entries.is_empty() || self.settings.is_some();
+            self.entries.values().for_each(|it| it.backend.retire());
             self.entries.clear();
             self.settings = None;
             return changed;
@@ -295,6 +303,7 @@ impl Table {
         };
         if self.settings.as_ref().is_some_and(|old| old.lambda != settings.lambda) {
             // Functions and addresses are different targets: start afresh.
+            self.entries.values().for_each(|it| it.backend.retire());
             self.entries.clear();
             changed = true;
         }
@@ -437,6 +446,8 @@ impl Table {
             let keep = entry.drain_until.is_none_or(|until| now < until && entry.backend.in_flight() > 0);
             if !keep {
                 eprintln!("target group {name}: {} drained", target.id);
+                // Connections a network load balancer still relays to it close now.
+                entry.backend.retire();
             }
             keep
         });

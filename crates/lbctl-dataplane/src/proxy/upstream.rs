@@ -58,6 +58,9 @@ pub struct Transport {
     pub tls: bool,
     /// HTTP/2 to the target (`protocol_version: HTTP2` or `GRPC`).
     pub http2: bool,
+    /// A PROXY protocol v2 header first on every connection (network load
+    /// balancers, `proxy_protocol_v2: true`).
+    pub proxy_protocol: bool,
 }
 
 impl Transport {
@@ -67,15 +70,16 @@ impl Transport {
         Transport {
             tls: group.protocol == TargetProtocol::Https,
             http2: matches!(group.protocol_version, ProtocolVersion::Http2 | ProtocolVersion::Grpc),
+            proxy_protocol: group.proxy_protocol_v2,
         }
     }
 
     fn to_bits(self) -> u8 {
-        u8::from(self.tls) | (u8::from(self.http2) << 1)
+        u8::from(self.tls) | (u8::from(self.http2) << 1) | (u8::from(self.proxy_protocol) << 2)
     }
 
     fn from_bits(bits: u8) -> Transport {
-        Transport { tls: bits & 1 != 0, http2: bits & 2 != 0 }
+        Transport { tls: bits & 1 != 0, http2: bits & 2 != 0, proxy_protocol: bits & 4 != 0 }
     }
 }
 
@@ -170,12 +174,12 @@ impl Upstream {
         request: Request<UpstreamBody>,
     ) -> Result<Exchange, UpstreamError> {
         match transport {
-            Transport { http2: false, tls: false } => backend.h1.send(backend, request).await,
-            Transport { http2: false, tls: true } => {
+            Transport { http2: false, tls: false, .. } => backend.h1.send(backend, request).await,
+            Transport { http2: false, tls: true, .. } => {
                 let response = self.http1_tls.request(request).await.map_err(UpstreamError::from_client)?;
                 Ok(Exchange { response, connection: None })
             }
-            Transport { http2: true, tls } => {
+            Transport { http2: true, tls, .. } => {
                 // Boxed: the HTTP/2 path's state (connecting, TLS, handshake)
                 // would otherwise enlarge every request's future.
                 let addr = SocketAddr::from((backend.ip, backend.port));

@@ -1,0 +1,297 @@
+//! Network load balancer listeners: TCP, TLS and UDP.
+//!
+//! A TCP connection goes to the routable target its flow hash picks (a keyed
+//! hash of the client's and the listener's address and port) and stays there
+//! for its life; on a TLS listener the handshake completes first and the
+//! decrypted bytes go to the target. A target that refuses the connection is
+//! reported (passive health) and the next routable one is tried, so a client
+//! sees a refusal only when no target accepts. With `proxy_protocol_v2` on
+//! the target group, a PROXY v2 header with the client's address precedes
+//! the client's bytes.
+//!
+//! UDP: each client address and port is a flow with its own connected socket
+//! to its target, bound to the load balancer's address; replies come back
+//! from the listener's socket. A flow ends after `UDP_FLOW_IDLE` without a
+//! datagram either way (AWS's fixed UDP idle timeout).
+//!
+//! Both count as in flight on their target while open, so draining waits
+//! for them, and both close when their target is retired (drained past its
+//! deregistration delay). A configuration change replaces the context new
+//! connections read; open ones keep their target.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::relay::{self, CopyPump, Ended, SplicePump};
+use super::selection::{Backend, InFlight};
+use super::target_group::TargetGroup;
+use super::TLS_HANDSHAKE_TIMEOUT;
+
+/// How long connecting to a target may take (AWS: 10 seconds).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a UDP flow lives without a datagram either way (AWS: 120 s).
+pub const UDP_FLOW_IDLE: Duration = Duration::from_secs(120);
+/// How often ended UDP flows are forgotten.
+const UDP_SWEEP: Duration = Duration::from_secs(1);
+/// The largest UDP datagram.
+const MAX_DATAGRAM: usize = 65_535;
+
+thread_local! {
+    /// Where a thread's UDP flows receive their targets' replies.
+    static REPLY_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+/// The key of flow hashes, drawn once per process.
+static FLOW_SECRET: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+/// A flow's hash: which target a new connection or UDP flow goes to.
+fn flow_hash(client: SocketAddr, listener: SocketAddr, udp: bool) -> u64 {
+    FLOW_SECRET.hash_one((client, listener, udp))
+}
+
+/// What a TCP or TLS listener serves; replaced as a whole on reload.
+pub struct StreamContext {
+    /// The target group of the default action.
+    pub group: Arc<TargetGroup>,
+    /// The TLS acceptor of a TLS listener.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// How long a connection may move no byte.
+    pub idle_timeout: Duration,
+}
+
+/// What a UDP listener serves; replaced as a whole on reload.
+pub struct DatagramContext {
+    /// The target group of the default action.
+    pub group: Arc<TargetGroup>,
+    /// The load balancer's address, which flows to targets are bound to.
+    pub bind_ip: Ipv4Addr,
+}
+
+/// Accepts TCP connections until told to stop. Open connections are not
+/// ended with the listener: they keep flowing until they close, idle out or
+/// their target is retired.
+pub async fn accept_streams(
+    listener: TcpListener,
+    context: Arc<ArcSwap<StreamContext>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, client)) => {
+                    tokio::spawn(serve_stream(stream, client, context.load_full()));
+                }
+                Err(err) => {
+                    if !matches!(err.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+                        eprintln!("proxy: accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A client connection, decrypted or not.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Relays one client connection to its target.
+async fn serve_stream(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>) {
+    let Ok(local) = client.local_addr() else { return };
+    let _ = client.set_nodelay(true);
+    let client = match &context.tls {
+        None => Client::Plain(client),
+        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await {
+            Ok(Ok(stream)) => Client::Tls(Box::new(stream)),
+            _ => return,
+        },
+    };
+    let Some((backend, mut target)) = connect(&context.group, flow_hash(peer, local, false)).await else { return };
+    let _flow = InFlight::start(backend.clone());
+    let _ = target.set_nodelay(true);
+    if context.group.transport().proxy_protocol {
+        let header = proxy_header(peer, local, ppp::v2::Protocol::Stream);
+        if target.write_all(&header).await.is_err() {
+            return;
+        }
+    }
+    let idle = context.idle_timeout;
+    let ended = match client {
+        Client::Plain(client) => {
+            let (up, down) = (SplicePump::new(&client, &target), SplicePump::new(&target, &client));
+            relay::relay(up, down, idle, backend.retired()).await
+        }
+        Client::Tls(stream) => {
+            let (client_read, client_write) = tokio::io::split(*stream);
+            let (target_read, target_write) = target.into_split();
+            let (up, down) = (CopyPump::new(client_read, target_write), CopyPump::new(target_read, client_write));
+            relay::relay(up, down, idle, backend.retired()).await
+        }
+    };
+    match ended {
+        Ended::Closed | Ended::Failed => {}
+        Ended::Idle => eprintln!("proxy: closed the idle connection of {peer} to {}", backend.id),
+        Ended::Stopped => eprintln!("proxy: closed the connection of {peer} to {}: the target drained", backend.id),
+    }
+}
+
+/// A connection to the target of flow `hash`: the routable target the hash
+/// picks, or, when it refuses, the next one (each refusal reported for
+/// passive health). `None` when no target accepts.
+async fn connect(group: &TargetGroup, hash: u64) -> Option<(Arc<Backend>, TcpStream)> {
+    let mut refused: Option<Arc<Backend>> = None;
+    for _ in 0..2 {
+        let backend = group.select_flow(hash, refused.as_deref())?;
+        let address = SocketAddr::from((backend.ip, backend.port));
+        let error = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Some((backend, stream)),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("connecting timed out after {}", lbctl_spec::Duration(CONNECT_TIMEOUT)),
+        };
+        group.report_connection_failure(&backend, &error);
+        refused = Some(backend);
+    }
+    None
+}
+
+/// Sends a datagram on `socket` at once, without the readiness tokio's
+/// `try_send_to` waits to have seen (a socket that has only received yet
+/// has not seen any).
+fn send_to(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(socket).send_to(datagram, &to.into())
+}
+
+/// A PROXY protocol v2 header: this connection (or flow) is `client`'s, to
+/// the listener at `listener`.
+fn proxy_header(client: SocketAddr, listener: SocketAddr, protocol: ppp::v2::Protocol) -> Vec<u8> {
+    use ppp::v2::{Builder, Command, Version};
+    Builder::with_addresses(Version::Two | Command::Proxy, protocol, (client, listener))
+        .build()
+        .expect("two IPv4 addresses fit a header")
+}
+
+/// Relays UDP datagrams until told to stop; then every flow ends.
+pub async fn serve_datagrams(
+    socket: UdpSocket,
+    context: Arc<ArcSwap<DatagramContext>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let socket = Arc::new(socket);
+    let Ok(local) = socket.local_addr() else { return };
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let mut sweep = tokio::time::interval(UDP_SWEEP);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = sweep.tick() => flows.retain(|_, flow| !flow.replies.is_finished()),
+            received = socket.recv_from(&mut buffer) => {
+                let Ok((length, peer)) = received else { continue };
+                let flow = match flows.get(&peer) {
+                    Some(flow) if !flow.replies.is_finished() => flow,
+                    _ => {
+                        let Some(flow) = open_flow(&context.load(), &socket, peer, local).await else { continue };
+                        flows.entry(peer).insert_entry(flow).into_mut()
+                    }
+                };
+                flow.last_datagram.store(flow.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                // A full send buffer waits (briefly: the target's socket is
+                // local); a send that fails drops the datagram, as UDP may.
+                let _ = flow.upstream.send(&buffer[..length]).await;
+            }
+        }
+    }
+    for flow in flows.into_values() {
+        flow.replies.abort();
+    }
+}
+
+/// A UDP flow: one client address and port, one target.
+struct Flow {
+    upstream: Arc<UdpSocket>,
+    /// When the flow opened; `last_datagram` counts milliseconds from it.
+    epoch: Instant,
+    /// When the last datagram moved either way.
+    last_datagram: Arc<AtomicU64>,
+    replies: JoinHandle<()>,
+}
+
+/// Opens the flow of `peer`: a socket connected to the target its flow
+/// hash picks, and a task passing the target's replies back.
+async fn open_flow(
+    context: &DatagramContext,
+    listener: &Arc<UdpSocket>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<Flow> {
+    let backend = context.group.select_flow(flow_hash(peer, local, true), None)?;
+    let upstream = UdpSocket::bind((context.bind_ip, 0)).await.ok()?;
+    upstream.connect((backend.ip, backend.port)).await.ok()?;
+    let upstream = Arc::new(upstream);
+    let epoch = Instant::now();
+    let last_datagram = Arc::new(AtomicU64::new(0));
+    let replies =
+        tokio::spawn(pass_replies(upstream.clone(), listener.clone(), peer, backend, epoch, last_datagram.clone()));
+    Some(Flow { upstream, epoch, last_datagram, replies })
+}
+
+/// Passes a flow's replies from its target to its client until the flow is
+/// idle for `UDP_FLOW_IDLE` or its target is retired.
+async fn pass_replies(
+    upstream: Arc<UdpSocket>,
+    listener: Arc<UdpSocket>,
+    peer: SocketAddr,
+    backend: Arc<Backend>,
+    epoch: Instant,
+    last_datagram: Arc<AtomicU64>,
+) {
+    let _flow = InFlight::start(backend.clone());
+    let idle = tokio::time::sleep(UDP_FLOW_IDLE);
+    let retired = backend.retired();
+    tokio::pin!(idle, retired);
+    loop {
+        tokio::select! {
+            () = &mut retired => return,
+            ready = upstream.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                // The thread's buffer, not one per flow: an idle flow holds
+                // no buffer. The listener's socket sends without waiting: a
+                // reply it has no room for is dropped, as UDP may.
+                // Would block ends it; so does a closed port on the target
+                // (ICMP unreachable): the flow stays, and the target's health
+                // checks take it out of rotation.
+                REPLY_BUFFER.with_borrow_mut(|buffer| {
+                    while let Ok(length) = upstream.try_recv(buffer) {
+                        last_datagram.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        let _ = send_to(&listener, &buffer[..length], peer);
+                    }
+                });
+            }
+            () = &mut idle => {
+                let deadline = epoch + Duration::from_millis(last_datagram.load(Ordering::Relaxed)) + UDP_FLOW_IDLE;
+                if deadline <= Instant::now() {
+                    return;
+                }
+                idle.as_mut().reset(deadline);
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Moving bytes both ways between a client connection and a target
+//! connection, for network load balancers.
+//!
+//! Plain TCP on both sides: `splice(2)` through a pipe per direction, so the
+//! payload goes socket -> pipe -> socket inside the kernel and is never
+//! copied to user space (HAProxy's `option splice-auto`). Pipes come from a
+//! per-thread pool and go back to it empty, so a short connection costs no
+//! `pipe2`/`close` calls once the pool is warm, and an idle connection holds
+//! no pipe pages. A TLS client connection is relayed through a small buffer
+//! per direction instead, as its bytes must be decrypted in user space.
+//!
+//! A relay ends when both directions have seen end of stream (a half-close
+//! is passed on as a half-close), on an error, when no byte has moved either
+//! way for the idle timeout, or when `stop` resolves (its target drained).
+//! Every step awaits readiness and keeps its progress in its pump, so the
+//! relay loop can drop a step at any await without losing bytes.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Bytes one `splice` call moves at most: a default pipe's capacity.
+const SPLICE_CHUNK: usize = 64 * 1024;
+/// Empty pipes kept per thread for the next connections.
+const POOLED_PIPES: usize = 128;
+/// The buffer of each direction of a TLS relay: one TLS record.
+const COPY_BUFFER: usize = 16 * 1024;
+
+/// Why a relay ended, for the caller's log and counters.
+#[derive(Debug)]
+pub enum Ended {
+    /// Both directions finished.
+    Closed,
+    /// No byte moved either way for the idle timeout.
+    Idle,
+    /// `stop` resolved.
+    Stopped,
+    /// A socket failed (a reset, typically: nothing to report).
+    Failed,
+}
+
+/// One direction of a relay.
+pub trait Pump {
+    /// Moves the next bytes (or passes on the end of stream).
+    fn step(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Whether the end of stream has been passed on.
+    fn finished(&self) -> bool;
+}
+
+/// Relays with `up` (client to target) and `down` (target to client) until
+/// both finish, one fails, the connection is idle for `idle`, or `stop`
+/// resolves.
+pub async fn relay(mut up: impl Pump, mut down: impl Pump, idle: Duration, stop: impl Future<Output = ()>) -> Ended {
+    let mut last_moved = Instant::now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer, stop);
+    loop {
+        if up.finished() && down.finished() {
+            return Ended::Closed;
+        }
+        tokio::select! {
+            biased;
+            () = &mut stop => return Ended::Stopped,
+            result = up.step(), if !up.finished() => match result {
+                Ok(()) => last_moved = Instant::now(),
+                Err(_) => return Ended::Failed,
+            },
+            result = down.step(), if !down.finished() => match result {
+                Ok(()) => last_moved = Instant::now(),
+                Err(_) => return Ended::Failed,
+            },
+            // The timer is re-armed from the last move instead of on every
+            // move: one timer update per idle period, not per chunk.
+            () = &mut idle_timer => {
+                let deadline = last_moved + idle;
+                if deadline <= Instant::now() {
+                    return Ended::Idle;
+                }
+                idle_timer.as_mut().reset(deadline);
+            }
+        }
+    }
+}
+
+/// A pipe: the kernel buffer `splice` moves pages through.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+thread_local! {
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pipe {
+    /// An empty pipe, from the pool when it has one.
+    fn take() -> io::Result<Pipe> {
+        if let Some(pipe) = PIPES.with_borrow_mut(Vec::pop) {
+            return Ok(pipe);
+        }
+        let mut fds: [RawFd; 2] = [-1; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are new and ours alone.
+        Ok(unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } })
+    }
+
+    /// Returns an empty pipe to the pool (or closes it when the pool is full).
+    fn give_back(self) {
+        PIPES.with_borrow_mut(|pool| {
+            if pool.len() < POOLED_PIPES {
+                pool.push(self);
+            }
+        });
+    }
+}
+
+/// `splice(2)` of up to `len` bytes from `from` to `to`, without blocking.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors and no offsets (sockets and pipes have none).
+    let moved = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if moved < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(moved as usize)
+    }
+}
+
+/// Closes the write side of a socket: the peer reads end of stream.
+fn shutdown_write(socket: &TcpStream) {
+    // SAFETY: a live socket descriptor; a failure (already closed) is harmless.
+    unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) };
+}
+
+/// One direction between two plain TCP sockets, through a pipe.
+pub struct SplicePump<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    /// Taken on the first bytes, given back empty.
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet written to `to`.
+    pending: usize,
+    finished: bool,
+}
+
+impl<'a> SplicePump<'a> {
+    /// Bytes from `from` to `to`.
+    pub fn new(from: &'a TcpStream, to: &'a TcpStream) -> SplicePump<'a> {
+        SplicePump { from, to, pipe: None, pending: 0, finished: false }
+    }
+}
+
+impl Pump for SplicePump<'_> {
+    async fn step(&mut self) -> io::Result<()> {
+        if self.pending == 0 {
+            if self.pipe.is_none() {
+                self.pipe = Some(Pipe::take()?);
+            }
+            let into = self.pipe.as_ref().map(|it| it.write.as_raw_fd()).expect("taken above");
+            let from = self.from.as_raw_fd();
+            let moved = loop {
+                self.from.readable().await?;
+                match self.from.try_io(Interest::READABLE, || splice(from, into, SPLICE_CHUNK)) {
+                    Ok(moved) => break moved,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(err) => return Err(err),
+                }
+            };
+            if moved == 0 {
+                shutdown_write(self.to);
+                self.finished = true;
+                return Ok(());
+            }
+            self.pending = moved;
+        }
+        let out = self.pipe.as_ref().map(|it| it.read.as_raw_fd()).expect("holds the pending bytes");
+        let to = self.to.as_raw_fd();
+        while self.pending > 0 {
+            self.to.writable().await?;
+            let pending = self.pending;
+            match self.to.try_io(Interest::WRITABLE, || splice(out, to, pending)) {
+                Ok(moved) => self.pending -= moved,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.finished
+    }
+}
+
+impl Drop for SplicePump<'_> {
+    fn drop(&mut self) {
+        // A pipe still holding bytes of a broken connection is closed instead.
+        if let Some(pipe) = self.pipe.take().filter(|_| self.pending == 0) {
+            pipe.give_back();
+        }
+    }
+}
+
+/// One direction through a buffer, for streams `splice` cannot reach into
+/// (TLS).
+pub struct CopyPump<R, W> {
+    from: R,
+    to: W,
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    finished: bool,
+}
+
+impl<R, W> CopyPump<R, W> {
+    /// Bytes from `from` to `to`.
+    pub fn new(from: R, to: W) -> CopyPump<R, W> {
+        CopyPump { from, to, buffer: vec![0; COPY_BUFFER].into_boxed_slice(), start: 0, end: 0, finished: false }
+    }
+}
+
+impl<R, W> Pump for CopyPump<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    async fn step(&mut self) -> io::Result<()> {
+        if self.start == self.end {
+            // Reading is cancel-safe: nothing is lost if the loop drops it.
+            let read = self.from.read(&mut self.buffer).await?;
+            if read == 0 {
+                self.finished = true;
+                return self.to.shutdown().await;
+            }
+            (self.start, self.end) = (0, read);
+        }
+        while self.start < self.end {
+            let written = self.to.write(&self.buffer[self.start..self.end]).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.start += written;
+        }
+        self.to.flush().await
+    }
+
+    fn finished(&self) -> bool {
+        self.finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// client <-> (a | relay | b) <-> target: bytes both ways, then
+    /// half-closes passed on, and the relay ends `Closed`.
+    #[tokio::test]
+    async fn splice_relay_moves_bytes_and_half_closes() {
+        let (mut client, a) = pair().await;
+        let (b, mut target) = pair().await;
+        let relay = tokio::spawn(async move {
+            relay(SplicePump::new(&a, &b), SplicePump::new(&b, &a), Duration::from_secs(5), std::future::pending())
+                .await
+        });
+        let payload: Vec<u8> = (0..3_000_000u32).map(|it| it as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            answer
+        });
+        let mut received = Vec::new();
+        target.read_to_end(&mut received).await.unwrap();
+        assert!(received == payload, "{} bytes of {} arrived intact", received.len(), payload.len());
+        target.write_all(b"bye").await.unwrap();
+        target.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"bye");
+        assert!(matches!(relay.await.unwrap(), Ended::Closed));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_and_stopped_targets_end_the_relay() {
+        let (_client, a) = pair().await;
+        let (b, _target) = pair().await;
+        let started = Instant::now();
+        let ended = relay(SplicePump::new(&a, &b), SplicePump::new(&b, &a), Duration::from_millis(200), async {
+            std::future::pending::<()>().await
+        })
+        .await;
+        assert!(matches!(ended, Ended::Idle), "{ended:?}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+
+        let ended = relay(SplicePump::new(&a, &b), SplicePump::new(&b, &a), Duration::from_secs(60), async {}).await;
+        assert!(matches!(ended, Ended::Stopped), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn copy_relay_moves_bytes() {
+        let (mut client, a) = pair().await;
+        let (b, mut target) = pair().await;
+        let relay = tokio::spawn(async move {
+            let (a_read, a_write) = a.into_split();
+            let (b_read, b_write) = b.into_split();
+            relay(
+                CopyPump::new(a_read, b_write),
+                CopyPump::new(b_read, a_write),
+                Duration::from_secs(5),
+                std::future::pending(),
+            )
+            .await
+        });
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        target.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, b"ping");
+        target.write_all(b"pong").await.unwrap();
+        drop(target);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"pong");
+        assert!(matches!(relay.await.unwrap(), Ended::Closed));
+    }
+}
