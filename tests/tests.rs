@@ -46,3 +46,6 @@ mod tls;
 
 /// Project conventions as tests.
 mod tidy;
+
+/// Network load balancer connections over time: the example, draining, idle timeout.
+mod nlb_lifecycle;

@@ -1,7 +1,7 @@
 //! `LocalProvider`: create, read, update and delete resources as processes
 //! and runtime files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -533,6 +533,26 @@ impl LocalProvider {
         Ok(Readiness::Waiting(format!("{healthy} of {desired} instances healthy{detail}{latest}")))
     }
 
+    /// Readiness of a target group: every running load balancer that routes
+    /// to it routes to exactly its registered targets, so that when apply
+    /// returns a deregistered target gets no new request or connection.
+    fn target_group_ready(&self, name: &str) -> Readiness {
+        let registered: BTreeSet<String> =
+            runtime::registered_targets(&self.layout, name).into_iter().map(|it| it.id).collect();
+        for (lb, status) in self.all_proxy_statuses() {
+            let Some(targets) = status.target_groups.get(name) else { continue };
+            let routed: BTreeSet<String> = targets
+                .iter()
+                .filter(|it| it.state != runtime::HealthState::Draining)
+                .map(|it| it.id.clone())
+                .collect();
+            if routed != registered {
+                return Readiness::Waiting(format!("load balancer {lb} has not picked up the registered targets yet"));
+            }
+        }
+        Readiness::Ready
+    }
+
     pub(crate) fn all_proxy_statuses(&self) -> Vec<(String, ProxyStatus)> {
         runtime::running_proxy_statuses(&self.layout)
     }
@@ -661,7 +681,8 @@ impl Provider for LocalProvider {
                 })
             }
             Kind::AutoscalingGroup => self.autoscaling_group_ready(current),
-            Kind::TargetGroup | Kind::Function => Ok(Readiness::Ready),
+            Kind::TargetGroup => Ok(self.target_group_ready(&current.address.name)),
+            Kind::Function => Ok(Readiness::Ready),
         }
     }
 
@@ -670,21 +691,14 @@ impl Provider for LocalProvider {
         for resource in resources.iter().filter(|it| it.address.kind == Kind::LoadBalancer) {
             let Ok(lb) = lb_settings(&resource.attributes) else { continue };
             let name = &resource.address.name;
-            let dns = lbctl_plan::dns_name(&self.options.stack, name);
-            outputs.insert(format!("{name}_dns_name"), dns.clone());
-            // A network load balancer is reached at its static IP: `*.localhost`
-            // resolves to 127.0.0.1 only.
-            let data: ProcessData = private(resource);
-            if let Some(ip) = data.static_ip {
+            outputs.insert(format!("{name}_dns_name"), lbctl_plan::dns_name(&self.options.stack, name));
+            if let Some(ip) = private::<ProcessData>(resource).static_ip {
                 outputs.insert(format!("{name}_static_ip"), ip.to_string());
             }
-            for (idx, listener) in lb.listeners.iter().enumerate() {
-                let scheme = lbctl_spec::wire_name(&listener.protocol).to_lowercase();
-                let key = if idx == 0 { format!("{name}_url") } else { format!("{name}_url_{}", listener.port) };
-                let url = match data.static_ip {
-                    Some(ip) => format!("{scheme}://{ip}:{}", listener.port),
-                    None => format!("{scheme}://{dns}:{}/", listener.port),
-                };
+            for (idx, (listener, url)) in lb.listeners.iter().zip(self.listener_urls(resource, &lb)).enumerate() {
+                // A TCP and a UDP listener may share a port.
+                let udp = if listener.protocol == lbctl_spec::ListenerProtocol::Udp { "_udp" } else { "" };
+                let key = if idx == 0 { format!("{name}_url") } else { format!("{name}_url_{}{udp}", listener.port) };
                 outputs.insert(key, url);
             }
             if let Some(ca) = crate::certificates::self_signed_ca(&self.layout, name, &lb) {
@@ -711,9 +725,22 @@ impl LocalProvider {
         self.instances(name)
     }
 
-    /// The stack name.
-    pub(crate) fn stack(&self) -> &str {
-        &self.options.stack
+    /// The URL of each listener of a load balancer: its DNS name, or a
+    /// network load balancer's static IP (`*.localhost` resolves to
+    /// 127.0.0.1 only).
+    pub(crate) fn listener_urls(&self, resource: &ResourceState, lb: &LoadBalancer) -> Vec<String> {
+        let dns = lbctl_plan::dns_name(&self.options.stack, &resource.address.name);
+        let static_ip = private::<ProcessData>(resource).static_ip;
+        lb.listeners
+            .iter()
+            .map(|listener| {
+                let scheme = lbctl_spec::wire_name(&listener.protocol).to_lowercase();
+                match static_ip {
+                    Some(ip) => format!("{scheme}://{ip}:{}", listener.port),
+                    None => format!("{scheme}://{dns}:{}/", listener.port),
+                }
+            })
+            .collect()
     }
 
     /// The stack's state directory.

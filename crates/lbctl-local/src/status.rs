@@ -92,12 +92,7 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
         Kind::LoadBalancer => {
             let (pid, running) = provider.process_of(current);
             let lb = lb_settings(&current.attributes)?;
-            let dns = lbctl_plan::dns_name(provider.stack(), name);
-            let urls: Vec<String> = lb
-                .listeners
-                .iter()
-                .map(|it| format!("{}://{dns}:{}/", lbctl_spec::wire_name(&it.protocol).to_lowercase(), it.port))
-                .collect();
+            let urls = provider.listener_urls(current, &lb);
             let state = if running { format!("running (pid {pid})") } else { format!("NOT RUNNING (pid {pid} gone)") };
             let status = provider.all_proxy_statuses().into_iter().find(|(lb_name, _)| lb_name == name).map(|it| it.1);
             let mut rows = Vec::new();
