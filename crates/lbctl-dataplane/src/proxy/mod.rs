@@ -1,4 +1,5 @@
-//! The application load balancer process (`lbctl internal proxy CONFIG`).
+//! The load balancer process (`lbctl internal proxy CONFIG`): application
+//! and network load balancers alike.
 //!
 //! It serves one `ProxyConfig` (`lb/<name>/config.json`) until SIGTERM or
 //! SIGINT, reloading it whenever the file's bytes change, and reports through
