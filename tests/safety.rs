@@ -69,12 +69,13 @@ fn unsupported_features_are_shown_by_plan_and_refused_by_apply() {
     );
     let plan = stack.lbctl(&["plan"]).expect_code(0);
     assert!(
-        plan.stdout.contains("! target_groups.fixed.proxy_protocol_v2: the PROXY protocol is not supported yet"),
+        plan.stdout
+            .contains("! target_groups.fixed.proxy_protocol_v2: the PROXY protocol is sent on TCP connections only"),
         "{}",
         plan.stdout
     );
     let apply = stack.lbctl(&["apply", "--auto-approve"]).expect_code(1);
-    assert!(apply.stderr.contains("does not support yet"), "{}", apply.stderr);
+    assert!(apply.stderr.contains("the local provider does not support"), "{}", apply.stderr);
     assert!(!stack.dir.path().join(".lbctl/run").exists(), "nothing was started");
 }
 

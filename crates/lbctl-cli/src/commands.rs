@@ -159,7 +159,7 @@ fn refuse_unsupported(plan: &Plan) -> Result<()> {
         return Ok(());
     }
     let lines: Vec<String> = plan.unsupported.iter().map(|it| format!("{}: {}", it.path, it.message)).collect();
-    bail!("the spec uses features the local provider does not support yet:\n  {}", lines.join("\n  "))
+    bail!("the spec uses features the local provider does not support:\n  {}", lines.join("\n  "))
 }
 
 fn confirm(shell: &Shell, verb: &str, auto_approve: bool) -> Result<bool> {

@@ -378,7 +378,8 @@ impl Proxy {
                         Compiled::Datagram(network::DatagramContext { group, bind_ip: config.bind_ip })
                     } else {
                         let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
-                        Compiled::Stream(network::StreamContext { group, tls, idle_timeout })
+                        let address = SocketAddr::from((config.bind_ip, port));
+                        Compiled::Stream(network::StreamContext { group, tls, idle_timeout, address })
                     }
                 }
             };

@@ -68,6 +68,9 @@ pub struct StreamContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// How long a connection may move no byte.
     pub idle_timeout: Duration,
+    /// The listener's address: the destination of the PROXY header, part
+    /// of the flow hash (known, so no `getsockname` per connection).
+    pub address: SocketAddr,
 }
 
 /// What a UDP listener serves; replaced as a whole on reload.
@@ -112,7 +115,7 @@ enum Client {
 
 /// Relays one client connection to its target.
 async fn serve_stream(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>) {
-    let Ok(local) = client.local_addr() else { return };
+    let local = context.address;
     let _ = client.set_nodelay(true);
     let client = match &context.tls {
         None => Client::Plain(client),

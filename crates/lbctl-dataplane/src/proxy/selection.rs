@@ -532,6 +532,27 @@ mod tests {
         check(&[], "- - - - - -");
     }
 
+    /// A flow hash picks one routable target, the same every time; a
+    /// refused target is skipped; nothing routable is `None`.
+    #[test]
+    fn flows_are_placed_by_their_hash() {
+        let all = backends(3);
+        let balancer = balancer(&all, &[Healthy, Unhealthy, Healthy], Routing::default());
+        let pick = |hash: u64, avoid: Option<&Backend>| balancer.select_flow(hash, avoid).map(|it| it.id.clone());
+        assert_eq!(
+            (pick(0, None), pick(1, None), pick(2, None)),
+            (Some("t1".into()), Some("t3".into()), Some("t1".into()))
+        );
+        assert_eq!(pick(7, None), pick(7, None));
+        assert_eq!(pick(0, Some(&all[0])), Some("t3".into()));
+        let spread = shares(1000, || pick(rand::random(), None).unwrap());
+        assert!(spread.values().all(|it| *it > 400), "{spread:?}");
+        let lone = self::balancer(&all[..1], &[Healthy], Routing::default());
+        assert_eq!(lone.select_flow(5, Some(&all[0])).map(|it| it.id.clone()), None);
+        let empty = self::balancer(&[], &[], Routing::default());
+        assert!(empty.select_flow(5, None).is_none());
+    }
+
     #[test]
     fn a_retry_goes_to_another_target() {
         let all = backends(3);
