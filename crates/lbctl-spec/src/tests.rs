@@ -141,3 +141,38 @@ fn health_check_matchers_are_http_or_grpc_codes() {
         &["lbctl.yaml:7:30: target_groups.web.health_check.matcher: invalid matcher `0,100`: `100` is not a gRPC status code (0-99)"],
     );
 }
+
+#[test]
+fn network_load_balancers_and_alb_targets() {
+    let source = "version: 1
+name: edge
+load_balancers:
+  edge:
+    type: network
+    static_ip: 10.0.0.1
+    listeners:
+      - { port: 9000, protocol: TCP, default_action: { forward: via } }
+      - { port: 9000, protocol: UDP, default_action: { forward: via } }
+      - { port: 9001, protocol: HTTP, default_action: { forward: via } }
+  inner:
+    type: application
+    listeners: [{ port: 8080, protocol: HTTP, default_action: { fixed_response: { status_code: 200 } } }]
+target_groups:
+  via: { protocol: TCP, port: 8081, target_type: alb, targets: [{ load_balancer: inner }] }
+";
+    check(
+        source,
+        &[
+            "lbctl.yaml:6:16: load_balancers.edge.static_ip: `10.0.0.1` is not a loopback address; lbctl uses only 127.0.0.0/8",
+            "lbctl.yaml:10:33: load_balancers.edge.listeners[2].protocol: protocol HTTP is not valid here (network: TCP, TLS or UDP)",
+            "lbctl.yaml:15:65: target_groups.via.targets[0]: the port of an alb target must be a listener port of `inner` (8080); set the group's port",
+        ],
+    );
+    check(
+        &source.replace("10.0.0.1", "127.0.0.10").replace("8081", "8080").replace(
+            ", protocol: HTTP, default_action: { forward: via }",
+            ", protocol: TLS, certificate: self_signed, default_action: { forward: via }",
+        ),
+        &[],
+    );
+}
