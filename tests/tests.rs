@@ -44,6 +44,10 @@ mod worker;
 /// HTTPS listeners, HTTP/2 (ALPN, h2c), HTTPS and HTTP/2 target groups, gRPC.
 mod tls;
 
+/// Network load balancers: TCP, UDP and TLS listeners, static IPs, flow
+/// hashing, PROXY protocol v2, ALB targets, hitless applies.
+mod network;
+
 /// Project conventions as tests.
 mod tidy;
 

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -94,7 +94,11 @@ pub async fn accept_streams(
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
-                    tokio::spawn(serve_stream(stream, client, context.load_full()));
+                    let context = context.load_full();
+                    match context.tls.clone() {
+                        None => tokio::spawn(serve_plain(stream, client, context)),
+                        Some(acceptor) => tokio::spawn(serve_tls(stream, client, context, acceptor)),
+                    };
                 }
                 Err(err) => {
                     if !matches!(err.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
@@ -107,45 +111,48 @@ pub async fn accept_streams(
     }
 }
 
-/// A client connection, decrypted or not.
-enum Client {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+/// Relays one plain TCP client connection to its target.
+async fn serve_plain(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>) {
+    let _ = client.set_nodelay(true);
+    let Some((backend, target)) = open_target(&context, peer).await else { return };
+    let _flow = InFlight::start(backend.clone());
+    let ended = AtomicBool::new(false);
+    let (up, down) = SplicePump::pair(&client, &target, &ended);
+    log_end(peer, &backend, relay::relay(up, down, context.idle_timeout, backend.retired()).await);
 }
 
-/// Relays one client connection to its target.
-async fn serve_stream(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>) {
-    let local = context.address;
+/// Relays one TLS client connection, decrypted, to its target; its own
+/// task, so that plain connections do not carry a TLS handshake's state.
+async fn serve_tls(
+    client: TcpStream,
+    peer: SocketAddr,
+    context: Arc<StreamContext>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
     let _ = client.set_nodelay(true);
-    let client = match &context.tls {
-        None => Client::Plain(client),
-        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await {
-            Ok(Ok(stream)) => Client::Tls(Box::new(stream)),
-            _ => return,
-        },
-    };
-    let Some((backend, mut target)) = connect(&context.group, flow_hash(peer, local, false)).await else { return };
+    let Ok(Ok(client)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await else { return };
+    let Some((backend, target)) = open_target(&context, peer).await else { return };
     let _flow = InFlight::start(backend.clone());
+    let (client_read, client_write) = tokio::io::split(client);
+    let (target_read, target_write) = target.into_split();
+    let (up, down) = (CopyPump::new(client_read, target_write), CopyPump::new(target_read, client_write));
+    log_end(peer, &backend, relay::relay(up, down, context.idle_timeout, backend.retired()).await);
+}
+
+/// A connection to the target of `peer`'s flow, the PROXY header sent when
+/// the group wants one.
+async fn open_target(context: &StreamContext, peer: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
+    let (backend, mut target) = connect(&context.group, flow_hash(peer, context.address, false)).await?;
     let _ = target.set_nodelay(true);
     if context.group.transport().proxy_protocol {
-        let header = proxy_header(peer, local, ppp::v2::Protocol::Stream);
-        if target.write_all(&header).await.is_err() {
-            return;
-        }
+        let header = proxy_header(peer, context.address, ppp::v2::Protocol::Stream);
+        target.write_all(&header).await.ok()?;
     }
-    let idle = context.idle_timeout;
-    let ended = match client {
-        Client::Plain(client) => {
-            let (up, down) = (SplicePump::new(&client, &target), SplicePump::new(&target, &client));
-            relay::relay(up, down, idle, backend.retired()).await
-        }
-        Client::Tls(stream) => {
-            let (client_read, client_write) = tokio::io::split(*stream);
-            let (target_read, target_write) = target.into_split();
-            let (up, down) = (CopyPump::new(client_read, target_write), CopyPump::new(target_read, client_write));
-            relay::relay(up, down, idle, backend.retired()).await
-        }
-    };
+    Some((backend, target))
+}
+
+/// Logs why a relay ended when it was the load balancer's doing.
+fn log_end(peer: SocketAddr, backend: &Backend, ended: Ended) {
     match ended {
         Ended::Closed | Ended::Failed => {}
         Ended::Idle => eprintln!("proxy: closed the idle connection of {peer} to {}", backend.id),

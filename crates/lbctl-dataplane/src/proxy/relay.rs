@@ -1,12 +1,13 @@
 //! Moving bytes both ways between a client connection and a target
 //! connection, for network load balancers.
 //!
-//! Plain TCP on both sides: `splice(2)` through a pipe per direction, so the
-//! payload goes socket -> pipe -> socket inside the kernel and is never
-//! copied to user space (HAProxy's `option splice-auto`). Pipes come from a
-//! per-thread pool and go back to it empty, so a short connection costs no
-//! `pipe2`/`close` calls once the pool is warm, and an idle connection holds
-//! no pipe pages. A TLS client connection is relayed through a small buffer
+//! Plain TCP on both sides: small reads (an exchange of messages) are copied
+//! through one buffer per thread and sent on at once; once a read fills that
+//! buffer the direction is a stream, and its bytes go socket -> pipe ->
+//! socket with `splice(2)`, inside the kernel, never copied to user space
+//! (HAProxy's `option splice-auto`). Pipes come from a per-thread pool and go
+//! back to it empty, so a stream costs no `pipe2`/`close` calls once the pool
+//! is warm; an idle connection holds neither a buffer nor pipe pages. A TLS client connection is relayed through a small buffer
 //! per direction instead, as its bytes must be decrypted in user space.
 //!
 //! A relay ends when both directions have seen end of stream (a half-close
@@ -19,6 +20,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
@@ -29,8 +31,9 @@ use tokio::time::Instant;
 const SPLICE_CHUNK: usize = 64 * 1024;
 /// Empty pipes kept per thread for the next connections.
 const POOLED_PIPES: usize = 128;
-/// The buffer of each direction of a TLS relay: one TLS record.
-const COPY_BUFFER: usize = 16 * 1024;
+/// The buffer of each direction of a TLS relay (one TLS record), and the
+/// thread's copy buffer of plain relays: a read that fills it starts splicing.
+const COPY_BUFFER_SIZE: usize = 16 * 1024;
 
 /// Why a relay ended, for the caller's log and counters.
 #[derive(Debug)]
@@ -149,47 +152,149 @@ fn shutdown_write(socket: &TcpStream) {
     unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) };
 }
 
-/// One direction between two plain TCP sockets, through a pipe.
+/// One direction between two plain TCP sockets: small reads are copied
+/// through the thread's buffer, and once a read fills it (a stream, not an
+/// exchange of messages) the bytes go through a pipe with `splice`.
 pub struct SplicePump<'a> {
     from: &'a TcpStream,
     to: &'a TcpStream,
-    /// Taken on the first bytes, given back empty.
+    /// Taken on the first streaming read, given back empty.
     pipe: Option<Pipe>,
     /// Bytes in the pipe not yet written to `to`.
     pending: usize,
+    /// Copied bytes `to` had no room for yet (rare: its buffer was full).
+    held: Vec<u8>,
+    /// A read filled the copy buffer: splice from now on.
+    streaming: bool,
     finished: bool,
+    /// Shared by the two directions: whether one has ended already.
+    one_ended: &'a AtomicBool,
 }
 
-impl<'a> SplicePump<'a> {
-    /// Bytes from `from` to `to`.
-    pub fn new(from: &'a TcpStream, to: &'a TcpStream) -> SplicePump<'a> {
-        SplicePump { from, to, pipe: None, pending: 0, finished: false }
+thread_local! {
+    /// What small reads are copied through, shared by the thread's relays.
+    static COPY_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; COPY_BUFFER_SIZE].into_boxed_slice());
+}
+
+/// `recv(2)` without blocking.
+fn recv(from: RawFd, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buffer` is valid for writes of its length.
+    let read = unsafe { libc::recv(from, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+    if read < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(read as usize)
     }
 }
 
-impl Pump for SplicePump<'_> {
-    async fn step(&mut self) -> io::Result<()> {
-        if self.pending == 0 {
-            if self.pipe.is_none() {
-                self.pipe = Some(Pipe::take()?);
-            }
-            let into = self.pipe.as_ref().map(|it| it.write.as_raw_fd()).expect("taken above");
-            let from = self.from.as_raw_fd();
-            let moved = loop {
-                self.from.readable().await?;
-                match self.from.try_io(Interest::READABLE, || splice(from, into, SPLICE_CHUNK)) {
-                    Ok(moved) => break moved,
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(err) => return Err(err),
-                }
-            };
-            if moved == 0 {
-                shutdown_write(self.to);
-                self.finished = true;
-                return Ok(());
-            }
-            self.pending = moved;
+/// `send(2)` without blocking; 0 when the socket has no room (EAGAIN).
+fn send(to: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: `bytes` is valid for reads of its length.
+    let sent = unsafe { libc::send(to, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+    if sent >= 0 {
+        return Ok(sent as usize);
+    }
+    let err = io::Error::last_os_error();
+    if err.kind() == io::ErrorKind::WouldBlock {
+        Ok(0)
+    } else {
+        Err(err)
+    }
+}
+
+impl<'a> SplicePump<'a> {
+    /// Both directions between `a` and `b` (`a` to `b` first); `ended`
+    /// is theirs to share, false.
+    pub fn pair(a: &'a TcpStream, b: &'a TcpStream, ended: &'a AtomicBool) -> (SplicePump<'a>, SplicePump<'a>) {
+        let pump = |from, to| SplicePump {
+            from,
+            to,
+            pipe: None,
+            pending: 0,
+            held: Vec::new(),
+            streaming: false,
+            finished: false,
+            one_ended: ended,
+        };
+        (pump(a, b), pump(b, a))
+    }
+
+    /// The end of stream: passed on as a half-close, unless the other
+    /// direction has ended too (the relay is over, and closing the sockets
+    /// sends both FINs).
+    fn end(&mut self) {
+        if !self.one_ended.swap(true, Ordering::Relaxed) {
+            shutdown_write(self.to);
         }
+        self.finished = true;
+    }
+
+    /// Reads what `from` has into the copy buffer and sends it on at once,
+    /// holding what `to` has no room for; the bytes read (0: end of stream).
+    async fn copy(&mut self) -> io::Result<usize> {
+        let (from, to) = (self.from.as_raw_fd(), self.to.as_raw_fd());
+        let held = &mut self.held;
+        loop {
+            self.from.readable().await?;
+            let copied = self.from.try_io(Interest::READABLE, || {
+                COPY_BUFFER.with_borrow_mut(|buffer| {
+                    let read = recv(from, buffer)?;
+                    if read > 0 {
+                        // Written without waiting for `to`'s readiness: a
+                        // fresh socket's is not known yet.
+                        let sent = send(to, &buffer[..read])?;
+                        held.extend_from_slice(&buffer[sent..read]);
+                    }
+                    Ok(read)
+                })
+            });
+            match copied {
+                Ok(read) => return Ok(read),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Writes the held bytes out.
+    async fn flush_held(&mut self) -> io::Result<()> {
+        let to = self.to.as_raw_fd();
+        while !self.held.is_empty() {
+            self.to.writable().await?;
+            let held = &self.held;
+            match self.to.try_io(Interest::WRITABLE, || match send(to, held)? {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                sent => Ok(sent),
+            }) {
+                Ok(sent) => drop(self.held.drain(..sent)),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        // Back to holding nothing.
+        self.held = Vec::new();
+        Ok(())
+    }
+
+    /// Splices what `from` has into the pipe; the bytes moved (0: end of stream).
+    async fn splice_in(&mut self) -> io::Result<usize> {
+        if self.pipe.is_none() {
+            self.pipe = Some(Pipe::take()?);
+        }
+        let into = self.pipe.as_ref().map(|it| it.write.as_raw_fd()).expect("taken above");
+        let from = self.from.as_raw_fd();
+        loop {
+            self.from.readable().await?;
+            match self.from.try_io(Interest::READABLE, || splice(from, into, SPLICE_CHUNK)) {
+                Ok(moved) => return Ok(moved),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Writes the pipe's bytes out.
+    async fn flush_pipe(&mut self) -> io::Result<()> {
         let out = self.pipe.as_ref().map(|it| it.read.as_raw_fd()).expect("holds the pending bytes");
         let to = self.to.as_raw_fd();
         while self.pending > 0 {
@@ -202,6 +307,31 @@ impl Pump for SplicePump<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Pump for SplicePump<'_> {
+    async fn step(&mut self) -> io::Result<()> {
+        if !self.held.is_empty() {
+            return self.flush_held().await;
+        }
+        if self.pending > 0 {
+            return self.flush_pipe().await;
+        }
+        if !self.streaming {
+            let read = self.copy().await?;
+            if read == 0 {
+                self.end();
+            } else if read == COPY_BUFFER_SIZE {
+                self.streaming = true;
+            }
+            return self.flush_held().await;
+        }
+        match self.splice_in().await? {
+            0 => self.end(),
+            moved => self.pending = moved,
+        }
+        self.flush_pipe().await
     }
 
     fn finished(&self) -> bool {
@@ -232,7 +362,7 @@ pub struct CopyPump<R, W> {
 impl<R, W> CopyPump<R, W> {
     /// Bytes from `from` to `to`.
     pub fn new(from: R, to: W) -> CopyPump<R, W> {
-        CopyPump { from, to, buffer: vec![0; COPY_BUFFER].into_boxed_slice(), start: 0, end: 0, finished: false }
+        CopyPump { from, to, buffer: vec![0; COPY_BUFFER_SIZE].into_boxed_slice(), start: 0, end: 0, finished: false }
     }
 }
 
@@ -286,8 +416,9 @@ mod tests {
         let (mut client, a) = pair().await;
         let (b, mut target) = pair().await;
         let relay = tokio::spawn(async move {
-            relay(SplicePump::new(&a, &b), SplicePump::new(&b, &a), Duration::from_secs(5), std::future::pending())
-                .await
+            let ended = AtomicBool::new(false);
+            let (up, down) = SplicePump::pair(&a, &b, &ended);
+            relay(up, down, Duration::from_secs(5), std::future::pending()).await
         });
         let payload: Vec<u8> = (0..3_000_000u32).map(|it| it as u8).collect();
         let sent = payload.clone();
@@ -312,14 +443,14 @@ mod tests {
         let (_client, a) = pair().await;
         let (b, _target) = pair().await;
         let started = Instant::now();
-        let ended = relay(SplicePump::new(&a, &b), SplicePump::new(&b, &a), Duration::from_millis(200), async {
-            std::future::pending::<()>().await
-        })
-        .await;
+        let flag = AtomicBool::new(false);
+        let (up, down) = SplicePump::pair(&a, &b, &flag);
+        let ended = relay(up, down, Duration::from_millis(200), std::future::pending()).await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
         assert!(started.elapsed() >= Duration::from_millis(200));
 
-        let ended = relay(SplicePump::new(&a, &b), SplicePump::new(&b, &a), Duration::from_secs(60), async {}).await;
+        let (up, down) = SplicePump::pair(&a, &b, &flag);
+        let ended = relay(up, down, Duration::from_secs(60), async {}).await;
         assert!(matches!(ended, Ended::Stopped), "{ended:?}");
     }
 
