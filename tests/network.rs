@@ -2,7 +2,8 @@
 //! static IP, the allocated address kept across re-creation, flow
 //! stickiness and spread, a killed target, TLS ended at the load balancer,
 //! an application load balancer as a target, PROXY protocol v2 to the
-//! targets, and an apply that leaves open connections flowing.
+//! targets, an apply that leaves open connections flowing, draining, the
+//! idle timeout, and `examples/network.yaml`.
 //!
 //! Targets are `lbctl worker --echo` (instances of an auto-scaling group, or
 //! `ip` targets started here): a connection whose first line is `whoami`
@@ -547,4 +548,131 @@ fn an_apply_leaves_open_connections_flowing() {
     assert!(Connection::open(address).is_ok(), "the old listener still serves");
     open.echoes(3);
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
+
+/// The example: TCP, UDP and TLS to echo instances, TCP through the ALB.
+#[test]
+fn network_example_serves_tcp_udp_tls_and_the_alb_behind_it() {
+    let (port, tls_port, alb_port, alb_nlb_port) = (free_port(), free_port(), free_port(), free_port());
+    let stack = Stack::example(
+        "network.yaml",
+        &[
+            ("port: 9000,", &format!("port: {port},")),
+            ("port: 9443,", &format!("port: {tls_port},")),
+            ("port: 9080,", &format!("port: {alb_nlb_port},")),
+            ("port: 8088", &format!("port: {alb_port}")),
+        ],
+    );
+    let outputs = Stack::outputs(&stack.apply());
+    let ip = outputs["edge_static_ip"].clone();
+    assert!(ip.starts_with("127."), "{outputs:?}");
+    assert_eq!(outputs["edge_url"], format!("tcp://{ip}:{port}"));
+    assert_eq!(
+        outputs["edge_url_{port}_udp".replace("{port}", &port.to_string()).as_str()],
+        format!("udp://{ip}:{port}")
+    );
+
+    // TCP: new connections spread over both instances.
+    let address: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let ids: BTreeSet<String> = new_connections(address, 20).into_iter().collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.iter().all(|it| it.starts_with("i-")), "{ids:?}");
+
+    // UDP on the same port: a flow answers, and stays on its instance.
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let answers: Vec<String> = (0..3)
+        .map(|_| {
+            let (answer, from) = udp_exchange(&socket, address, b"whoami").expect("a UDP answer");
+            assert_eq!(from, address, "the answer comes from the listener");
+            answer.trim_end().to_string()
+        })
+        .collect();
+    assert!(ids.contains(&answers[0]) && answers.iter().all(|it| *it == answers[0]), "{answers:?}");
+
+    // TLS ended at the load balancer, verified against its CA, for its IP.
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-connect", &format!("{ip}:{tls_port}")])
+        .args(["-CAfile", &outputs["edge_ca_cert"], "-verify_ip", &ip])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    s_client.stdin.as_mut().unwrap().write_all(b"whoami\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s_client.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let _ = s_client.kill();
+    let _ = s_client.wait();
+    assert!(ids.contains(line.trim_end()), "TLS answer {line:?}");
+
+    // Through the NLB to the ALB to a web instance.
+    let response = curl(&format!("http://{ip}:{alb_nlb_port}/through"), &[]).expect("an answer through the ALB");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(response.body.contains("from i-") && response.body.ends_with("path=/through\n"), "{response:?}");
+
+    let destroyed = stack.lbctl(&["destroy", "--auto-approve"]).expect_code(0);
+    assert!(destroyed.stderr.contains(&format!("Released static IP {ip}")), "{}", destroyed.stderr);
+}
+
+/// A deregistered target gets no new connections; an open one keeps
+/// flowing until the deregistration delay, then is closed.
+#[test]
+fn deregistered_targets_drain_their_connections() {
+    let workers = EchoWorkers::start(&["a", "b"]);
+    let port = free_port();
+    let ip = static_ip_for(port);
+    let stack = Stack::new(&spec(
+        "nlb-draining",
+        &format!("    static_ip: {ip}\n    listeners:\n      - {{ port: {port}, protocol: TCP, default_action: {{ forward: echo }} }}"),
+        &format!("  echo: {{ protocol: TCP, target_type: ip, deregistration_delay: 3s, {TCP_CHECKS}, targets: {} }}", workers.targets()),
+        "",
+    ));
+    stack.apply();
+    wait_healthy(&stack, "edge", "echo", 2);
+    let address = SocketAddr::from((ip, port));
+    let mut open =
+        wait_for("a connection to a", HEALTHY, || Connection::open(address).ok().filter(|it| it.target == "a"));
+
+    let a = workers.id("a").replace("127.0.0.1:", "");
+    stack.edit(&format!("{{ ip: 127.0.0.1, port: {a} }}, "), "");
+    let deregistered = Instant::now();
+    stack.apply();
+    // The open connection keeps flowing, while every new one goes to b.
+    open.echoes(3);
+    assert_eq!(new_connections(address, 10), vec!["b"; 10]);
+    // At the end of the delay the load balancer closes it.
+    open.reader.get_ref().set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut rest = String::new();
+    assert!(open.reader.read_line(&mut rest).is_ok_and(|it| it == 0), "closed at the end of the delay: {rest:?}");
+    let lasted = deregistered.elapsed();
+    assert!(lasted >= Duration::from_millis(2500), "closed {lasted:?} after deregistration, before the 3s delay");
+}
+
+/// A connection that moves no byte for the idle timeout is closed; one
+/// that keeps talking is not.
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let workers = EchoWorkers::start(&["only"]);
+    let port = free_port();
+    let ip = static_ip_for(port);
+    let stack = Stack::new(&spec(
+        "nlb-idle",
+        &format!("    static_ip: {ip}\n    idle_timeout: 1s\n    listeners:\n      - {{ port: {port}, protocol: TCP, default_action: {{ forward: echo }} }}"),
+        &format!("  echo: {{ protocol: TCP, target_type: ip, {TCP_CHECKS}, targets: {} }}", workers.targets()),
+        "",
+    ));
+    stack.apply();
+    let address = SocketAddr::from((ip, port));
+    let mut idle = wait_for("a connection", HEALTHY, || Connection::open(address).ok());
+    let mut busy = Connection::open(address).expect("a second connection");
+    // A line every 300 ms for 2.4 s: longer than the timeout, never idle for it.
+    for round in 0..8 {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(busy.exchange(&format!("round {round}")), Ok(format!("round {round}")));
+    }
+    idle.reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = String::new();
+    assert!(idle.reader.read_line(&mut rest).is_ok_and(|it| it == 0), "the idle connection is closed: {rest:?}");
+    assert_eq!(busy.exchange("last").as_deref(), Ok("last"), "the busy connection is still open");
 }

@@ -45,11 +45,10 @@ mod worker;
 mod tls;
 
 /// Network load balancers: TCP, UDP and TLS listeners, static IPs, flow
-/// hashing, PROXY protocol v2, ALB targets, hitless applies.
+/// hashing, PROXY protocol v2, ALB targets, hitless applies, draining, idle
+/// timeout, the network example.
 mod network;
 
 /// Project conventions as tests.
 mod tidy;
 
-/// Network load balancer connections over time: the example, draining, idle timeout.
-mod nlb_lifecycle;
