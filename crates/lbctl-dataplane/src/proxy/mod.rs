@@ -436,7 +436,12 @@ impl Proxy {
             let attempt = if key.udp {
                 UdpSocket::bind((ip, port)).await.map(Bound::Udp)
             } else {
-                TcpListener::bind((ip, port)).await.map(Bound::Tcp)
+                // Accepted connections inherit TCP_NODELAY from the
+                // listening socket: one setsockopt per listener, not per connection.
+                TcpListener::bind((ip, port))
+                    .await
+                    .and_then(|it| socket2::SockRef::from(&it).set_tcp_nodelay(true).map(|()| it))
+                    .map(Bound::Tcp)
             };
             match attempt {
                 Ok(socket) => {
@@ -566,7 +571,6 @@ async fn accept_loop(listener: TcpListener, frontend: Arc<Frontend>, mut stop: w
 /// handshake, HTTP/2 being chosen through ALPN. The handshake runs on the
 /// connection's own task, never in the accept loop.
 fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: &Arc<Frontend>, graceful: &GracefulShutdown) {
-    let _ = stream.set_nodelay(true);
     let tls = frontend.context.load().tls.clone();
     let (frontend, watcher) = (frontend.clone(), graceful.watcher());
     match tls {

@@ -113,7 +113,6 @@ pub async fn accept_streams(
 
 /// Relays one plain TCP client connection to its target.
 async fn serve_plain(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>) {
-    let _ = client.set_nodelay(true);
     let Some((backend, target)) = open_target(&context, peer).await else { return };
     let _flow = InFlight::start(backend.clone());
     let ended = AtomicBool::new(false);
@@ -129,7 +128,6 @@ async fn serve_tls(
     context: Arc<StreamContext>,
     acceptor: tokio_rustls::TlsAcceptor,
 ) {
-    let _ = client.set_nodelay(true);
     let Ok(Ok(client)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await else { return };
     let Some((backend, target)) = open_target(&context, peer).await else { return };
     let _flow = InFlight::start(backend.clone());
