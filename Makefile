@@ -42,7 +42,8 @@ quickstart-destroy: build
 schema: build
 	$(LBCTL) schema > schemas/lbctl.schema.json
 
-# lbctl's ALB beside nginx and HAProxy on this machine (installs them with
-# apt when missing); prints figures and ratios. Not a test.
+# lbctl's ALB beside nginx and HAProxy, then its NLB beside HAProxy, on this
+# machine (installs them with apt when missing); prints figures and ratios.
+# BENCH_PART=l7 or l4 runs one part. Not a test.
 bench:
 	python3 bench/bench.py

@@ -1,23 +1,41 @@
 #!/usr/bin/env python3
-"""`make bench`: lbctl's application load balancer beside nginx and HAProxy.
+"""`make bench`: lbctl's load balancers beside nginx and HAProxy.
 
-Two nginx backends serve a small response. In front of them, one at a time
-and in alternation, run nginx (`worker_processes 1`), HAProxy (`nbthread 1`)
-and an lbctl ALB (`worker_threads: 1`), each pinned to the same core and each
-adding X-Forwarded-For, with keep-alive to the backends. wrk (pinned to the
-other core with the backends) drives each for the same time. Printed per
-proxy: requests/s, p50, p99, CPU time per request (the proxy's own processes,
-from /proc), and the ratios lbctl/nginx and lbctl/HAProxy.
+Two parts, in this order (BENCH_PART=l7|l4|all, default all):
 
-BENCH_DURATION, BENCH_ROUNDS and BENCH_CONNECTIONS change the load;
-BENCH_PROFILE=FILE records the lbctl proxy with `perf` into FILE.
+L7, the application load balancer. Two nginx backends serve a small
+response. In front of them, one at a time and in alternation, run nginx
+(`worker_processes 1`), HAProxy (`nbthread 1`) and an lbctl ALB
+(`worker_threads: 1`), each pinned to the same core and each adding
+X-Forwarded-For, with keep-alive to the backends. wrk (pinned to the other
+core with the backends) drives each for the same time. Printed per proxy:
+requests/s, p50, p99, CPU time per request (the proxy's own processes, from
+/proc), and the ratios lbctl/nginx and lbctl/HAProxy.
 
-Everything listens on 127.0.0.1; every process started here is stopped here,
+L4, the network load balancer. One `l4load sink` (bench/l4load) on the load
+core; in alternation, the sink reached directly, through HAProxy (`mode tcp`,
+`nbthread 1`) and through an lbctl NLB (`worker_threads: 1`), both pinned to
+the proxy core. Each gets a throughput run (`l4load stream`, a few long
+connections) and a connection-rate run (`l4load connect`, many short
+connections). Printed per path: GB/s (1 GB = 1e9 bytes), connections/s,
+the proxy's CPU time per GB and per connection, the ratios lbctl/HAProxy, and
+whether the sink received every byte and request the clients counted.
+
+BENCH_DURATION, BENCH_ROUNDS and BENCH_CONNECTIONS (L7) change the load;
+BENCH_L4_STREAMS and BENCH_L4_WORKERS set the L4 concurrency, and
+BENCH_HAPROXY_SPLICE=1 lets HAProxy splice as lbctl's NLB does;
+BENCH_PROFILE=FILE records the lbctl ALB with `perf` into FILE. Binaries come
+from CARGO_TARGET_DIR (default target/), built first unless
+BENCH_SKIP_BUILD=1; BENCH_LBCTL=PATH uses another lbctl binary.
+
+Everything listens on loopback; every process started here is stopped here,
 by PID. Figures vary with the machine: compare ratios, not absolutes.
 """
+import glob
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -28,7 +46,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LBCTL = os.path.join(ROOT, "target", "release", "lbctl")
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
+LBCTL = os.environ.get("BENCH_LBCTL") or os.path.join(TARGET, "release", "lbctl")
+L4LOAD = os.path.join(TARGET, "release", "l4load")
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
@@ -37,17 +57,17 @@ LOAD_CORE = "1" if os.cpu_count() and os.cpu_count() > 1 else "0"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def wait_port(port, procs=None, timeout=20.0):
+def wait_port(port, procs=None, timeout=20.0, host="127.0.0.1"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
@@ -162,9 +182,24 @@ def wrk(port):
 
 
 def main():
+    part = os.environ.get("BENCH_PART", "all")
+    if part not in ("l7", "l4", "all"):
+        raise SystemExit(f"BENCH_PART={part}: expected l7, l4 or all")
     ensure_tools()
-    if not os.path.exists(LBCTL) or os.environ.get("BENCH_SKIP_BUILD") != "1":
-        subprocess.run(["cargo", "build", "--release", "-p", "lbctl"], cwd=ROOT, check=True)
+    if os.environ.get("BENCH_SKIP_BUILD") != "1" or not os.path.exists(L4LOAD) or not os.path.exists(LBCTL):
+        packages = ["-p", "l4load"] if os.environ.get("BENCH_LBCTL") else ["-p", "lbctl", "-p", "l4load"]
+        subprocess.run(["cargo", "build", "--release", *packages], cwd=ROOT, check=True)
+    status = 0
+    if part in ("l7", "all"):
+        run_l7()
+    if part in ("l4", "all"):
+        if part == "all":
+            print()
+        status = run_l4()
+    return status
+
+
+def run_l7():
     work = tempfile.mkdtemp(prefix="lbctl-bench-")
     procs = Processes(work)
     stack_dir = os.path.join(work, "stack")
@@ -287,6 +322,270 @@ target_groups:
         subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# L4: the network load balancer.
+
+NLB_IP = "127.0.0.250"  # An NLB needs its own address; the sink and HAProxy use 127.0.0.1.
+L4_STREAMS = int(os.environ.get("BENCH_L4_STREAMS", "4"))
+L4_WORKERS = int(os.environ.get("BENCH_L4_WORKERS", "32"))
+# HAProxy copies through user space unless told to splice; lbctl's NLB always
+# splices. BENCH_HAPROXY_SPLICE=1 measures HAProxy splicing too.
+HAPROXY_SPLICE = os.environ.get("BENCH_HAPROXY_SPLICE") == "1"
+
+
+def duration_seconds(text):
+    """BENCH_DURATION as wrk takes it (`10s`, `500ms`, `1m`) in seconds."""
+    match = re.fullmatch(r"([\d.]+)(ms|s|m)?", text.strip())
+    if not match:
+        raise SystemExit(f"BENCH_DURATION={text}: expected e.g. 10s")
+    return float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
+
+
+def l4load(*args, seconds):
+    """One l4load run on the load core; its JSON report."""
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, L4LOAD, *args, "--seconds", str(seconds)],
+        check=True, capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def sink_counters(port):
+    """The sink's own counts, asked directly (never through a proxy)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"STAT")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return json.loads(data)
+
+
+def wait_forwarding(host, port, procs, timeout=30.0):
+    """Until one short connection completes through the proxy (an NLB may
+    listen before its first health check passes)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if l4load("connect", "--to", f"{host}:{port}", "--workers", "1", seconds=0.2)["completed"] > 0:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"no connection through {host}:{port} after {timeout}s\n{procs.logs()}")
+
+
+def lbctl_nlb(stack_dir, port, sink_port):
+    """Applies the lbctl NLB; its proxy PID, or the reason it could not start."""
+    spec = os.path.join(stack_dir, "lbctl.yaml")
+    with open(spec, "w") as out:
+        out.write(f"""version: 1
+name: benchl4
+load_balancers:
+  edge:
+    type: network
+    static_ip: {NLB_IP}
+    worker_threads: 1
+    listeners:
+      - {{ port: {port}, protocol: TCP, default_action: {{ forward: sink }} }}
+target_groups:
+  sink:
+    protocol: TCP
+    port: {sink_port}
+    target_type: ip
+    targets: [{{ ip: 127.0.0.1 }}]
+    health_check: {{ protocol: TCP, interval: 1s, timeout: 500ms }}
+""")
+    applied = subprocess.run([LBCTL, "apply", "-f", spec, "--auto-approve", "-q"], capture_output=True, text=True)
+    if applied.returncode != 0:
+        return None, (applied.stderr or applied.stdout).strip()
+    pid_files = glob.glob(os.path.join(stack_dir, ".lbctl", "run", "lb", "edge", "pid")) or glob.glob(os.path.join(stack_dir, ".lbctl", "run", "**", "pid"), recursive=True)
+    if not pid_files:
+        return None, "applied, but no proxy pid file under .lbctl/run"
+    return int(open(pid_files[0]).read()), None
+
+
+def ksoftirqd(core):
+    """The PID of the kernel thread that runs a core's deferred softirqs. On
+    loopback, the TCP receive work of a send usually runs inline and is
+    charged to the sender; under load the kernel defers part of it to this
+    thread, so it counts as the pinned proxy's (or load side's) own CPU."""
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() == f"ksoftirqd/{core}":
+                return [int(pid)]
+        except OSError:
+            continue
+    return []
+
+
+def foreign_cpu(own_pids):
+    """CPU seconds used so far by everything outside this benchmark: the
+    machine's user + system time minus this script's, its finished children's
+    (the load generators) and its long-running processes' (own_pids)."""
+    # user, nice, system, irq, softirq: a task's own times include the
+    # softirq work (loopback TCP) done on its behalf.
+    fields = [int(it) for it in open("/proc/stat").readline().split()[1:8]]
+    machine = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / TICKS
+    own = cpu_seconds(own_pids)
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        own += usage.ru_utime + usage.ru_stime
+    return machine - own
+
+
+# A run during which other processes used more than this share of the CPU is
+# measured again, at most FOREIGN_RETRIES times, and left out of the medians
+# if it stays noisy: on a shared machine, one compile job halves a proxy's
+# figures.
+FOREIGN_LIMIT = 0.10
+FOREIGN_RETRIES = 2
+
+
+def measure_l4(address, pids, own_pids, sink_port, seconds):
+    """A throughput run then a connection-rate run through `address`; pids
+    are the proxy's (none for the sink reached directly)."""
+    foreign_before, started = foreign_cpu(own_pids), time.time()
+    sink_before, cpu_before = sink_counters(sink_port), cpu_seconds(pids)
+    stream = l4load("stream", "--to", address, "--conns", str(L4_STREAMS), seconds=seconds)
+    sink_mid, cpu_mid = sink_counters(sink_port), cpu_seconds(pids)
+    connect = l4load("connect", "--to", address, "--workers", str(L4_WORKERS), seconds=seconds)
+    sink_after, cpu_after = sink_counters(sink_port), cpu_seconds(pids)
+    received = sink_mid["stream_bytes"] - sink_before["stream_bytes"]
+    answered = sink_after["answered"] - sink_mid["answered"]
+    run = {
+        # Clock-tick rounding can make it slightly negative on a quiet machine.
+        "foreign": max(0.0, (foreign_cpu(own_pids) - foreign_before) / ((time.time() - started) * (os.cpu_count() or 1))),
+        "gbps": stream["gb_per_sec"],
+        "cps": connect["conns_per_sec"],
+        "p99_ms": connect["p99_ms"] or 0.0,
+        "failures": connect["failures"] + stream["errors"],
+        "cpu_s_per_gb": (cpu_mid - cpu_before) / max(stream["bytes"] / 1e9, 1e-9) if pids else None,
+        "cpu_us_per_conn": (cpu_after - cpu_mid) / max(connect["completed"], 1) * 1e6 if pids else None,
+        "delivered": received / max(stream["bytes"], 1),
+        "problems": [],
+    }
+    # What the clients counted must have reached the sink: every byte (a
+    # stream ends only after the sink closed), and at least one answered
+    # request per completed connection.
+    if received != stream["bytes"] or not stream["drained"]:
+        run["problems"].append(f"clients sent {stream['bytes']} bytes, the sink received {received} (drained: {stream['drained']})")
+    if answered < connect["completed"]:
+        run["problems"].append(f"{connect['completed']} connections completed, the sink answered {answered}")
+    for report in (stream, connect):
+        if report.get("first_error"):
+            run["problems"].append(f"{report['mode']}: {report['first_error']}")
+    return run
+
+
+def run_l4():
+    seconds = duration_seconds(DURATION)
+    work = tempfile.mkdtemp(prefix="lbctl-bench-l4-")
+    procs = Processes(work)
+    stack_dir = os.path.join(work, "stack")
+    os.makedirs(stack_dir)
+    status = 0
+    try:
+        sink_port = free_port()
+        sink = procs.start(["taskset", "-c", LOAD_CORE, L4LOAD, "sink", "--listen", f"127.0.0.1:{sink_port}"])
+        wait_port(sink_port, procs)
+        # name -> (address, PIDs whose CPU time is the proxy's)
+        paths = {"direct": (f"127.0.0.1:{sink_port}", [])}
+        proxy_softirq = ksoftirqd(PROXY_CORE) if PROXY_CORE != LOAD_CORE else []
+
+        haproxy_port = free_port()
+        haproxy_cfg = os.path.join(work, "haproxy-l4.cfg")
+        splice = "  option splice-request\n  option splice-response\n" if HAPROXY_SPLICE else ""
+        with open(haproxy_cfg, "w") as cfg:
+            cfg.write(f"""global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode tcp
+{splice}  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend front
+  bind 127.0.0.1:{haproxy_port}
+  default_backend sink
+backend sink
+  server sink 127.0.0.1:{sink_port} check inter 1s
+""")
+        haproxy = procs.start([tool("haproxy"), "-f", haproxy_cfg, "-db"])
+        wait_port(haproxy_port, procs)
+        pin([haproxy.pid], PROXY_CORE)
+        wait_forwarding("127.0.0.1", haproxy_port, procs)
+        paths["haproxy"] = (f"127.0.0.1:{haproxy_port}", [haproxy.pid, *proxy_softirq])
+
+        lbctl_port = free_port(NLB_IP)
+        lbctl_pid, lbctl_error = lbctl_nlb(stack_dir, lbctl_port, sink_port)
+        if lbctl_pid:
+            wait_port(lbctl_port, procs, host=NLB_IP)
+            pin([lbctl_pid], PROXY_CORE)
+            wait_forwarding(NLB_IP, lbctl_port, procs)
+            paths["lbctl"] = (f"{NLB_IP}:{lbctl_port}", [lbctl_pid, *proxy_softirq])
+        else:
+            status = 1
+            print(f"lbctl NLB not measured: {lbctl_error}", flush=True)
+
+        own_pids = sorted({sink.pid, *ksoftirqd(PROXY_CORE), *ksoftirqd(LOAD_CORE), *(pid for _, pids in paths.values() for pid in pids)})
+        for address, _ in paths.values():
+            l4load("stream", "--to", address, "--conns", str(L4_STREAMS), seconds=1)
+            l4load("connect", "--to", address, "--workers", str(L4_WORKERS), seconds=1)
+        results = {name: [] for name in paths}
+        mismatches = []
+        for round_idx in range(ROUNDS):
+            for name, (address, pids) in paths.items():
+                for attempt in range(1 + FOREIGN_RETRIES):
+                    run = measure_l4(address, pids, own_pids, sink_port, seconds)
+                    if run["foreign"] <= FOREIGN_LIMIT or attempt == FOREIGN_RETRIES:
+                        break
+                    print(f"round {round_idx + 1} {name:8} other processes used {run['foreign']:.0%} of the CPU: measuring again", flush=True)
+                mismatches.extend(f"round {round_idx + 1} {name}: {problem}" for problem in run["problems"])
+                results[name].append(run)
+                cpu = "" if not pids else f"cpu {run['cpu_s_per_gb']:.3f} s/GB, {run['cpu_us_per_conn']:.1f} us/conn  "
+                print(f"round {round_idx + 1} {name:8} {run['gbps']:>6.2f} GB/s  {run['cps']:>8.0f} conn/s  p99 {run['p99_ms']:.3f} ms  "
+                      f"{cpu}sink got {run['delivered']:.0%} of bytes  failures {run['failures']}  other processes {run['foreign']:.0%} CPU", flush=True)
+
+        summary = {}
+        for name, runs in results.items():
+            # Medians over the quiet runs when there are any.
+            quiet = [run for run in runs if run["foreign"] <= FOREIGN_LIMIT]
+            summary[name] = {key: (None if runs[0][key] is None else statistics.median(run[key] for run in quiet or runs))
+                             for key in ("gbps", "cps", "p99_ms", "cpu_s_per_gb", "cpu_us_per_conn")}
+            summary[name]["failures"] = sum(run["failures"] for run in runs)
+            summary[name]["quiet"] = f"{len(quiet)}/{len(runs)}"
+        foreign = max(run["foreign"] for runs in results.values() for run in runs)
+        print()
+        print(f"machine: {os.cpu_count()} cores, {platform_line()}")
+        print(f"load: l4load stream --conns {L4_STREAMS} and connect --workers {L4_WORKERS}, {DURATION} each x {ROUNDS} rounds; "
+              f"proxies pinned to core {PROXY_CORE}, l4load and the sink to core {LOAD_CORE}; HAProxy {'splices' if HAPROXY_SPLICE else 'copies (no splice)'}")
+        print(f"other processes used up to {foreign:.0%} of the machine's CPU during a run; medians are over the quiet runs "
+              f"(others under {FOREIGN_LIMIT:.0%}), or over all runs of a path that had none")
+        print()
+        print("| path | GB/s | CPU per GB (s) | connections/s | connect p99 (ms) | CPU per connection (us) | failures | quiet runs |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, row in summary.items():
+            label = "direct (no proxy)" if name == "direct" else name
+            per_gb = "-" if row["cpu_s_per_gb"] is None else f"{row['cpu_s_per_gb']:.3f}"
+            per_conn = "-" if row["cpu_us_per_conn"] is None else f"{row['cpu_us_per_conn']:.1f}"
+            print(f"| {label} | {row['gbps']:.2f} | {per_gb} | {row['cps']:.0f} | {row['p99_ms']:.3f} | {per_conn} | {row['failures']} | {row['quiet']} |")
+        print()
+        if "lbctl" in summary:
+            lb, them = summary["lbctl"], summary["haproxy"]
+            print(f"lbctl/haproxy: GB/s x{lb['gbps'] / them['gbps']:.2f}, connections/s x{lb['cps'] / them['cps']:.2f}, "
+                  f"CPU per GB x{lb['cpu_s_per_gb'] / them['cpu_s_per_gb']:.2f}, CPU per connection x{lb['cpu_us_per_conn'] / them['cpu_us_per_conn']:.2f}")
+        else:
+            print("lbctl/haproxy: not measured (no lbctl NLB)")
+        if mismatches:
+            status = 1
+            print("forwarding check FAILED:")
+            for line in mismatches:
+                print(f"  {line}")
+        else:
+            print("forwarding check: the sink received every byte and answered every connection the clients counted")
+    finally:
+        subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    return status
 
 
 def platform_line():

@@ -236,7 +236,8 @@ impl<'a> SplicePump<'a> {
         let held = &mut self.held;
         loop {
             self.from.readable().await?;
-            let copied = self.from.try_io(Interest::READABLE, || {
+            let mut copied = None;
+            let result = self.from.try_io(Interest::READABLE, || {
                 COPY_BUFFER.with_borrow_mut(|buffer| {
                     let read = recv(from, buffer)?;
                     if read > 0 {
@@ -245,13 +246,24 @@ impl<'a> SplicePump<'a> {
                         let sent = send(to, &buffer[..read])?;
                         held.extend_from_slice(&buffer[sent..read]);
                     }
-                    Ok(read)
+                    copied = Some(read);
+                    // A TCP `recv` short of the buffer emptied the receive
+                    // queue: saying "would block" clears the readiness now,
+                    // instead of with one more `recv` that finds nothing.
+                    // (Bytes that arrived since are a new readiness event,
+                    // which tokio does not clear.)
+                    if read > 0 && read < buffer.len() {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(read)
+                    }
                 })
             });
-            match copied {
-                Ok(read) => return Ok(read),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Err(err),
+            match (result, copied) {
+                (Ok(read), _) => return Ok(read),
+                (Err(err), Some(read)) if err.kind() == io::ErrorKind::WouldBlock => return Ok(read),
+                (Err(err), _) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(err), _) => return Err(err),
             }
         }
     }
