@@ -51,4 +51,3 @@ mod network;
 
 /// Project conventions as tests.
 mod tidy;
-
