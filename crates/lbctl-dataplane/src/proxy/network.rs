@@ -38,8 +38,6 @@ use super::selection::{Backend, InFlight};
 use super::target_group::TargetGroup;
 use super::TLS_HANDSHAKE_TIMEOUT;
 
-/// How long connecting to a target may take (AWS: 10 seconds).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a UDP flow lives without a datagram either way (AWS: 120 s).
 pub const UDP_FLOW_IDLE: Duration = Duration::from_secs(120);
 /// How often ended UDP flows are forgotten.
@@ -140,8 +138,7 @@ async fn serve_tls(
 /// A connection to the target of `peer`'s flow, the PROXY header sent when
 /// the group wants one.
 async fn open_target(context: &StreamContext, peer: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
-    let (backend, mut target) = connect(&context.group, flow_hash(peer, context.address, false)).await?;
-    let _ = target.set_nodelay(true);
+    let (backend, mut target) = connect(&context.group, flow_hash(peer, context.address, false))?;
     if context.group.transport().proxy_protocol {
         let header = proxy_header(peer, context.address, ppp::v2::Protocol::Stream);
         target.write_all(&header).await.ok()?;
@@ -161,15 +158,14 @@ fn log_end(peer: SocketAddr, backend: &Backend, ended: Ended) {
 /// A connection to the target of flow `hash`: the routable target the hash
 /// picks, or, when it refuses, the next one (each refusal reported for
 /// passive health). `None` when no target accepts.
-async fn connect(group: &TargetGroup, hash: u64) -> Option<(Arc<Backend>, TcpStream)> {
+fn connect(group: &TargetGroup, hash: u64) -> Option<(Arc<Backend>, TcpStream)> {
     let mut refused: Option<Arc<Backend>> = None;
     for _ in 0..2 {
         let backend = group.select_flow(hash, refused.as_deref())?;
         let address = SocketAddr::from((backend.ip, backend.port));
-        let error = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => return Some((backend, stream)),
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => format!("connecting timed out after {}", lbctl_spec::Duration(CONNECT_TIMEOUT)),
+        let error = match start_connect(address) {
+            Ok(stream) => return Some((backend, stream)),
+            Err(err) => err.to_string(),
         };
         group.report_connection_failure(&backend, &error);
         refused = Some(backend);
@@ -182,6 +178,28 @@ async fn connect(group: &TargetGroup, hash: u64) -> Option<(Arc<Backend>, TcpStr
 /// has not seen any).
 fn send_to(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
     socket2::SockRef::from(socket).send_to(datagram, &to.into())
+}
+
+/// A connection to `address`, without waiting for it to be established.
+///
+/// On loopback the handshake (or the refusal) completes inside `connect`,
+/// so a refused target is known at once from `SO_ERROR`, and the relay can
+/// start without a round through the reactor. A connection still being
+/// made elsewhere completes in the background: the first bytes sent to it
+/// wait for it, and its failure ends the relay.
+fn start_connect(address: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&address.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(err) => return Err(err),
+    }
+    if let Some(err) = socket.take_error()? {
+        return Err(err);
+    }
+    TcpStream::from_std(std::net::TcpStream::from(socket))
 }
 
 /// A PROXY protocol v2 header: this connection (or flow) is `client`'s, to
