@@ -23,8 +23,12 @@ use lbctl_dataplane::runtime;
 use serde::{Deserialize, Serialize};
 
 /// Where allocated addresses come from: 127.251.0.1 - 127.251.255.254,
-/// outside the range instances get theirs from (127.16-250.x.x).
-const ALLOCATION_RANGE: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(127, 251, 0, 1), Ipv4Addr::new(127, 251, 255, 254));
+/// outside the range instances get theirs from (127.16-250.x.x), and a
+/// range no spec may give as `static_ip` (validation refuses it).
+const ALLOCATION_RANGE: (Ipv4Addr, Ipv4Addr) = (
+    Ipv4Addr::new(127, lbctl_spec::ALLOCATED_STATIC_IPS.1, 0, 1),
+    Ipv4Addr::new(127, lbctl_spec::ALLOCATED_STATIC_IPS.1, 255, 254),
+);
 
 /// Who holds an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ mod duration;
 mod model;
 mod source_map;
 mod validate;
-pub use validate::{health_check_matcher, parse_grpc_matcher, parse_matcher, wire_name};
+pub use validate::{health_check_matcher, parse_grpc_matcher, parse_matcher, wire_name, ALLOCATED_STATIC_IPS};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

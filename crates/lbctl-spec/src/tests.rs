@@ -176,3 +176,19 @@ target_groups:
         &[],
     );
 }
+
+#[test]
+fn given_static_ips_stay_out_of_the_allocation_range() {
+    let source = "version: 1
+name: edge
+load_balancers:
+  edge:
+    type: network
+    static_ip: 127.251.3.4
+    listeners: [{ port: 9000, protocol: TCP, default_action: { forward: tcp } }]
+target_groups:
+  tcp: { protocol: TCP, port: 7000 }
+";
+    check(source, &["lbctl.yaml:6:16: load_balancers.edge.static_ip: 127.251.3.4 is in 127.251.0.0/16, where lbctl allocates the static IPs of network load balancers that give none; choose another address"]);
+    check(&source.replace("127.251.3.4", "127.250.3.4"), &[]);
+}

@@ -89,6 +89,11 @@ fn parse_codes(text: &str, allowed: std::ops::RangeInclusive<u16>, what: &str) -
     Ok(ranges)
 }
 
+/// Where the static IPs of network load balancers without `static_ip`
+/// come from (127.251.0.0/16): a given `static_ip` may not be there, so
+/// that no allocation can take an address the spec gives.
+pub const ALLOCATED_STATIC_IPS: (&str, u8) = ("127.251.0.0/16", 251);
+
 /// Parses a loopback address (127.0.0.0/8).
 fn loopback(text: &str) -> Result<Ipv4Addr, String> {
     match text.parse::<Ipv4Addr>() {
@@ -151,6 +156,13 @@ impl Checker<'_> {
                 }
                 (Some(ip), false) => match loopback(ip) {
                     Err(message) => self.error(&format!("{base}.static_ip"), message),
+                    Ok(address) if address.octets()[1] == ALLOCATED_STATIC_IPS.1 => {
+                        let message = format!(
+                            "{ip} is in {}, where lbctl allocates the static IPs of network load balancers that give none; choose another address",
+                            ALLOCATED_STATIC_IPS.0
+                        );
+                        self.error(&format!("{base}.static_ip"), message)
+                    }
                     Ok(_) => {
                         if let Some(other) = static_ips.insert(ip.clone(), name.clone()) {
                             let message = format!("static_ip {ip} is already used by load balancer `{other}`");

@@ -159,18 +159,17 @@ fn log_end(peer: SocketAddr, backend: &Backend, ended: Ended) {
 /// picks, or, when it refuses, the next one (each refusal reported for
 /// passive health). `None` when no target accepts.
 fn connect(group: &TargetGroup, hash: u64) -> Option<(Arc<Backend>, TcpStream)> {
-    let mut refused: Option<Arc<Backend>> = None;
-    for _ in 0..2 {
-        let backend = group.select_flow(hash, refused.as_deref())?;
+    let mut refused: Vec<Arc<Backend>> = Vec::new();
+    // Ends: every refused target is left out of the next pick.
+    loop {
+        let backend = group.select_flow(hash, &refused)?;
         let address = SocketAddr::from((backend.ip, backend.port));
-        let error = match start_connect(address) {
+        match start_connect(address) {
             Ok(stream) => return Some((backend, stream)),
-            Err(err) => err.to_string(),
-        };
-        group.report_connection_failure(&backend, &error);
-        refused = Some(backend);
+            Err(err) => group.report_connection_failure(&backend, &err.to_string()),
+        }
+        refused.push(backend);
     }
-    None
 }
 
 /// Sends a datagram on `socket` at once, without the readiness tokio's
@@ -237,9 +236,10 @@ pub async fn serve_datagrams(
                     }
                 };
                 flow.last_datagram.store(flow.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                // A full send buffer waits (briefly: the target's socket is
-                // local); a send that fails drops the datagram, as UDP may.
-                let _ = flow.upstream.send(&buffer[..length]).await;
+                // Sent without waiting (for readiness tokio has not seen on a
+                // new socket, or for room): a datagram that cannot go now
+                // is dropped, as UDP may, and no flow holds up the others.
+                let _ = socket2::SockRef::from(&*flow.upstream).send(&buffer[..length]);
             }
         }
     }
@@ -266,7 +266,7 @@ async fn open_flow(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Option<Flow> {
-    let backend = context.group.select_flow(flow_hash(peer, local, true), None)?;
+    let backend = context.group.select_flow(flow_hash(peer, local, true), &[])?;
     let upstream = UdpSocket::bind((context.bind_ip, 0)).await.ok()?;
     upstream.connect((backend.ip, backend.port)).await.ok()?;
     let upstream = Arc::new(upstream);

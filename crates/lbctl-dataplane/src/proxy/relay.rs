@@ -67,8 +67,9 @@ pub async fn relay(mut up: impl Pump, mut down: impl Pump, idle: Duration, stop:
         if up.finished() && down.finished() {
             return Ended::Closed;
         }
+        // Unbiased: the branches are polled in a random order each time, so
+        // a direction that is always ready does not starve the other.
         tokio::select! {
-            biased;
             () = &mut stop => return Ended::Stopped,
             result = up.step(), if !up.finished() => match result {
                 Ok(()) => last_moved = Instant::now(),
@@ -368,13 +369,27 @@ pub struct CopyPump<R, W> {
     buffer: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Written bytes `to` may still buffer (TLS records not sent yet):
+    /// flushed before anything else, even after a step was dropped.
+    unflushed: bool,
+    /// The end of stream was read; `to` is being shut down.
+    ending: bool,
     finished: bool,
 }
 
 impl<R, W> CopyPump<R, W> {
     /// Bytes from `from` to `to`.
     pub fn new(from: R, to: W) -> CopyPump<R, W> {
-        CopyPump { from, to, buffer: vec![0; COPY_BUFFER_SIZE].into_boxed_slice(), start: 0, end: 0, finished: false }
+        CopyPump {
+            from,
+            to,
+            buffer: vec![0; COPY_BUFFER_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            unflushed: false,
+            ending: false,
+            finished: false,
+        }
     }
 }
 
@@ -383,13 +398,22 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    // Every await below may be dropped by the relay's `select!`: progress is
+    // kept in the fields (bytes written, flush owed, shutdown begun), and
+    // the next step resumes from them.
     async fn step(&mut self) -> io::Result<()> {
-        if self.start == self.end {
-            // Reading is cancel-safe: nothing is lost if the loop drops it.
+        if self.ending {
+            self.to.shutdown().await?;
+            self.finished = true;
+            return Ok(());
+        }
+        if self.start == self.end && !self.unflushed {
             let read = self.from.read(&mut self.buffer).await?;
             if read == 0 {
+                self.ending = true;
+                self.to.shutdown().await?;
                 self.finished = true;
-                return self.to.shutdown().await;
+                return Ok(());
             }
             (self.start, self.end) = (0, read);
         }
@@ -399,8 +423,11 @@ where
                 return Err(io::ErrorKind::WriteZero.into());
             }
             self.start += written;
+            self.unflushed = true;
         }
-        self.to.flush().await
+        self.to.flush().await?;
+        self.unflushed = false;
+        Ok(())
     }
 
     fn finished(&self) -> bool {

@@ -379,15 +379,16 @@ impl Balancer {
     }
 
     /// The target of a new flow with hash `hash`: the routable target at
-    /// the hash's place, or, when `avoid` is given, the next one that is not
-    /// it (a connection to `avoid` failed). `None` when nothing (else) is routable.
-    pub fn select_flow(&self, hash: u64, avoid: Option<&Backend>) -> Option<Arc<Backend>> {
+    /// the hash's place, or the next one after it that is not in `refused`
+    /// (targets a connection of this flow could not reach). `None` when
+    /// nothing (else) is routable.
+    pub fn select_flow(&self, hash: u64, refused: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let candidates = self.candidates.load();
         let count = candidates.backends.len();
         let start = (hash % count.max(1) as u64) as usize;
         (0..count)
             .map(|offset| &candidates.backends[(start + offset) % count])
-            .find(|it| avoid.is_none_or(|avoid| !std::ptr::eq(it.as_ref(), avoid)))
+            .find(|it| !refused.iter().any(|refused| Arc::ptr_eq(it, refused)))
             .cloned()
     }
 
@@ -538,19 +539,18 @@ mod tests {
     fn flows_are_placed_by_their_hash() {
         let all = backends(3);
         let balancer = balancer(&all, &[Healthy, Unhealthy, Healthy], Routing::default());
-        let pick = |hash: u64, avoid: Option<&Backend>| balancer.select_flow(hash, avoid).map(|it| it.id.clone());
+        let pick = |hash: u64, refused: &[Arc<Backend>]| balancer.select_flow(hash, refused).map(|it| it.id.clone());
         assert_eq!(
-            (pick(0, None), pick(1, None), pick(2, None)),
+            (pick(0, &[]), pick(1, &[]), pick(2, &[])),
             (Some("t1".into()), Some("t3".into()), Some("t1".into()))
         );
-        assert_eq!(pick(7, None), pick(7, None));
-        assert_eq!(pick(0, Some(&all[0])), Some("t3".into()));
-        let spread = shares(1000, || pick(rand::random(), None).unwrap());
+        assert_eq!(pick(7, &[]), pick(7, &[]));
+        assert_eq!(pick(0, &all[..1]), Some("t3".into()));
+        assert_eq!(pick(0, &[all[0].clone(), all[2].clone()]), None);
+        let spread = shares(1000, || pick(rand::random(), &[]).unwrap());
         assert!(spread.values().all(|it| *it > 400), "{spread:?}");
-        let lone = self::balancer(&all[..1], &[Healthy], Routing::default());
-        assert_eq!(lone.select_flow(5, Some(&all[0])).map(|it| it.id.clone()), None);
         let empty = self::balancer(&[], &[], Routing::default());
-        assert!(empty.select_flow(5, None).is_none());
+        assert!(empty.select_flow(5, &[]).is_none());
     }
 
     #[test]

@@ -101,10 +101,10 @@ impl TargetGroup {
     }
 
     /// The target of a new connection or UDP flow with flow hash `hash`,
-    /// avoiding `avoid` (a target it could not connect to); see
+    /// other than the `refused` ones (it could not connect to them); see
     /// `Balancer::select_flow`.
-    pub fn select_flow(&self, hash: u64, avoid: Option<&Backend>) -> Option<Arc<Backend>> {
-        self.balancer.select_flow(hash, avoid)
+    pub fn select_flow(&self, hash: u64, refused: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        self.balancer.select_flow(hash, refused)
     }
 
     /// The target for the retry of a request `failed` could not answer, if
