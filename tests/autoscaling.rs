@@ -10,29 +10,17 @@ use crate::util::*;
 const SLOW: Duration = Duration::from_secs(60);
 
 fn spec(port: u16, health_check_type: &str) -> String {
-    format!(
-        "version: 1
-name: asg-{kind}
-load_balancers:
-  front:
-    type: application
-    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
-target_groups:
-  web:
-    port: 8080
-    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
-    deregistration_delay: 1s
-autoscaling_groups:
-  web:
-    min_size: 2
+    let name = format!("asg-{}", health_check_type.to_lowercase());
+    let group = format!(
+        "    min_size: 2
     max_size: 3
     health_check_type: {health_check_type}
     health_check_grace_period: 1s
     target_groups: [web]
     launch_template: {{ command: [lbctl, worker] }}
-",
-        kind = health_check_type.to_lowercase()
-    )
+"
+    );
+    web_group_spec(&name, port, "1s", &group)
 }
 
 /// (id, address, pid) of every instance the supervisor reports.

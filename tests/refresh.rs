@@ -13,31 +13,21 @@ const CLIENTS: usize = 2;
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
 fn spec(port: u16) -> String {
-    format!(
-        r#"version: 1
-name: refresh
-load_balancers:
-  front:
-    type: application
-    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
-target_groups:
-  web:
-    port: 8080
-    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
-    deregistration_delay: 1s
-autoscaling_groups:
-  web:
-    min_size: 3
+    web_group_spec(
+        "refresh",
+        port,
+        "1s",
+        r#"    min_size: 3
     max_size: 4
     desired_capacity: 3
     health_check_type: ELB
     health_check_grace_period: 5s
     target_groups: [web]
-    instance_refresh: {{ min_healthy_percentage: 50 }}
+    instance_refresh: { min_healthy_percentage: 50 }
     launch_template:
       command: ["lbctl", "worker"]
-      env: {{ GREETING: one }}
-"#
+      env: { GREETING: one }
+"#,
     )
 }
 

@@ -8,21 +8,12 @@ use std::time::Duration;
 use crate::util::*;
 
 fn spec(port: u16, desired: u32) -> String {
-    format!(
-        "version: 1
-name: scale-in
-load_balancers:
-  front:
-    type: application
-    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
-target_groups:
-  web:
-    port: 8080
-    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
-    deregistration_delay: 3s
-autoscaling_groups:
-  web:
-    min_size: 1
+    web_group_spec(
+        "scale-in",
+        port,
+        "3s",
+        &format!(
+            "    min_size: 1
     max_size: 4
     desired_capacity: {desired}
     health_check_type: ELB
@@ -31,6 +22,7 @@ autoscaling_groups:
     target_groups: [web]
     launch_template: {{ command: [lbctl, worker] }}
 "
+        ),
     )
 }
 

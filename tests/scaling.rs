@@ -9,29 +9,19 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 fn spec(port: u16) -> String {
-    format!(
-        "version: 1
-name: scaling
-load_balancers:
-  front:
-    type: application
-    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
-target_groups:
-  web:
-    port: 8080
-    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
-    deregistration_delay: 1s
-autoscaling_groups:
-  web:
-    min_size: 1
+    web_group_spec(
+        "scaling",
+        port,
+        "1s",
+        "    min_size: 1
     max_size: 3
     desired_capacity: 1
     health_check_grace_period: 1s
     target_groups: [web]
-    launch_template: {{ command: [lbctl, worker] }}
+    launch_template: { command: [lbctl, worker] }
     scaling:
-      target_tracking: {{ metric: request_count_per_target, target_value: 20, cooldown: 3s }}
-"
+      target_tracking: { metric: request_count_per_target, target_value: 20, cooldown: 3s }
+",
     )
 }
 

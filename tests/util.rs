@@ -83,6 +83,29 @@ impl Run {
     }
 }
 
+/// A stack `name` with an application load balancer `front` on `port`
+/// forwarding to target group `web` (port 8080, health checks every 500 ms,
+/// `deregistration_delay`), and auto-scaling group `web` with the settings
+/// `group` (YAML lines indented by four spaces).
+pub fn web_group_spec(name: &str, port: u16, deregistration_delay: &str, group: &str) -> String {
+    format!(
+        "version: 1
+name: {name}
+load_balancers:
+  front:
+    type: application
+    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
+target_groups:
+  web:
+    port: 8080
+    health_check: {{ path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
+    deregistration_delay: {deregistration_delay}
+autoscaling_groups:
+  web:
+{group}"
+    )
+}
+
 /// A stack applied from a spec in its own temporary directory. Dropping it
 /// destroys the stack and then kills, by PID, anything of it still alive.
 pub struct Stack {
