@@ -4,6 +4,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 LBCTL := target/debug/lbctl
 QUICKSTART := examples/quickstart.yaml
+# The tests' Python packages (tests/requirements.txt), in a virtual
+# environment of the project's own: nothing is installed outside it.
+VENV := target/venv
 
 .PHONY: build test lint quickstart quickstart-destroy schema bench
 
@@ -11,12 +14,21 @@ build:
 	$(CARGO) build --workspace
 
 # Unit tests of every crate, then the end-to-end suite (tests/), which drives
-# the real binary against real processes on loopback.
+# the real binary against real processes on loopback, with the virtual
+# environment's bin/ first on PATH (its python3 has the tests' packages).
 # The last line adds up every test binary's result.
-test: build
-	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
+test: build $(VENV)/installed
+	@set -o pipefail; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i == "passed;") p += $$(i-1); if ($$i == "failed;") f += $$(i-1) } } \
 	  END { printf "summary: %d passed, %d failed\n", p, f }' target/test.log
+
+# The virtual environment, made again whenever tests/requirements.txt changes.
+$(VENV)/installed: tests/requirements.txt
+	@test -x $(VENV)/bin/python3 || python3 -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: on Debian or Ubuntu, install python3-venv"; exit 1; }
+	PIP_CACHE_DIR="$(CURDIR)/target/pip-cache" $(VENV)/bin/python3 -m pip install --quiet \
+	  --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -99,3 +99,65 @@ fn a_killed_supervisor_is_recreated_and_adopts_its_instances() {
     assert_eq!(after, before, "the same instances, adopted");
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
 }
+
+/// An apply waits only for what it changes. With an `EC2` group keeping an
+/// instance its load balancer finds unhealthy (correctly: EC2 health keeps
+/// it), an apply that only changes another group's capacity finishes once
+/// that group is ready; `wait_for_elb_capacity` makes a group wait for
+/// instances healthy in the load balancer, as Terraform's setting does.
+#[test]
+fn apply_waits_only_for_what_it_changed() {
+    let port = free_port();
+    // The settings of a group registered in the target group of its name.
+    let settings = |name: &str| {
+        format!(
+            "    min_size: 1
+    max_size: 3
+    desired_capacity: 1
+    health_check_type: EC2
+    health_check_grace_period: 1s
+    target_groups: [{name}]
+    launch_template: {{ command: [lbctl, worker] }}
+"
+        )
+    };
+    let other_group = "  other:\n    port: 8080\n    health_check: { path: /health, interval: 500ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2 }\n    deregistration_delay: 1s\n";
+    let spec = web_group_spec("apply-waits", port, "1s", &settings("web"))
+        .replace(
+            "default_action: { forward: web } }]",
+            "default_action: { forward: web }, rules: [{ priority: 1, conditions: { path_pattern: [\"/other/*\"] }, action: { forward: other } }] }]",
+        )
+        .replace("autoscaling_groups:\n", &format!("{other_group}autoscaling_groups:\n"))
+        + "  other:\n"
+        + &settings("other");
+    let stack = Stack::new(&spec);
+    stack.apply();
+    let (_, address, _) = instances(&stack)[0].clone();
+    stop_listener(&address);
+    wait_for("the load balancer to mark it unhealthy", SLOW, || {
+        stack.status().to_string().contains("\"state\":\"unhealthy\"").then_some(())
+    });
+
+    // Another group's capacity: ready as soon as that group is, whatever `web` does.
+    stack.edit(
+        "  other:\n    min_size: 1\n    max_size: 3\n    desired_capacity: 1",
+        "  other:\n    min_size: 1\n    max_size: 3\n    desired_capacity: 2",
+    );
+    let run = stack.lbctl(&["apply", "--auto-approve", "--timeout", "60s"]).expect_code(0);
+    assert!(!run.stderr.contains("autoscaling_group.web"), "web was not waited for:\n{}", run.stderr);
+    stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+
+    // With `wait_for_elb_capacity: 2`, the new instance is healthy and the
+    // unhealthy one is not: apply waits, and says on what.
+    stack.edit(
+        "  web:\n    min_size: 1\n    max_size: 3\n    desired_capacity: 1",
+        "  web:\n    min_size: 1\n    max_size: 3\n    desired_capacity: 2\n    wait_for_elb_capacity: 2",
+    );
+    let run = stack.lbctl(&["apply", "--auto-approve", "--timeout", "20s"]).expect_code(1);
+    assert!(
+        run.stderr
+            .contains("autoscaling_group.web: 1 of 2 instances healthy in the load balancers (wait_for_elb_capacity)"),
+        "{}",
+        run.stderr
+    );
+}

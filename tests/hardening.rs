@@ -192,3 +192,92 @@ fn malformed_requests_get_their_status_and_the_proxy_serves_on() {
     assert!(answer.is_empty() || answer.starts_with("read error"), "{answer:?}");
     serves("a slow client");
 }
+
+/// Raises this test process's soft file descriptor limit to its hard one,
+/// for tests that hold thousands of connections.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Whether the proxy closed `stream` (EOF or reset) within `within`.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within.max(Duration::from_millis(1)))).unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+/// A client that connects and sends nothing is closed once the header
+/// timeout (10 s) passes; 5,000 of them at once do not keep other clients
+/// from being served.
+#[test]
+fn silent_connections_are_closed_and_do_not_crowd_out_others() {
+    raise_descriptor_limit();
+    let (port, brief_port) = (free_port(), free_port());
+    let stack = Stack::new(&spec(port, brief_port));
+    stack.apply();
+    let url = format!("http://127.0.0.1:{port}/");
+    let opened = Instant::now();
+    let mut silent: Vec<TcpStream> =
+        (0..5000).map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("a silent connection")).collect();
+    let all_open = Instant::now();
+    for round in 0..5 {
+        let response = curl(&url, &[]).unwrap_or_else(|| panic!("no answer beside 5,000 silent clients ({round})"));
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    // Every one is closed within 15 s of its opening.
+    let deadline = all_open + Duration::from_secs(15);
+    for (idx, stream) in silent.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(closed_within(stream, left), "silent connection {idx} still open after {:?}", opened.elapsed());
+    }
+    assert!(opened.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "not closed before the header timeout");
+    assert_eq!(curl(&url, &[]).unwrap().status, 200);
+}
+
+/// Past `max_connections`, a new connection is closed at once and the open
+/// ones keep being served; a freed place takes a new one again.
+#[test]
+fn connections_past_the_limit_are_refused_and_the_open_ones_keep_working() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "version: 1
+name: limited
+load_balancers:
+  front:
+    type: application
+    max_connections: 3
+    listeners:
+      - {{ port: {port}, protocol: HTTP, default_action: {{ fixed_response: {{ status_code: 200, body: fine }} }} }}
+"
+    ));
+    stack.apply();
+    let mut clients: Vec<KeepAliveClient> = (0..3).map(|_| KeepAliveClient::new(port, "x")).collect();
+    for client in &mut clients {
+        assert_eq!(client.get("/").map(|it| it.body), Ok("fine".to_string()));
+    }
+    let mut refused = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let _ = refused.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(closed_within(&mut refused, Duration::from_secs(5)), "the fourth connection is closed at once");
+    for client in &mut clients {
+        assert_eq!(client.get("/").map(|it| it.body), Ok("fine".to_string()), "open connections keep working");
+    }
+    wait_for("the refusal in the status", Duration::from_secs(10), || {
+        let live = stack.status()["resources"][0]["live"].clone();
+        (live["rejected_connections"].as_u64() >= Some(1) && live["connections"].as_u64() == Some(3)).then_some(())
+    });
+    clients.pop();
+    wait_for("a freed place", Duration::from_secs(10), || {
+        curl(&format!("http://127.0.0.1:{port}/"), &[]).filter(|it| it.status == 200)
+    });
+}

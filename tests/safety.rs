@@ -138,3 +138,54 @@ fn the_schema_file_is_what_lbctl_schema_prints() {
         "schemas/lbctl.schema.json is stale: run `lbctl schema > schemas/lbctl.schema.json`"
     );
 }
+
+/// The proxy processes running with the stack's configuration path on their
+/// command line.
+fn proxies_of(stack: &Stack) -> Vec<u32> {
+    let marker = stack.dir.path().join(".lbctl/run/lb/front/config.json").to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|it| it.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&marker)
+        })
+        .collect()
+}
+
+/// A state file that does not parse, or whose record of a resource is
+/// damaged, stops plan and apply with the file named, and nothing is
+/// started or stopped on a guess.
+#[test]
+fn a_corrupt_state_stops_plan_and_apply_naming_the_file() {
+    let stack = Stack::new(&small_spec(free_port()));
+    stack.apply();
+    stack.apply(); // a second write: the backup now exists
+    let state_path = stack.dir.path().join(".lbctl/state.json");
+    let good = std::fs::read_to_string(&state_path).unwrap();
+    let proxies = proxies_of(&stack);
+    assert_eq!(proxies.len(), 1, "{proxies:?}");
+
+    std::fs::write(&state_path, &good[..good.len() / 2]).unwrap();
+    for command in [&["plan"][..], &["apply", "--auto-approve"][..]] {
+        let run = stack.lbctl(command).expect_code(1);
+        assert!(run.stderr.contains(&format!("{} is corrupt", state_path.display())), "{command:?}:\n{}", run.stderr);
+        assert!(run.stderr.contains("state.json.backup holds the version before the last write"), "{}", run.stderr);
+    }
+    assert_eq!(proxies_of(&stack), proxies, "nothing started or stopped");
+
+    // Parses, but the load balancer's private record is damaged.
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    state["resources"]["load_balancer.front"]["private"]["pid"] = serde_json::json!("not a pid");
+    std::fs::write(&state_path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    for command in [&["plan"][..], &["apply", "--auto-approve"][..]] {
+        let run = stack.lbctl(command).expect_code(1);
+        let expected = format!("{}: the record of load_balancer.front is damaged", state_path.display());
+        assert!(run.stderr.contains(&expected), "{command:?}:\n{}", run.stderr);
+    }
+    assert_eq!(proxies_of(&stack), proxies, "no second proxy beside the live one");
+    std::fs::write(&state_path, &good).unwrap();
+    stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+}

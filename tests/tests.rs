@@ -26,11 +26,16 @@ mod custom_command;
 /// Rule conditions and actions of application load balancers.
 mod routing;
 
-/// Malformed and hostile clients: 400, 431, smuggling, slow heads, idle timeout.
+/// Malformed and hostile clients: 400, 431, smuggling, slow heads, idle
+/// timeout, silent connections, the connection limit.
 mod hardening;
 
 /// Zero failed requests under load through applies and a killed instance.
 mod hitless;
+
+/// A shared machine: private state and runtime files, a refused address
+/// table directory, runtime files that cannot be trusted.
+mod shared_machine;
 
 /// Bad specs, locks, confirmation and saved plans: errors that lose nothing.
 mod safety;

@@ -23,6 +23,17 @@ pub fn spawn_worker(id: &str, port: u16) -> std::process::Child {
         .unwrap()
 }
 
+/// The `XDG_RUNTIME_DIR` of every `lbctl` the tests run: where the
+/// machine-wide address table lives (`lbctl/addresses.json` in it). The
+/// test run's own, under the target directory, so that the tests neither
+/// read nor fill the user's table.
+pub fn runtime_dir() -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-runtime");
+    let _ = std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&dir);
+    dir
+}
+
 /// A port free on 127.0.0.1 right now.
 ///
 /// A port is never handed out twice in one test run, so a port a test
@@ -151,7 +162,12 @@ impl Stack {
     /// `lbctl ARGS` in the stack's directory, no terminal, no stdin.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(lbctl_exe());
-        command.args(args).current_dir(self.dir.path()).stdin(Stdio::null()).env("NO_COLOR", "1");
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .env("NO_COLOR", "1")
+            .env("XDG_RUNTIME_DIR", runtime_dir());
         command
     }
 

@@ -108,7 +108,7 @@ fn inputs_from(file: SpecFile, dir: PathBuf) -> Result<Inputs> {
 /// error), unsupported features are returned for the plan to show.
 fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
     let desired = lbctl_plan::desired_resources(&inputs.file.spec);
-    let findings = inputs.provider.check(&desired, state);
+    let findings = inputs.provider.check(&desired, state)?;
     let invalid: Vec<Diagnostic> = findings
         .iter()
         .filter(|it| it.severity == Severity::Invalid)

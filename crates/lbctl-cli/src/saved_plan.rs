@@ -35,7 +35,8 @@ const FORMAT: &str = "lbctl-plan";
 impl SavedPlan {
     pub fn write(&self, path: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).context("serializing plan")?;
-        std::fs::write(path, bytes).with_context(|| format!("writing plan {}", path.display()))
+        // A plan holds the spec, `env` values included: private, as the state.
+        lbctl_files::write_private(path, &bytes).with_context(|| format!("writing plan {}", path.display()))
     }
 
     pub fn read(path: &Path) -> Result<SavedPlan> {

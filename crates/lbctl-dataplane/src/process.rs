@@ -5,7 +5,6 @@
 //! (the path of its configuration file, or its instance id in its
 //! environment). Nothing here ever looks processes up by name.
 
-use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -18,14 +17,7 @@ use anyhow::{Context, Result};
 /// and stderr appended to `log`. The child is returned so that a caller which
 /// stays alive (the supervisor) can reap it; a short-lived caller may drop it.
 pub fn spawn_detached(mut command: Command, log: &Path) -> Result<Child> {
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening log {}", log.display()))?;
+    let out = lbctl_files::open_private_append(log)?;
     let err = out.try_clone().context("duplicating log handle")?;
     command.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     let program = command.get_program().to_string_lossy().into_owned();

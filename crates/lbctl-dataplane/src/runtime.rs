@@ -20,7 +20,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,6 +82,10 @@ pub struct ProxyConfig {
     pub worker_threads: usize,
     /// Idle timeout of client connections, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// The most client connections and UDP flows open at once; `None`: from
+    /// the proxy's file descriptor limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
     /// Listeners as the spec gives them.
     pub listeners: Vec<lbctl_spec::Listener>,
     /// Target groups the listeners forward to (their registries are under `Layout::tg_dir`).
@@ -209,6 +212,12 @@ pub struct ProxyStatus {
     pub errors: Vec<String>,
     /// Target health by target group name.
     pub target_groups: BTreeMap<String, Vec<TargetHealth>>,
+    /// Client connections and UDP flows open now.
+    #[serde(default)]
+    pub connections: u64,
+    /// Client connections and UDP flows refused at the limit since the proxy started.
+    #[serde(default)]
+    pub rejected_connections: u64,
     /// When this was written, in Unix milliseconds.
     pub updated_ms: u64,
 }
@@ -296,6 +305,9 @@ pub struct InstancesReport {
     /// The instance refresh in progress or the outcome of the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<RefreshStatus>,
+    /// Problems now (a configuration file it refuses to use).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// Where an instance refresh (the rolling replacement a launch template
@@ -323,14 +335,17 @@ pub struct RefreshStatus {
 }
 
 /// The status of every load balancer of a stack whose proxy is running, by
-/// load balancer name, sorted.
+/// load balancer name, sorted. A status counts only when its `pid` is a
+/// live proxy of that load balancer (its configuration path on its command
+/// line), so a stale file whose pid was reused by another process does not.
 pub fn running_proxy_statuses(layout: &Layout) -> Vec<(String, ProxyStatus)> {
     let Ok(entries) = std::fs::read_dir(layout.root.join("lb")) else { return Vec::new() };
     let mut statuses = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Ok(Some(status)) = read_json::<ProxyStatus>(&entry.path().join("status.json")) {
-            if crate::process::is_alive(status.pid) {
+            let marker = entry.path().join("config.json");
+            if crate::process::is_ours(status.pid, &marker.to_string_lossy()) {
                 statuses.push((name, status));
             }
         }
@@ -358,6 +373,11 @@ pub fn registered_targets(layout: &Layout, group: &str) -> Vec<RegisteredTarget>
     targets
 }
 
+/// The time now as log lines start with it (RFC 3339, UTC, milliseconds).
+pub fn log_time() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|it| it.as_millis() as u64).unwrap_or(0)
@@ -381,31 +401,28 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-/// Writes bytes atomically (temp file in the same directory, then rename).
+/// Writes bytes atomically and privately (`0600`, through an exclusively
+/// created temporary file renamed over `path`; see `lbctl_files`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("runtime file has no parent directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|it| it.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all().ok();
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    lbctl_files::write_private(path, bytes)
 }
 
-/// Reads a JSON runtime file; `Ok(None)` when it does not exist.
+/// Reads a runtime file, trusting it only when it is this user's and
+/// writable by nobody else (`lbctl_files::read_trusted`); `Ok(None)` when
+/// it does not exist.
+pub fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>> {
+    lbctl_files::read_trusted(path)
+}
+
+/// Reads a JSON runtime file (trusted as `read_trusted` says); `Ok(None)`
+/// when it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
+    match read_trusted(path)? {
+        Some(bytes) => {
             let value = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
             Ok(Some(value))
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        None => Ok(None),
     }
 }
 

@@ -7,14 +7,23 @@
 //! balancer it is attached to. A `static_ip` given in the spec is recorded
 //! too, so that no other stack is given it.
 //!
-//! The table is machine-wide (one per user, in the temporary directory), so
-//! that two stacks never get the same address: `addresses.json`, read and
-//! written under an exclusive `flock` of `addresses.lock` beside it. Each
-//! address names its owner: the stack's state directory and the load
-//! balancer. Addresses whose state directory is gone are reclaimed.
+//! The table is machine-wide (one per user), so that two stacks never get
+//! the same address: `addresses.json`, read and written under an exclusive
+//! `flock` of `addresses.lock` beside it. Each address names its owner: the
+//! stack's state directory and the load balancer. Addresses whose state
+//! directory is gone are reclaimed.
+//!
+//! The table lives in a directory only its user can create and write:
+//! `$XDG_RUNTIME_DIR/lbctl` when that is set, else
+//! `$XDG_STATE_HOME/lbctl` or `~/.local/state/lbctl`. Its owner and mode
+//! are checked before every use (a symlink, another user's directory or
+//! one others may enter is refused, naming it), and every file in it is
+//! written through an exclusively created temporary file (`lbctl_files`).
+//! A table left by older releases in `$TMPDIR/lbctl-<uid>` is taken over
+//! once, when it passes the same checks.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -49,7 +58,10 @@ struct Table {
 /// The machine's address table.
 #[derive(Debug, Clone)]
 pub struct AddressTable {
-    dir: PathBuf,
+    /// Its directory; `None`: this user's, found from the environment when used.
+    dir: Option<PathBuf>,
+    /// Where older releases kept the table, taken over when `dir` has none.
+    legacy: Option<PathBuf>,
 }
 
 /// The table, locked for as long as this lives.
@@ -66,32 +78,67 @@ impl Locked {
     }
 }
 
-impl Default for AddressTable {
-    fn default() -> Self {
-        // SAFETY: getuid has no failure mode.
-        let uid = unsafe { libc::getuid() };
-        AddressTable::new(std::env::temp_dir().join(format!("lbctl-{uid}")))
+/// The directory of this user's table, from the environment (see the
+/// module's documentation).
+fn user_dir() -> Result<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|it| !it.is_empty()).map(PathBuf::from);
+    if let Some(runtime_dir) = var("XDG_RUNTIME_DIR") {
+        return Ok(runtime_dir.join("lbctl"));
+    }
+    if let Some(state_home) = var("XDG_STATE_HOME") {
+        return Ok(state_home.join("lbctl"));
+    }
+    match var("HOME") {
+        Some(home) => Ok(home.join(".local/state/lbctl")),
+        None => bail!("no place for the machine's address table: set XDG_RUNTIME_DIR or HOME to a directory of yours"),
     }
 }
 
 impl AddressTable {
+    /// This user's table (see the module's documentation).
+    pub fn for_user() -> AddressTable {
+        let uid = lbctl_files::current_uid();
+        AddressTable { dir: None, legacy: Some(std::env::temp_dir().join(format!("lbctl-{uid}"))) }
+    }
+
     /// The table kept in `dir`.
+    #[cfg(test)]
     pub fn new(dir: impl Into<PathBuf>) -> AddressTable {
-        AddressTable { dir: dir.into() }
+        AddressTable { dir: Some(dir.into()), legacy: None }
+    }
+
+    /// The table of an older release, when it can be trusted (its
+    /// directory this user's and private to it, or at least not writable
+    /// by others, as older releases made it).
+    fn legacy_table(&self) -> Option<Table> {
+        let dir = self.legacy.as_ref()?;
+        let meta = std::fs::symlink_metadata(dir).ok()?;
+        use std::os::unix::fs::MetadataExt;
+        let safe = meta.is_dir() && meta.uid() == lbctl_files::current_uid() && meta.mode() & 0o022 == 0;
+        if !safe {
+            return None;
+        }
+        runtime::read_json(&dir.join("addresses.json")).ok().flatten()
     }
 
     fn lock(&self) -> Result<Locked> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let lock_path = self.dir.join("addresses.lock");
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let dir = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => user_dir()?,
+        };
+        // Made when missing; whatever is there is checked, never followed.
+        if std::fs::symlink_metadata(&dir).is_err_and(|it| it.kind() == std::io::ErrorKind::NotFound) {
+            lbctl_files::create_private_dir(&dir)?;
+        }
+        lbctl_files::verify_private_dir(&dir).context("the machine's address table is not safe to use")?;
+        let lock_path = dir.join("addresses.lock");
+        let lock = lbctl_files::open_private_rw(&lock_path)?;
         lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
-        let path = self.dir.join("addresses.json");
-        let mut table: Table = runtime::read_json(&path)?.unwrap_or_default();
+        let path = dir.join("addresses.json");
+        let mut table: Table = match runtime::read_json(&path)? {
+            Some(table) => table,
+            None => self.legacy_table().unwrap_or_default(),
+        };
         // An owner whose stack directory is gone will never release its addresses.
         table.addresses.retain(|_, owner| owner.state_dir.is_dir());
         Ok(Locked { path, table, _lock: lock })

@@ -14,7 +14,7 @@ fn unsupported(path: String, message: &str) -> Finding {
     Finding { path, message: message.to_string(), severity: Severity::Unsupported }
 }
 
-pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> Vec<Finding> {
+pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> anyhow::Result<Vec<Finding>> {
     let mut found = Vec::new();
     let load_balancers: Vec<&str> =
         desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer).map(|it| it.address.name.as_str()).collect();
@@ -24,8 +24,8 @@ pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> Vec<Findi
             Kind::LoadBalancer => {
                 let Ok(lb) = lb_settings(&resource.attributes) else { continue };
                 crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
-                static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found);
-                ports_free(provider, resource, &lb, &mut found);
+                static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found)?;
+                ports_free(provider, resource, &lb, &mut found)?;
             }
             Kind::TargetGroup => {
                 let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
@@ -34,7 +34,7 @@ pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> Vec<Findi
             Kind::AutoscalingGroup | Kind::Function => {}
         }
     }
-    found
+    Ok(found)
 }
 
 fn target_group(base: &str, group: &TargetGroup, found: &mut Vec<Finding>) {
@@ -54,13 +54,13 @@ fn static_ip_free(
     lb: &LoadBalancer,
     load_balancers: &[&str],
     found: &mut Vec<Finding>,
-) {
-    let Some(ip) = lb.static_ip.as_deref().and_then(|it| it.parse::<Ipv4Addr>().ok()) else { return };
-    let Some(owner) = provider.static_ip_holder(ip, name) else { return };
+) -> anyhow::Result<()> {
+    let Some(ip) = lb.static_ip.as_deref().and_then(|it| it.parse::<Ipv4Addr>().ok()) else { return Ok(()) };
+    let Some(owner) = provider.static_ip_holder(ip, name)? else { return Ok(()) };
     let same_stack = owner.state_dir == provider.state_dir();
     if same_stack && !load_balancers.contains(&owner.load_balancer.as_str()) {
         // Held for a load balancer this stack no longer has: this one takes it.
-        return;
+        return Ok(());
     }
     let whose =
         if same_stack { "this stack".to_string() } else { format!("the stack in {}", owner.state_dir.display()) };
@@ -69,12 +69,18 @@ fn static_ip_free(
         message: format!("static_ip {ip} is held by load balancer `{}` of {whose}", owner.load_balancer),
         severity: Severity::Invalid,
     });
+    Ok(())
 }
 
 /// Every listener port must be free on the machine, at the load balancer's
 /// address (127.0.0.1, or a network load balancer's static IP), unless this
 /// stack's own running proxy already holds it.
-fn ports_free(provider: &LocalProvider, resource: &Resource, lb: &LoadBalancer, found: &mut Vec<Finding>) {
+fn ports_free(
+    provider: &LocalProvider,
+    resource: &Resource,
+    lb: &LoadBalancer,
+    found: &mut Vec<Finding>,
+) -> anyhow::Result<()> {
     // Ports held by any of this stack's running proxies are not a clash:
     // they may move between load balancers within one apply (deletions run
     // first), and a proxy an interrupted apply left behind is adopted.
@@ -82,9 +88,9 @@ fn ports_free(provider: &LocalProvider, resource: &Resource, lb: &LoadBalancer, 
     let ip = match lb.kind {
         LoadBalancerType::Application => Ipv4Addr::LOCALHOST,
         // A newly allocated address has nothing bound to it yet.
-        LoadBalancerType::Network => match provider.known_static_ip(&resource.address.name, lb) {
+        LoadBalancerType::Network => match provider.known_static_ip(&resource.address.name, lb)? {
             Some(ip) => ip,
-            None => return,
+            None => return Ok(()),
         },
     };
     for (idx, listener) in lb.listeners.iter().enumerate() {
@@ -104,4 +110,5 @@ fn ports_free(provider: &LocalProvider, resource: &Resource, lb: &LoadBalancer, 
             });
         }
     }
+    Ok(())
 }

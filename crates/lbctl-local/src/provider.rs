@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::addresses::AddressTable;
+use crate::status::TargetVerdict;
 
 /// Attributes of an auto-scaling group that the planner derives (not spec fields).
 pub(crate) const ASG_DERIVED: &[&str] = &["instance_port", "target_group_ports"];
@@ -94,20 +95,31 @@ pub(crate) fn lb_settings(attributes: &Value) -> Result<LoadBalancer> {
     settings(attributes, LB_DERIVED)
 }
 
-fn private<T: DeserializeOwned + Default>(resource: &ResourceState) -> T {
-    serde_json::from_value(resource.private.clone()).unwrap_or_default()
-}
-
 impl LocalProvider {
     /// A provider for one stack.
     pub fn new(options: LocalOptions) -> LocalProvider {
         let layout = Layout::new(options.state_dir.join("run"));
-        LocalProvider { options, layout, addresses: AddressTable::default() }
+        LocalProvider { options, layout, addresses: AddressTable::for_user() }
     }
 
     /// The runtime layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// What the state keeps for `resource` of this provider's own; an
+    /// error naming the state file when it cannot be read, so that nothing
+    /// is started or stopped on a guess.
+    fn private<T: DeserializeOwned>(&self, resource: &ResourceState) -> Result<T> {
+        serde_json::from_value(resource.private.clone()).map_err(|err| {
+            let state = self.options.state_dir.join("state.json");
+            anyhow!(
+                "{}: the record of {} is damaged ({err}); restore it from {} or remove the record and clean up by hand",
+                state.display(),
+                resource.address,
+                state.with_extension("json.backup").display()
+            )
+        })
     }
 
     fn proxy_status(&self, name: &str) -> Option<ProxyStatus> {
@@ -132,7 +144,13 @@ impl LocalProvider {
         command.arg("internal").arg(role).arg("--config").arg(config_path);
         let mut child = process::spawn_detached(command, log)?;
         let pid = child.id();
-        std::fs::write(config_path.with_file_name("pid"), format!("{pid}\n")).ok();
+        // The pid file is how an apply killed before it saved the state finds
+        // this process again: without it, it must not run.
+        if let Err(err) = runtime::write_atomic(&config_path.with_file_name("pid"), format!("{pid}\n").as_bytes()) {
+            process::stop(pid, &config_path.to_string_lossy(), Duration::from_secs(2));
+            let _ = child.try_wait();
+            return Err(err.context(format!("recording the pid of the {role} it started")));
+        }
         progress.report(&format!("started {role} (pid {pid}), waiting for it to come up"));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -188,7 +206,16 @@ impl LocalProvider {
         // (it reloads the configuration just written) rather than start a
         // second one beside it.
         let marker = config_path.to_string_lossy().into_owned();
-        let orphan = std::fs::read_to_string(dir.join("pid")).ok().and_then(|it| it.trim().parse::<u32>().ok());
+        let pid_file = dir.join("pid");
+        let orphan = match runtime::read_trusted(&pid_file)? {
+            None => None,
+            Some(bytes) => Some(String::from_utf8_lossy(&bytes).trim().parse::<u32>().map_err(|_| {
+                anyhow!(
+                    "{} does not hold a process id; check whether a {role} of this resource still runs, stop it, and remove the file",
+                    pid_file.display()
+                )
+            })?),
+        };
         if let Some(pid) = orphan.filter(|pid| process::is_ours(*pid, &marker)) {
             progress.report(&format!("adopting the running {role} (pid {pid})"));
             self.wait_applied(role, pid, &marker, || runs(pid, &config_digest))?;
@@ -208,7 +235,7 @@ impl LocalProvider {
         config: &T,
         runs: impl Fn(u32, &str) -> Option<Result<()>>,
     ) -> Result<Value> {
-        let mut data: ProcessData = private(prior);
+        let mut data: ProcessData = self.private(prior)?;
         runtime::write_json(&data.config_path, config)?;
         data.config_digest = runtime::digest(&std::fs::read(&data.config_path)?);
         let marker = data.config_path.to_string_lossy().into_owned();
@@ -245,6 +272,7 @@ impl LocalProvider {
             bind_ip: static_ip.unwrap_or(Ipv4Addr::LOCALHOST),
             worker_threads,
             idle_timeout_ms: lb.idle_timeout.map(|it| it.get().as_millis() as u64).unwrap_or(default_idle),
+            max_connections: lb.max_connections,
             listeners: lb.listeners,
             target_groups,
             layout: self.layout.clone(),
@@ -265,16 +293,16 @@ impl LocalProvider {
     /// The address a network load balancer has or will have: `static_ip`,
     /// or the one allocated to it before; `None` when it gets a new one
     /// (nothing can be bound there yet). Changes nothing.
-    pub(crate) fn known_static_ip(&self, name: &str, lb: &LoadBalancer) -> Option<Ipv4Addr> {
+    pub(crate) fn known_static_ip(&self, name: &str, lb: &LoadBalancer) -> Result<Option<Ipv4Addr>> {
         match lb.static_ip.as_deref() {
-            Some(ip) => ip.parse().ok(),
-            None => self.addresses.lookup(&self.options.state_dir, name).ok().flatten(),
+            Some(ip) => Ok(ip.parse().ok()),
+            None => self.addresses.lookup(&self.options.state_dir, name),
         }
     }
 
     /// Who else holds `ip`, the `static_ip` of load balancer `name`.
-    pub(crate) fn static_ip_holder(&self, ip: Ipv4Addr, name: &str) -> Option<crate::addresses::Owner> {
-        self.addresses.holder_other_than(ip, &self.options.state_dir, name).ok().flatten()
+    pub(crate) fn static_ip_holder(&self, ip: Ipv4Addr, name: &str) -> Result<Option<crate::addresses::Owner>> {
+        self.addresses.holder_other_than(ip, &self.options.state_dir, name)
     }
 
     /// Releases the stack's network load balancer addresses (after its destroy).
@@ -362,7 +390,7 @@ impl LocalProvider {
     /// Stops a supervisor (it drains and stops its instances), then makes
     /// sure none of the instances it listed survived.
     fn delete_autoscaling_group(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
-        let data: ProcessData = private(prior);
+        let data: ProcessData = self.private(prior)?;
         let name = &prior.address.name;
         let marker = data.config_path.to_string_lossy().into_owned();
         let settings: Option<AutoscalingGroup> = settings(&prior.attributes, ASG_DERIVED).ok();
@@ -455,32 +483,37 @@ impl LocalProvider {
         Ok(json!(FileData { path, digest }))
     }
 
-    fn read_file_resource(&self, prior: &ResourceState) -> Observed {
-        let data: FileData = private(prior);
-        match std::fs::read(&data.path) {
-            Err(_) => Observed::Missing { reason: format!("{} is missing", data.path.display()) },
-            Ok(bytes) if runtime::digest(&bytes) != data.digest => {
-                Observed::Drifted { reason: format!("{} was changed outside lbctl", data.path.display()) }
-            }
-            Ok(_) => Observed::Present,
-        }
+    fn read_file_resource(&self, prior: &ResourceState) -> Result<Observed> {
+        let data: FileData = self.private(prior)?;
+        Ok(match runtime::read_trusted(&data.path) {
+            Ok(None) => Observed::Missing { reason: format!("{} is missing", data.path.display()) },
+            Ok(Some(bytes)) if runtime::digest(&bytes) == data.digest => Observed::Present,
+            Ok(Some(_)) => Observed::Drifted { reason: format!("{} was changed outside lbctl", data.path.display()) },
+            Err(err) => Observed::Drifted { reason: format!("{err:#}") },
+        })
     }
 
-    fn read_process_resource(&self, prior: &ResourceState, role: &str) -> Observed {
-        let data: ProcessData = private(prior);
+    fn read_process_resource(&self, prior: &ResourceState, role: &str) -> Result<Observed> {
+        let data: ProcessData = self.private(prior)?;
         if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
-            return Observed::Missing { reason: format!("{role} process {} is not running", data.pid) };
+            return Ok(Observed::Missing { reason: format!("{role} process {} is not running", data.pid) });
         }
-        match std::fs::read(&data.config_path) {
-            Ok(bytes) if runtime::digest(&bytes) == data.config_digest => Observed::Present,
-            _ => Observed::Drifted { reason: format!("{} was changed outside lbctl", data.config_path.display()) },
-        }
+        Ok(match runtime::read_trusted(&data.config_path) {
+            Ok(Some(bytes)) if runtime::digest(&bytes) == data.config_digest => Observed::Present,
+            Ok(_) => Observed::Drifted { reason: format!("{} was changed outside lbctl", data.config_path.display()) },
+            Err(err) => Observed::Drifted { reason: format!("{err:#}") },
+        })
     }
 
-    /// Readiness of an auto-scaling group: `desired` instances healthy in
-    /// every load balancer that routes to its target groups.
+    /// Readiness of an auto-scaling group: `desired` instances in service.
+    /// An `ELB` group's count only once healthy in every load balancer that
+    /// routes to its target groups; an `EC2` group's once in service and
+    /// judged by those load balancers (healthy or not: EC2 health keeps an
+    /// instance the load balancers find unhealthy). With
+    /// `wait_for_elb_capacity`, that many must also be healthy in them
+    /// (Terraform's setting).
     fn autoscaling_group_ready(&self, current: &ResourceState) -> Result<Readiness> {
-        let data: ProcessData = private(current);
+        let data: ProcessData = self.private(current)?;
         let name = &current.address.name;
         if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
             let log = self.layout.asg_dir(name).join("supervisor.log");
@@ -507,20 +540,36 @@ impl LocalProvider {
         // A scaling policy chooses the desired capacity: it is not drift, and
         // the group is ready with as many instances as the policy wants.
         let desired = if report.desired_set_by.is_some() { report.desired } else { settings.desired() } as usize;
-        let mut healthy = 0;
+        let ec2 = settings.health_check_type == lbctl_spec::HealthCheckType::Ec2;
+        let elb_capacity = settings.wait_for_elb_capacity.unwrap_or(0) as usize;
+        let (mut in_service, mut healthy) = (0, 0);
         let mut waiting = Vec::new();
         let live = report
             .instances
             .iter()
             .filter(|it| matches!(it.lifecycle, runtime::Lifecycle::Pending | runtime::Lifecycle::InService));
         for instance in live {
+            if !process::is_ours(instance.pid, &instance.id) {
+                waiting.push(format!("{}: process {} exited", instance.id, instance.pid));
+                continue;
+            }
+            let counted = ec2 && instance.lifecycle == runtime::Lifecycle::InService;
             match crate::status::instance_target_health(&statuses, &settings.target_groups, &instance.id) {
-                Ok(()) if process::is_alive(instance.pid) => healthy += 1,
-                Ok(()) => waiting.push(format!("{}: process {} exited", instance.id, instance.pid)),
-                Err(reason) => waiting.push(format!("{}: {reason}", instance.id)),
+                TargetVerdict::Healthy if ec2 && !counted => {
+                    waiting.push(format!("{}: not in service yet", instance.id));
+                    healthy += 1;
+                }
+                TargetVerdict::Healthy => {
+                    in_service += 1;
+                    healthy += 1;
+                }
+                TargetVerdict::Unhealthy(_) if counted => in_service += 1,
+                TargetVerdict::Unhealthy(reason) | TargetVerdict::Pending(reason) => {
+                    waiting.push(format!("{}: {reason}", instance.id));
+                }
             }
         }
-        if healthy >= desired {
+        if in_service >= desired && healthy >= elb_capacity {
             return Ok(Readiness::Ready);
         }
         let detail = match waiting.as_slice() {
@@ -530,16 +579,24 @@ impl LocalProvider {
         };
         // The supervisor's latest event says why when instances keep dying.
         let latest = report.events.last().map(|it| format!("; latest event: {it}")).unwrap_or_default();
-        Ok(Readiness::Waiting(format!("{healthy} of {desired} instances healthy{detail}{latest}")))
+        let progress = if in_service < desired {
+            let what = if ec2 { "in service" } else { "healthy" };
+            format!("{in_service} of {desired} instances {what}")
+        } else {
+            format!("{healthy} of {elb_capacity} instances healthy in the load balancers (wait_for_elb_capacity)")
+        };
+        Ok(Readiness::Waiting(format!("{progress}{detail}{latest}")))
     }
 
     /// Readiness of a target group: every running load balancer that routes
-    /// to it routes to exactly its registered targets, so that when apply
-    /// returns a deregistered target gets no new request or connection.
-    fn target_group_ready(&self, name: &str) -> Readiness {
+    /// to it (or only `only_lb`) routes to exactly its registered targets, so
+    /// that when apply returns a deregistered target gets no new request or
+    /// connection, and a registered one is being checked.
+    fn target_group_ready(&self, name: &str, only_lb: Option<&str>) -> Readiness {
         let registered: BTreeSet<String> =
             runtime::registered_targets(&self.layout, name).into_iter().map(|it| it.id).collect();
-        for (lb, status) in self.all_proxy_statuses() {
+        let statuses = self.all_proxy_statuses();
+        for (lb, status) in statuses.iter().filter(|(lb, _)| only_lb.is_none_or(|it| it == lb)) {
             let Some(targets) = status.target_groups.get(name) else { continue };
             let routed: BTreeSet<String> = targets
                 .iter()
@@ -596,15 +653,15 @@ impl Provider for LocalProvider {
         }
     }
 
-    fn check(&self, desired: &[Resource], _state: &State) -> Vec<Finding> {
+    fn check(&self, desired: &[Resource], _state: &State) -> Result<Vec<Finding>> {
         // The machine's and the runtime files' view is what counts here.
         crate::capabilities::check(self, desired)
     }
 
     fn read(&self, prior: &ResourceState) -> Result<Observed> {
         Ok(match prior.address.kind {
-            Kind::LoadBalancer => self.read_process_resource(prior, "proxy"),
-            Kind::AutoscalingGroup => match self.read_process_resource(prior, "supervisor") {
+            Kind::LoadBalancer => self.read_process_resource(prior, "proxy")?,
+            Kind::AutoscalingGroup => match self.read_process_resource(prior, "supervisor")? {
                 // A rolled-back refresh runs the previous launch template, not
                 // the state's: the next plan shows the update again.
                 Observed::Present => match self.instances(&prior.address.name).and_then(|it| it.refresh) {
@@ -618,7 +675,7 @@ impl Provider for LocalProvider {
                 },
                 other => other,
             },
-            Kind::TargetGroup | Kind::Function => self.read_file_resource(prior),
+            Kind::TargetGroup | Kind::Function => self.read_file_resource(prior)?,
         })
     }
 
@@ -643,7 +700,7 @@ impl Provider for LocalProvider {
     fn delete(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
         match prior.address.kind {
             Kind::LoadBalancer => {
-                let data: ProcessData = private(prior);
+                let data: ProcessData = self.private(prior)?;
                 let marker = data.config_path.to_string_lossy().into_owned();
                 if process::is_ours(data.pid, &marker) {
                     progress.report("stopping the proxy");
@@ -654,7 +711,7 @@ impl Provider for LocalProvider {
             Kind::AutoscalingGroup => self.delete_autoscaling_group(prior, progress),
             Kind::TargetGroup => self.delete_target_group(prior),
             Kind::Function => {
-                let data: FileData = private(prior);
+                let data: FileData = self.private(prior)?;
                 if let Some(dir) = data.path.parent() {
                     remove_dir(dir)?;
                 }
@@ -666,7 +723,7 @@ impl Provider for LocalProvider {
     fn ready(&self, current: &ResourceState) -> Result<Readiness> {
         match current.address.kind {
             Kind::LoadBalancer => {
-                let data: ProcessData = private(current);
+                let data: ProcessData = self.private(current)?;
                 let name = &current.address.name;
                 if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
                     let log = self.layout.lb_dir(name).join("proxy.log");
@@ -675,13 +732,20 @@ impl Provider for LocalProvider {
                 let lb = lb_settings(&current.attributes)?;
                 let ports: Vec<u16> = lb.listeners.iter().map(|it| it.port).collect();
                 Ok(match self.proxy_serves(name, data.pid, &data.config_digest, &ports) {
-                    Some(Ok(())) => Readiness::Ready,
+                    // Serving, and routing to the targets its groups have.
+                    Some(Ok(())) => current
+                        .dependencies
+                        .iter()
+                        .filter(|it| it.kind == Kind::TargetGroup)
+                        .map(|group| self.target_group_ready(&group.name, Some(name)))
+                        .find(|it| *it != Readiness::Ready)
+                        .unwrap_or(Readiness::Ready),
                     Some(Err(err)) => Readiness::Failed(format!("{err:#}")),
                     None => Readiness::Waiting("proxy is not listening yet".to_string()),
                 })
             }
             Kind::AutoscalingGroup => self.autoscaling_group_ready(current),
-            Kind::TargetGroup => Ok(self.target_group_ready(&current.address.name)),
+            Kind::TargetGroup => Ok(self.target_group_ready(&current.address.name, None)),
             Kind::Function => Ok(Readiness::Ready),
         }
     }
@@ -692,7 +756,7 @@ impl Provider for LocalProvider {
             let Ok(lb) = lb_settings(&resource.attributes) else { continue };
             let name = &resource.address.name;
             outputs.insert(format!("{name}_dns_name"), lbctl_plan::dns_name(&self.options.stack, name));
-            if let Some(ip) = private::<ProcessData>(resource).static_ip {
+            if let Some(ip) = self.private::<ProcessData>(resource).ok().and_then(|it| it.static_ip) {
                 outputs.insert(format!("{name}_static_ip"), ip.to_string());
             }
             for (idx, (listener, url)) in lb.listeners.iter().zip(self.listener_urls(resource, &lb)).enumerate() {
@@ -715,9 +779,9 @@ impl Provider for LocalProvider {
 
 impl LocalProvider {
     /// Process id of a process-backed resource and whether it runs.
-    pub(crate) fn process_of(&self, resource: &ResourceState) -> (u32, bool) {
-        let data: ProcessData = private(resource);
-        (data.pid, process::is_ours(data.pid, &data.config_path.to_string_lossy()))
+    pub(crate) fn process_of(&self, resource: &ResourceState) -> Result<(u32, bool)> {
+        let data: ProcessData = self.private(resource)?;
+        Ok((data.pid, process::is_ours(data.pid, &data.config_path.to_string_lossy())))
     }
 
     /// The instances report of an auto-scaling group.
@@ -730,7 +794,7 @@ impl LocalProvider {
     /// 127.0.0.1 only).
     pub(crate) fn listener_urls(&self, resource: &ResourceState, lb: &LoadBalancer) -> Vec<String> {
         let dns = lbctl_plan::dns_name(&self.options.stack, &resource.address.name);
-        let static_ip = private::<ProcessData>(resource).static_ip;
+        let static_ip = self.private::<ProcessData>(resource).ok().and_then(|it| it.static_ip);
         lb.listeners
             .iter()
             .map(|listener| {

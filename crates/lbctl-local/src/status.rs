@@ -21,27 +21,45 @@ fn target_address(ip: Ipv4Addr, port: u16) -> String {
     }
 }
 
-/// `Ok` when `instance_id` is healthy in every load balancer that routes to
-/// one of `target_groups`; otherwise the first reason it is not. A group no
-/// load balancer routes to does not count against it.
+/// How the load balancers see an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TargetVerdict {
+    /// Healthy in every load balancer that routes to one of its groups (a
+    /// group no load balancer routes to does not count against it).
+    Healthy,
+    /// Every such load balancer has judged it, and one found it unhealthy
+    /// (or it is draining there); why.
+    Unhealthy(String),
+    /// Some load balancer has not registered or judged it yet; why.
+    Pending(String),
+}
+
+/// How the load balancers that route to one of `target_groups` see
+/// `instance_id`.
 pub(crate) fn instance_target_health(
     statuses: &[(String, ProxyStatus)],
     target_groups: &[String],
     instance_id: &str,
-) -> Result<(), String> {
+) -> TargetVerdict {
+    let mut unhealthy = None;
     for (lb, status) in statuses {
         for group in target_groups {
             let Some(targets) = status.target_groups.get(group) else { continue };
             match targets.iter().find(|it| it.id == instance_id) {
-                None => return Err(format!("not yet registered in {group} at load balancer {lb}")),
+                None => return TargetVerdict::Pending(format!("not yet registered in {group} at load balancer {lb}")),
+                Some(target) if target.state == HealthState::Initial => {
+                    return TargetVerdict::Pending(format!("initial in {group} at {lb}: {}", target.reason));
+                }
                 Some(target) if target.state != HealthState::Healthy => {
-                    return Err(format!("{} in {group} at {lb}: {}", target.state.as_str(), target.reason));
+                    unhealthy.get_or_insert_with(|| {
+                        format!("{} in {group} at {lb}: {}", target.state.as_str(), target.reason)
+                    });
                 }
                 Some(_) => {}
             }
         }
     }
-    Ok(())
+    unhealthy.map_or(TargetVerdict::Healthy, TargetVerdict::Unhealthy)
 }
 
 /// One target of a target group as one load balancer sees it.
@@ -86,11 +104,16 @@ fn group_targets(
     targets
 }
 
+/// A summary line followed by one line per error.
+fn with_errors(summary: String, errors: &[String]) -> String {
+    errors.iter().fold(summary, |acc, error| format!("{acc}\n  error: {error}"))
+}
+
 pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> anyhow::Result<LiveStatus> {
     let name = &current.address.name;
     match current.address.kind {
         Kind::LoadBalancer => {
-            let (pid, running) = provider.process_of(current);
+            let (pid, running) = provider.process_of(current)?;
             let lb = lb_settings(&current.attributes)?;
             let urls = provider.listener_urls(current, &lb);
             let state = if running { format!("running (pid {pid})") } else { format!("NOT RUNNING (pid {pid} gone)") };
@@ -114,17 +137,22 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                     }));
                 }
             }
+            let errors: Vec<String> = status.iter().flat_map(|it| it.errors.iter().cloned()).collect();
             Ok(LiveStatus {
-                summary: format!("{state}, listening on {}", urls.join(", ")),
+                summary: with_errors(format!("{state}, listening on {}", urls.join(", ")), &errors),
                 columns: ["target group", "target", "address", "state", "reason", "requests"]
                     .map(String::from)
                     .to_vec(),
                 rows,
-                json: json!({ "running": running, "pid": pid, "urls": urls, "targets": targets_json }),
+                json: json!({
+                    "running": running, "pid": pid, "urls": urls, "targets": targets_json, "errors": errors,
+                    "connections": status.as_ref().map_or(0, |it| it.connections),
+                    "rejected_connections": status.as_ref().map_or(0, |it| it.rejected_connections),
+                }),
             })
         }
         Kind::AutoscalingGroup => {
-            let (pid, running) = provider.process_of(current);
+            let (pid, running) = provider.process_of(current)?;
             let report = provider.instances_report(name).unwrap_or_default();
             let state = if running {
                 format!("supervisor running (pid {pid})")
@@ -150,18 +178,19 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                     "log": instance.log,
                 }));
             }
+            let summary = format!(
+                "{state}, desired {}{}, {} instances",
+                report.desired,
+                report.desired_set_by.as_ref().map(|by| format!(" (set by {by})")).unwrap_or_default(),
+                report.instances.len()
+            );
             Ok(LiveStatus {
-                summary: format!(
-                    "{state}, desired {}{}, {} instances",
-                    report.desired,
-                    report.desired_set_by.as_ref().map(|by| format!(" (set by {by})")).unwrap_or_default(),
-                    report.instances.len()
-                ),
+                summary: with_errors(summary, &report.errors),
                 columns: ["instance", "address", "pid", "lifecycle", "health", "reason", "log"]
                     .map(String::from)
                     .to_vec(),
                 rows,
-                json: json!({ "running": running, "pid": pid, "desired": report.desired, "desired_set_by": report.desired_set_by, "instances": instances_json, "events": report.events }),
+                json: json!({ "running": running, "pid": pid, "desired": report.desired, "desired_set_by": report.desired_set_by, "instances": instances_json, "events": report.events, "errors": report.errors }),
             })
         }
         Kind::TargetGroup => {
@@ -225,14 +254,22 @@ mod tests {
     fn healthy_means_healthy_wherever_it_is_checked() {
         let groups = vec!["web".to_string()];
         let healthy = vec![("public".to_string(), status("web", "i-1", HealthState::Healthy))];
-        assert_eq!(instance_target_health(&healthy, &groups, "i-1"), Ok(()));
+        assert_eq!(instance_target_health(&healthy, &groups, "i-1"), TargetVerdict::Healthy);
         let mixed = vec![healthy[0].clone(), ("other".to_string(), status("web", "i-1", HealthState::Unhealthy))];
         assert_eq!(
             instance_target_health(&mixed, &groups, "i-1"),
-            Err("unhealthy in web at other: Target.Timeout: health check timed out".to_string())
+            TargetVerdict::Unhealthy("unhealthy in web at other: Target.Timeout: health check timed out".to_string())
         );
-        assert!(instance_target_health(&healthy, &groups, "i-2").is_err(), "not registered yet");
-        assert_eq!(instance_target_health(&[], &groups, "i-2"), Ok(()), "unused groups do not count");
+        let checking = vec![mixed[1].clone(), ("third".to_string(), status("web", "i-1", HealthState::Initial))];
+        assert!(
+            matches!(instance_target_health(&checking, &groups, "i-1"), TargetVerdict::Pending(_)),
+            "not judged yet"
+        );
+        assert!(
+            matches!(instance_target_health(&healthy, &groups, "i-2"), TargetVerdict::Pending(_)),
+            "not registered yet"
+        );
+        assert_eq!(instance_target_health(&[], &groups, "i-2"), TargetVerdict::Healthy, "unused groups do not count");
     }
 
     #[test]

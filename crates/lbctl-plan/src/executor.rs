@@ -12,7 +12,7 @@
 //! schedules, records results and writes the state, so the state file has
 //! one writer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -217,14 +217,56 @@ pub fn apply(
         bail!("apply failed; the state holds what was done\n  {}", failures.join("\n  "));
     }
     wait_ready(plan, provider, state, observer, options)?;
+    for resource in state.resources.values_mut() {
+        resource.awaiting_ready = false;
+    }
     let applied: Vec<ResourceState> = state.resources.values().cloned().collect();
     state.outputs = provider.outputs(&applied);
     store.save(state)?;
     Ok(())
 }
 
-/// Polls every desired resource until all are ready; fails at the first
-/// `Failed`, or when the timeout passes, naming what it still waits for.
+/// What an apply waits to be ready: only what it touched, as Terraform
+/// does (a resource elsewhere in the stack that is not ready, such as an
+/// `EC2` group keeping an instance its load balancer finds unhealthy, is
+/// none of this apply's business):
+/// - every resource it created, updated or replaced, and every resource an
+///   earlier apply did and never saw ready (`awaiting_ready` in `state`);
+/// - every resource that depends on one of those (an auto-scaling group
+///   whose target group changed);
+/// - for a load balancer it created, updated or replaced, every resource
+///   that depends on what it forwards to (the groups that register
+///   instances there, which must now be in service in it too).
+pub fn waits_for<'a>(plan: &'a Plan, state: &State) -> Vec<&'a Address> {
+    let changed: BTreeSet<&Address> = plan
+        .actions
+        .iter()
+        .filter(|it| it.kind != ActionKind::Delete)
+        .map(|it| &it.address)
+        .chain(plan.desired.iter().map(|it| &it.address).filter(|it| state.get(it).is_some_and(|it| it.awaiting_ready)))
+        .collect();
+    let behind_changed_load_balancers: BTreeSet<&Address> = plan
+        .desired
+        .iter()
+        .filter(|it| it.address.kind == Kind::LoadBalancer && changed.contains(&it.address))
+        .flat_map(|it| it.dependencies.iter())
+        .collect();
+    plan.desired
+        .iter()
+        .filter(|resource| {
+            changed.contains(&resource.address)
+                || resource
+                    .dependencies
+                    .iter()
+                    .any(|it| changed.contains(it) || behind_changed_load_balancers.contains(it))
+        })
+        .map(|it| &it.address)
+        .collect()
+}
+
+/// Polls what the apply waits for (`waits_for`) until all of it is ready;
+/// fails at the first `Failed`, or when the timeout passes, naming what it
+/// still waits for.
 fn wait_ready(
     plan: &Plan,
     provider: &dyn Provider,
@@ -234,7 +276,7 @@ fn wait_ready(
 ) -> Result<()> {
     let began = Instant::now();
     let deadline = began + options.ready_timeout;
-    let mut pending: Vec<&Address> = plan.desired.iter().map(|it| &it.address).collect();
+    let mut pending = waits_for(plan, state);
     let mut last_reason: BTreeMap<&Address, String> = BTreeMap::new();
     loop {
         let mut still = Vec::new();

@@ -98,7 +98,9 @@ pub trait Provider: Sync {
 
     /// Problems found before anything is touched: unsupported features and
     /// conflicts with the machine (ports already taken by someone else).
-    fn check(&self, desired: &[Resource], state: &State) -> Vec<Finding>;
+    /// An error when the provider cannot even look (its machine-wide files
+    /// are unsafe to use).
+    fn check(&self, desired: &[Resource], state: &State) -> Result<Vec<Finding>>;
 
     /// What exists now for a resource the state records.
     fn read(&self, prior: &ResourceState) -> Result<Observed>;

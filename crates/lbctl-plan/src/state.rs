@@ -10,7 +10,7 @@
 //! holds a line naming it.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -56,16 +56,23 @@ pub struct ResourceState {
     /// Provider data (process ids, file paths).
     #[serde(default)]
     pub private: Value,
+    /// Applied, but not yet seen ready: an apply that created, updated or
+    /// replaced it ended (failed, timed out, was killed) before it was
+    /// ready, so the next apply waits for it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_ready: bool,
 }
 
 impl ResourceState {
-    /// The state of `resource` once applied with provider data `private`.
+    /// The state of `resource` once applied with provider data `private`,
+    /// awaiting readiness.
     pub fn applied(resource: &Resource, private: Value) -> ResourceState {
         ResourceState {
             address: resource.address.clone(),
             attributes: resource.attributes.clone(),
             dependencies: resource.dependencies.clone(),
             private,
+            awaiting_ready: true,
         }
     }
 }
@@ -130,17 +137,14 @@ impl StateStore {
         self.dir.join("state.json")
     }
 
-    /// Takes the lock at once or fails naming its holder.
+    /// Takes the lock at once or fails naming its holder. The directory is
+    /// created private (`0700`); one left readable by an older release is
+    /// made private, with everything in it.
     pub fn lock(&self, holder: &str) -> Result<StateLock> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        lbctl_files::create_private_dir(&self.dir)?;
+        lbctl_files::tighten_tree(&self.dir)?;
         let path = self.dir.join("lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut file = lbctl_files::open_private_rw(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -162,42 +166,43 @@ impl StateStore {
         Ok(StateLock { _file: file })
     }
 
-    /// Reads the state; a missing file is an empty state.
+    /// Reads the state; a missing file is an empty state. A file that
+    /// cannot be parsed is an error naming it and, when there is one, the
+    /// backup of the previous version: nothing is planned on a guess.
     pub fn load(&self) -> Result<State> {
         let path = self.path();
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let state: State =
-                    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-                if state.format != STATE_FORMAT {
-                    bail!("{} has format {}; this lbctl reads format {STATE_FORMAT}", path.display(), state.format);
-                }
-                Ok(state)
+        let Some(bytes) = lbctl_files::read_trusted(&path)? else { return Ok(State::new()) };
+        let state: State = match serde_json::from_slice(&bytes) {
+            Ok(state) => state,
+            Err(err) => {
+                let backup = self.dir.join("state.json.backup");
+                let hint = if backup.exists() {
+                    format!(
+                        "; {} holds the version before the last write: check it and copy it over the state to go back to it",
+                        backup.display()
+                    )
+                } else {
+                    String::new()
+                };
+                bail!("{} is corrupt ({err}){hint}", path.display());
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(State::new()),
-            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        if state.format != STATE_FORMAT {
+            bail!("{} has format {}; this lbctl reads format {STATE_FORMAT}", path.display(), state.format);
         }
+        Ok(state)
     }
 
     /// Writes `state` with the next serial: the old file becomes the backup,
     /// the new one appears atomically.
     pub fn save(&self, state: &mut State) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         state.serial += 1;
         let path = self.path();
         let bytes = serde_json::to_vec_pretty(state).context("serializing state")?;
-        let tmp = self.dir.join(".state.json.tmp");
-        {
-            let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            file.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
-            file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        if let Some(previous) = lbctl_files::read_trusted(&path)? {
+            lbctl_files::write_private(&self.dir.join("state.json.backup"), &previous)?;
         }
-        if path.exists() {
-            let backup = self.dir.join("state.json.backup");
-            std::fs::copy(&path, &backup).with_context(|| format!("backing up to {}", backup.display()))?;
-        }
-        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-        Ok(())
+        lbctl_files::write_private(&path, &bytes)
     }
 }
 

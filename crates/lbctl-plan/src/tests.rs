@@ -39,8 +39,8 @@ impl Provider for FakeProvider {
             &[]
         }
     }
-    fn check(&self, _: &[Resource], _: &State) -> Vec<Finding> {
-        Vec::new()
+    fn check(&self, _: &[Resource], _: &State) -> Result<Vec<Finding>> {
+        Ok(Vec::new())
     }
     fn read(&self, prior: &ResourceState) -> Result<Observed> {
         let name = prior.address.to_string();

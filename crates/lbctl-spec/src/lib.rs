@@ -186,4 +186,6 @@ impl Spec {
     }
 }
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

@@ -59,6 +59,12 @@ pub struct LoadBalancer {
     /// The "elastic IP" of a network load balancer (127.0.0.0/8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_ip: Option<String>,
+    /// Local provider: the most client connections (and UDP flows) open at
+    /// once; past it new ones are refused and the open ones keep working
+    /// (default: from the proxy's file descriptor limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
     /// Listeners; ports are unique per load balancer.
     pub listeners: Vec<Listener>,
 }
@@ -619,6 +625,11 @@ pub struct AutoscalingGroup {
     /// Automatic scaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<Scaling>,
+    /// `apply` waits until this many instances are healthy in every load
+    /// balancer that routes to the group (Terraform's setting); without it
+    /// an `EC2` group is ready once its instances are in service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_elb_capacity: Option<u32>,
 }
 
 impl AutoscalingGroup {

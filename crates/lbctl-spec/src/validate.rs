@@ -149,6 +149,9 @@ impl Checker<'_> {
             if lb.worker_threads == Some(0) {
                 self.error(&format!("{base}.worker_threads"), "worker_threads must be at least 1");
             }
+            if lb.max_connections == Some(0) {
+                self.error(&format!("{base}.max_connections"), "max_connections must be at least 1");
+            }
             let application = lb.kind == LoadBalancerType::Application;
             match (&lb.static_ip, application) {
                 (Some(_), true) => {
@@ -475,6 +478,13 @@ impl Checker<'_> {
             if desired > group.max_size {
                 let message = format!("desired_capacity ({desired}) is greater than max_size ({})", group.max_size);
                 self.error(&format!("{base}.desired_capacity"), message);
+            }
+            if let Some(capacity) = group.wait_for_elb_capacity.filter(|it| *it > group.max_size) {
+                let message = format!(
+                    "wait_for_elb_capacity ({capacity}) is greater than max_size ({}): apply would never finish",
+                    group.max_size
+                );
+                self.error(&format!("{base}.wait_for_elb_capacity"), message);
             }
             if group.launch_template.command.is_empty() {
                 self.error(&format!("{base}.launch_template.command"), "command must not be empty");

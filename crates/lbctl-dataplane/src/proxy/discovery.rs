@@ -45,7 +45,11 @@ impl Registry {
         for (path, bytes) in &files {
             all.extend_from_slice(path.as_os_str().as_encoded_bytes());
             all.push(0);
-            all.extend_from_slice(bytes.as_deref().unwrap_or(b"\xff missing"));
+            match bytes {
+                Ok(Some(bytes)) => all.extend_from_slice(bytes),
+                Ok(None) => all.extend_from_slice(b"\xff missing"),
+                Err(problem) => all.extend_from_slice(problem.as_bytes()),
+            }
             all.push(0);
         }
         let fingerprint = runtime::digest(&all);
@@ -57,9 +61,11 @@ impl Registry {
     }
 
     /// `group.json` first, then every registration file in name order;
-    /// `None` bytes for a file that could not be read.
-    fn read(&self) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-        let mut files = vec![(self.group_file.clone(), std::fs::read(&self.group_file).ok())];
+    /// `None` bytes for a file that is gone, an error for one that could
+    /// not be read or is not trusted (see `runtime::read_trusted`).
+    fn read(&self) -> Vec<(PathBuf, FileRead)> {
+        let read = |path: &PathBuf| runtime::read_trusted(path).map_err(|err| format!("{err:#}"));
+        let mut files = vec![(self.group_file.clone(), read(&self.group_file))];
         let mut sources: Vec<PathBuf> = match std::fs::read_dir(&self.targets_dir) {
             Ok(entries) => entries
                 .filter_map(|it| it.ok())
@@ -73,16 +79,23 @@ impl Registry {
         };
         sources.sort();
         files.extend(sources.into_iter().map(|path| {
-            let bytes = std::fs::read(&path).ok();
+            let bytes = read(&path);
             (path, bytes)
         }));
         files
     }
 }
 
-/// Parses the files `Registry::read` returned.
-fn parse(files: &[(PathBuf, Option<Vec<u8>>)]) -> Result<Discovered, String> {
-    let Some(((group_path, Some(group_bytes)), sources)) = files.split_first() else {
+/// A registry file's bytes; `None` when it is gone.
+type FileRead = Result<Option<Vec<u8>>, String>;
+
+/// Parses the files `Registry::read` returned. A file that could not be
+/// read or is not trusted makes the whole registry unusable.
+fn parse(files: &[(PathBuf, FileRead)]) -> Result<Discovered, String> {
+    if let Some(problem) = files.iter().find_map(|(_, read)| read.as_ref().err()) {
+        return Err(problem.clone());
+    }
+    let Some(((group_path, Ok(Some(group_bytes))), sources)) = files.split_first() else {
         return Ok(Discovered { config: None, targets: BTreeSet::new() });
     };
     let config: TargetGroupConfig =
@@ -90,7 +103,7 @@ fn parse(files: &[(PathBuf, Option<Vec<u8>>)]) -> Result<Discovered, String> {
     let mut targets = BTreeSet::new();
     for (path, bytes) in sources {
         // A file removed between listing and reading registers nothing.
-        let Some(bytes) = bytes else { continue };
+        let Ok(Some(bytes)) = bytes else { continue };
         let registrations: Registrations =
             serde_json::from_slice(bytes).map_err(|err| format!("{}: {err}", path.display()))?;
         targets.extend(registrations.targets);

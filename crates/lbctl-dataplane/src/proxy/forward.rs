@@ -108,7 +108,10 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
             Action::Forward(group) => group.clone(),
             Action::Weighted(weighted) => match weighted.pick() {
                 Some(group) => group.clone(),
-                None => return error(StatusCode::SERVICE_UNAVAILABLE),
+                None => {
+                    let failure = Failure::new(&request, peer, "-", "-");
+                    return failure.answer(StatusCode::SERVICE_UNAVAILABLE, "every weight of the forward is 0");
+                }
             },
             Action::Fixed(fixed) => {
                 let mut response = Response::new(ProxyBody::full(fixed.body.clone()));
@@ -138,7 +141,8 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
         (group, context.idle_timeout, context.forwarded_port.clone(), context.protocol)
     };
     let Some((backend, mut sticky_cookie)) = group.select_with(request.headers()) else {
-        return error(StatusCode::SERVICE_UNAVAILABLE);
+        let failure = Failure::new(&request, peer, &group.name, "-");
+        return failure.answer(StatusCode::SERVICE_UNAVAILABLE, "no registered target is routable");
     };
     let transport = group.transport();
     let mut in_flight = InFlight::start(backend);
@@ -166,6 +170,8 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
     };
     parts.version = Version::HTTP_11;
 
+    // What an error answer's log line names; cheap (reference counts).
+    let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
     let replay = Replay::capture(&parts, &body);
     let deadline = Instant::now() + idle_timeout;
     let sent = frontend.upstream.send(transport, &in_flight, Request::from_parts(parts, Either::Left(body)));
@@ -178,9 +184,14 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
             answer = tokio::time::timeout_at(deadline, frontend.upstream.send(transport, &in_flight, request)).await;
         }
     }
+    let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
     match answer {
-        Err(_) => error(StatusCode::GATEWAY_TIMEOUT),
-        Ok(Err(_)) => error(StatusCode::BAD_GATEWAY),
+        Err(_) => {
+            let why =
+                format!("the target did not answer within the idle timeout ({})", lbctl_spec::Duration(idle_timeout));
+            failure().answer(StatusCode::GATEWAY_TIMEOUT, &why)
+        }
+        Ok(Err(err)) => failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
         Ok(Ok(exchange)) => {
             let (mut parts, body) = exchange.response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
@@ -254,6 +265,45 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
         headers.remove(name);
+    }
+}
+
+/// A request the load balancer answers with an error of its own (502, 503,
+/// 504): what the log line says of it.
+struct Failure {
+    method: hyper::Method,
+    path: Option<PathAndQuery>,
+    peer: SocketAddr,
+    group: String,
+    /// `id (ip:port)`, or `-` when no target was chosen.
+    target: String,
+}
+
+impl Failure {
+    fn new<B>(request: &Request<B>, peer: SocketAddr, group: &str, target: &str) -> Failure {
+        Failure {
+            method: request.method().clone(),
+            path: request.uri().path_and_query().cloned(),
+            peer,
+            group: group.to_string(),
+            target: target.to_string(),
+        }
+    }
+
+    /// Logs the failure (time, client, request, target group, target and
+    /// why) in the load balancer's log, and answers it with `status`.
+    fn answer(self, status: StatusCode, why: &str) -> Response<ProxyBody> {
+        let path = self.path.as_ref().map_or("/", PathAndQuery::as_str);
+        eprintln!(
+            "{} {} {} {path} from {}: target group {}, target {}: {why}",
+            crate::runtime::log_time(),
+            status.as_u16(),
+            self.method,
+            self.peer,
+            self.group,
+            self.target
+        );
+        error(status)
     }
 }
 

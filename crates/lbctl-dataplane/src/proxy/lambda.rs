@@ -112,7 +112,8 @@ where
         Ok(response) => response,
         Err(failure) => {
             if failure.status != StatusCode::PAYLOAD_TOO_LARGE {
-                eprintln!("function {}: {} ({})", function.name, failure.status.as_u16(), failure.detail);
+                let time = crate::runtime::log_time();
+                eprintln!("{time} function {}: {} ({})", function.name, failure.status.as_u16(), failure.detail);
             }
             let reason = failure.status.canonical_reason().unwrap_or("Error");
             let mut response = Response::new(Bytes::from(format!("{} {reason}\n", failure.status.as_u16())));
@@ -145,9 +146,15 @@ where
         let detail = format!("{MAX_CONCURRENT_INVOCATIONS} invocations are already running");
         return Err(Failure { status: StatusCode::SERVICE_UNAVAILABLE, detail });
     };
-    let config = match tokio::fs::read(&function.file).await {
-        Ok(bytes) => serde_json::from_slice::<FunctionConfig>(&bytes)
+    // The file names the command to run: used only when it is trusted
+    // (this user's, writable by nobody else).
+    let file = function.file.clone();
+    let read = tokio::task::spawn_blocking(move || crate::runtime::read_trusted(&file)).await;
+    let config = match read {
+        Ok(Ok(Some(bytes))) => serde_json::from_slice::<FunctionConfig>(&bytes)
             .map_err(|err| Failure::bad_gateway(format!("{}: {err}", function.file.display())))?,
+        Ok(Ok(None)) => return Err(Failure::bad_gateway(format!("{} does not exist", function.file.display()))),
+        Ok(Err(err)) => return Err(Failure::bad_gateway(format!("{err:#}"))),
         Err(err) => return Err(Failure::bad_gateway(format!("reading {}: {err}", function.file.display()))),
     };
     let event = event(&function.target_group_arn, &parts, &body);

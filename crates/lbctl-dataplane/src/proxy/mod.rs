@@ -9,6 +9,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | this one | the entry point, listeners, configuration reload, shutdown |
+//! | `connection` | client connections: the limit, the per-connection watchdog, listening sockets |
 //! | `router` | rules compiled per configuration, request matching |
 //! | `action` | forward, weighted forward, redirect and fixed-response actions |
 //! | `forward` | the request path: routing, forwarding, error answers |
@@ -32,6 +33,7 @@
 //! the status's `errors`.
 
 mod action;
+mod connection;
 mod discovery;
 mod forward;
 mod head_guard;
@@ -59,13 +61,15 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use lbctl_spec::ListenerProtocol;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use self::connection::{Activity, Admitted, ConnectionLimit};
 use self::forward::{Frontend, ListenerContext};
 use self::status::StatusBoard;
 use self::target_group::TargetGroup;
@@ -159,7 +163,7 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> Re
 
 /// Reads and parses a configuration file, returning its bytes too.
 fn load_config(path: &Path) -> Result<(Vec<u8>, ProxyConfig)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = runtime::read_trusted(path)?.with_context(|| format!("{} does not exist", path.display()))?;
     let config = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
     Ok((bytes, config))
 }
@@ -239,6 +243,10 @@ struct Proxy {
     /// Why the configuration file on disk is not applied, and its digest.
     rejected: Option<(String, String)>,
     upstream: Upstream,
+    /// Client connections and UDP flows of every listener, bounded.
+    limit: Arc<ConnectionLimit>,
+    /// The file descriptors this process may open (the default limit's base).
+    descriptors: u64,
     board: Arc<StatusBoard>,
     groups: BTreeMap<String, GroupHandle>,
     listeners: BTreeMap<ListenerKey, ListenerHandle>,
@@ -258,6 +266,8 @@ impl Proxy {
             applied: String::new(),
             rejected: None,
             upstream: Upstream::new(),
+            limit: ConnectionLimit::new(usize::MAX),
+            descriptors: connection::raise_descriptor_limit(),
             board,
             groups: BTreeMap::new(),
             listeners: BTreeMap::new(),
@@ -276,8 +286,8 @@ impl Proxy {
     /// that could not be bound, forget listeners that finished draining.
     async fn tick(&mut self) {
         self.retiring.retain(|it| !it.is_finished());
-        match std::fs::read(&self.config_path) {
-            Ok(bytes) => {
+        match runtime::read_trusted(&self.config_path) {
+            Ok(Some(bytes)) => {
                 let digest = runtime::digest(&bytes);
                 if digest == self.applied {
                     // The applied file is back (after a bad edit): nothing is wrong any more.
@@ -296,10 +306,8 @@ impl Proxy {
                     }
                 }
             }
-            Err(err) => {
-                let problem = format!("reading {}: {err}", self.config_path.display());
-                self.reject(String::new(), problem);
-            }
+            Ok(None) => self.reject(String::new(), format!("{} does not exist", self.config_path.display())),
+            Err(err) => self.reject(String::new(), format!("{err:#}")),
         }
         if !self.unbound.is_empty() && self.last_bind_attempt.elapsed() >= BIND_RETRY && self.bind_pending().await {
             self.publish();
@@ -311,7 +319,7 @@ impl Proxy {
         if self.rejected.as_ref().is_some_and(|(it, _)| *it == digest) {
             return;
         }
-        eprintln!("proxy {}: keeping the current configuration: {problem}", self.name());
+        eprintln!("{} proxy {}: keeping the current configuration: {problem}", runtime::log_time(), self.name());
         self.rejected = Some((digest, problem));
         self.publish();
     }
@@ -407,6 +415,11 @@ impl Proxy {
             };
             self.unbound.insert(key, Unbound { compiled, error: String::new() });
         }
+        let max_connections = config
+            .max_connections
+            .map(|it| it as usize)
+            .unwrap_or_else(|| connection::default_max_connections(self.descriptors));
+        self.limit.set_max(max_connections);
         self.config = Some(config);
         self.applied = digest;
         self.config_errors = errors;
@@ -436,12 +449,7 @@ impl Proxy {
             let attempt = if key.udp {
                 UdpSocket::bind((ip, port)).await.map(Bound::Udp)
             } else {
-                // Accepted connections inherit TCP_NODELAY from the
-                // listening socket: one setsockopt per listener, not per connection.
-                TcpListener::bind((ip, port))
-                    .await
-                    .and_then(|it| socket2::SockRef::from(&it).set_tcp_nodelay(true).map(|()| it))
-                    .map(Bound::Tcp)
+                connection::listen(ip, port).map(Bound::Tcp)
             };
             match attempt {
                 Ok(socket) => {
@@ -453,17 +461,20 @@ impl Proxy {
                                 context: ArcSwap::from(Arc::from(context)),
                                 upstream: self.upstream.clone(),
                             });
-                            let task = tokio::spawn(accept_loop(listener, frontend.clone(), stopped));
+                            let task =
+                                tokio::spawn(accept_loop(listener, frontend.clone(), self.limit.clone(), stopped));
                             (Served::Http(frontend), task)
                         }
                         (Compiled::Stream(context), Bound::Tcp(listener)) => {
                             let context = Arc::new(ArcSwap::from_pointee(context));
-                            let task = tokio::spawn(network::accept_streams(listener, context.clone(), stopped));
+                            let limit = self.limit.clone();
+                            let task = tokio::spawn(network::accept_streams(listener, context.clone(), limit, stopped));
                             (Served::Stream(context), task)
                         }
                         (Compiled::Datagram(context), Bound::Udp(socket)) => {
                             let context = Arc::new(ArcSwap::from_pointee(context));
-                            let task = tokio::spawn(network::serve_datagrams(socket, context.clone(), stopped));
+                            let limit = self.limit.clone();
+                            let task = tokio::spawn(network::serve_datagrams(socket, context.clone(), limit, stopped));
                             (Served::Datagram(context), task)
                         }
                         _ => unreachable!("UDP keys hold datagram contexts and bind UDP sockets"),
@@ -497,7 +508,9 @@ impl Proxy {
         let listening = listening.into_iter().collect();
         let groups = self.groups.values().map(|it| it.group.clone()).collect();
         let digest = self.applied.clone();
+        let limit = self.limit.clone();
         self.board.update(move |report| {
+            report.limit = Some(limit);
             report.config_digest = digest;
             report.listening = listening;
             report.errors = errors;
@@ -544,18 +557,31 @@ fn referenced_groups(listener: &lbctl_spec::Listener) -> impl Iterator<Item = &s
 }
 
 /// Accepts connections until told to stop, then closes the socket and lets
-/// the open connections finish their requests.
-async fn accept_loop(listener: TcpListener, frontend: Arc<Frontend>, mut stop: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
+/// the open connections finish their requests (for `DRAIN_TIMEOUT` at most).
+async fn accept_loop(
+    listener: TcpListener,
+    frontend: Arc<Frontend>,
+    limit: Arc<ConnectionLimit>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Cancelled when the listener closes: every connection finishes what is
+    // in flight and closes. The tracker tells when they all have.
+    let shutdown = CancellationToken::new();
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(stream, peer, &frontend, &graceful),
+                Ok((stream, peer)) => {
+                    // Past the limit the connection is closed at once.
+                    let Some(admitted) = limit.admit("connection") else { continue };
+                    let frontend = frontend.clone();
+                    connections.spawn(serve_connection(stream, peer, frontend, admitted, shutdown.clone()));
+                }
                 Err(err) => {
                     // Out of file descriptors, typically: wait instead of spinning.
                     if !matches!(err.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
-                        eprintln!("proxy: accept failed: {err}");
+                        eprintln!("{} proxy: accept failed: {err}", runtime::log_time());
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -563,55 +589,71 @@ async fn accept_loop(listener: TcpListener, frontend: Arc<Frontend>, mut stop: w
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    shutdown.cancel();
+    connections.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await;
 }
 
 /// Serves one client connection: HTTP/1.1 or HTTP/2 with prior knowledge
 /// (h2c) on a plain listener; on an HTTPS listener the same after the TLS
-/// handshake, HTTP/2 being chosen through ALPN. The handshake runs on the
-/// connection's own task, never in the accept loop.
-fn serve_connection(stream: TcpStream, peer: SocketAddr, frontend: &Arc<Frontend>, graceful: &GracefulShutdown) {
+/// handshake (within `TLS_HANDSHAKE_TIMEOUT`), HTTP/2 being chosen through
+/// ALPN. The handshake runs on the connection's own task, never in the
+/// accept loop.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    frontend: Arc<Frontend>,
+    _admitted: Admitted,
+    shutdown: CancellationToken,
+) {
     let tls = frontend.context.load().tls.clone();
-    let (frontend, watcher) = (frontend.clone(), graceful.watcher());
     match tls {
-        None => {
-            tokio::spawn(serve_http(stream, peer, frontend, watcher));
-        }
+        None => serve_http(stream, peer, frontend, shutdown).await,
         Some(acceptor) => {
-            tokio::spawn(async move {
-                if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    serve_http(stream, peer, frontend, watcher).await;
-                }
-            });
+            if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                serve_http(stream, peer, frontend, shutdown).await;
+            }
         }
     }
 }
 
 /// Serves HTTP on an accepted (and, on HTTPS listeners, decrypted) connection
-/// until it closes or a graceful shutdown ends it.
-async fn serve_http<I>(io: I, peer: SocketAddr, frontend: Arc<Frontend>, watcher: Watcher)
+/// until it closes, its watchdog closes it (a silent client, an idle
+/// connection; see `connection`) or `shutdown` ends it.
+async fn serve_http<I>(io: I, peer: SocketAddr, frontend: Arc<Frontend>, shutdown: CancellationToken)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let idle_timeout = frontend.context.load().idle_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Waiting for the next request's head is bounded by the idle timeout,
-    // which closes idle keep-alive connections as AWS does; a head that has
-    // started must also be complete within `head_guard::HEADER_READ_TIMEOUT`.
+    // Heads, idle keep-alive connections and HTTP/2 connections are timed
+    // by the connection's watchdog (one timer per connection), not by
+    // hyper's per-request header timer.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout)
+        .header_read_timeout(None)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .max_headers(MAX_REQUEST_HEADERS);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
-    let shared = frontend;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+        .max_concurrent_streams(connection::MAX_CONCURRENT_STREAMS);
+    let activity = Activity::new();
+    let requests = activity.clone();
     let service = service_fn(move |request| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(forward::handle(&shared, request, peer).await) }
+        let frontend = frontend.clone();
+        let request_guard = requests.request();
+        async move {
+            let response = forward::handle(&frontend, request, peer).await;
+            drop(request_guard);
+            Ok::<_, Infallible>(response)
+        }
     });
-    let io = TokioIo::new(head_guard::HeadGuard::new(io));
-    let _ = watcher.watch(builder.serve_connection(io, service).into_owned()).await;
+    let io = TokioIo::new(head_guard::HeadGuard::new(io, activity.clone()));
+    let connection = builder.serve_connection(io, service);
+    connection::watch(connection, |it| it.graceful_shutdown(), &activity, idle_timeout, shutdown).await;
 }
 
 #[cfg(test)]
@@ -677,6 +719,7 @@ mod tests {
             bind_ip: Ipv4Addr::LOCALHOST,
             worker_threads: 2,
             idle_timeout_ms: 1000,
+            max_connections: None,
             listeners: serde_yaml::from_str(listeners).unwrap(),
             target_groups: vec!["web".into(), "empty".into()],
             layout: layout.clone(),

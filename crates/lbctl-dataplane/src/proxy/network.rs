@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::connection::{Admitted, ConnectionLimit};
 use super::relay::{self, CopyPump, Ended, SplicePump};
 use super::selection::{Backend, InFlight};
 use super::target_group::TargetGroup;
@@ -85,6 +86,7 @@ pub struct DatagramContext {
 pub async fn accept_streams(
     listener: TcpListener,
     context: Arc<ArcSwap<StreamContext>>,
+    limit: Arc<ConnectionLimit>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -92,10 +94,12 @@ pub async fn accept_streams(
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
+                    // Past the limit the connection is closed at once.
+                    let Some(admitted) = limit.admit("connection") else { continue };
                     let context = context.load_full();
                     match context.tls.clone() {
-                        None => tokio::spawn(serve_plain(stream, client, context)),
-                        Some(acceptor) => tokio::spawn(serve_tls(stream, client, context, acceptor)),
+                        None => tokio::spawn(serve_plain(stream, client, context, admitted)),
+                        Some(acceptor) => tokio::spawn(serve_tls(stream, client, context, acceptor, admitted)),
                     };
                 }
                 Err(err) => {
@@ -110,7 +114,7 @@ pub async fn accept_streams(
 }
 
 /// Relays one plain TCP client connection to its target.
-async fn serve_plain(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>) {
+async fn serve_plain(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>, _admitted: Admitted) {
     let Some((backend, target)) = open_target(&context, peer).await else { return };
     let _flow = InFlight::start(backend.clone());
     let ended = AtomicBool::new(false);
@@ -125,6 +129,7 @@ async fn serve_tls(
     peer: SocketAddr,
     context: Arc<StreamContext>,
     acceptor: tokio_rustls::TlsAcceptor,
+    _admitted: Admitted,
 ) {
     let Ok(Ok(client)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await else { return };
     let Some((backend, target)) = open_target(&context, peer).await else { return };
@@ -214,6 +219,7 @@ fn proxy_header(client: SocketAddr, listener: SocketAddr, protocol: ppp::v2::Pro
 pub async fn serve_datagrams(
     socket: UdpSocket,
     context: Arc<ArcSwap<DatagramContext>>,
+    limit: Arc<ConnectionLimit>,
     mut stop: watch::Receiver<bool>,
 ) {
     let socket = Arc::new(socket);
@@ -231,7 +237,9 @@ pub async fn serve_datagrams(
                 let flow = match flows.get(&peer) {
                     Some(flow) if !flow.replies.is_finished() => flow,
                     _ => {
-                        let Some(flow) = open_flow(&context.load(), &socket, peer, local).await else { continue };
+                        // Past the limit a new flow's datagram is dropped.
+                        let Some(admitted) = limit.admit("UDP flow") else { continue };
+                        let Some(flow) = open_flow(&context.load(), &socket, peer, local, admitted).await else { continue };
                         flows.entry(peer).insert_entry(flow).into_mut()
                     }
                 };
@@ -256,6 +264,8 @@ struct Flow {
     /// When the last datagram moved either way.
     last_datagram: Arc<AtomicU64>,
     replies: JoinHandle<()>,
+    /// Its place under the load balancer's limit, given back when the flow is forgotten.
+    _admitted: Admitted,
 }
 
 /// Opens the flow of `peer`: a socket connected to the target its flow
@@ -265,6 +275,7 @@ async fn open_flow(
     listener: &Arc<UdpSocket>,
     peer: SocketAddr,
     local: SocketAddr,
+    admitted: Admitted,
 ) -> Option<Flow> {
     let backend = context.group.select_flow(flow_hash(peer, local, true), &[])?;
     let upstream = UdpSocket::bind((context.bind_ip, 0)).await.ok()?;
@@ -274,7 +285,7 @@ async fn open_flow(
     let last_datagram = Arc::new(AtomicU64::new(0));
     let replies =
         tokio::spawn(pass_replies(upstream.clone(), listener.clone(), peer, backend, epoch, last_datagram.clone()));
-    Some(Flow { upstream, epoch, last_datagram, replies })
+    Some(Flow { upstream, epoch, last_datagram, replies, _admitted: admitted })
 }
 
 /// Passes a flow's replies from its target to its client until the flow is
@@ -340,7 +351,43 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             address,
         });
-        let task = serve_plain(client, address, context);
+        let task = serve_plain(client, address, context, ConnectionLimit::new(1).admit("connection").unwrap());
         assert!(std::mem::size_of_val(&task) <= 2048, "{} bytes", std::mem::size_of_val(&task));
+    }
+
+    /// Property: a PROXY v2 header built for any client and listener, of
+    /// either address family, decodes (as `lbctl worker` decodes it) to the
+    /// same addresses, and nothing after it is consumed.
+    #[test]
+    fn proxy_headers_decode_to_the_addresses_they_were_built_with() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        const CASES: u32 = 500;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let v4 = (any::<[u8; 4]>(), any::<u16>(), any::<[u8; 4]>(), any::<u16>()).prop_map(|(a, p, b, q)| {
+            (SocketAddr::from((Ipv4Addr::from(a), p)), SocketAddr::from((Ipv4Addr::from(b), q)))
+        });
+        let v6 = (any::<[u8; 16]>(), any::<u16>(), any::<[u8; 16]>(), any::<u16>()).prop_map(|(a, p, b, q)| {
+            let (a, b) = (std::net::Ipv6Addr::from(a), std::net::Ipv6Addr::from(b));
+            (SocketAddr::from((a, p)), SocketAddr::from((b, q)))
+        });
+        let cases = (prop_oneof![v4, v6], any::<bool>(), proptest::collection::vec(any::<u8>(), 0..32));
+        let mut runner = TestRunner::new(Config { cases: CASES, failure_persistence: None, ..Config::default() });
+        runner
+            .run(&cases, |((client, listener), stream, after)| {
+                let protocol = if stream { ppp::v2::Protocol::Stream } else { ppp::v2::Protocol::Datagram };
+                let mut bytes = proxy_header(client, listener, protocol);
+                bytes.extend_from_slice(&after);
+                let mut reader = bytes.as_slice();
+                let decoded = runtime
+                    .block_on(crate::worker::read_proxy_header(&mut reader, Duration::from_secs(1)))
+                    .map_err(|err| TestCaseError::fail(format!("{err:#}")))?
+                    .ok_or_else(|| TestCaseError::fail("no addresses"))?;
+                prop_assert_eq!((decoded.source, decoded.destination), (client, listener));
+                prop_assert_eq!(reader, after.as_slice(), "the bytes after the header are left");
+                Ok(())
+            })
+            .unwrap();
+        println!("PROXY v2 property: {CASES} headers built, decoded to the same addresses");
     }
 }

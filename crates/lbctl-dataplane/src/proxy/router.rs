@@ -479,4 +479,63 @@ rules:
         check(&router, "/images/x", 202);
         check(&router, "/other", 404);
     }
+
+    /// Property: compiling rules with any patterns and matching any request
+    /// that can be built never panics.
+    #[test]
+    fn matching_never_panics_on_arbitrary_requests() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        const CASES: u32 = 1000;
+        let text = "[ -~\\x{80}-\\x{10FFFF}]{0,24}";
+        let bytes = proptest::collection::vec(any::<u8>(), 0..40);
+        let cases = (
+            proptest::collection::vec(text, 1..4),
+            (bytes.clone(), bytes.clone(), bytes.clone()),
+            proptest::collection::vec(("[a-zA-Z0-9-]{1,12}", bytes), 0..6),
+            any::<[u8; 4]>(),
+        );
+        let mut runner = TestRunner::new(Config { cases: CASES, failure_persistence: None, ..Config::default() });
+        let (compiled, routed) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        runner
+            .run(&cases, |(patterns, (method, target, host), headers, source)| {
+                let condition = serde_json::json!({
+                    "path_pattern": patterns, "host_header": patterns,
+                    "http_header": { "name": "X-Test", "values": patterns },
+                    "query_string": [{ "key": patterns[0], "value": patterns[patterns.len() - 1] }],
+                });
+                let listener = serde_json::json!({
+                    "port": 80, "protocol": "HTTP",
+                    "default_action": { "fixed_response": { "status_code": 404 } },
+                    "rules": [
+                        { "priority": 1, "conditions": condition, "action": { "fixed_response": { "status_code": 200 } } },
+                        { "priority": 2, "conditions": { "path_pattern": patterns }, "action": { "redirect": { "path": "/#{path}" } } },
+                    ],
+                });
+                let Ok(listener) = serde_json::from_value::<lbctl_spec::Listener>(listener) else { return Ok(()) };
+                let (router, _) = Router::compile(&listener, &mut |name| TargetGroup::new(name));
+                compiled.set(compiled.get() + 1);
+                let mut builder = Request::builder();
+                if let Ok(method) = Method::from_bytes(&method) {
+                    builder = builder.method(method);
+                }
+                if let Ok(uri) = hyper::Uri::try_from(target) {
+                    builder = builder.uri(uri);
+                }
+                if let Ok(host) = hyper::header::HeaderValue::from_bytes(&host) {
+                    builder = builder.header(HOST, host);
+                }
+                for (name, value) in headers {
+                    if let Ok(value) = hyper::header::HeaderValue::from_bytes(&value) {
+                        builder = builder.header(name.as_str(), value);
+                    }
+                }
+                let Ok(request) = builder.body(()) else { return Ok(()) };
+                router.route(&RequestView::new(&request, IpAddr::from(source)));
+                routed.set(routed.get() + 1);
+                Ok(())
+            })
+            .unwrap();
+        println!("router property: {} rule sets compiled, {} arbitrary requests matched", compiled.get(), routed.get());
+    }
 }

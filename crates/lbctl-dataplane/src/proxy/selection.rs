@@ -154,6 +154,13 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// The target as log lines name it: `id (ip:port)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({}:{})", self.0.id, self.0.ip, self.0.port)
+    }
+}
+
 impl Deref for InFlight {
     type Target = Backend;
     fn deref(&self) -> &Backend {

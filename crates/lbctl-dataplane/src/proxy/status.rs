@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::sync::Notify;
 
+use super::connection::ConnectionLimit;
 use super::target_group::TargetGroup;
 use crate::runtime::{self, ProxyStatus};
 
@@ -32,6 +33,8 @@ pub struct Report {
     pub errors: Vec<String>,
     /// The target groups, whose health is read when writing.
     pub groups: Vec<Arc<TargetGroup>>,
+    /// The connection limit, whose counts are read when writing.
+    pub limit: Option<Arc<ConnectionLimit>>,
 }
 
 /// The shared status of one proxy.
@@ -67,8 +70,10 @@ impl StatusBoard {
             pid: std::process::id(),
             config_digest: report.config_digest.clone(),
             listening: report.listening.clone(),
-            errors: report.errors.clone(),
+            errors: report.errors.iter().cloned().chain(report.groups.iter().filter_map(|it| it.problem())).collect(),
             target_groups: report.groups.iter().map(|it| (it.name.clone(), it.health())).collect(),
+            connections: report.limit.as_ref().map_or(0, |it| it.open() as u64),
+            rejected_connections: report.limit.as_ref().map_or(0, |it| it.rejected()),
             updated_ms: runtime::now_ms(),
         }
     }

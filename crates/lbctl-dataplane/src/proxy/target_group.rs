@@ -60,6 +60,9 @@ pub struct TargetGroup {
     /// Targets requests could not connect to, with why, for the manager.
     connection_failures: Mutex<Vec<(RegisteredTarget, String)>>,
     connection_failed: Notify,
+    /// Why the registry's latest files are not used (the previous targets
+    /// are kept); shown in the status's errors. Set by the manager.
+    problem: Mutex<Option<String>>,
 }
 
 /// One target's published state.
@@ -80,7 +83,22 @@ impl TargetGroup {
             transport: TransportCell::default(),
             connection_failures: Mutex::default(),
             connection_failed: Notify::new(),
+            problem: Mutex::default(),
         })
+    }
+
+    /// Why the registry's latest files are not used, if they are not.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().unwrap_or_else(|it| it.into_inner()).clone()
+    }
+
+    /// Records why the registry's files are not used (`None`: they are);
+    /// true when that changed.
+    fn set_problem(&self, problem: Option<String>) -> bool {
+        let mut current = self.problem.lock().unwrap_or_else(|it| it.into_inner());
+        let changed = *current != problem;
+        *current = problem;
+        changed
     }
 
     /// How requests reach the targets (protocol and HTTP version).
@@ -159,11 +177,15 @@ pub async fn manage(group: Arc<TargetGroup>, layout: Layout, board: Arc<StatusBo
                         if let Some(config) = &discovered.config {
                             group.transport.store(Transport::of(&config.settings));
                         }
-                        table.apply(discovered, now)
+                        group.set_problem(None) | table.apply(discovered, now)
                     }
                     Some(Err(problem)) => {
-                        eprintln!("target group {}: keeping the previous targets: {problem}", group.name);
-                        false
+                        eprintln!(
+                            "{} target group {}: keeping the previous targets: {problem}",
+                            crate::runtime::log_time(),
+                            group.name
+                        );
+                        group.set_problem(Some(format!("target group {}: {problem}", group.name)))
                     }
                     None => false,
                 };

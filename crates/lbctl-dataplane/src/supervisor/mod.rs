@@ -154,6 +154,9 @@ struct Supervisor {
     config_digest: String,
     /// Digest of a configuration file that failed to parse (reported once).
     bad_digest: Option<String>,
+    /// Why the configuration file on disk is not used, when it is not
+    /// trusted; reported in `instances.json`'s `errors`.
+    config_problem: Option<String>,
     config_missing_since: Option<Instant>,
     template_digest: String,
     instances: Vec<Instance>,
@@ -180,7 +183,8 @@ fn template_digest(template: &LaunchTemplate) -> String {
 
 impl Supervisor {
     fn start(config_path: &Path) -> Result<Supervisor> {
-        let bytes = std::fs::read(config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        let bytes =
+            runtime::read_trusted(config_path)?.with_context(|| format!("{} does not exist", config_path.display()))?;
         let config: SupervisorConfig =
             serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", config_path.display()))?;
         let asg_dir = config_path.parent().context("configuration file has no parent directory")?.to_path_buf();
@@ -191,6 +195,7 @@ impl Supervisor {
             config,
             config_digest: runtime::digest(&bytes),
             bad_digest: None,
+            config_problem: None,
             config_missing_since: None,
             instances: Vec::new(),
             events: VecDeque::new(),
@@ -293,7 +298,7 @@ impl Supervisor {
     /// Logs a problem once (until a different one happens).
     fn warn(&mut self, message: String) {
         if message != self.last_warning {
-            eprintln!("{} warning: {message}", decide::utc_timestamp(runtime::now_ms()));
+            eprintln!("{} warning: {message}", runtime::log_time());
             self.last_warning = message;
         }
     }
@@ -320,19 +325,24 @@ impl Supervisor {
     /// Re-reads the configuration file when its bytes changed; true when it
     /// has been missing too long.
     fn reload_config(&mut self) -> bool {
-        let bytes = match std::fs::read(&self.config_path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+        let bytes = match runtime::read_trusted(&self.config_path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
                 let since = *self.config_missing_since.get_or_insert_with(Instant::now);
                 self.warn(format!("{} is missing", self.config_path.display()));
                 return since.elapsed() >= CONFIG_MISSING_LIMIT;
             }
             Err(err) => {
-                self.warn(format!("reading {}: {err}", self.config_path.display()));
+                // Not trusted (another user's, or writable by others): the
+                // applied configuration stays, and the report says why.
+                let problem = format!("keeping the applied configuration: {err:#}");
+                self.warn(problem.clone());
+                self.config_problem = Some(problem);
                 return false;
             }
         };
         self.config_missing_since = None;
+        self.config_problem = None;
         let digest = runtime::digest(&bytes);
         if digest == self.config_digest || self.bad_digest.as_ref() == Some(&digest) {
             return false;
@@ -624,6 +634,7 @@ impl Supervisor {
             events: self.events.iter().cloned().collect(),
             updated_ms: 0,
             refresh: self.refresh.as_ref().map(refresh::Refresh::status),
+            errors: self.config_problem.iter().cloned().collect(),
         };
         if let Some((last, at)) = &self.last_report {
             if !force && *last == report && at.elapsed() < REPORT_EVERY {

@@ -330,13 +330,30 @@ fn supervisor_adopts_live_instances_of_a_previous_supervisor() {
 }
 
 /// A load balancer `public` routing to target group `web`: writes its status
-/// with every registered instance healthy except those in `unhealthy`.
+/// with every registered instance healthy except those in `unhealthy`. Its
+/// process is a `sleep` carrying the proxy's configuration path in its
+/// environment, so that it passes for the proxy (statuses count only with a
+/// live process of theirs); killed on drop.
 struct FakeLoadBalancer {
     layout: Layout,
     unhealthy: RefCell<BTreeSet<String>>,
+    process: std::process::Child,
+}
+
+impl Drop for FakeLoadBalancer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }
 
 impl FakeLoadBalancer {
+    fn new(layout: &Layout) -> FakeLoadBalancer {
+        let marker = layout.lb_dir("public").join("config.json");
+        let process = std::process::Command::new("sleep").arg("600").env("LBCTL_FAKE_PROXY", marker).spawn().unwrap();
+        FakeLoadBalancer { layout: layout.clone(), unhealthy: RefCell::new(BTreeSet::new()), process }
+    }
+
     fn publish(&self) {
         let file = self.layout.registration_file("web", "asg-web");
         let regs: Registrations = runtime::read_json(&file).ok().flatten().unwrap_or_default();
@@ -360,7 +377,7 @@ impl FakeLoadBalancer {
             })
             .collect();
         let status = ProxyStatus {
-            pid: std::process::id(),
+            pid: self.process.id(),
             target_groups: BTreeMap::from([("web".to_string(), targets)]),
             updated_ms: runtime::now_ms(),
             ..ProxyStatus::default()
@@ -388,7 +405,7 @@ fn write_group(layout: &Layout, settings: serde_json::Value) {
 fn supervisor_replaces_an_instance_the_load_balancer_reports_unhealthy_with_elb_checks() {
     let mut harness = elb_harness("ELB");
     harness.start();
-    let lb = FakeLoadBalancer { layout: harness.layout.clone(), unhealthy: RefCell::new(BTreeSet::new()) };
+    let lb = FakeLoadBalancer::new(&harness.layout);
     let first = harness.wait_for(
         "in service behind the load balancer",
         || lb.publish(),
@@ -425,7 +442,7 @@ fn supervisor_replaces_an_instance_the_load_balancer_reports_unhealthy_with_elb_
 fn supervisor_keeps_an_instance_the_load_balancer_reports_unhealthy_with_ec2_checks() {
     let mut harness = elb_harness("EC2");
     harness.start();
-    let lb = FakeLoadBalancer { layout: harness.layout.clone(), unhealthy: RefCell::new(BTreeSet::new()) };
+    let lb = FakeLoadBalancer::new(&harness.layout);
     let first =
         harness.wait_for("in service", || lb.publish(), |report| in_service(report).first().map(|it| (*it).clone()));
     lb.unhealthy.borrow_mut().insert(first.id.clone());
