@@ -16,9 +16,14 @@ build:
 # Unit tests of every crate, then the end-to-end suite (tests/), which drives
 # the real binary against real processes on loopback, with the virtual
 # environment's bin/ first on PATH (its python3 has the tests' packages).
-# The last line adds up every test binary's result.
+# Tests that count something (property cases, requests under load, chaos
+# kills) print it; those lines are repeated at the end, and the last line
+# adds up every test binary's result.
 test: build $(VENV)/installed
-	@set -o pipefail; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
+	@set -o pipefail; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) test --workspace --no-fail-fast -- --show-output 2>&1 \
+	  | tee target/test.log
+	@echo; echo "counts:"; grep -hE '^(chaos \(|hitless:|scale-in |weighted forward |(PROXY v2|head guard|router|parser) propert)' target/test.log \
+	  | sed 's/^/  /' || true
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i == "passed;") p += $$(i-1); if ($$i == "failed;") f += $$(i-1) } } \
 	  END { printf "summary: %d passed, %d failed\n", p, f }' target/test.log
 

@@ -54,5 +54,8 @@ mod tls;
 /// timeout, the network example.
 mod network;
 
+/// Random kills of instances, supervisors and applies under load.
+mod chaos;
+
 /// Project conventions as tests.
 mod tidy;

@@ -378,6 +378,41 @@ pub fn log_time() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// The `pid` file of a proxy or supervisor, written by the process itself
+/// and locked (`flock`) for as long as it runs: a second process started
+/// for the same directory (by an apply that could not know of the first)
+/// fails at once, naming the first, which the provider then adopts.
+#[derive(Debug)]
+pub struct PidFile {
+    /// Kept open: the lock lives as long as this handle.
+    _file: std::fs::File,
+}
+
+impl PidFile {
+    /// Takes `dir/pid` for this process, as `role`.
+    pub fn hold(dir: &Path, role: &str) -> Result<PidFile> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join("pid");
+        let mut file = lbctl_files::open_private_rw(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder).ok();
+                anyhow::bail!("another {role} (pid {}) already runs for {}", holder.trim(), dir.display());
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0).with_context(|| format!("writing {}", path.display()))?;
+        file.rewind().with_context(|| format!("writing {}", path.display()))?;
+        writeln!(file, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
+        file.sync_all().with_context(|| format!("writing {}", path.display()))?;
+        Ok(PidFile { _file: file })
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|it| it.as_millis() as u64).unwrap_or(0)

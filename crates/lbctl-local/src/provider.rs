@@ -144,13 +144,6 @@ impl LocalProvider {
         command.arg("internal").arg(role).arg("--config").arg(config_path);
         let mut child = process::spawn_detached(command, log)?;
         let pid = child.id();
-        // The pid file is how an apply killed before it saved the state finds
-        // this process again: without it, it must not run.
-        if let Err(err) = runtime::write_atomic(&config_path.with_file_name("pid"), format!("{pid}\n").as_bytes()) {
-            process::stop(pid, &config_path.to_string_lossy(), Duration::from_secs(2));
-            let _ = child.try_wait();
-            return Err(err.context(format!("recording the pid of the {role} it started")));
-        }
         progress.report(&format!("started {role} (pid {pid}), waiting for it to come up"));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -206,24 +199,29 @@ impl LocalProvider {
         // (it reloads the configuration just written) rather than start a
         // second one beside it.
         let marker = config_path.to_string_lossy().into_owned();
-        let pid_file = dir.join("pid");
-        let orphan = match runtime::read_trusted(&pid_file)? {
-            None => None,
-            Some(bytes) => Some(String::from_utf8_lossy(&bytes).trim().parse::<u32>().map_err(|_| {
-                anyhow!(
-                    "{} does not hold a process id; check whether a {role} of this resource still runs, stop it, and remove the file",
-                    pid_file.display()
-                )
-            })?),
-        };
-        if let Some(pid) = orphan.filter(|pid| process::is_ours(*pid, &marker)) {
+        let adopt = |pid: u32| -> Result<Value> {
             progress.report(&format!("adopting the running {role} (pid {pid})"));
             self.wait_applied(role, pid, &marker, || runs(pid, &config_digest))?;
-            return Ok(json!(ProcessData { pid, config_path, config_digest, static_ip: None }));
+            Ok(json!(ProcessData {
+                pid,
+                config_path: config_path.clone(),
+                config_digest: config_digest.clone(),
+                static_ip: None
+            }))
+        };
+        if let Some(pid) = running_in(dir, role, &marker)? {
+            return adopt(pid);
         }
         let log = dir.join(format!("{role}.log"));
-        let pid = self.start_process(role, &config_path, &log, progress, |pid| runs(pid, &config_digest))?;
-        Ok(json!(ProcessData { pid, config_path, config_digest, static_ip: None }))
+        match self.start_process(role, &config_path, &log, progress, |pid| runs(pid, &config_digest)) {
+            Ok(pid) => Ok(json!(ProcessData { pid, config_path, config_digest, static_ip: None })),
+            // It found one already running (started by an apply killed
+            // before this one looked): that one is adopted.
+            Err(err) => match running_in(dir, role, &marker)? {
+                Some(pid) => adopt(pid),
+                None => Err(err),
+            },
+        }
     }
 
     /// Rewrites a running process's configuration and waits until it
@@ -613,6 +611,27 @@ impl LocalProvider {
     pub(crate) fn all_proxy_statuses(&self) -> Vec<(String, ProxyStatus)> {
         runtime::running_proxy_statuses(&self.layout)
     }
+}
+
+/// The process of `role` running in `dir`: the one its `pid` file names
+/// (written by the process itself, under a lock it holds while it runs; see
+/// `runtime::PidFile`), when it is alive and ours (`marker` on its command
+/// line). A file that holds no process id is an error naming it.
+fn running_in(dir: &Path, role: &str, marker: &str) -> Result<Option<u32>> {
+    let pid_file = dir.join("pid");
+    let Some(bytes) = runtime::read_trusted(&pid_file)? else { return Ok(None) };
+    let text = String::from_utf8_lossy(&bytes);
+    if text.trim().is_empty() {
+        // Created, and not written yet or never: nothing to adopt.
+        return Ok(None);
+    }
+    let pid = text.trim().parse::<u32>().map_err(|_| {
+        anyhow!(
+            "{} does not hold a process id; check whether a {role} of this resource still runs, stop it, and remove the file",
+            pid_file.display()
+        )
+    })?;
+    Ok(Some(pid).filter(|pid| process::is_ours(*pid, marker)))
 }
 
 /// A proxy's private data with the address it listens on, when it is a

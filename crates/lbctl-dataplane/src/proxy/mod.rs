@@ -98,6 +98,8 @@ const MAX_REQUEST_HEADERS: usize = 100;
 /// or SIGINT; blocking. In-flight requests get a few seconds to finish, and
 /// the status file is removed on the way out.
 pub fn run(config_path: &Path) -> Result<()> {
+    let dir = config_path.parent().context("the configuration file has no directory")?;
+    let _pid_file = runtime::PidFile::hold(dir, "proxy")?;
     let (_, config) = load_config(config_path)?;
     let threads = match config.worker_threads {
         0 => std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1),

@@ -60,6 +60,8 @@ const CONFIG_MISSING_LIMIT: Duration = Duration::from_secs(10);
 /// Runs the supervisor of the group configured in `config_path` until SIGTERM
 /// or SIGINT, then deregisters, drains and stops every instance and returns.
 pub fn run(config_path: &Path) -> Result<()> {
+    let dir = config_path.parent().context("the configuration file has no directory")?;
+    let _pid_file = runtime::PidFile::hold(dir, "supervisor")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
