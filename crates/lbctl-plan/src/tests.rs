@@ -300,3 +300,40 @@ fn changes_the_provider_manages_at_run_time_are_not_planned() {
         "#]],
     );
 }
+
+#[test]
+fn an_apply_waits_only_for_what_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::new(dir.path());
+    let provider = FakeProvider::default();
+    let mut state = store.load().unwrap();
+    let two_groups = format!(
+        "{SPEC}  other:\n    min_size: 1\n    max_size: 3\n    target_groups: [spare]\n    launch_template: {{ command: [lbctl, worker] }}\n"
+    )
+    .replace("  web: { port: 8080 }\n", "  web: { port: 8080 }\n  spare: { port: 8080 }\n");
+    let waits = |source: &str, state: &State| -> Vec<String> {
+        let observed = refresh(&provider, state).unwrap();
+        let plan = plan(&provider, desired(source), state, &observed, Vec::new());
+        let mut addresses: Vec<String> = executor::waits_for(&plan, state).iter().map(|it| it.to_string()).collect();
+        addresses.sort();
+        addresses
+    };
+    // Everything is new.
+    assert_eq!(waits(&two_groups, &state).len(), 5);
+    let observed = refresh(&provider, &state).unwrap();
+    apply(&provider, &plan(&provider, desired(&two_groups), &state, &observed, Vec::new()), &store, &mut state);
+    assert!(state.resources.values().all(|it| !it.awaiting_ready), "seen ready");
+
+    // Another group's capacity: that group only.
+    let scaled = two_groups.replace("max_size: 3\n", "max_size: 3\n    desired_capacity: 2\n");
+    assert_eq!(waits(&scaled, &state), ["autoscaling_group.other"]);
+    // A target group: it and what depends on it.
+    let checked = two_groups.replace("web: { port: 8080 }", "web: { port: 8080, health_check: { interval: 10s } }");
+    assert_eq!(waits(&checked, &state), ["autoscaling_group.web", "load_balancer.public", "target_group.web"]);
+    // A load balancer: it and the groups behind it.
+    let listener = two_groups.replace("port: 8080, protocol: HTTP", "port: 8081, protocol: HTTP");
+    assert_eq!(waits(&listener, &state), ["autoscaling_group.web", "load_balancer.public"]);
+    // Nothing changed, but an earlier apply never saw `other` ready.
+    state.resources.get_mut("autoscaling_group.other").unwrap().awaiting_ready = true;
+    assert_eq!(waits(&two_groups, &state), ["autoscaling_group.other"]);
+}

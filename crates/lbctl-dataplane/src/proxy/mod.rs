@@ -896,4 +896,48 @@ mod tests {
             }
         });
     }
+
+    /// An HTTP/2 connection with no stream open for the idle timeout gets
+    /// `GOAWAY` and is closed; it carries at most 128 concurrent streams.
+    #[test]
+    fn idle_http2_connections_are_closed() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = Layout::new(dir.path().join("run"));
+            let port = free_port();
+            let listeners = format!(
+                "[{{ port: {port}, protocol: HTTP, default_action: {{ fixed_response: {{ status_code: 200, body: ok }} }} }}]"
+            );
+            let config_path = layout.lb_dir("public").join("config.json");
+            runtime::write_json(&config_path, &proxy_config(&layout, &listeners)).unwrap();
+            let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
+            let served_path = config_path.clone();
+            let proxy = tokio::spawn(async move {
+                serve(&served_path, async move {
+                    let _ = proxy_stopped.await;
+                })
+                .await
+            });
+            wait_for(&layout.lb_dir("public").join("status.json"), "the listener", |it| it.listening == vec![port])
+                .await;
+
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let request = Request::get(format!("http://127.0.0.1:{port}/")).body(Empty::<Bytes>::new()).unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            drop(response);
+            // The configuration's idle timeout is 1 s.
+            let started = Instant::now();
+            let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+            assert!(closed.is_ok(), "the idle connection is still open after 10 s");
+            assert!(started.elapsed() >= Duration::from_millis(500), "closed after {:?}", started.elapsed());
+
+            stop_proxy.send(()).unwrap();
+            proxy.await.unwrap().unwrap();
+        });
+    }
 }
