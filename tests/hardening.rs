@@ -281,3 +281,44 @@ load_balancers:
         curl(&format!("http://127.0.0.1:{port}/"), &[]).filter(|it| it.status == 200)
     });
 }
+
+/// Every 502, 503 and 504 the load balancer answers itself is logged with
+/// its time, the request, the target group, the target and the error.
+#[test]
+fn error_answers_are_logged_with_their_cause() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "version: 1
+name: causes
+load_balancers:
+  front:
+    type: application
+    listeners:
+      - port: {port}
+        protocol: HTTP
+        default_action: {{ forward: nowhere }}
+        rules:
+          - {{ priority: 1, conditions: {{ path_pattern: [\"/empty\"] }}, action: {{ forward: empty }} }}
+target_groups:
+  nowhere:
+    target_type: ip
+    port: {}
+    targets: [{{ ip: 127.0.0.1 }}]
+  empty: {{ target_type: ip, port: 80 }}
+",
+        free_port()
+    ));
+    stack.apply();
+    let url = format!("http://127.0.0.1:{port}");
+    assert_eq!(curl(&format!("{url}/refused?x=1"), &[]).unwrap().status, 502);
+    assert_eq!(curl(&format!("{url}/empty"), &[]).unwrap().status, 503);
+    let log = std::fs::read_to_string(stack.dir.path().join(".lbctl/run/lb/front/proxy.log")).unwrap();
+    let line =
+        |needle: &str| log.lines().find(|it| it.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"));
+    let refused = line("502 GET /refused?x=1 from 127.0.0.1:");
+    assert!(refused.starts_with("20"), "starts with the time: {refused}");
+    assert!(refused.contains("target group nowhere, target 127.0.0.1:"), "{refused}");
+    assert!(refused.contains("connecting to the target"), "{refused}");
+    let empty = line("503 GET /empty from 127.0.0.1:");
+    assert!(empty.ends_with("target group empty, target -: no registered target is routable"), "{empty}");
+}
