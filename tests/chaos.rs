@@ -150,17 +150,6 @@ fn random_kills_fail_no_request_and_one_apply_converges() {
         pids.iter().all(|it| !alive(*it)).then_some(())
     });
     let dir = stack.dir.path().to_string_lossy().into_owned();
-    let left: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|it| it.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-                .into_owned();
-            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            cmdline.contains(&dir) || cwd.starts_with(stack.dir.path())
-        })
-        .collect();
+    let left = processes_where(|cmdline, cwd| cmdline.contains(&dir) || cwd.starts_with(stack.dir.path()));
     assert!(left.is_empty(), "processes of the stack left after destroy: {left:?}");
 }

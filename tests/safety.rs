@@ -143,16 +143,7 @@ fn the_schema_file_is_what_lbctl_schema_prints() {
 /// command line.
 fn proxies_of(stack: &Stack) -> Vec<u32> {
     let marker = stack.dir.path().join(".lbctl/run/lb/front/config.json").to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|it| it.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(&marker)
-        })
-        .collect()
+    processes_where(|cmdline, _| cmdline.contains(&marker))
 }
 
 /// A state file that does not parse, or whose record of a resource is

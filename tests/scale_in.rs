@@ -86,19 +86,10 @@ fn an_apply_killed_halfway_is_finished_by_the_next_without_orphans() {
     // in the stack's directory is one the runtime files name.
     let known = stack.pids();
     let dir = stack.dir.path().to_path_buf();
-    let ours: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|it| it.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-                .into_owned();
-            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            cmdline.contains("internal") && cmdline.contains(dir.to_str().unwrap())
-                || cwd.starts_with(&dir) && cmdline.contains("worker")
-        })
-        .collect();
+    let ours = processes_where(|cmdline, cwd| {
+        cmdline.contains("internal") && cmdline.contains(dir.to_str().unwrap())
+            || cwd.starts_with(&dir) && cmdline.contains("worker")
+    });
     let orphans: Vec<&u32> = ours.iter().filter(|it| !known.contains(it)).collect();
     assert!(orphans.is_empty(), "processes no runtime file names: {orphans:?} (known {known:?})");
     stack.lbctl(&["destroy", "--auto-approve"]).expect_code(0);

@@ -243,6 +243,23 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Live processes whose command line (arguments joined by NUL bytes) and
+/// working directory satisfy `matches`.
+pub fn processes_where(matches: impl Fn(&str, &Path) -> bool) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|it| it.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .into_owned();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            matches(&cmdline, &cwd)
+        })
+        .collect()
+}
+
 /// SIGKILL by PID.
 pub fn kill9(pid: u32) {
     // SAFETY: kill(2) with a positive pid has no memory-safety preconditions.

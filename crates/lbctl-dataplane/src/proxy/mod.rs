@@ -729,6 +729,19 @@ mod tests {
         }
     }
 
+    /// Serves the configuration at `config_path` on a task until the sender fires.
+    fn start_proxy(config_path: &Path) -> (oneshot::Sender<()>, JoinHandle<Result<()>>) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served_path = config_path.to_path_buf();
+        let task = tokio::spawn(async move {
+            serve(&served_path, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        (stop, task)
+    }
+
     /// Polls the status file until `ready` holds, for at most ten seconds.
     async fn wait_for(path: &Path, what: &str, ready: impl Fn(&ProxyStatus) -> bool) -> ProxyStatus {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -795,14 +808,7 @@ mod tests {
             runtime::write_json(&config_path, &proxy_config(&layout, &listeners)).unwrap();
             let status_path = layout.lb_dir("public").join("status.json");
 
-            let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-            let served_path = config_path.clone();
-            let proxy = tokio::spawn(async move {
-                serve(&served_path, async move {
-                    let _ = proxy_stopped.await;
-                })
-                .await
-            });
+            let (stop_proxy, proxy) = start_proxy(&config_path);
 
             let status = wait_for(&status_path, "both targets healthy", |it| {
                 states(it, "web").iter().filter(|(_, state)| *state == HealthState::Healthy).count() == 2
@@ -911,14 +917,7 @@ mod tests {
             );
             let config_path = layout.lb_dir("public").join("config.json");
             runtime::write_json(&config_path, &proxy_config(&layout, &listeners)).unwrap();
-            let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-            let served_path = config_path.clone();
-            let proxy = tokio::spawn(async move {
-                serve(&served_path, async move {
-                    let _ = proxy_stopped.await;
-                })
-                .await
-            });
+            let (stop_proxy, proxy) = start_proxy(&config_path);
             wait_for(&layout.lb_dir("public").join("status.json"), "the listener", |it| it.listening == vec![port])
                 .await;
 
