@@ -8,6 +8,9 @@ mod util;
 /// The quickstart example: routing, scaling in place, self-healing, drift.
 mod quickstart;
 
+/// The walkthrough's first stage: instances registered by id, then the group attached.
+mod walkthrough;
+
 /// Auto-scaling groups: ELB and EC2 health, supervisor recovery.
 mod autoscaling;
 

@@ -68,11 +68,24 @@ pub enum Command {
         #[arg(long)]
         auto_approve: bool,
     },
-    /// Live view: listeners, target health with reasons, instances.
+    /// Live view: listeners, target health with reasons, instances, each group's latest events.
     Status {
         #[command(flatten)]
         spec: SpecArg,
         /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also show what does not fit 100 columns (each instance's log file).
+        #[arg(long)]
+        wide: bool,
+    },
+    /// The outputs of the last apply (URLs, DNS names, static IPs), as `terraform output`.
+    Output {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// One output, printed as its bare value (for scripts: `curl "$(lbctl output public_url)"`).
+        name: Option<String>,
+        /// Print as JSON: `{"NAME": {"value": "...", "type": "string", "sensitive": false}}`, or one value.
         #[arg(long)]
         json: bool,
     },

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use lbctl_local::{LocalOptions, LocalProvider};
 use lbctl_plan::executor::{self, Options};
 use lbctl_plan::{render, Finding, Plan, Provider, Severity, State, StateStore};
@@ -31,8 +31,9 @@ pub fn run(args: Args) -> Result<u8> {
             apply(&shell, &spec, plan.as_deref(), auto_approve, timeout.get())
         }
         Command::Destroy { spec, auto_approve } => destroy(&shell, &spec, auto_approve),
-        Command::Status { spec, json } => status(&shell, &spec, json),
+        Command::Status { spec, json, wide } => status(&shell, &spec, json, wide),
         Command::Show { spec, json } => show(&shell, &spec, json),
+        Command::Output { spec, name, json } => output(&shell, &spec, name.as_deref(), json),
         Command::Graph { spec } => {
             let file = load_spec(&spec.file)?;
             shell.out(&lbctl_plan::graph_dot(&lbctl_plan::desired_resources(&file.spec)))?;
@@ -108,7 +109,8 @@ fn inputs_from(file: SpecFile, dir: PathBuf) -> Result<Inputs> {
 /// error), unsupported features are returned for the plan to show.
 fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
     let desired = lbctl_plan::desired_resources(&inputs.file.spec);
-    let findings = inputs.provider.check(&desired, state)?;
+    let mut findings = inputs.provider.unsupported(&desired);
+    findings.extend(inputs.provider.check(&desired, state)?);
     let invalid: Vec<Diagnostic> = findings
         .iter()
         .filter(|it| it.severity == Severity::Invalid)
@@ -127,14 +129,18 @@ fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
     Ok(lbctl_plan::plan(&inputs.provider, desired, state, &observed, unsupported))
 }
 
+/// Checks the file and nothing else: no state, no machine.
 fn validate(shell: &Shell, spec: &SpecArg) -> Result<u8> {
-    let inputs = inputs(spec)?;
-    let state = inputs.store.load()?;
-    let unsupported = provider_findings(&inputs, &state)?;
-    for finding in &unsupported {
+    let file = load_spec(&spec.file)?;
+    let provider = provider_for(&file.spec.name, &spec_dir(&spec.file)?)?;
+    for finding in provider.unsupported(&lbctl_plan::desired_resources(&file.spec)) {
         shell.status("Note", &format!("{}: {} (apply will refuse)", finding.path, finding.message));
     }
-    shell.out(&format!("{}: the spec is valid.\n", inputs.file.file))?;
+    shell.out(&format!("{}: the spec is valid.\n", file.file))?;
+    shell.status(
+        "Note",
+        "validate checks the file only; `lbctl plan` also checks this machine (ports, addresses, certificate files)",
+    );
     Ok(0)
 }
 
@@ -284,7 +290,10 @@ fn remove_empty_dirs(dir: &Path) {
     std::fs::remove_dir(dir).ok();
 }
 
-fn status(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
+/// The width `lbctl status` fits its tables in when not on a terminal.
+const STATUS_WIDTH: u16 = 100;
+
+fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
     let state = StateStore::new(dir.join(".lbctl")).load()?;
     let provider = provider_for(&state.stack, &dir)?;
@@ -295,12 +304,24 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
         values.push(json!({ "address": resource.address.to_string(), "summary": live.summary, "live": live.json }));
         text.push_str(&format!("{}: {}\n", resource.address, live.summary));
         if !live.rows.is_empty() {
+            // Columns shown only with --wide are dropped; what is left
+            // wraps to the terminal's width (100 columns without one).
+            let shown = if wide { live.columns.len() } else { live.columns.len() - live.wide_only };
             let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header(live.columns.clone());
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header(live.columns[..shown].to_vec());
+            if table.width().is_none() {
+                table.set_width(STATUS_WIDTH);
+            }
             for row in &live.rows {
-                table.add_row(row.clone());
+                table.add_row(row[..shown.min(row.len())].to_vec());
             }
             text.push_str(&format!("{table}\n"));
+        }
+        for line in &live.footer {
+            text.push_str(&format!("{line}\n"));
         }
         text.push('\n');
     }
@@ -310,6 +331,44 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
         shell.out("Nothing is applied.\n")?;
     } else {
         shell.out(&text)?;
+    }
+    Ok(0)
+}
+
+/// `lbctl output`: the outputs of the last apply, from the state.
+fn output(shell: &Shell, spec: &SpecArg, name: Option<&str>, json: bool) -> Result<u8> {
+    let dir = spec_dir(&spec.file)?;
+    let state = StateStore::new(dir.join(".lbctl")).load()?;
+    let describe = |value: &String| json!({ "sensitive": false, "type": "string", "value": value });
+    match name {
+        Some(name) => {
+            let Some(value) = state.outputs.get(name) else {
+                let names: Vec<&str> = state.outputs.keys().map(String::as_str).collect();
+                if names.is_empty() {
+                    bail!("no output `{name}`: the state has no outputs (nothing is applied)");
+                }
+                bail!(
+                    "no output `{name}` (outputs: {}){}",
+                    names.join(", "),
+                    lbctl_spec::did_you_mean(name, names.iter().copied())
+                );
+            };
+            if json {
+                shell.out(&format!("{}\n", serde_json::to_string(value)?))?;
+            } else {
+                shell.out(&format!("{value}\n"))?;
+            }
+        }
+        None if json => {
+            let all: serde_json::Map<String, serde_json::Value> =
+                state.outputs.iter().map(|(key, value)| (key.clone(), describe(value))).collect();
+            shell.out(&format!("{}\n", serde_json::to_string_pretty(&all)?))?;
+        }
+        None if state.outputs.is_empty() => shell.status("Note", "no outputs: nothing is applied"),
+        None => {
+            let text: String = state.outputs.iter().map(|(key, value)| format!("{key} = \"{value}\"\n")).collect();
+            shell.out(&text)?;
+        }
     }
     Ok(0)
 }

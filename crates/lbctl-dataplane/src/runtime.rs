@@ -151,6 +151,25 @@ pub struct Registrations {
     pub targets: Vec<RegisteredTarget>,
 }
 
+/// Instances a target group names by id (`targets: [{ id: i-... }]` on an
+/// `instance` group): `tg/<name>/by_id.json`, written by the provider.
+/// The supervisor running each instance registers it there, and
+/// deregisters it when it terminates, as on AWS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredById {
+    /// Instance ids.
+    pub instances: std::collections::BTreeSet<String>,
+    /// The group's traffic port.
+    pub port: u16,
+}
+
+impl Layout {
+    /// The instances a target group names by id.
+    pub fn by_id_file(&self, group: &str) -> PathBuf {
+        self.tg_dir(group).join("by_id.json")
+    }
+}
+
 /// AWS target health states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,8 +213,13 @@ pub struct TargetHealth {
     /// AWS-style reason code and detail, e.g.
     /// `Target.ResponseCodeMismatch: health check returned 500`.
     pub reason: String,
-    /// Requests forwarded to it so far.
+    /// Client requests (connections, for a network load balancer)
+    /// forwarded to it so far.
     pub requests: u64,
+    /// Health checks of other load balancers forwarded to it so far
+    /// (through this one): not client requests.
+    #[serde(default)]
+    pub health_check_requests: u64,
 }
 
 /// What a proxy reports; rewritten by the proxy on every change and at least
@@ -308,7 +332,26 @@ pub struct InstancesReport {
     /// Problems now (a configuration file it refuses to use).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Instances that keep exiting before they get in service, when
+    /// `CRASH_LOOP_AFTER` have in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_loop: Option<CrashLoop>,
 }
+
+/// Instances exiting while they start, one after the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashLoop {
+    /// Instances that exited (or could not be started) before getting in service, in a row.
+    pub restarts: u32,
+    /// How the last one ended (`process exited with status 127`).
+    pub last_exit: String,
+    /// The last lines of its log.
+    pub last_log: String,
+}
+
+/// Instances exiting in a row before getting in service that make a crash
+/// loop: `apply` stops waiting and `lbctl status` shows it.
+pub const CRASH_LOOP_AFTER: u32 = 3;
 
 /// Where an instance refresh (the rolling replacement a launch template
 /// change starts) stands.

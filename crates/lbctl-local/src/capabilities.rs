@@ -10,38 +10,65 @@ use lbctl_spec::{ListenerProtocol, LoadBalancer, LoadBalancerType, TargetGroup, 
 
 use crate::provider::{lb_settings, settings, LocalProvider};
 
-fn unsupported(path: String, message: &str) -> Finding {
+fn not_done(path: String, message: &str) -> Finding {
     Finding { path, message: message.to_string(), severity: Severity::Unsupported }
 }
 
-pub(crate) fn check(provider: &LocalProvider, desired: &[Resource]) -> anyhow::Result<Vec<Finding>> {
+/// What the spec asks that the local provider does not do: from the spec
+/// alone, touching nothing.
+pub(crate) fn unsupported(desired: &[Resource]) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for resource in desired.iter().filter(|it| it.address.kind == Kind::TargetGroup) {
+        let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
+        target_group(&resource.address.spec_path(), &group, &mut found);
+    }
+    found
+}
+
+/// What stands in the way on this machine: certificate files, static IPs
+/// and ports taken by others.
+pub(crate) fn conflicts(provider: &LocalProvider, desired: &[Resource]) -> anyhow::Result<Vec<Finding>> {
     let mut found = Vec::new();
     let load_balancers: Vec<&str> =
         desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer).map(|it| it.address.name.as_str()).collect();
-    for resource in desired {
+    for resource in desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer) {
         let base = resource.address.spec_path();
-        match resource.address.kind {
-            Kind::LoadBalancer => {
-                let Ok(lb) = lb_settings(&resource.attributes) else { continue };
-                crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
-                static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found)?;
-                ports_free(provider, resource, &lb, &mut found)?;
+        let Ok(lb) = lb_settings(&resource.attributes) else { continue };
+        crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
+        static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found)?;
+        ports_free(provider, resource, &lb, &mut found)?;
+    }
+    instances_live(provider, desired, &mut found);
+    Ok(found)
+}
+
+/// Instances a target group names by id must be live instances of the stack.
+fn instances_live(provider: &LocalProvider, desired: &[Resource], found: &mut Vec<Finding>) {
+    let mut live = None;
+    for resource in desired.iter().filter(|it| it.address.kind == Kind::TargetGroup) {
+        let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
+        for (idx, target) in group.targets.iter().enumerate() {
+            let Some(id) = &target.id else { continue };
+            let live = live.get_or_insert_with(|| provider.live_instances());
+            if live.iter().any(|(it, _)| it == id) {
+                continue;
             }
-            Kind::TargetGroup => {
-                let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
-                target_group(&base, &group, &mut found);
-            }
-            Kind::AutoscalingGroup | Kind::Function => {}
+            let listed: Vec<String> = live.iter().map(|(id, group)| format!("{id} ({group})")).collect();
+            let listed = if listed.is_empty() { "none".to_string() } else { listed.join(", ") };
+            found.push(Finding {
+                path: format!("{}.targets[{idx}].id", resource.address.spec_path()),
+                message: format!("`{id}` is not a live instance of this stack (live: {listed})"),
+                severity: Severity::Invalid,
+            });
         }
     }
-    Ok(found)
 }
 
 fn target_group(base: &str, group: &TargetGroup, found: &mut Vec<Finding>) {
     if group.proxy_protocol_v2 && group.protocol != TargetProtocol::Tcp {
         let message =
             "the PROXY protocol is sent on TCP connections only (TCP target groups of network load balancers)";
-        found.push(unsupported(format!("{base}.proxy_protocol_v2"), message));
+        found.push(not_done(format!("{base}.proxy_protocol_v2"), message));
     }
 }
 
@@ -103,9 +130,13 @@ fn ports_free(
             TcpListener::bind((ip, listener.port)).map(drop)
         };
         if let Err(err) = bound {
+            let udp = listener.protocol == ListenerProtocol::Udp;
+            let holder = crate::holders::holder_of(ip, listener.port, udp)
+                .map(|it| format!(": it is held by {it}"))
+                .unwrap_or_else(|| format!(" ({err})"));
             found.push(Finding {
                 path: format!("{}.listeners[{idx}].port", resource.address.spec_path()),
-                message: format!("port {} on {ip} is already in use on this machine ({err})", listener.port),
+                message: format!("port {} on {ip} is already in use on this machine{holder}", listener.port),
                 severity: Severity::Invalid,
             });
         }

@@ -17,6 +17,7 @@
 mod addresses;
 mod capabilities;
 mod certificates;
+mod holders;
 mod provider;
 mod status;
 

@@ -449,6 +449,15 @@ impl LocalProvider {
             }
         }
         runtime::write_json(&self.layout.registration_file(name, "static"), &Registrations { targets })?;
+        // Instances named by id: their supervisors register them.
+        let by_id: BTreeSet<String> = settings.targets.iter().filter_map(|it| it.id.clone()).collect();
+        let by_id_file = self.layout.by_id_file(name);
+        if by_id.is_empty() {
+            remove_file(&by_id_file)?;
+        } else {
+            let port = settings.port.unwrap_or(lbctl_spec::DEFAULT_INSTANCE_PORT);
+            runtime::write_json(&by_id_file, &runtime::RegisteredById { instances: by_id, port })?;
+        }
         let path = self.layout.tg_dir(name).join("group.json");
         runtime::write_json(&path, &TargetGroupConfig { name: name.clone(), settings })?;
         let digest = runtime::digest(&std::fs::read(&path)?);
@@ -460,6 +469,7 @@ impl LocalProvider {
     fn delete_target_group(&self, prior: &ResourceState) -> Result<()> {
         let dir = self.layout.tg_dir(&prior.address.name);
         std::fs::remove_file(dir.join("group.json")).ok();
+        std::fs::remove_file(self.layout.by_id_file(&prior.address.name)).ok();
         std::fs::remove_file(self.layout.registration_file(&prior.address.name, "static")).ok();
         std::fs::remove_dir(dir.join("targets")).ok();
         std::fs::remove_dir(&dir).ok();
@@ -534,6 +544,15 @@ impl LocalProvider {
                 runtime::RefreshState::Successful => {}
             }
         }
+        // Instances that die as they start will not get better by waiting.
+        if let Some(crash) = &report.crash_loop {
+            return Ok(Readiness::Failed(format!(
+                "its instances keep exiting as they start ({} in a row); the last one: {}{}",
+                crash.restarts,
+                crash.last_exit,
+                if crash.last_log.is_empty() { String::new() } else { format!("; its log ends:\n{}", crash.last_log) }
+            )));
+        }
         let statuses = self.all_proxy_statuses();
         // A scaling policy chooses the desired capacity: it is not drift, and
         // the group is ready with as many instances as the policy wants.
@@ -593,6 +612,18 @@ impl LocalProvider {
     fn target_group_ready(&self, name: &str, only_lb: Option<&str>) -> Readiness {
         let registered: BTreeSet<String> =
             runtime::registered_targets(&self.layout, name).into_iter().map(|it| it.id).collect();
+        // Instances named by id are registered by their supervisors.
+        if let Ok(Some(by_id)) = runtime::read_json::<runtime::RegisteredById>(&self.layout.by_id_file(name)) {
+            let live = self.live_instances();
+            let waiting: Vec<&String> = by_id
+                .instances
+                .iter()
+                .filter(|id| !registered.contains(*id) && live.iter().any(|(it, _)| it == *id))
+                .collect();
+            if let Some(id) = waiting.first() {
+                return Readiness::Waiting(format!("instance {id} is not registered yet"));
+            }
+        }
         let statuses = self.all_proxy_statuses();
         for (lb, status) in statuses.iter().filter(|(lb, _)| only_lb.is_none_or(|it| it == lb)) {
             let Some(targets) = status.target_groups.get(name) else { continue };
@@ -644,6 +675,14 @@ fn with_static_ip(mut data: Value, config: &ProxyConfig) -> Value {
     data
 }
 
+fn remove_file(file: &Path) -> Result<()> {
+    match std::fs::remove_file(file) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("removing {}", file.display())),
+    }
+}
+
 fn remove_dir(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -672,9 +711,29 @@ impl Provider for LocalProvider {
         }
     }
 
+    fn update_notes(&self, desired: &Resource, changed: &[&str]) -> Vec<String> {
+        let template_changed = changed.iter().any(|it| it.starts_with("launch_template"));
+        if desired.address.kind != Kind::AutoscalingGroup || !template_changed {
+            return Vec::new();
+        }
+        // As on AWS, and as Terraform does: a template change rolls the
+        // instances only when the group has `instance_refresh`.
+        match settings::<AutoscalingGroup>(&desired.attributes, ASG_DERIVED).ok().and_then(|it| it.instance_refresh) {
+            None => vec!["existing instances keep the old launch template and new ones get the new one; add `instance_refresh` to roll them".to_string()],
+            Some(refresh) => vec![format!(
+                "an instance refresh replaces the instances in batches, keeping {}% of the desired capacity in service",
+                refresh.min_healthy_percentage
+            )],
+        }
+    }
+
+    fn unsupported(&self, desired: &[Resource]) -> Vec<Finding> {
+        crate::capabilities::unsupported(desired)
+    }
+
     fn check(&self, desired: &[Resource], _state: &State) -> Result<Vec<Finding>> {
         // The machine's and the runtime files' view is what counts here.
-        crate::capabilities::check(self, desired)
+        crate::capabilities::conflicts(self, desired)
     }
 
     fn read(&self, prior: &ResourceState) -> Result<Observed> {
@@ -801,6 +860,24 @@ impl LocalProvider {
     pub(crate) fn process_of(&self, resource: &ResourceState) -> Result<(u32, bool)> {
         let data: ProcessData = self.private(resource)?;
         Ok((data.pid, process::is_ours(data.pid, &data.config_path.to_string_lossy())))
+    }
+
+    /// The live instances (pending or in service, process running) of every
+    /// auto-scaling group of the stack, as (id, group).
+    pub(crate) fn live_instances(&self) -> Vec<(String, String)> {
+        let Ok(groups) = std::fs::read_dir(self.layout.root.join("asg")) else { return Vec::new() };
+        let mut live = Vec::new();
+        for entry in groups.flatten() {
+            let group = entry.file_name().to_string_lossy().into_owned();
+            for instance in self.instances(&group).into_iter().flat_map(|it| it.instances) {
+                let running = matches!(instance.lifecycle, runtime::Lifecycle::Pending | runtime::Lifecycle::InService);
+                if running && process::is_ours(instance.pid, &instance.id) {
+                    live.push((instance.id, group.clone()));
+                }
+            }
+        }
+        live.sort();
+        live
     }
 
     /// The instances report of an auto-scaling group.

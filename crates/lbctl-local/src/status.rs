@@ -8,6 +8,9 @@ use serde_json::json;
 
 use crate::provider::{lb_settings, LocalProvider};
 
+/// Events of a group `lbctl status` shows, the latest.
+const LATEST_EVENTS: usize = 5;
+
 /// The reason of a target in a group that no load balancer routes to (AWS's code).
 const REASON_NOT_IN_USE: &str = "Target.NotInUse: target group is not used by any load balancer";
 
@@ -134,6 +137,7 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                     targets_json.push(json!({
                         "target_group": group, "id": target.id, "address": address,
                         "state": target.state.as_str(), "reason": target.reason, "requests": target.requests,
+                        "health_check_requests": target.health_check_requests,
                     }));
                 }
             }
@@ -144,6 +148,8 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                     .map(String::from)
                     .to_vec(),
                 rows,
+                wide_only: 0,
+                footer: Vec::new(),
                 json: json!({
                     "running": running, "pid": pid, "urls": urls, "targets": targets_json, "errors": errors,
                     "connections": status.as_ref().map_or(0, |it| it.connections),
@@ -178,19 +184,46 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                     "log": instance.log,
                 }));
             }
-            let summary = format!(
+            let mut summary = format!(
                 "{state}, desired {}{}, {} instances",
                 report.desired,
                 report.desired_set_by.as_ref().map(|by| format!(" (set by {by})")).unwrap_or_default(),
                 report.instances.len()
             );
+            let mut footer = Vec::new();
+            if let Some(crash) = &report.crash_loop {
+                summary.push_str(", CRASH-LOOPING");
+                footer.push(format!(
+                    "crash loop: {} instances in a row ended as they started; the last: {}",
+                    crash.restarts, crash.last_exit
+                ));
+                if let Some(line) = crash.last_log.lines().next_back() {
+                    footer.push(format!("  its last log line: {line}"));
+                }
+            }
+            if !report.events.is_empty() {
+                footer.push("latest events:".to_string());
+                let latest = report.events.len().saturating_sub(LATEST_EVENTS);
+                footer.extend(report.events[latest..].iter().map(|it| format!("  {it}")));
+            }
+            if let Some(dir) = report.instances.first().and_then(|it| it.log.parent()) {
+                footer.push(format!("instance logs: {}/<instance>.log", dir.display()));
+            }
             Ok(LiveStatus {
                 summary: with_errors(summary, &report.errors),
                 columns: ["instance", "address", "pid", "lifecycle", "health", "reason", "log"]
                     .map(String::from)
                     .to_vec(),
                 rows,
-                json: json!({ "running": running, "pid": pid, "desired": report.desired, "desired_set_by": report.desired_set_by, "instances": instances_json, "events": report.events, "errors": report.errors }),
+                wide_only: 1,
+                footer,
+                json: json!({
+                    "running": running, "pid": pid, "desired": report.desired, "desired_set_by": report.desired_set_by,
+                    "instances": instances_json, "events": report.events, "errors": report.errors,
+                    "crash_loop": report.crash_loop.as_ref().map(|it| json!({
+                        "restarts": it.restarts, "last_exit": it.last_exit, "last_log": it.last_log,
+                    })),
+                }),
             })
         }
         Kind::TargetGroup => {
@@ -223,6 +256,8 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                 summary,
                 columns: ["load balancer", "target", "address", "state", "reason"].map(String::from).to_vec(),
                 rows,
+                wide_only: 0,
+                footer: Vec::new(),
                 json: json!({ "load_balancers": routing, "targets": targets_json }),
             })
         }
@@ -246,6 +281,7 @@ mod tests {
             state,
             reason: "Target.Timeout: health check timed out".to_string(),
             requests: 0,
+            health_check_requests: 0,
         };
         ProxyStatus { target_groups: BTreeMap::from([(group.to_string(), vec![target])]), ..ProxyStatus::default() }
     }

@@ -190,6 +190,12 @@ pub fn plan(
             Observed::Present if !changes.is_empty() => (ActionKind::Update, "the spec changed".to_string()),
             Observed::Present => continue,
         };
+        if kind == ActionKind::Update {
+            let changed: Vec<&str> = changes.iter().map(|it| it.path.as_str()).collect();
+            notes.extend(
+                provider.update_notes(resource, &changed).into_iter().map(|it| format!("{}: {it}", resource.address)),
+            );
+        }
         actions.push(PlannedAction {
             address: resource.address.clone(),
             kind,

@@ -78,6 +78,10 @@ pub struct LiveStatus {
     pub columns: Vec<String>,
     /// Table rows.
     pub rows: Vec<Vec<String>>,
+    /// How many of the last columns are shown only on request (`--wide`).
+    pub wide_only: usize,
+    /// Lines after the table (recent events, where logs are).
+    pub footer: Vec<String>,
     /// The same as a JSON value for `--json`.
     pub json: Value,
 }
@@ -96,10 +100,24 @@ pub trait Provider: Sync {
         &[]
     }
 
-    /// Problems found before anything is touched: unsupported features and
-    /// conflicts with the machine (ports already taken by someone else).
-    /// An error when the provider cannot even look (its machine-wide files
-    /// are unsafe to use).
+    /// What an update of `desired` changing the attributes at `changed`
+    /// will do beyond the attributes themselves, in words for the plan
+    /// (whether a launch template change rolls the instances). Default:
+    /// nothing to say.
+    fn update_notes(&self, _desired: &Resource, _changed: &[&str]) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// What the spec asks that this provider does not do, found from the
+    /// resources alone (`validate` shows these; `plan` shows them and
+    /// `apply` refuses). Default: it does everything.
+    fn unsupported(&self, _desired: &[Resource]) -> Vec<Finding> {
+        Vec::new()
+    }
+
+    /// Problems in the world before anything is touched: conflicts with the
+    /// machine (ports already taken by someone else). An error when the
+    /// provider cannot even look (its machine-wide files are unsafe to use).
     fn check(&self, desired: &[Resource], state: &State) -> Result<Vec<Finding>>;
 
     /// What exists now for a resource the state records.

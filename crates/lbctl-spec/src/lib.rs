@@ -16,6 +16,7 @@
 
 mod duration;
 mod model;
+mod shape;
 mod source_map;
 mod validate;
 pub use validate::{health_check_matcher, parse_grpc_matcher, parse_matcher, wire_name, ALLOCATED_STATIC_IPS};
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::Duration;
 pub use model::*;
+pub use shape::{did_you_mean, suggestion};
 pub use source_map::{Location, SourceMap};
 
 /// One problem found in a spec, placed in the file.
@@ -114,17 +116,52 @@ pub fn load(path: &Path) -> Result<SpecFile, Diagnostics> {
     parse(&file, dir, source)
 }
 
-/// Parses and validates `source`, reporting problems against `file`.
+/// Parses and validates `source`, reporting problems against `file`: every
+/// problem of the file in one run (unknown fields and values, missing
+/// fields, then the semantic checks), each placed in the file.
 pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagnostics> {
     let source_map = SourceMap::build(&source);
-    let spec: Spec = serde_yaml::from_str(&source).map_err(|err| {
+    let mut document: serde_yaml::Value = serde_yaml::from_str(&source).map_err(|err| {
         Diagnostics(vec![Diagnostic {
             file: file.to_string(),
-            location: err.location().map(|at| Location { line: at.line(), column: at.column() }),
+            location: Some(
+                err.location().map_or(Location::START, |at| Location { line: at.line(), column: at.column() }),
+            ),
             path: String::new(),
             message: yaml_message(&err),
         }])
     })?;
+    document.apply_merge().ok();
+    let place = |path: &str, at_key: bool, message: String| {
+        let location = if at_key { source_map.locate_key(path) } else { source_map.locate(path) };
+        // An unknown field is shown under its parent, at the field's key.
+        let shown = if at_key { source_map::parent(path).unwrap_or("") } else { path };
+        Diagnostic {
+            file: file.to_string(),
+            location: Some(location.unwrap_or(Location::START)),
+            path: shown.to_string(),
+            message,
+        }
+    };
+    let mut diagnostics: Vec<Diagnostic> =
+        shape::check(&mut document).into_iter().map(|it| place(&it.path, it.at_key, it.message)).collect();
+    let spec: Spec = match serde_path_to_error::deserialize(document) {
+        Ok(spec) => spec,
+        Err(err) => {
+            let path = err.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            // What the shape check said of the same place says it better.
+            if !diagnostics.iter().any(|it| it.path == path || path.starts_with(&format!("{}.", it.path))) {
+                diagnostics.push(place(&path, false, yaml_message(err.inner())));
+            }
+            diagnostics.sort_by_key(|it| it.location.map(|at| (at.line, at.column)));
+            return Err(Diagnostics(diagnostics));
+        }
+    };
+    if !diagnostics.is_empty() {
+        diagnostics.sort_by_key(|it| it.location.map(|at| (at.line, at.column)));
+        return Err(Diagnostics(diagnostics));
+    }
     let spec_file = SpecFile { file: file.to_string(), dir, source, spec, source_map };
     let diagnostics = validate::check(&spec_file);
     if diagnostics.is_empty() {

@@ -389,7 +389,8 @@ pub struct TargetGroup {
     /// Load-balancer cookie stickiness.
     #[serde(default)]
     pub stickiness: Stickiness,
-    /// Fixed targets (`ip`, `lambda` and `alb` groups).
+    /// Registered targets: addresses (`ip`), functions (`lambda`), a load
+    /// balancer (`alb`), or live instances by id (`instance`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
     /// Send the PROXY v2 header to targets (network load balancers).
@@ -535,10 +536,15 @@ fn default_stickiness_duration() -> Duration {
     Duration::from_secs(86_400)
 }
 
-/// A fixed target: exactly one of `ip`, `function`, `load_balancer`.
+/// A registered target: exactly one of `id` (`instance` groups), `ip`,
+/// `function`, `load_balancer`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
+    /// A live instance of an auto-scaling group of the stack, registered by
+    /// hand (`instance` groups); it leaves the group when it terminates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Address in 127.0.0.0/8 (`ip` groups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,

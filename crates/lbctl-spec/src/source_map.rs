@@ -18,6 +18,11 @@ pub struct Location {
     pub column: usize,
 }
 
+impl Location {
+    /// The start of the file: where problems of the whole document are shown.
+    pub const START: Location = Location { line: 1, column: 1 };
+}
+
 /// Positions of the document's nodes by path.
 #[derive(Debug, Clone, Default)]
 pub struct SourceMap {
@@ -49,13 +54,20 @@ impl SourceMap {
         }
     }
 
+    /// Whether the document writes `path` (a key or a value there), rather
+    /// than leaving it to its default.
+    pub fn has(&self, path: &str) -> bool {
+        self.keys.contains_key(path) || self.values.contains_key(path)
+    }
+
     /// The location of the key that introduces `path` (falls back to `locate`).
     pub fn locate_key(&self, path: &str) -> Option<Location> {
         self.keys.get(path).copied().or_else(|| self.locate(path))
     }
 }
 
-fn parent(path: &str) -> Option<&str> {
+/// The path of the node that holds `path` (`a.b[0].c` -> `a.b[0]`).
+pub(crate) fn parent(path: &str) -> Option<&str> {
     let cut = path.rfind(['.', '['])?;
     Some(&path[..cut])
 }

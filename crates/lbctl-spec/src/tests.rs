@@ -46,7 +46,7 @@ fn dangling_target_group_reference() {
     );
     check(
         &source,
-        &["lbctl.yaml:20:36: load_balancers.public.listeners[0].default_action.forward: target group `webb` is not defined (defined: web)"],
+        &["lbctl.yaml:20:36: load_balancers.public.listeners[0].default_action.forward: target group `webb` is not defined (defined: web); did you mean `web`?"],
     );
 }
 

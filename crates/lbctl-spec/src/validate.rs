@@ -34,6 +34,13 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// "target group `webb` is not defined (defined: web, images); did you mean `web`?"
+fn undefined<'a>(kind: &str, name: &str, defined: impl Iterator<Item = &'a String> + Clone) -> String {
+    let names: Vec<&str> = defined.map(String::as_str).collect();
+    let listed = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+    format!("{kind} `{name}` is not defined (defined: {listed}){}", crate::did_you_mean(name, names.iter().copied()))
+}
+
 /// The name of an enum value as the spec writes it (`HTTP`, `ip`).
 pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
@@ -106,6 +113,15 @@ fn loopback(text: &str) -> Result<Ipv4Addr, String> {
 impl Checker<'_> {
     fn error(&mut self, path: &str, message: impl Into<String>) {
         self.found.push(self.file.diagnostic(path, message));
+    }
+
+    /// ` (the default)` when the file does not write `path`.
+    fn default_note(&self, path: &str) -> &'static str {
+        if self.file.source_map.has(path) {
+            ""
+        } else {
+            " (the default)"
+        }
     }
 
     fn stack(&mut self) {
@@ -326,16 +342,19 @@ impl Checker<'_> {
 
     fn forward_target(&mut self, path: &str, application: bool, group_name: &str) {
         let Some(group) = self.file.spec.target_groups.get(group_name) else {
-            let defined = self.file.spec.target_groups.keys().cloned().collect::<Vec<_>>().join(", ");
-            let message = format!(
-                "target group `{group_name}` is not defined (defined: {})",
-                if defined.is_empty() { "none".to_string() } else { defined }
-            );
-            self.error(path, message);
+            self.error(path, undefined("target group", group_name, self.file.spec.target_groups.keys()));
             return;
         };
         let l7 = matches!(group.protocol, TargetProtocol::Http | TargetProtocol::Https)
             || group.target_type == TargetType::Lambda;
+        if application && group.target_type == TargetType::Alb {
+            // Said once and plainly: the group's own protocol is not the point.
+            let message = format!(
+                "target group `{group_name}` has target_type alb; only network load balancers forward to alb target groups, as on AWS"
+            );
+            self.error(path, message);
+            return;
+        }
         if application && !l7 {
             let message = format!(
                 "target group `{group_name}` is {}; application load balancers forward to HTTP or HTTPS groups",
@@ -364,7 +383,18 @@ impl Checker<'_> {
                 self.error(&format!("{base}.health_check.path"), "path must start with `/`");
             }
             if health.timeout.get() > health.interval.get() {
-                self.error(&format!("{base}.health_check.timeout"), "timeout must not be longer than interval");
+                let (timeout, interval) =
+                    (format!("{base}.health_check.timeout"), format!("{base}.health_check.interval"));
+                let message = format!(
+                    "timeout {}{} must not be longer than interval {}{}",
+                    health.timeout,
+                    self.default_note(&timeout),
+                    health.interval,
+                    self.default_note(&interval)
+                );
+                // Shown where the user wrote something: a default has no place in the file.
+                let at = if self.file.source_map.has(&timeout) { timeout } else { interval };
+                self.error(&at, message);
             }
             if health.interval.get().is_zero() || health.timeout.get().is_zero() {
                 self.error(&format!("{base}.health_check"), "interval and timeout must be above 0s");
@@ -386,22 +416,33 @@ impl Checker<'_> {
     fn targets(&mut self, base: &str, group: &TargetGroup) {
         let spec = &self.file.spec;
         let mut found = Vec::new();
-        if group.target_type == TargetType::Instance && !group.targets.is_empty() {
-            found.push((format!("{base}.targets"), "instance target groups get their targets from autoscaling groups; use target_type: ip for fixed addresses".to_string()));
-        }
         for (idx, target) in group.targets.iter().enumerate() {
             let path = format!("{base}.targets[{idx}]");
-            let given = [target.ip.is_some(), target.function.is_some(), target.load_balancer.is_some()];
+            let given =
+                [target.ip.is_some(), target.function.is_some(), target.load_balancer.is_some(), target.id.is_some()];
             let (field, expected) = match group.target_type {
                 TargetType::Ip => ("ip", 0),
                 TargetType::Lambda => ("function", 1),
                 TargetType::Alb => ("load_balancer", 2),
-                TargetType::Instance => continue,
+                TargetType::Instance => ("id", 3),
             };
             if given.iter().filter(|it| **it).count() != 1 || !given[expected] {
-                let message = format!("a target of an {} group is `{{ {field}: ... }}`", wire_name(&group.target_type));
+                let hint = if group.target_type == TargetType::Instance && target.ip.is_some() {
+                    " (an instance by id; use target_type: ip for fixed addresses)"
+                } else {
+                    ""
+                };
+                let message =
+                    format!("a target of an {} group is `{{ {field}: ... }}`{hint}", wire_name(&group.target_type));
                 found.push((path.clone(), message));
                 continue;
+            }
+            if let Some(id) = &target.id {
+                let hex =
+                    id.strip_prefix("i-").filter(|it| !it.is_empty() && it.bytes().all(|b| b.is_ascii_hexdigit()));
+                if hex.is_none() {
+                    found.push((format!("{path}.id"), format!("`{id}` is not an instance id (`i-` and hex digits)")));
+                }
             }
             if let Some(ip) = &target.ip {
                 if let Err(message) = loopback(ip) {
@@ -413,13 +454,15 @@ impl Checker<'_> {
             }
             if let Some(function) = &target.function {
                 if !spec.functions.contains_key(function) {
-                    found.push((format!("{path}.function"), format!("function `{function}` is not defined")));
+                    found.push((format!("{path}.function"), undefined("function", function, spec.functions.keys())));
                 }
             }
             if let Some(lb_name) = &target.load_balancer {
                 match spec.load_balancers.get(lb_name) {
-                    None => found
-                        .push((format!("{path}.load_balancer"), format!("load balancer `{lb_name}` is not defined"))),
+                    None => found.push((
+                        format!("{path}.load_balancer"),
+                        undefined("load balancer", lb_name, spec.load_balancers.keys()),
+                    )),
                     Some(lb) if lb.kind != LoadBalancerType::Application => found.push((
                         format!("{path}.load_balancer"),
                         format!("load balancer `{lb_name}` is not an application load balancer"),
@@ -495,7 +538,7 @@ impl Checker<'_> {
             for (idx, group_name) in group.target_groups.iter().enumerate() {
                 let path = format!("{base}.target_groups[{idx}]");
                 match spec.target_groups.get(group_name) {
-                    None => self.error(&path, format!("target group `{group_name}` is not defined")),
+                    None => self.error(&path, undefined("target group", group_name, spec.target_groups.keys())),
                     Some(target_group) if target_group.target_type != TargetType::Instance => {
                         let message = format!(
                             "target group `{group_name}` has target_type {}; autoscaling groups register in instance groups",

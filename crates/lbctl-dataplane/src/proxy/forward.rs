@@ -24,7 +24,7 @@ use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE,
+    UPGRADE, USER_AGENT,
 };
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
@@ -45,6 +45,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The User-Agent of load balancers' health checks (AWS's, and lbctl's).
+const HEALTH_CHECKER: &[u8] = super::health_check::USER_AGENT_VALUE.as_bytes();
 
 /// What one listener needs per request, compiled from its configuration.
 pub struct ListenerContext {
@@ -145,7 +147,9 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
         return failure.answer(StatusCode::SERVICE_UNAVAILABLE, "no registered target is routable");
     };
     let transport = group.transport();
-    let mut in_flight = InFlight::start(backend);
+    // Another load balancer's health check is not a client request.
+    let health_check = request.headers().get(USER_AGENT).is_some_and(|it| it.as_bytes() == HEALTH_CHECKER);
+    let mut in_flight = InFlight::start_request(backend, health_check);
 
     let (mut parts, body) = request.into_parts();
     // HTTP/2 targets get `te: trailers` through when the client sent it (gRPC requires it).

@@ -310,7 +310,7 @@ fn failed(err: &std::io::Error) -> String {
 }
 
 /// The User-Agent of AWS's health checker.
-const USER_AGENT_VALUE: &str = "ELB-HealthChecker/2.0";
+pub const USER_AGENT_VALUE: &str = "ELB-HealthChecker/2.0";
 
 /// Sends the check request and reads the status code of the answer.
 async fn http_status<S>(stream: &mut S, addr: SocketAddr, path: &str) -> Result<u16, String>

@@ -81,7 +81,11 @@ pub struct Backend {
     pub h1: Http1Pool,
     /// What stickiness cookies name this target by: a keyed hash of its id.
     sticky_key: u64,
+    /// Client requests forwarded to it (connections, for a network load balancer).
     requests: AtomicU64,
+    /// Health checks forwarded to it (another load balancer's, through
+    /// this one): counted apart from client requests.
+    health_checks: AtomicU64,
     in_flight: AtomicU64,
     /// Cancelled when the target leaves its group (drained, or the group
     /// is gone): connections still relayed to it close then.
@@ -113,6 +117,7 @@ impl Backend {
             h1: Http1Pool::default(),
             sticky_key: STICKY_SECRET.hash_one(("target", id)),
             requests: AtomicU64::new(0),
+            health_checks: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             retired: CancellationToken::new(),
         }
@@ -134,6 +139,11 @@ impl Backend {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Health checks forwarded to it so far.
+    pub fn health_checks(&self) -> u64 {
+        self.health_checks.load(Ordering::Relaxed)
+    }
+
     /// Requests forwarded to it that have not finished yet.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
@@ -149,6 +159,15 @@ impl InFlight {
     /// Counts a new request to `backend`.
     pub fn start(backend: Arc<Backend>) -> InFlight {
         backend.requests.fetch_add(1, Ordering::Relaxed);
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(backend)
+    }
+
+    /// Counts a new request to `backend`: a health check (another load
+    /// balancer's) when `health_check`, else a client's.
+    pub fn start_request(backend: Arc<Backend>, health_check: bool) -> InFlight {
+        let counter = if health_check { &backend.health_checks } else { &backend.requests };
+        counter.fetch_add(1, Ordering::Relaxed);
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(backend)
     }

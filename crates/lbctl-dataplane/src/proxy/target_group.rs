@@ -155,6 +155,7 @@ impl TargetGroup {
                 state: it.state,
                 reason: it.reason.clone(),
                 requests: it.backend.requests(),
+                health_check_requests: it.backend.health_checks(),
             })
             .collect()
     }

@@ -138,9 +138,12 @@ pub(crate) fn judge(check: HealthCheckType, pid: u32, age: Duration, grace: Dura
                 return if age >= grace {
                     Verdict { healthy: false, reason: elb, in_service: false }
                 } else {
+                    // Whole seconds left, as `4m12s`.
+                    let left = Duration::from_secs((grace - age).as_secs_f64().ceil() as u64);
+                    let left = humantime::format_duration(left).to_string().replace(' ', "");
                     Verdict {
                         healthy: true,
-                        reason: format!("{elb} (ignored during the health check grace period)"),
+                        reason: format!("{elb} (ignored during the health check grace period, {left} left)"),
                         in_service: false,
                     }
                 };
@@ -301,6 +304,7 @@ mod tests {
                     state: *state,
                     reason: reason.to_string(),
                     requests: 0,
+                    health_check_requests: 0,
                 })
                 .collect();
             target_groups.insert(group.to_string(), list);

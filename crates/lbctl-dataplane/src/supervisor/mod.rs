@@ -159,6 +159,8 @@ struct Supervisor {
     /// Why the configuration file on disk is not used, when it is not
     /// trusted; reported in `instances.json`'s `errors`.
     config_problem: Option<String>,
+    /// Instances that ended before getting in service since one last did.
+    crash_loop: Option<runtime::CrashLoop>,
     config_missing_since: Option<Instant>,
     template_digest: String,
     instances: Vec<Instance>,
@@ -198,6 +200,7 @@ impl Supervisor {
             config_digest: runtime::digest(&bytes),
             bad_digest: None,
             config_problem: None,
+            crash_loop: None,
             config_missing_since: None,
             instances: Vec::new(),
             events: VecDeque::new(),
@@ -297,6 +300,12 @@ impl Supervisor {
         }
     }
 
+    /// Records an instance that ended before it got in service.
+    fn crashed(&mut self, exit: String, log: String) {
+        let restarts = self.crash_loop.as_ref().map_or(0, |it| it.restarts) + 1;
+        self.crash_loop = Some(runtime::CrashLoop { restarts, last_exit: exit, last_log: log });
+    }
+
     /// Logs a problem once (until a different one happens).
     fn warn(&mut self, message: String) {
         if message != self.last_warning {
@@ -393,6 +402,7 @@ impl Supervisor {
                     if instance.record.lifecycle == Lifecycle::Pending {
                         self.launch_failures += 1;
                         self.next_launch_at = Instant::now() + decide::launch_backoff(self.launch_failures);
+                        self.crashed(exit.clone(), process::log_tail(&instance.record.log, 5));
                     }
                     let log = process::log_tail(&instance.record.log, 3);
                     let tail =
@@ -415,6 +425,7 @@ impl Supervisor {
         let groups = settings.target_groups.clone();
         let now_ms = runtime::now_ms();
         let mut unhealthy = Vec::new();
+        let mut in_service_now = Vec::new();
         for instance in self.instances.iter_mut().filter(|it| it.is_live()) {
             let record = &mut instance.record;
             let age = Duration::from_millis(now_ms.saturating_sub(record.launched_ms));
@@ -427,7 +438,12 @@ impl Supervisor {
             } else if in_service && record.lifecycle == Lifecycle::Pending {
                 record.lifecycle = Lifecycle::InService;
                 self.launch_failures = 0;
+                self.crash_loop = None;
+                in_service_now.push(format!("{} in service ({})", record.id, record.health_reason));
             }
+        }
+        for event in in_service_now {
+            self.event(event);
         }
         for (id, reason) in unhealthy {
             self.replacing.push_back(format!("replacing unhealthy {id}: {reason}"));
@@ -450,6 +466,7 @@ impl Supervisor {
                 if let Err(err) = self.launch(&reason) {
                     self.launch_failures += 1;
                     self.next_launch_at = Instant::now() + decide::launch_backoff(self.launch_failures).max(TICK);
+                    self.crashed(format!("could not be started: {err:#}"), String::new());
                     self.event(format!("failed to launch an instance ({reason}): {err:#}"));
                     self.replacing.push_front(reason);
                     break;
@@ -543,7 +560,10 @@ impl Supervisor {
         instance.why = why.clone();
         instance.deregistered_ms = runtime::now_ms();
         instance.drain_until = Some(Instant::now() + delay);
-        self.event(format!("draining {id} ({why}); deregistration delay {}", lbctl_spec::Duration(delay)));
+        self.event(format!(
+            "draining {id} ({why}): it leaves once its in-flight requests finish, {} at most (deregistration delay)",
+            lbctl_spec::Duration(delay)
+        ));
     }
 
     /// Moves drained instances to `Terminating` (SIGTERM) and kills those
@@ -584,18 +604,29 @@ impl Supervisor {
     /// those of target groups the group left.
     fn sync_registrations(&mut self) {
         let source = self.source();
-        let groups = self.config.settings.target_groups.clone();
+        let attached = self.config.settings.target_groups.clone();
+        // Groups that name some of these instances by id, besides those the
+        // group is attached to: (group, port, the ids it names).
+        let by_id = self.named_by_id();
+        let mut groups: Vec<String> = attached.clone();
+        groups.extend(by_id.keys().filter(|it| !attached.contains(it)).cloned());
         for group in &groups {
             // The provider creates a target group's directory before any
             // group registers in it; never resurrect one it removed.
             if !self.config.layout.tg_dir(group).is_dir() {
                 continue;
             }
-            let port = self.config.target_group_ports.get(group).copied().unwrap_or(self.config.instance_port);
+            let (port, only) = match (attached.contains(group), by_id.get(group)) {
+                (true, _) => {
+                    (self.config.target_group_ports.get(group).copied().unwrap_or(self.config.instance_port), None)
+                }
+                (false, Some((port, ids))) => (*port, Some(ids)),
+                (false, None) => continue,
+            };
             let mut targets: Vec<RegisteredTarget> = self
                 .instances
                 .iter()
-                .filter(|it| it.is_live())
+                .filter(|it| it.is_live() && only.is_none_or(|ids| ids.contains(&it.record.id)))
                 .map(|it| RegisteredTarget { id: it.record.id.clone(), ip: it.record.ip, port })
                 .collect();
             targets.sort();
@@ -625,6 +656,26 @@ impl Supervisor {
         }
     }
 
+    /// The target groups that name instances of this group by id
+    /// (`runtime::RegisteredById`), with their port and the ids of ours.
+    fn named_by_id(&self) -> BTreeMap<String, (u16, BTreeSet<String>)> {
+        let mut named = BTreeMap::new();
+        let Ok(groups) = std::fs::read_dir(self.config.layout.tg_root()) else { return named };
+        let ours: BTreeSet<&str> = self.instances.iter().map(|it| it.record.id.as_str()).collect();
+        for entry in groups.flatten() {
+            let group = entry.file_name().to_string_lossy().into_owned();
+            let Ok(Some(by_id)) = runtime::read_json::<runtime::RegisteredById>(&self.config.layout.by_id_file(&group))
+            else {
+                continue;
+            };
+            let ids: BTreeSet<String> = by_id.instances.into_iter().filter(|it| ours.contains(it.as_str())).collect();
+            if !ids.is_empty() {
+                named.insert(group, (by_id.port, ids));
+            }
+        }
+        named
+    }
+
     /// Writes `instances.json` when it changed or a second has passed.
     fn write_report(&mut self, force: bool) {
         let report = InstancesReport {
@@ -637,6 +688,7 @@ impl Supervisor {
             updated_ms: 0,
             refresh: self.refresh.as_ref().map(refresh::Refresh::status),
             errors: self.config_problem.iter().cloned().collect(),
+            crash_loop: self.crash_loop.clone().filter(|it| it.restarts >= runtime::CRASH_LOOP_AFTER),
         };
         if let Some((last, at)) = &self.last_report {
             if !force && *last == report && at.elapsed() < REPORT_EVERY {

@@ -56,6 +56,15 @@ impl Supervisor {
             }
             return;
         }
+        if self.config.settings.instance_refresh.is_none() {
+            // As on AWS: the new template is for the instances launched from
+            // now on; without `instance_refresh` nothing rolls.
+            if self.refresh.take().is_some_and(|it| it.in_progress()) {
+                self.event("instance refresh stopped: the group has no instance_refresh any more".to_string());
+            }
+            self.event("launch template changed: new instances get it, existing ones keep theirs".to_string());
+            return;
+        }
         let current = self.template_digest.clone();
         let outdated = self.instances.iter().filter(|it| it.is_live() && it.record.template_digest != current).count();
         // A refresh interrupted by another change keeps the template it started from.

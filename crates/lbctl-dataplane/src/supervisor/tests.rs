@@ -373,6 +373,7 @@ impl FakeLoadBalancer {
                         String::new()
                     },
                     requests: 0,
+                    health_check_requests: 0,
                 }
             })
             .collect();
