@@ -161,3 +161,25 @@ fn apply_waits_only_for_what_it_changed() {
         run.stderr
     );
 }
+
+/// A launch command that exits at once fails `apply` within seconds with
+/// the instance's last log line, and `status` shows the crash loop.
+#[test]
+fn a_crash_loop_fails_apply_fast_and_shows_in_status() {
+    let port = free_port();
+    let group = "    min_size: 2
+    max_size: 2
+    target_groups: [web]
+    launch_template:
+      command: [sh, -c, \"echo starting; echo cannot open config.yaml >&2; exit 3\"]
+";
+    let stack = Stack::new(&web_group_spec("crash-loop", port, "1s", group));
+    // Without the crash loop detection this would wait out the timeout.
+    let run = stack.lbctl(&["apply", "--auto-approve", "--timeout", "15s"]).expect_code(1);
+    assert!(run.stderr.contains("its instances keep exiting as they start"), "{}", run.stderr);
+    assert!(run.stderr.contains("process exited with status 3"), "{}", run.stderr);
+    assert!(run.stderr.contains("cannot open config.yaml"), "{}", run.stderr);
+    let status = stack.lbctl(&["status"]).expect_code(0).stdout;
+    assert!(status.contains("CRASH-LOOPING"), "{status}");
+    assert!(status.contains("its last log line: cannot open config.yaml"), "{status}");
+}

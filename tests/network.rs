@@ -455,7 +455,7 @@ target_groups:
     port: {alb_port}
     target_type: alb
     targets: [{{ load_balancer: public }}]
-    health_check: {{ interval: 300ms, timeout: 250ms, healthy_threshold: 2 }}
+    health_check: {{ protocol: HTTP, path: /health, interval: 300ms, timeout: 250ms, healthy_threshold: 2 }}
   web:
     port: {web_port}
     health_check: {{ path: /health, interval: 300ms, timeout: 250ms, healthy_threshold: 2 }}
@@ -479,6 +479,14 @@ autoscaling_groups:
     assert!(response.body.trim_end().ends_with("path=/through"), "{response:?}");
     // The ALB saw the NLB's connection, and added its forwarding headers.
     assert!(response.headers.contains_key("x-seen-forwarded-for"), "{response:?}");
+    // The NLB's health checks pass through the ALB to the instance, and are
+    // counted apart from the one client request.
+    wait_for("the counts in the ALB's status", Duration::from_secs(10), || {
+        let status = stack.status();
+        let alb = status["resources"].as_array()?.iter().find(|it| it["address"] == "load_balancer.public")?.clone();
+        let target = alb["live"]["targets"].as_array()?.iter().find(|it| it["id"] == instance.as_str())?.clone();
+        (target["requests"] == 1 && target["health_check_requests"].as_u64()? > 0).then_some(())
+    });
 }
 
 #[test]

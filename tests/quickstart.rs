@@ -85,10 +85,20 @@ fn quickstart_routes_scales_heals_and_destroys() {
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
     assert!(instance_of(&url, &[]).is_some(), "serves again after repair");
 
-    // status shows targets with their health and the instances.
+    // status shows targets with their health, the instances and each
+    // group's latest events, in 100 columns; --wide adds the log files.
     let status = stack.lbctl(&["status"]).expect_code(0);
     assert!(status.stdout.contains("healthy"), "{}", status.stdout);
     assert!(status.stdout.contains("InService"), "{}", status.stdout);
+    let wide_lines: Vec<&str> = status.stdout.lines().filter(|it| it.chars().count() > 100).collect();
+    assert!(wide_lines.is_empty(), "lines over 100 columns: {wide_lines:#?}");
+    assert!(status.stdout.contains("latest events:"), "{}", status.stdout);
+    let events = stack.status()["resources"].to_string();
+    assert!(events.contains(&format!("replacing {victim_id}")), "the replacement is an event: {events}");
+    assert!(status.stdout.contains("instance logs: "), "{}", status.stdout);
+    assert!(!status.stdout.contains(".log │"), "no log column without --wide");
+    let wide = stack.lbctl(&["status", "--wide"]).expect_code(0);
+    assert!(wide.stdout.contains("log"), "{}", wide.stdout);
 
     // destroy leaves nothing: no process, the port free, an empty state.
     let pids = stack.pids();

@@ -84,3 +84,35 @@ fn a_launch_template_change_replaces_every_instance_under_load_and_a_broken_one_
     let plan = stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(2);
     assert!(plan.stdout.contains("instance refresh rolled back"), "{}", plan.stdout);
 }
+
+/// Without `instance_refresh`, a launch template change replaces nothing,
+/// as on AWS: plan says so, the instances stay, and only instances launched
+/// afterwards get the new template.
+#[test]
+fn a_template_change_without_instance_refresh_replaces_nothing() {
+    let port = free_port();
+    let stack = Stack::new(&spec(port).replace("    instance_refresh: { min_healthy_percentage: 50 }\n", ""));
+    stack.apply();
+    let before = live_ids(&stack);
+    stack.edit("GREETING: one", "GREETING: two");
+    let plan = stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(2);
+    assert!(
+        plan.stdout.contains("existing instances keep the old launch template and new ones get the new one; add `instance_refresh` to roll them"),
+        "{}",
+        plan.stdout
+    );
+    stack.apply();
+    assert_eq!(live_ids(&stack), before, "nothing replaced");
+    let url = format!("http://127.0.0.1:{port}/");
+    let greetings: BTreeSet<String> = (0..12)
+        .filter_map(|_| curl(&url, &[]))
+        .map(|it| it.body.split_whitespace().next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(greetings, BTreeSet::from(["one".to_string()]), "the old template still runs");
+    // A scale-out launches from the new template.
+    stack.edit("desired_capacity: 3", "desired_capacity: 4");
+    stack.apply();
+    wait_for("an instance on the new template", Duration::from_secs(30), || {
+        (0..12).filter_map(|_| curl(&url, &[])).any(|it| it.body.starts_with("two ")).then_some(())
+    });
+}

@@ -40,17 +40,32 @@ fn a_dangling_reference_fails_validate_and_plan_with_its_location() {
     assert!(!stack.dir.path().join(".lbctl").exists(), "nothing was started or written");
 }
 
+/// A port taken on the machine is a located error of `plan` and `apply`
+/// naming who holds it: another process, or another stack's load balancer.
+/// `validate` checks the file only, and says so.
 #[test]
-fn a_port_taken_on_the_machine_is_a_spec_error() {
+fn a_port_taken_on_the_machine_is_a_spec_error_naming_its_holder() {
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
     let stack = Stack::new(&small_spec(port));
-    let run = stack.lbctl(&["validate"]).expect_code(1);
-    let expected =
-        format!("lbctl.yaml:7:15: load_balancers.front.listeners[0].port: port {port} on 127.0.0.1 is already in use");
+    let validated = stack.lbctl(&["validate"]).expect_code(0);
+    assert!(validated.stderr.contains("validate checks the file only"), "{}", validated.stderr);
+    let run = stack.lbctl(&["plan"]).expect_code(1);
+    let expected = format!(
+        "lbctl.yaml:7:15: load_balancers.front.listeners[0].port: port {port} on 127.0.0.1 is already in use on this machine: it is held by pid {} (`",
+        std::process::id()
+    );
     assert!(run.stderr.starts_with(&expected), "{}", run.stderr);
     stack.lbctl(&["apply", "--auto-approve"]).expect_code(1);
     assert!(!stack.dir.path().join(".lbctl/run").exists());
+    drop(taken);
+
+    // Another stack's load balancer holds it.
+    stack.apply();
+    let other = Stack::new(&small_spec(port).replace("name: small", "name: other"));
+    let run = other.lbctl(&["plan"]).expect_code(1);
+    let holder = format!("it is held by load balancer `front` of the lbctl stack in {}", stack.dir.path().display());
+    assert!(run.stderr.contains(&holder), "{}", run.stderr);
 }
 
 #[test]
@@ -179,4 +194,83 @@ fn a_corrupt_state_stops_plan_and_apply_naming_the_file() {
     assert_eq!(proxies_of(&stack), proxies, "no second proxy beside the live one");
     std::fs::write(&state_path, &good).unwrap();
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
+
+/// A spec with several mistakes gets every one in one run, each placed and
+/// with a suggestion; a rule a default breaks names the default.
+#[test]
+fn every_mistake_is_reported_at_once_with_suggestions() {
+    let stack = Stack::new(
+        "version: 1
+name: typos
+load_balancers:
+  front:
+    type: aplication
+    listeners:
+      - port: 8080
+        protocl: HTTP
+        default_action: { forward: web }
+target_groups:
+  web: { port: 8080, health_check: { path: /health, interval: 1s } }
+autoscaling_groups:
+  web:
+    min_size: 1
+    max_size: 3
+    desired_capacty: 2
+    target_groups: [wbe]
+    launch_template: { command: [lbctl, worker] }
+",
+    );
+    let run = stack.lbctl(&["validate"]).expect_code(1);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        [
+            "lbctl.yaml:5:11: load_balancers.front.type: unknown value `aplication`, expected one of `application`, `network`; did you mean `application`?",
+            "lbctl.yaml:8:9: load_balancers.front.listeners[0]: unknown field `protocl`; did you mean `protocol`?",
+            "lbctl.yaml:11:63: target_groups.web.health_check.interval: timeout 2s (the default) must not be longer than interval 1s",
+            "lbctl.yaml:16:5: autoscaling_groups.web: unknown field `desired_capacty`; did you mean `desired_capacity`?",
+            "lbctl.yaml:17:21: autoscaling_groups.web.target_groups[0]: target group `wbe` is not defined (defined: web); did you mean `web`?",
+        ],
+        "{}",
+        run.stderr
+    );
+    // The same problems once the typos are fixed.
+    stack.edit("aplication", "application");
+    stack.edit("protocl", "protocol");
+    stack.edit("desired_capacty", "desired_capacity");
+    let run = stack.lbctl(&["validate"]).expect_code(1);
+    assert!(
+        run.stderr.contains("lbctl.yaml:11:63: target_groups.web.health_check.interval: timeout 2s (the default) must not be longer than interval 1s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("autoscaling_groups.web.target_groups[0]: target group `wbe` is not defined (defined: web); did you mean `web`?"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `lbctl output` gives the outputs of the last apply, all or one, as text or JSON.
+#[test]
+fn output_gives_the_last_applys_outputs() {
+    let port = free_port();
+    let stack = Stack::new(&small_spec(port));
+    assert!(stack.lbctl(&["output"]).expect_code(0).stderr.contains("no outputs"));
+    stack.apply();
+    let url = format!("http://front.small.elb.localhost:{port}/");
+    let all = stack.lbctl(&["output"]).expect_code(0).stdout;
+    assert!(all.contains(&format!("front_url = \"{url}\"")), "{all}");
+    assert_eq!(stack.lbctl(&["output", "front_url"]).expect_code(0).stdout, format!("{url}\n"));
+    let json: serde_json::Value =
+        serde_json::from_str(&stack.lbctl(&["output", "--json"]).expect_code(0).stdout).unwrap();
+    assert_eq!(json["front_url"]["value"], url.as_str());
+    assert_eq!(json["front_url"]["type"], "string");
+    let missing = stack.lbctl(&["output", "front_ur"]).expect_code(1);
+    assert!(
+        missing.stderr.contains("no output `front_ur`") && missing.stderr.contains("did you mean `front_url`?"),
+        "{}",
+        missing.stderr
+    );
 }

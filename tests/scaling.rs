@@ -86,7 +86,8 @@ fn target_tracking_on_request_count_scales_out_under_load_and_back_in() {
     });
     assert!((2..=3).contains(&scaled_out));
     let human = stack.lbctl(&["status"]).expect_code(0);
-    let says = human.stdout.lines().any(|line| {
+    let unwrapped = human.stdout.replace("\n  ", " ");
+    let says = unwrapped.lines().any(|line| {
         line.contains("desired ") && line.contains(" (set by target tracking on request_count_per_target)")
     });
     assert!(says, "{}", human.stdout);

@@ -60,5 +60,8 @@ mod network;
 /// Random kills of instances, supervisors and applies under load.
 mod chaos;
 
+/// The README's specs and commands, as a newcomer runs them.
+mod readme;
+
 /// Project conventions as tests.
 mod tidy;

@@ -19,7 +19,7 @@ fn answering(url: &str, count: usize) -> BTreeSet<String> {
 #[test]
 fn instances_registered_by_hand_then_the_group_attached() {
     let port = free_port();
-    let stack = Stack::example("walkthrough.yaml", &[("port: 8090", &format!("port: {port}"))]);
+    let stack = Stack::example("walkthrough.yaml", &[("port: 8091", &format!("port: {port}"))]);
     let url = format!("http://127.0.0.1:{port}/");
     stack.apply();
     let first_two = wait_for("two instances", Duration::from_secs(30), || Some(ids(&stack)).filter(|it| it.len() == 2));

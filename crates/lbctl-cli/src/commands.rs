@@ -109,7 +109,7 @@ fn inputs_from(file: SpecFile, dir: PathBuf) -> Result<Inputs> {
 /// error), unsupported features are returned for the plan to show.
 fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
     let desired = lbctl_plan::desired_resources(&inputs.file.spec);
-    let mut findings = inputs.provider.unsupported(&desired);
+    let mut findings = inputs.provider.check_spec(&desired);
     findings.extend(inputs.provider.check(&desired, state)?);
     let invalid: Vec<Diagnostic> = findings
         .iter()
@@ -129,17 +129,27 @@ fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
     Ok(lbctl_plan::plan(&inputs.provider, desired, state, &observed, unsupported))
 }
 
-/// Checks the file and nothing else: no state, no machine.
+/// Checks the file (and the files it names) and nothing else: no state, no
+/// ports, no processes.
 fn validate(shell: &Shell, spec: &SpecArg) -> Result<u8> {
     let file = load_spec(&spec.file)?;
     let provider = provider_for(&file.spec.name, &spec_dir(&spec.file)?)?;
-    for finding in provider.unsupported(&lbctl_plan::desired_resources(&file.spec)) {
+    let findings = provider.check_spec(&lbctl_plan::desired_resources(&file.spec));
+    let invalid: Vec<Diagnostic> = findings
+        .iter()
+        .filter(|it| it.severity == Severity::Invalid)
+        .map(|it| file.diagnostic(&it.path, it.message.clone()))
+        .collect();
+    if !invalid.is_empty() {
+        return Err(anyhow::Error::new(Diagnostics(invalid)).context("the spec is invalid"));
+    }
+    for finding in findings.iter().filter(|it| it.severity == Severity::Unsupported) {
         shell.status("Note", &format!("{}: {} (apply will refuse)", finding.path, finding.message));
     }
     shell.out(&format!("{}: the spec is valid.\n", file.file))?;
     shell.status(
         "Note",
-        "validate checks the file only; `lbctl plan` also checks this machine (ports, addresses, certificate files)",
+        "validate checks the file only; `lbctl plan` also checks this machine (ports, addresses, instances)",
     );
     Ok(0)
 }
@@ -290,8 +300,32 @@ fn remove_empty_dirs(dir: &Path) {
     std::fs::remove_dir(dir).ok();
 }
 
-/// The width `lbctl status` fits its tables in when not on a terminal.
-const STATUS_WIDTH: u16 = 100;
+/// The width `lbctl status` fits in when not on a terminal.
+const STATUS_WIDTH: usize = 100;
+
+/// The terminal's width, else `STATUS_WIDTH`.
+fn status_width() -> usize {
+    Table::new().width().map(usize::from).unwrap_or(STATUS_WIDTH)
+}
+
+/// Each line of `text` wrapped to `width` columns at spaces (a word longer
+/// than that, a path, stays whole), continuation lines indented two more
+/// than their line; every line ends in a newline.
+fn wrap(text: &str, width: usize) -> String {
+    let mut wrapped = String::new();
+    for line in text.lines() {
+        let indent = " ".repeat(line.len() - line.trim_start().len() + 2);
+        let options = textwrap::Options::new(width)
+            .subsequent_indent(&indent)
+            .break_words(false)
+            .word_splitter(textwrap::WordSplitter::NoHyphenation);
+        for part in textwrap::wrap(line, options) {
+            wrapped.push_str(&part);
+            wrapped.push('\n');
+        }
+    }
+    wrapped
+}
 
 fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
@@ -302,7 +336,8 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
     for resource in state.resources.values() {
         let live = provider.status(resource)?;
         values.push(json!({ "address": resource.address.to_string(), "summary": live.summary, "live": live.json }));
-        text.push_str(&format!("{}: {}\n", resource.address, live.summary));
+        let width = status_width();
+        text.push_str(&wrap(&format!("{}: {}", resource.address, live.summary), width));
         if !live.rows.is_empty() {
             // Columns shown only with --wide are dropped; what is left
             // wraps to the terminal's width (100 columns without one).
@@ -312,16 +347,14 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
                 .load_preset(UTF8_FULL_CONDENSED)
                 .set_content_arrangement(ContentArrangement::Dynamic)
                 .set_header(live.columns[..shown].to_vec());
-            if table.width().is_none() {
-                table.set_width(STATUS_WIDTH);
-            }
+            table.set_width(width as u16);
             for row in &live.rows {
                 table.add_row(row[..shown.min(row.len())].to_vec());
             }
             text.push_str(&format!("{table}\n"));
         }
         for line in &live.footer {
-            text.push_str(&format!("{line}\n"));
+            text.push_str(&wrap(line, width));
         }
         text.push('\n');
     }

@@ -14,19 +14,29 @@ fn not_done(path: String, message: &str) -> Finding {
     Finding { path, message: message.to_string(), severity: Severity::Unsupported }
 }
 
-/// What the spec asks that the local provider does not do: from the spec
-/// alone, touching nothing.
-pub(crate) fn unsupported(desired: &[Resource]) -> Vec<Finding> {
+/// What the spec asks that the local provider does not do, and certificate
+/// files that cannot serve: from the spec and the files it names alone.
+pub(crate) fn check_spec(provider: &LocalProvider, desired: &[Resource]) -> Vec<Finding> {
     let mut found = Vec::new();
-    for resource in desired.iter().filter(|it| it.address.kind == Kind::TargetGroup) {
-        let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
-        target_group(&resource.address.spec_path(), &group, &mut found);
+    for resource in desired {
+        let base = resource.address.spec_path();
+        match resource.address.kind {
+            Kind::TargetGroup => {
+                let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
+                target_group(&base, &group, &mut found);
+            }
+            Kind::LoadBalancer => {
+                let Ok(lb) = lb_settings(&resource.attributes) else { continue };
+                crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
+            }
+            Kind::AutoscalingGroup | Kind::Function => {}
+        }
     }
     found
 }
 
-/// What stands in the way on this machine: certificate files, static IPs
-/// and ports taken by others.
+/// What stands in the way on this machine: static IPs and ports taken by
+/// others, instances named by id that are not there.
 pub(crate) fn conflicts(provider: &LocalProvider, desired: &[Resource]) -> anyhow::Result<Vec<Finding>> {
     let mut found = Vec::new();
     let load_balancers: Vec<&str> =
@@ -34,7 +44,6 @@ pub(crate) fn conflicts(provider: &LocalProvider, desired: &[Resource]) -> anyho
     for resource in desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer) {
         let base = resource.address.spec_path();
         let Ok(lb) = lb_settings(&resource.attributes) else { continue };
-        crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
         static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found)?;
         ports_free(provider, resource, &lb, &mut found)?;
     }

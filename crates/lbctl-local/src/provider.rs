@@ -727,8 +727,8 @@ impl Provider for LocalProvider {
         }
     }
 
-    fn unsupported(&self, desired: &[Resource]) -> Vec<Finding> {
-        crate::capabilities::unsupported(desired)
+    fn check_spec(&self, desired: &[Resource]) -> Vec<Finding> {
+        crate::capabilities::check_spec(self, desired)
     }
 
     fn check(&self, desired: &[Resource], _state: &State) -> Result<Vec<Finding>> {

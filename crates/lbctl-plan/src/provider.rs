@@ -108,15 +108,18 @@ pub trait Provider: Sync {
         Vec::new()
     }
 
-    /// What the spec asks that this provider does not do, found from the
-    /// resources alone (`validate` shows these; `plan` shows them and
-    /// `apply` refuses). Default: it does everything.
-    fn unsupported(&self, _desired: &[Resource]) -> Vec<Finding> {
+    /// What the provider finds from the resources and the files the spec
+    /// names (certificates), touching nothing else: features it does not
+    /// support (`Unsupported`: `plan` shows them, `apply` refuses) and
+    /// files that cannot serve (`Invalid`). `validate` runs this and no
+    /// more. Default: nothing to say.
+    fn check_spec(&self, _desired: &[Resource]) -> Vec<Finding> {
         Vec::new()
     }
 
-    /// Problems in the world before anything is touched: conflicts with the
-    /// machine (ports already taken by someone else). An error when the
+    /// Problems in the world before anything is touched, beyond
+    /// `check_spec`: conflicts with the machine (ports already taken by
+    /// someone else). An error when the
     /// provider cannot even look (its machine-wide files are unsafe to use).
     fn check(&self, desired: &[Resource], state: &State) -> Result<Vec<Finding>>;
 

@@ -158,15 +158,12 @@ pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagn
             return Err(Diagnostics(diagnostics));
         }
     };
-    if !diagnostics.is_empty() {
-        diagnostics.sort_by_key(|it| it.location.map(|at| (at.line, at.column)));
-        return Err(Diagnostics(diagnostics));
-    }
     let spec_file = SpecFile { file: file.to_string(), dir, source, spec, source_map };
-    let diagnostics = validate::check(&spec_file);
+    diagnostics.extend(validate::check(&spec_file));
     if diagnostics.is_empty() {
         Ok(spec_file)
     } else {
+        diagnostics.sort_by_key(|it| it.location.map(|at| (at.line, at.column)));
         Err(Diagnostics(diagnostics))
     }
 }

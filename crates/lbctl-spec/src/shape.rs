@@ -6,7 +6,9 @@
 //! The schema is the one `lbctl schema` prints (schemars, from the types), so
 //! this check never disagrees with the types about which fields exist. What
 //! it cannot see (a string where a number goes) is left to the typed parse,
-//! which runs on the document with the unknown fields taken out.
+//! which runs on the document with the unknown fields taken out and each
+//! near miss read as what it was most likely meant to be (so that the
+//! semantic checks can run and report in the same run).
 
 use schemars::schema::{InstanceType, RootSchema, Schema, SchemaObject, SingleOrVec};
 use serde_yaml::Value;
@@ -35,8 +37,10 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     suggestion(word, candidates).map(|it| format!("; did you mean `{it}`?")).unwrap_or_default()
 }
 
-/// Checks `document` against the spec's schema, removing every unknown
-/// field from it, and returns the problems in document order.
+/// Checks `document` against the spec's schema, renaming every unknown
+/// field that is a near miss to the field it was meant to be (removing the
+/// others) and reading every near-miss value as the value meant, and
+/// returns the problems in document order.
 pub(crate) fn check(document: &mut Value) -> Vec<Problem> {
     let root = schemars::schema_for!(crate::Spec);
     let top = Schema::Object(root.schema.clone());
@@ -136,7 +140,11 @@ impl<'a> Walker<'a> {
                     }
                 }
                 for key in unknown {
-                    mapping.remove(key.as_str());
+                    let Some(value) = mapping.remove(key.as_str()) else { continue };
+                    if let Some(meant) = suggestion(&key, known.iter().copied()).filter(|it| !mapping.contains_key(*it))
+                    {
+                        mapping.insert(Value::String(meant.to_string()), value);
+                    }
                 }
                 // Missing fields, when the value can have one shape only.
                 if let [only] = objects.as_slice() {
@@ -178,6 +186,9 @@ impl<'a> Walker<'a> {
                     let hint = did_you_mean(text, allowed.iter().copied());
                     let message = format!("unknown value `{text}`, expected {}{hint}", list(&allowed));
                     self.problem(path.to_string(), false, message);
+                    if let Some(meant) = suggestion(text, allowed.iter().copied()) {
+                        *text = meant.to_string();
+                    }
                 }
             }
             Value::Tagged(tagged) => self.walk(&mut tagged.value, schema, path),

@@ -352,6 +352,7 @@ mod tests {
         // Within the grace period the failure is not acted on.
         let young = judge(HealthCheckType::Elb, 42, Duration::from_secs(2), grace, &seen);
         assert!(young.healthy && !young.in_service, "{young:?}");
+        assert!(young.reason.ends_with("(ignored during the health check grace period, 3s left)"), "{young:?}");
 
         // Healthy in every load balancer that lists it.
         let ok = judge(HealthCheckType::Elb, 7, long, grace, &observations(&statuses, &groups, "i-b"));

@@ -1,0 +1,121 @@
+//! The README is a promise: every YAML block is a valid spec, and every
+//! command block runs as a newcomer would type it (from a copy of the
+//! repository's `examples/`, with `lbctl` on the PATH); `make` lines are
+//! dry-run (`make -n`), as running them here would nest the test suite.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::*;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The fenced blocks of `language` in the README, with the line each starts on.
+fn blocks(language: &str) -> Vec<(usize, String)> {
+    let readme = std::fs::read_to_string(repository().join("README.md")).unwrap();
+    let mut found = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (idx, line) in readme.lines().enumerate() {
+        match &mut current {
+            None if line.trim_start() == format!("```{language}") => current = Some((idx + 2, String::new())),
+            Some(_) if line.trim_start() == "```" => found.push(current.take().unwrap()),
+            Some((_, text)) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    found
+}
+
+#[test]
+fn every_yaml_block_of_the_readme_is_a_valid_spec() {
+    let specs = blocks("yaml");
+    assert!(!specs.is_empty(), "the README shows a spec");
+    for (line, text) in specs {
+        let stack = Stack::new(&text);
+        let run = stack.lbctl(&["validate"]);
+        assert_eq!(run.code, 0, "README.md:{line}: the spec is not valid:\n{}", run.stderr);
+    }
+}
+
+#[test]
+fn every_command_block_of_the_readme_runs() {
+    let sandbox = tempfile::Builder::new().prefix("lbctl-readme-").tempdir().unwrap();
+    let examples = sandbox.path().join("examples");
+    std::fs::create_dir(&examples).unwrap();
+    for entry in std::fs::read_dir(repository().join("examples")).unwrap().flatten() {
+        std::fs::copy(entry.path(), examples.join(entry.file_name())).unwrap();
+    }
+    let bin = lbctl_exe().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let commands = blocks("sh");
+    assert!(!commands.is_empty(), "the README shows commands");
+    let mut applied = DestroyOnDrop { dir: sandbox.path().to_path_buf(), specs: Vec::new() };
+    for (line, script) in commands {
+        let mut shell_lines = Vec::new();
+        for (offset, command) in script.lines().enumerate() {
+            let command = command.trim();
+            if command.is_empty() || command.starts_with('#') {
+                continue;
+            }
+            if let Some(target) = command.strip_prefix("make ") {
+                let target = target.split('#').next().unwrap().trim();
+                let run: Run =
+                    Command::new("make").args(["-n", target]).current_dir(repository()).output().unwrap().into();
+                assert_eq!(
+                    run.code,
+                    0,
+                    "README.md:{}: `make {target}` is not a target:\n{}",
+                    line + offset,
+                    run.stderr
+                );
+                continue;
+            }
+            if let Some(spec) = command.split_whitespace().skip_while(|it| *it != "apply").nth(2) {
+                applied.specs.push(spec.to_string());
+            }
+            shell_lines.push(command.to_string());
+        }
+        if shell_lines.is_empty() {
+            continue;
+        }
+        let script = format!("set -euo pipefail\n{}\n", shell_lines.join("\n"));
+        let run: Run = Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(sandbox.path())
+            .env("PATH", &path)
+            .env("XDG_RUNTIME_DIR", runtime_dir())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(
+            run.code, 0,
+            "README.md:{line}: the block failed\n{script}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            run.stdout, run.stderr
+        );
+    }
+}
+
+/// Destroys, when dropped (the test passed or not), every spec a block
+/// applied, in case it did not destroy it itself.
+struct DestroyOnDrop {
+    dir: PathBuf,
+    specs: Vec<String>,
+}
+
+impl Drop for DestroyOnDrop {
+    fn drop(&mut self) {
+        for spec in &self.specs {
+            let _ = Command::new(lbctl_exe())
+                .args(["destroy", "-f", spec, "--auto-approve"])
+                .current_dir(&self.dir)
+                .env("XDG_RUNTIME_DIR", runtime_dir())
+                .output();
+        }
+    }
+}
