@@ -175,6 +175,17 @@ target_groups:
         ),
         &[],
     );
+    // An application load balancer forwarding to an alb group: one plain error.
+    let front = "  front:\n    type: application\n    listeners: [{ port: 8090, protocol: HTTP, default_action: { forward: via } }]\n";
+    let source = source
+        .replace("10.0.0.1", "127.0.0.10")
+        .replace("8081", "8080")
+        .replace("  inner:\n", &format!("{front}  inner:\n"))
+        .replace("      - { port: 9001, protocol: HTTP, default_action: { forward: via } }\n", "");
+    check(
+        &source,
+        &["lbctl.yaml:12:74: load_balancers.front.listeners[0].default_action.forward: target group `via` has target_type alb; only network load balancers forward to alb target groups, as on AWS"],
+    );
 }
 
 #[test]
