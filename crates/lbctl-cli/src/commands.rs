@@ -58,7 +58,7 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(0)
         }
         Command::Internal { role: Internal::Supervisor { config } } => {
-            lbctl_dataplane::supervisor::run(&config)?;
+            lbctl_supervisor::run(&config)?;
             Ok(0)
         }
     }

@@ -1,14 +1,11 @@
 //! TLS for the data plane: certificates, the listeners' server configuration
 //! and the client configuration towards targets.
 //!
-//! - `generate_certificate` makes the `certificate: self_signed` material: a
-//!   small private CA and a server certificate it signs, so that users trust
-//!   the CA file (`curl --cacert`) and every verifier accepts the server
-//!   certificate as an ordinary end-entity one.
-//! - `server_config_from_files` loads a PEM certificate chain and key into a
-//!   rustls server configuration offering HTTP/2 and HTTP/1.1 through ALPN.
-//!   The provider calls it at plan time to check user-supplied files, and
-//!   the proxy calls it once per configuration: never per connection.
+//! - `server_config_from_files` loads a PEM certificate chain and key (read
+//!   and checked as the provider checks them at validate time, by
+//!   `lbctl_runtime::certificates`) into a rustls server configuration
+//!   offering HTTP/2 and HTTP/1.1 through ALPN, once per configuration:
+//!   never per connection.
 //! - `client_config` is the configuration towards targets. Like AWS's load
 //!   balancers, it does not verify the target's certificate (targets use
 //!   self-signed certificates; the network between the load balancer and its
@@ -25,7 +22,6 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{anyhow, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{self, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 
@@ -34,57 +30,20 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol id of HTTP/1.1.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// PEM text of a generated certificate.
-#[derive(Debug, Clone)]
-pub struct GeneratedCertificate {
-    /// The CA certificate that signed `cert_pem`: what clients trust.
-    pub ca_pem: String,
-    /// The server certificate (the leaf only; the CA is its trust anchor).
-    pub cert_pem: String,
-    /// The server certificate's private key (PKCS #8).
-    pub key_pem: String,
-}
-
-/// Generates a CA and a server certificate it signs, valid for `names`:
-/// DNS names, or IP addresses written as text (`127.0.0.1`), which become IP
-/// subject alternative names. The CA's key is thrown away: nothing else is
-/// ever signed with it.
-pub fn generate_certificate(names: &[String]) -> Result<GeneratedCertificate> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-    let first = names.first().map(String::as_str).unwrap_or("localhost");
-
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("making the CA certificate")?;
-    ca_params.distinguished_name.push(DnType::CommonName, format!("lbctl local CA for {first}"));
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = ca_params.self_signed(&ca_key).context("signing the CA certificate")?;
-
-    let key = KeyPair::generate().context("generating the server key")?;
-    let mut params = CertificateParams::new(names.to_vec())
-        .with_context(|| format!("making a certificate for {}", names.join(", ")))?;
-    params.distinguished_name.push(DnType::CommonName, first);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &ca, &ca_key).context("signing the server certificate")?;
-
-    Ok(GeneratedCertificate { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
-}
+pub use lbctl_runtime::certificates::{generate_certificate, GeneratedCertificate};
 
 /// A listener's TLS configuration from a PEM certificate chain file and a
 /// PEM private key file; ALPN offers `h2`, then `http/1.1`.
 pub fn server_config_from_files(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>> {
-    let cert_pem = std::fs::read(cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
-    let key_pem = std::fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let chain = certificate_chain(&cert_pem).with_context(|| format!("reading {}", cert_path.display()))?;
-    let key = private_key(&key_pem).with_context(|| format!("reading {}", key_path.display()))?;
-    server_config(chain, key).with_context(|| format!("using {} with {}", cert_path.display(), key_path.display()))
+    let pair = lbctl_runtime::certificates::read_pair(cert_path, key_path)?;
+    server_config(pair.chain, pair.key)
+        .with_context(|| format!("using {} with {}", cert_path.display(), key_path.display()))
 }
 
 /// A listener's TLS configuration from PEM text; ALPN offers `h2`, then `http/1.1`.
 pub fn server_config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig>> {
-    server_config(certificate_chain(cert_pem)?, private_key(key_pem)?)
+    let pair = lbctl_runtime::certificates::pair_from_pem(cert_pem, key_pem)?;
+    server_config(pair.chain, pair.key)
 }
 
 /// Which protocols a client connection to a target offers through ALPN.
@@ -138,25 +97,6 @@ fn server_config(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static
     Ok(Arc::new(config))
 }
 
-fn certificate_chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-    let chain = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| anyhow!("not a PEM certificate chain: {err}"))?;
-    if chain.is_empty() {
-        return Err(anyhow!("no PEM certificate (`-----BEGIN CERTIFICATE-----`) found"));
-    }
-    Ok(chain)
-}
-
-fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|err| match err {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            anyhow!("no PEM private key (`-----BEGIN PRIVATE KEY-----`, RSA or EC) found")
-        }
-        err => anyhow!("not a PEM private key: {err}"),
-    })
-}
-
 /// A verifier that accepts every certificate but checks the handshake
 /// signatures with it; see the module documentation for why.
 #[derive(Debug)]
@@ -202,6 +142,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
 
     /// A generated certificate is accepted by a verifying rustls client that
     /// trusts only its CA, for every name it was made for, and by nothing
@@ -247,40 +188,5 @@ mod tests {
             handshake(name).unwrap_or_else(|err| panic!("{name}: {err}"));
         }
         assert!(handshake("other.example.com").is_err());
-    }
-
-    #[test]
-    fn bad_pem_files_are_reported() {
-        fn check(cert: &[u8], key: &[u8], expect: &str) {
-            let dir = tempfile::tempdir().unwrap();
-            let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            std::fs::write(&cert_path, cert).unwrap();
-            std::fs::write(&key_path, key).unwrap();
-            let err = format!("{:#}", server_config_from_files(&cert_path, &key_path).unwrap_err());
-            let err = err.replace(&dir.path().display().to_string(), "DIR");
-            assert_eq!(err, expect);
-        }
-        let one = generate_certificate(&["a.localhost".to_string()]).unwrap();
-        let other = generate_certificate(&["b.localhost".to_string()]).unwrap();
-        check(
-            b"hello",
-            one.key_pem.as_bytes(),
-            "reading DIR/cert.pem: no PEM certificate (`-----BEGIN CERTIFICATE-----`) found",
-        );
-        check(
-            one.cert_pem.as_bytes(),
-            one.cert_pem.as_bytes(),
-            "reading DIR/key.pem: no PEM private key (`-----BEGIN PRIVATE KEY-----`, RSA or EC) found",
-        );
-        let mismatch = format!("{:#}", {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("c"), &one.cert_pem).unwrap();
-            std::fs::write(dir.path().join("k"), &other.key_pem).unwrap();
-            server_config_from_files(&dir.path().join("c"), &dir.path().join("k")).unwrap_err()
-        });
-        assert!(mismatch.contains("do not form a usable pair"), "{mismatch}");
-        let missing =
-            format!("{:#}", server_config_from_files(Path::new("/nonexistent/c"), Path::new("k")).unwrap_err());
-        assert!(missing.starts_with("reading /nonexistent/c: "), "{missing}");
     }
 }

@@ -28,7 +28,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lbctl_dataplane::runtime;
+use lbctl_runtime as runtime;
 use serde::{Deserialize, Serialize};
 
 /// Where allocated addresses come from: 127.251.0.1 - 127.251.255.254,

@@ -19,8 +19,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use lbctl_dataplane::runtime::{self, CertificateFiles, Layout};
 use lbctl_plan::{Finding, Severity};
+use lbctl_runtime::{self as runtime, CertificateFiles, Layout};
 use lbctl_spec::{Certificate, GeneratedCertificate, Listener, ListenerProtocol, LoadBalancer};
 
 /// File that records which names the generated certificate was made for.
@@ -74,9 +74,7 @@ pub(crate) fn listener_certificates(
 pub(crate) fn check_files(base: &str, working_dir: &Path, lb: &LoadBalancer, found: &mut Vec<Finding>) {
     for (idx, listener) in lb.listeners.iter().enumerate() {
         let Some(Certificate::Files { cert, key }) = &listener.certificate else { continue };
-        if let Err(err) =
-            lbctl_dataplane::tls::server_config_from_files(&working_dir.join(cert), &working_dir.join(key))
-        {
+        if let Err(err) = lbctl_runtime::certificates::read_pair(&working_dir.join(cert), &working_dir.join(key)) {
             found.push(Finding {
                 path: format!("{base}.listeners[{idx}].certificate"),
                 message: format!("{err:#}"),
@@ -97,22 +95,16 @@ fn ensure_self_signed(dir: &Path, dns_name: &str, static_ip: Option<Ipv4Addr>) -
     if complete && std::fs::read_to_string(dir.join(NAMES_FILE)).is_ok_and(|it| it == recorded) {
         return Ok(files);
     }
-    let generated = lbctl_dataplane::tls::generate_certificate(&names)
+    let generated = lbctl_runtime::certificates::generate_certificate(&names)
         .with_context(|| format!("generating a certificate for {dns_name}"))?;
-    // The names file goes last: a generation cut short is redone.
+    // Every file is created 0600 (the key is never readable by others, not
+    // even for a moment). The names file goes last: a generation cut short
+    // is redone.
     runtime::write_atomic(&files.key, generated.key_pem.as_bytes())?;
-    restrict_to_owner(&files.key)?;
     runtime::write_atomic(&files.cert, generated.cert_pem.as_bytes())?;
     runtime::write_atomic(&dir.join("ca.pem"), generated.ca_pem.as_bytes())?;
     runtime::write_atomic(&dir.join(NAMES_FILE), recorded.as_bytes())?;
     Ok(files)
-}
-
-/// Makes a private key file readable by its owner only.
-fn restrict_to_owner(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting the permissions of {}", path.display()))
 }
 
 #[cfg(test)]
@@ -140,7 +132,7 @@ mod tests {
         assert_eq!(self_signed_ca(&layout, "public", &lb), Some(tls_dir.join("ca.pem")));
         let mode = std::fs::metadata(&expected.key).unwrap().permissions();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
-        lbctl_dataplane::tls::server_config_from_files(&expected.cert, &expected.key).unwrap();
+        lbctl_runtime::certificates::read_pair(&expected.cert, &expected.key).unwrap();
 
         // Asking again keeps the files; another DNS name makes new ones.
         let cert = std::fs::read(&expected.cert).unwrap();
@@ -156,7 +148,7 @@ mod tests {
     #[test]
     fn certificate_files_are_relative_to_the_spec_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let generated = lbctl_dataplane::tls::generate_certificate(&["localhost".to_string()]).unwrap();
+        let generated = lbctl_runtime::certificates::generate_certificate(&["localhost".to_string()]).unwrap();
         std::fs::create_dir(dir.path().join("tls")).unwrap();
         std::fs::write(dir.path().join("tls/cert.pem"), &generated.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls/key.pem"), &generated.key_pem).unwrap();

@@ -4,7 +4,7 @@
 //! This crate implements `lbctl_plan::Provider` on top of the data plane:
 //! a load balancer is a proxy process, an auto-scaling group a supervisor
 //! process, a target group and a function are files the proxies read. It
-//! writes the runtime files of `lbctl_dataplane::runtime`, starts and stops
+//! writes the runtime files of `lbctl_runtime`, starts and stops
 //! processes by PID, and reads their status files to refresh, to wait for
 //! readiness and to show `lbctl status`.
 //!

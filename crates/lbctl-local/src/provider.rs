@@ -8,12 +8,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use lbctl_dataplane::process;
-use lbctl_dataplane::runtime::{
-    self, FunctionConfig, InstancesReport, Layout, ProxyConfig, ProxyStatus, RegisteredTarget, Registrations,
+use lbctl_plan::{Finding, Kind, LiveStatus, Observed, Progress, Provider, Readiness, Resource, ResourceState, State};
+use lbctl_runtime as runtime;
+use lbctl_runtime::process;
+use lbctl_runtime::{
+    FunctionConfig, InstancesReport, Layout, ProxyConfig, ProxyStatus, RegisteredTarget, Registrations,
     SupervisorConfig, TargetGroupConfig,
 };
-use lbctl_plan::{Finding, Kind, LiveStatus, Observed, Progress, Provider, Readiness, Resource, ResourceState, State};
 use lbctl_spec::{AutoscalingGroup, Function, LoadBalancer, LoadBalancerType, TargetGroup, TargetType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -2,8 +2,8 @@
 
 use std::net::Ipv4Addr;
 
-use lbctl_dataplane::runtime::{self, HealthState, ProxyStatus, RegisteredTarget};
 use lbctl_plan::{Kind, LiveStatus, ResourceState};
+use lbctl_runtime::{self as runtime, HealthState, ProxyStatus, RegisteredTarget};
 use serde_json::json;
 
 use crate::provider::{lb_settings, LocalProvider};
@@ -269,7 +269,7 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
 mod tests {
     use std::collections::BTreeMap;
 
-    use lbctl_dataplane::runtime::TargetHealth;
+    use lbctl_runtime::TargetHealth;
 
     use super::*;
 

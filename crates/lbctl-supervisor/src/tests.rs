@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::run_with_shutdown;
-use crate::process;
-use crate::runtime::{
-    self, HealthState, InstanceRecord, InstancesReport, Layout, Lifecycle, ProxyStatus, Registrations,
-    SupervisorConfig, TargetGroupConfig, TargetHealth,
+use lbctl_runtime as runtime;
+use lbctl_runtime::process;
+use lbctl_runtime::{
+    HealthState, InstanceRecord, InstancesReport, Layout, Lifecycle, ProxyStatus, Registrations, SupervisorConfig,
+    TargetGroupConfig, TargetHealth,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,4 +1,11 @@
-//! The runtime files: how the provider, the proxies and the supervisors talk.
+//! lbctl's runtime contract: the files through which the provider, the
+//! proxies and the supervisors talk, how their processes are started and
+//! found (`process`), and certificate files (`certificates`).
+//!
+//! **Architecture invariant:** data, files and processes only: no tokio,
+//! no hyper, no TLS library. The provider (`lbctl-local`) and the processes
+//! (`lbctl-dataplane`, `lbctl-supervisor`) depend on it; it depends on
+//! neither.
 //!
 //! Every process of a stack communicates through small JSON files under the
 //! stack's runtime directory (`.lbctl/run/` beside the spec), each written
@@ -18,6 +25,11 @@
 //! run/asg/<name>/instances.json    InstancesReport    supervisor -> provider, `lbctl status`, its own restart
 //! run/asg/<name>/pid, supervisor.log, instances/<id>.log
 //! ```
+
+#![deny(missing_docs)]
+
+pub mod certificates;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -388,7 +400,7 @@ pub fn running_proxy_statuses(layout: &Layout) -> Vec<(String, ProxyStatus)> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Ok(Some(status)) = read_json::<ProxyStatus>(&entry.path().join("status.json")) {
             let marker = entry.path().join("config.json");
-            if crate::process::is_ours(status.pid, &marker.to_string_lossy()) {
+            if process::is_ours(status.pid, &marker.to_string_lossy()) {
                 statuses.push((name, status));
             }
         }

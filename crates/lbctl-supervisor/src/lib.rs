@@ -13,6 +13,12 @@
 //!
 //! A plain-thread control loop ticking every 200 ms; it never blocks on one
 //! instance: drains and stops are per-instance deadlines.
+//!
+//! **Architecture invariant:** no tokio and no networking library: it
+//! talks to the provider and the proxies through `lbctl-runtime`'s files
+//! only, and knows nothing of plans, state or the provider trait.
+
+#![deny(missing_docs)]
 
 mod decide;
 mod refresh;
@@ -34,9 +40,10 @@ use lbctl_spec::LaunchTemplate;
 use rand::Rng;
 
 use self::decide::{Candidate, Verdict};
-use crate::process;
-use crate::runtime::{
-    self, InstanceRecord, InstancesReport, Lifecycle, ProxyStatus, RegisteredTarget, Registrations, SupervisorConfig,
+use lbctl_runtime as runtime;
+use lbctl_runtime::process;
+use lbctl_runtime::{
+    InstanceRecord, InstancesReport, Lifecycle, ProxyStatus, RegisteredTarget, Registrations, SupervisorConfig,
     TargetGroupConfig,
 };
 

@@ -13,7 +13,7 @@ use lbctl_spec::LaunchTemplate;
 
 use super::decide::{self, Candidate};
 use super::{template_digest, Supervisor};
-use crate::runtime::{Lifecycle, RefreshState, RefreshStatus, TargetGroupConfig};
+use lbctl_runtime::{Lifecycle, RefreshState, RefreshStatus, TargetGroupConfig};
 
 /// A refresh in progress or the outcome of the last one.
 pub(super) struct Refresh {
@@ -244,7 +244,7 @@ impl Supervisor {
             .target_groups
             .iter()
             .filter_map(|tg| {
-                crate::runtime::read_json::<TargetGroupConfig>(&self.config.layout.tg_dir(tg).join("group.json"))
+                lbctl_runtime::read_json::<TargetGroupConfig>(&self.config.layout.tg_dir(tg).join("group.json"))
                     .ok()
                     .flatten()
             })

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lbctl_spec::{HealthCheckType, TerminationPolicy};
 
-use crate::runtime::{HealthState, ProxyStatus};
+use lbctl_runtime::{HealthState, ProxyStatus};
 
 /// How long a process must have run before it counts as started (EC2 health,
 /// or ELB health when no load balancer checks the instance).
@@ -237,7 +237,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::runtime::TargetHealth;
+    use lbctl_runtime::TargetHealth;
 
     fn words(list: &[&str]) -> Vec<String> {
         list.iter().map(|it| it.to_string()).collect()

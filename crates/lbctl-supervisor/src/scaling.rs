@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use lbctl_spec::{ScalingMetric, TargetTracking};
 
 use super::Supervisor;
-use crate::runtime::{self, Lifecycle, ProxyStatus};
+use lbctl_runtime as runtime;
+use lbctl_runtime::{Lifecycle, ProxyStatus};
 
 /// Samples older than this are dropped: the metric is a rate over it.
 const WINDOW_MS: u64 = 6000;
