@@ -228,7 +228,7 @@ autoscaling_groups:
         [
             "lbctl.yaml:5:11: load_balancers.front.type: unknown value `aplication`, expected one of `application`, `network`; did you mean `application`?",
             "lbctl.yaml:8:9: load_balancers.front.listeners[0]: unknown field `protocl`; did you mean `protocol`?",
-            "lbctl.yaml:11:63: target_groups.web.health_check.interval: timeout 2s (the default) must not be longer than interval 1s",
+            "lbctl.yaml:11:63: target_groups.web.health_check.interval: timeout 6s (the default) must not be longer than interval 1s",
             "lbctl.yaml:16:5: autoscaling_groups.web: unknown field `desired_capacty`; did you mean `desired_capacity`?",
             "lbctl.yaml:17:21: autoscaling_groups.web.target_groups[0]: target group `wbe` is not defined (defined: web); did you mean `web`?",
         ],
@@ -241,7 +241,7 @@ autoscaling_groups:
     stack.edit("desired_capacty", "desired_capacity");
     let run = stack.lbctl(&["validate"]).expect_code(1);
     assert!(
-        run.stderr.contains("lbctl.yaml:11:63: target_groups.web.health_check.interval: timeout 2s (the default) must not be longer than interval 1s"),
+        run.stderr.contains("lbctl.yaml:11:63: target_groups.web.health_check.interval: timeout 6s (the default) must not be longer than interval 1s"),
         "{}",
         run.stderr
     );

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
-use lbctl_local::{LocalOptions, LocalProvider};
 use lbctl_plan::executor::{self, Options};
 use lbctl_plan::{render, Finding, Plan, Provider, Severity, State, StateStore};
 use lbctl_spec::{Diagnostic, Diagnostics, SpecFile};
 use serde_json::json;
 
 use crate::args::{Args, Command, Internal, SpecArg};
+use crate::registry;
 use crate::saved_plan::SavedPlan;
 use crate::shell::Shell;
 
@@ -76,13 +76,14 @@ fn spec_dir(path: &Path) -> Result<PathBuf> {
     parent.canonicalize().with_context(|| format!("finding the directory of {}", path.display()))
 }
 
-fn provider_for(stack: &str, dir: &Path) -> Result<LocalProvider> {
-    Ok(LocalProvider::new(LocalOptions {
-        stack: stack.to_string(),
-        state_dir: dir.join(".lbctl"),
-        working_dir: dir.to_path_buf(),
-        lbctl_exe: std::env::current_exe().context("finding the lbctl binary")?,
-    }))
+/// The provider a spec names, for the stack in `dir`.
+fn provider_for(file: &SpecFile, dir: &Path) -> Result<Box<dyn Provider>> {
+    registry::provider(file.spec.provider(), &registry::Stack::new(&file.spec.name, dir))
+}
+
+/// The provider that made `state`, for the stack in `dir`.
+fn state_provider(state: &State, dir: &Path) -> Result<Box<dyn Provider>> {
+    registry::provider(registry::name_of(state)?, &registry::Stack::new(&state.stack, dir))
 }
 
 /// Everything a plan is made from.
@@ -90,7 +91,7 @@ struct Inputs {
     file: SpecFile,
     dir: PathBuf,
     store: StateStore,
-    provider: LocalProvider,
+    provider: Box<dyn Provider>,
 }
 
 fn inputs(spec: &SpecArg) -> Result<Inputs> {
@@ -100,7 +101,7 @@ fn inputs(spec: &SpecArg) -> Result<Inputs> {
 }
 
 fn inputs_from(file: SpecFile, dir: PathBuf) -> Result<Inputs> {
-    let provider = provider_for(&file.spec.name, &dir)?;
+    let provider = provider_for(&file, &dir)?;
     let store = StateStore::new(dir.join(".lbctl"));
     Ok(Inputs { file, dir, store, provider })
 }
@@ -123,17 +124,18 @@ fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
 }
 
 fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
+    registry::check_same(state, inputs.file.spec.provider(), inputs.store.dir())?;
     let unsupported = provider_findings(inputs, state)?;
-    let observed = lbctl_plan::refresh(&inputs.provider, state)?;
+    let observed = lbctl_plan::refresh(inputs.provider.as_ref(), state)?;
     let desired = lbctl_plan::desired_resources(&inputs.file.spec);
-    Ok(lbctl_plan::plan(&inputs.provider, desired, state, &observed, unsupported))
+    Ok(lbctl_plan::plan(inputs.provider.as_ref(), desired, state, &observed, unsupported))
 }
 
 /// Checks the file (and the files it names) and nothing else: no state, no
 /// ports, no processes.
 fn validate(shell: &Shell, spec: &SpecArg) -> Result<u8> {
     let file = load_spec(&spec.file)?;
-    let provider = provider_for(&file.spec.name, &spec_dir(&spec.file)?)?;
+    let provider = provider_for(&file, &spec_dir(&spec.file)?)?;
     let findings = provider.check_spec(&lbctl_plan::desired_resources(&file.spec));
     let invalid: Vec<Diagnostic> = findings
         .iter()
@@ -229,10 +231,11 @@ fn apply(shell: &Shell, spec: &SpecArg, saved: Option<&Path>, auto_approve: bool
         return Ok(1);
     }
     state.stack = inputs.file.spec.name.clone();
+    state.provider = inputs.provider.name().to_string();
     let observer = shell.observer();
     executor::apply(
         &plan,
-        &inputs.provider,
+        inputs.provider.as_ref(),
         &inputs.store,
         &mut state,
         &observer,
@@ -257,9 +260,9 @@ fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
     let store = StateStore::new(dir.join(".lbctl"));
     let _lock = store.lock("lbctl destroy")?;
     let mut state = store.load()?;
-    let provider = provider_for(&state.stack, &dir)?;
-    let observed = lbctl_plan::refresh(&provider, &state)?;
-    let plan = lbctl_plan::plan(&provider, Vec::new(), &state, &observed, Vec::new());
+    let provider = state_provider(&state, &dir)?;
+    let observed = lbctl_plan::refresh(provider.as_ref(), &state)?;
+    let plan = lbctl_plan::plan(provider.as_ref(), Vec::new(), &state, &observed, Vec::new());
     shell.out(&render::text(&plan, render::Style { color: shell.color }))?;
     if plan.has_changes() && !confirm(shell, "destroy", auto_approve)? {
         shell.error("destroy cancelled");
@@ -268,7 +271,7 @@ fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
     let observer = shell.observer();
     executor::apply(
         &plan,
-        &provider,
+        provider.as_ref(),
         &store,
         &mut state,
         &observer,
@@ -277,27 +280,12 @@ fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
     drop(observer);
     state.outputs.clear();
     store.save(&mut state)?;
-    // Runtime directories are removed by each resource's deletion; only the
-    // empty skeleton may remain.
-    remove_empty_dirs(&provider.layout().root);
-    // The stack is gone: its network load balancers' addresses are free again.
-    for ip in provider.release_addresses()? {
-        shell.status("Released", &format!("static IP {ip}"));
+    for released in provider.stack_destroyed()? {
+        shell.status("Released", &released);
     }
     let (_, _, destroyed) = plan.summary();
     shell.out(&format!("\nDestroy complete! Resources: {destroyed} destroyed.\n"))?;
     Ok(0)
-}
-
-fn remove_empty_dirs(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.path().is_dir() {
-                remove_empty_dirs(&entry.path());
-            }
-        }
-    }
-    std::fs::remove_dir(dir).ok();
 }
 
 /// The width `lbctl status` fits in when not on a terminal.
@@ -330,7 +318,7 @@ fn wrap(text: &str, width: usize) -> String {
 fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
     let state = StateStore::new(dir.join(".lbctl")).load()?;
-    let provider = provider_for(&state.stack, &dir)?;
+    let provider = state_provider(&state, &dir)?;
     let mut text = String::new();
     let mut values = Vec::new();
     for resource in state.resources.values() {

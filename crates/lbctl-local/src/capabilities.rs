@@ -6,7 +6,8 @@
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
 use lbctl_plan::{Finding, Kind, Resource, Severity};
-use lbctl_spec::{ListenerProtocol, LoadBalancer, LoadBalancerType, TargetGroup, TargetProtocol};
+use lbctl_spec::settings::TargetGroup;
+use lbctl_spec::{ListenerProtocol, LoadBalancer, LoadBalancerType, TargetProtocol};
 
 use crate::provider::{lb_settings, settings, LocalProvider};
 
@@ -22,11 +23,11 @@ pub(crate) fn check_spec(provider: &LocalProvider, desired: &[Resource]) -> Vec<
         let base = resource.address.spec_path();
         match resource.address.kind {
             Kind::TargetGroup => {
-                let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
+                let Ok(group) = settings::<TargetGroup>(&resource.resolved, &[]) else { continue };
                 target_group(&base, &group, &mut found);
             }
             Kind::LoadBalancer => {
-                let Ok(lb) = lb_settings(&resource.attributes) else { continue };
+                let Ok(lb) = lb_settings(&resource.resolved) else { continue };
                 crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
             }
             Kind::AutoscalingGroup | Kind::Function => {}
@@ -43,7 +44,7 @@ pub(crate) fn conflicts(provider: &LocalProvider, desired: &[Resource]) -> anyho
         desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer).map(|it| it.address.name.as_str()).collect();
     for resource in desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer) {
         let base = resource.address.spec_path();
-        let Ok(lb) = lb_settings(&resource.attributes) else { continue };
+        let Ok(lb) = lb_settings(&resource.resolved) else { continue };
         static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found)?;
         ports_free(provider, resource, &lb, &mut found)?;
     }
@@ -55,7 +56,7 @@ pub(crate) fn conflicts(provider: &LocalProvider, desired: &[Resource]) -> anyho
 fn instances_live(provider: &LocalProvider, desired: &[Resource], found: &mut Vec<Finding>) {
     let mut live = None;
     for resource in desired.iter().filter(|it| it.address.kind == Kind::TargetGroup) {
-        let Ok(group) = settings::<TargetGroup>(&resource.attributes, &[]) else { continue };
+        let Ok(group) = settings::<TargetGroup>(&resource.resolved, &[]) else { continue };
         for (idx, target) in group.targets.iter().enumerate() {
             let Some(id) = &target.id else { continue };
             let live = live.get_or_insert_with(|| provider.live_instances());

@@ -17,6 +17,8 @@
 mod addresses;
 mod capabilities;
 mod certificates;
+mod contract;
+mod health;
 mod holders;
 mod provider;
 mod status;

@@ -8,25 +8,31 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use lbctl_plan::{Finding, Kind, LiveStatus, Observed, Progress, Provider, Readiness, Resource, ResourceState, State};
+use lbctl_plan::{Applied, Kind, Observed, Progress, Readiness, Resource, ResourceState};
 use lbctl_runtime as runtime;
 use lbctl_runtime::process;
 use lbctl_runtime::{
     FunctionConfig, InstancesReport, Layout, ProxyConfig, ProxyStatus, RegisteredTarget, Registrations,
     SupervisorConfig, TargetGroupConfig,
 };
-use lbctl_spec::{AutoscalingGroup, Function, LoadBalancer, LoadBalancerType, TargetGroup, TargetType};
+use lbctl_spec::settings::{AutoscalingGroup, Function, TargetGroup};
+use lbctl_spec::{LoadBalancer, LoadBalancerType, TargetType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::addresses::AddressTable;
-use crate::status::TargetVerdict;
+use crate::health::TargetVerdict;
 
-/// Attributes of an auto-scaling group that the planner derives (not spec fields).
+/// Resolved attributes of an auto-scaling group that the planner derives
+/// from other resources (not settings of the group's own).
 pub(crate) const ASG_DERIVED: &[&str] = &["instance_port", "target_group_ports"];
-/// Attributes of a load balancer that the planner derives.
-const LB_DERIVED: &[&str] = &["dns_name"];
+
+/// `<lb>.<stack>.elb.localhost`, which curl and browsers resolve to loopback:
+/// a load balancer's DNS name, known once it is made.
+pub(crate) fn dns_name(stack: &str, load_balancer: &str) -> String {
+    format!("{load_balancer}.{stack}.elb.localhost")
+}
 
 /// How long a started process gets to report that it runs.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -80,7 +86,8 @@ struct FileData {
     digest: String,
 }
 
-/// Spec settings from resource attributes, minus the planner's derived keys.
+/// Effective settings from a resource's resolved attributes, minus the
+/// planner's derived keys.
 pub(crate) fn settings<T: DeserializeOwned>(attributes: &Value, derived: &[&str]) -> Result<T> {
     let mut value = attributes.clone();
     if let Some(map) = value.as_object_mut() {
@@ -91,9 +98,9 @@ pub(crate) fn settings<T: DeserializeOwned>(attributes: &Value, derived: &[&str]
     serde_json::from_value(value).context("reading resource attributes")
 }
 
-/// A load balancer's spec settings from its attributes.
+/// A load balancer's settings from its resolved attributes.
 pub(crate) fn lb_settings(attributes: &Value) -> Result<LoadBalancer> {
-    settings(attributes, LB_DERIVED)
+    settings(attributes, &[])
 }
 
 impl LocalProvider {
@@ -245,14 +252,14 @@ impl LocalProvider {
     // Load balancers.
 
     fn proxy_config(&self, resource: &Resource) -> Result<ProxyConfig> {
-        let lb = lb_settings(&resource.attributes)?;
+        let lb = lb_settings(&resource.resolved)?;
         let name = &resource.address.name;
         let worker_threads = lb
             .worker_threads
             .map(|it| it as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1));
         let target_groups = resource.dependencies.iter().map(|it| it.name.clone()).collect();
-        let dns_name = lbctl_plan::dns_name(&self.options.stack, name);
+        let dns_name = dns_name(&self.options.stack, name);
         let static_ip = self.static_ip(name, &lb)?;
         let certificates = crate::certificates::listener_certificates(
             &self.layout,
@@ -262,15 +269,15 @@ impl LocalProvider {
             static_ip,
             &lb,
         )?;
-        // AWS's defaults: 60 s for application load balancers, 350 s for network ones.
-        let default_idle = if static_ip.is_some() { 350_000 } else { 60_000 };
         Ok(ProxyConfig {
+            format: runtime::RUNTIME_FORMAT,
+            kind: Some(lb.kind),
             stack: self.options.stack.clone(),
             name: name.clone(),
             dns_name,
             bind_ip: static_ip.unwrap_or(Ipv4Addr::LOCALHOST),
             worker_threads,
-            idle_timeout_ms: lb.idle_timeout.map(|it| it.get().as_millis() as u64).unwrap_or(default_idle),
+            idle_timeout_ms: lb.idle_timeout().get().as_millis() as u64,
             max_connections: lb.max_connections,
             listeners: lb.listeners,
             target_groups,
@@ -321,37 +328,54 @@ impl LocalProvider {
         ports.iter().all(|it| status.listening.contains(it)).then_some(Ok(()))
     }
 
-    fn create_load_balancer(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
+    pub(crate) fn create_load_balancer(&self, resource: &Resource, progress: &dyn Progress) -> Result<Applied> {
         let config = self.proxy_config(resource)?;
         let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
         let launched = self.launch("proxy", &self.layout.lb_dir(&config.name), &config, progress, |pid, digest| {
             self.proxy_serves(&config.name, pid, digest, &ports)
         })?;
-        Ok(with_static_ip(launched, &config))
+        Ok(load_balancer_applied(launched, &config))
     }
 
-    fn update_load_balancer(
+    pub(crate) fn update_load_balancer(
         &self,
         prior: &ResourceState,
         resource: &Resource,
         progress: &dyn Progress,
-    ) -> Result<Value> {
+    ) -> Result<Applied> {
+        let name = &resource.address.name;
+        // A proxy of an older release does not read this release's files:
+        // it is replaced (on purpose), not reconfigured.
+        if self.proxy_status(name).is_some_and(|it| it.format < runtime::RUNTIME_FORMAT) {
+            progress.report("the running proxy is an older lbctl's: replacing it");
+            self.delete_load_balancer_process(prior)?;
+            return self.create_load_balancer(resource, progress);
+        }
         let config = self.proxy_config(resource)?;
         let ports: Vec<u16> = config.listeners.iter().map(|it| it.port).collect();
         progress.report("reloading the proxy's configuration");
         let reconfigured = self
             .reconfigure("proxy", prior, &config, |pid, digest| self.proxy_serves(&config.name, pid, digest, &ports))?;
-        Ok(with_static_ip(reconfigured, &config))
+        Ok(load_balancer_applied(reconfigured, &config))
+    }
+
+    /// Stops a load balancer's proxy, keeping its directory (certificates).
+    fn delete_load_balancer_process(&self, prior: &ResourceState) -> Result<()> {
+        let data: ProcessData = self.private(prior)?;
+        let marker = data.config_path.to_string_lossy().into_owned();
+        process::stop(data.pid, &marker, PROXY_STOP_GRACE);
+        Ok(())
     }
 
     // Auto-scaling groups.
 
     fn supervisor_config(&self, resource: &Resource) -> Result<SupervisorConfig> {
-        let settings: AutoscalingGroup = settings(&resource.attributes, ASG_DERIVED)?;
-        let instance_port = resource.attributes["instance_port"].as_u64().context("instance_port")? as u16;
+        let settings: AutoscalingGroup = settings(&resource.resolved, ASG_DERIVED)?;
+        let instance_port = resource.resolved["instance_port"].as_u64().context("instance_port")? as u16;
         let target_group_ports: BTreeMap<String, u16> =
-            serde_json::from_value(resource.attributes["target_group_ports"].clone()).context("target_group_ports")?;
+            serde_json::from_value(resource.resolved["target_group_ports"].clone()).context("target_group_ports")?;
         Ok(SupervisorConfig {
+            format: runtime::RUNTIME_FORMAT,
             stack: self.options.stack.clone(),
             name: resource.address.name.clone(),
             settings,
@@ -368,31 +392,48 @@ impl LocalProvider {
         (report.pid == pid && report.config_digest == digest).then_some(Ok(()))
     }
 
-    fn create_autoscaling_group(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
+    pub(crate) fn create_autoscaling_group(&self, resource: &Resource, progress: &dyn Progress) -> Result<Applied> {
         let config = self.supervisor_config(resource)?;
-        self.launch("supervisor", &self.layout.asg_dir(&config.name), &config, progress, |pid, digest| {
-            self.supervisor_runs(&config.name, pid, digest)
-        })
+        let private =
+            self.launch("supervisor", &self.layout.asg_dir(&config.name), &config, progress, |pid, digest| {
+                self.supervisor_runs(&config.name, pid, digest)
+            })?;
+        Ok(Applied { private, computed: Default::default() })
     }
 
-    fn update_autoscaling_group(
+    pub(crate) fn update_autoscaling_group(
         &self,
         prior: &ResourceState,
         resource: &Resource,
         progress: &dyn Progress,
-    ) -> Result<Value> {
+    ) -> Result<Applied> {
+        let name = &resource.address.name;
+        // A supervisor of an older release does not read this release's
+        // files: it is killed (its instances keep running) and a new one
+        // adopts them.
+        if self.instances(name).is_some_and(|it| it.format < runtime::RUNTIME_FORMAT) {
+            progress.report("the running supervisor is an older lbctl's: replacing it, keeping its instances");
+            let data: ProcessData = self.private(prior)?;
+            if process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
+                process::signal(data.pid, libc::SIGKILL);
+                process::wait_gone(data.pid, Duration::from_secs(5));
+            }
+            return self.create_autoscaling_group(resource, progress);
+        }
         let config = self.supervisor_config(resource)?;
         progress.report("handing the new settings to the supervisor");
-        self.reconfigure("supervisor", prior, &config, |pid, digest| self.supervisor_runs(&config.name, pid, digest))
+        let private = self
+            .reconfigure("supervisor", prior, &config, |pid, digest| self.supervisor_runs(&config.name, pid, digest))?;
+        Ok(Applied { private, computed: Default::default() })
     }
 
     /// Stops a supervisor (it drains and stops its instances), then makes
     /// sure none of the instances it listed survived.
-    fn delete_autoscaling_group(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
+    pub(crate) fn delete_autoscaling_group(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
         let data: ProcessData = self.private(prior)?;
         let name = &prior.address.name;
         let marker = data.config_path.to_string_lossy().into_owned();
-        let settings: Option<AutoscalingGroup> = settings(&prior.attributes, ASG_DERIVED).ok();
+        let settings: Option<AutoscalingGroup> = settings(&prior.resolved, ASG_DERIVED).ok();
         let delay = settings
             .iter()
             .flat_map(|it| it.target_groups.iter())
@@ -427,8 +468,8 @@ impl LocalProvider {
 
     // Target groups and functions: files only.
 
-    fn write_target_group(&self, resource: &Resource) -> Result<Value> {
-        let settings: TargetGroup = settings(&resource.attributes, &[])?;
+    pub(crate) fn write_target_group(&self, resource: &Resource) -> Result<Applied> {
+        let settings: TargetGroup = settings(&resource.resolved, &[])?;
         let name = &resource.address.name;
         let mut targets = Vec::new();
         for target in &settings.targets {
@@ -460,14 +501,15 @@ impl LocalProvider {
             runtime::write_json(&by_id_file, &runtime::RegisteredById { instances: by_id, port })?;
         }
         let path = self.layout.tg_dir(name).join("group.json");
-        runtime::write_json(&path, &TargetGroupConfig { name: name.clone(), settings })?;
+        let config = TargetGroupConfig { format: runtime::RUNTIME_FORMAT, name: name.clone(), settings };
+        runtime::write_json(&path, &config)?;
         let digest = runtime::digest(&std::fs::read(&path)?);
-        Ok(json!(FileData { path, digest }))
+        Ok(Applied { private: json!(FileData { path, digest }), computed: Default::default() })
     }
 
     /// Removes what the provider wrote for a target group; registrations of
     /// auto-scaling groups stay until their supervisors remove them.
-    fn delete_target_group(&self, prior: &ResourceState) -> Result<()> {
+    pub(crate) fn delete_target_group(&self, prior: &ResourceState) -> Result<()> {
         let dir = self.layout.tg_dir(&prior.address.name);
         std::fs::remove_file(dir.join("group.json")).ok();
         std::fs::remove_file(self.layout.by_id_file(&prior.address.name)).ok();
@@ -477,11 +519,12 @@ impl LocalProvider {
         Ok(())
     }
 
-    fn write_function(&self, resource: &Resource) -> Result<Value> {
-        let function: Function = settings(&resource.attributes, &[])?;
+    pub(crate) fn write_function(&self, resource: &Resource) -> Result<Applied> {
+        let function: Function = settings(&resource.resolved, &[])?;
         let name = &resource.address.name;
         let path = self.layout.function_file(name);
         let config = FunctionConfig {
+            format: runtime::RUNTIME_FORMAT,
             name: name.clone(),
             settings: function,
             lbctl_exe: self.options.lbctl_exe.clone(),
@@ -489,29 +532,179 @@ impl LocalProvider {
         };
         runtime::write_json(&path, &config)?;
         let digest = runtime::digest(&std::fs::read(&path)?);
-        Ok(json!(FileData { path, digest }))
+        Ok(Applied { private: json!(FileData { path, digest }), computed: Default::default() })
     }
 
-    fn read_file_resource(&self, prior: &ResourceState) -> Result<Observed> {
+    /// What a target group's or function's file holds now: its settings
+    /// read back, field by field; `None` attributes for a file of an older
+    /// release (read as applied).
+    pub(crate) fn read_file_resource(&self, prior: &ResourceState) -> Result<Observed> {
         let data: FileData = self.private(prior)?;
-        Ok(match runtime::read_trusted(&data.path) {
-            Ok(None) => Observed::Missing { reason: format!("{} is missing", data.path.display()) },
-            Ok(Some(bytes)) if runtime::digest(&bytes) == data.digest => Observed::Present,
-            Ok(Some(_)) => Observed::Drifted { reason: format!("{} was changed outside lbctl", data.path.display()) },
-            Err(err) => Observed::Drifted { reason: format!("{err:#}") },
-        })
+        let bytes = match runtime::read_trusted(&data.path) {
+            Ok(None) => return Ok(Observed::Missing { reason: format!("{} is missing", data.path.display()) }),
+            Ok(Some(bytes)) => bytes,
+            Err(err) => return Ok(Observed::Drifted { reason: format!("{err:#}") }),
+        };
+        let unreadable = |err: serde_json::Error| Observed::Drifted {
+            reason: format!("{} cannot be read ({err}); apply writes it again", data.path.display()),
+        };
+        let observed = if prior.address.kind == Kind::TargetGroup {
+            match serde_json::from_slice::<TargetGroupConfig>(&bytes) {
+                Ok(config) => (config.format >= runtime::RUNTIME_FORMAT).then(|| json!(config.settings)),
+                Err(err) => return Ok(unreadable(err)),
+            }
+        } else {
+            match serde_json::from_slice::<FunctionConfig>(&bytes) {
+                Ok(config) => (config.format >= runtime::RUNTIME_FORMAT).then(|| json!(config.settings)),
+                Err(err) => return Ok(unreadable(err)),
+            }
+        };
+        Ok(Observed::Present { attributes: observed })
     }
 
-    fn read_process_resource(&self, prior: &ResourceState, role: &str) -> Result<Observed> {
+    /// What a proxy or supervisor runs now: its configuration file's
+    /// settings read back over the state's (the fields the file holds),
+    /// `None` attributes for a file of an older release.
+    pub(crate) fn read_process_resource(&self, prior: &ResourceState, role: &str) -> Result<Observed> {
         let data: ProcessData = self.private(prior)?;
         if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
             return Ok(Observed::Missing { reason: format!("{role} process {} is not running", data.pid) });
         }
-        Ok(match runtime::read_trusted(&data.config_path) {
-            Ok(Some(bytes)) if runtime::digest(&bytes) == data.config_digest => Observed::Present,
-            Ok(_) => Observed::Drifted { reason: format!("{} was changed outside lbctl", data.config_path.display()) },
-            Err(err) => Observed::Drifted { reason: format!("{err:#}") },
+        let bytes = match runtime::read_trusted(&data.config_path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                let reason = format!("{} is missing; apply writes it again", data.config_path.display());
+                return Ok(Observed::Drifted { reason });
+            }
+            Err(err) => return Ok(Observed::Drifted { reason: format!("{err:#}") }),
+        };
+        let unreadable = |err: serde_json::Error| Observed::Drifted {
+            reason: format!("{} cannot be read ({err}); apply writes it again", data.config_path.display()),
+        };
+        let mut observed = prior.resolved.clone();
+        if prior.address.kind == Kind::LoadBalancer {
+            let config = match serde_json::from_slice::<ProxyConfig>(&bytes) {
+                Ok(config) => config,
+                Err(err) => return Ok(unreadable(err)),
+            };
+            if config.format < runtime::RUNTIME_FORMAT {
+                return Ok(Observed::Present { attributes: None });
+            }
+            observed["listeners"] = json!(config.listeners);
+            observed["idle_timeout"] = json!(lbctl_spec::Duration::from_millis(config.idle_timeout_ms));
+            if let Some(kind) = config.kind {
+                observed["type"] = json!(kind);
+            }
+        } else {
+            let config = match serde_json::from_slice::<SupervisorConfig>(&bytes) {
+                Ok(config) => config,
+                Err(err) => return Ok(unreadable(err)),
+            };
+            if config.format < runtime::RUNTIME_FORMAT {
+                return Ok(Observed::Present { attributes: None });
+            }
+            observed = json!(config.settings);
+            observed["instance_port"] = json!(config.instance_port);
+            observed["target_group_ports"] = json!(config.target_group_ports);
+        }
+        Ok(Observed::Present { attributes: Some(observed) })
+    }
+
+    /// An auto-scaling group read back; a rolled-back refresh runs the
+    /// previous launch template, not the state's: the next plan shows the
+    /// update again.
+    pub(crate) fn read_autoscaling_group(&self, prior: &ResourceState) -> Result<Observed> {
+        let observed = self.read_process_resource(prior, "supervisor")?;
+        if let Observed::Present { .. } = observed {
+            if let Some(refresh) = self.instances(&prior.address.name).and_then(|it| it.refresh) {
+                if refresh.state == runtime::RefreshState::RolledBack {
+                    let reason = format!(
+                        "its instance refresh rolled back ({}); it runs the previous launch template",
+                        refresh.reason
+                    );
+                    return Ok(Observed::Drifted { reason });
+                }
+            }
+        }
+        Ok(observed)
+    }
+
+    /// Stops a load balancer's proxy and removes its directory.
+    pub(crate) fn delete_load_balancer(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
+        let data: ProcessData = self.private(prior)?;
+        let marker = data.config_path.to_string_lossy().into_owned();
+        if process::is_ours(data.pid, &marker) {
+            progress.report("stopping the proxy");
+            process::stop(data.pid, &marker, PROXY_STOP_GRACE);
+        }
+        remove_dir(&self.layout.lb_dir(&prior.address.name))
+    }
+
+    /// Removes a function's file.
+    pub(crate) fn delete_function(&self, prior: &ResourceState) -> Result<()> {
+        let data: FileData = self.private(prior)?;
+        match data.path.parent() {
+            Some(dir) => remove_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Readiness of a load balancer: its proxy serves the configuration on
+    /// every port, and routes to the targets its groups have.
+    pub(crate) fn load_balancer_ready(&self, current: &ResourceState) -> Result<Readiness> {
+        let data: ProcessData = self.private(current)?;
+        let name = &current.address.name;
+        if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
+            let log = self.layout.lb_dir(name).join("proxy.log");
+            return Ok(Readiness::Failed(format!("proxy exited:\n{}", process::log_tail(&log, 10))));
+        }
+        let lb = lb_settings(&current.resolved)?;
+        let ports: Vec<u16> = lb.listeners.iter().map(|it| it.port).collect();
+        Ok(match self.proxy_serves(name, data.pid, &data.config_digest, &ports) {
+            Some(Ok(())) => current
+                .dependencies
+                .iter()
+                .filter(|it| it.kind == Kind::TargetGroup)
+                .map(|group| self.target_group_ready(&group.name, Some(name)))
+                .find(|it| *it != Readiness::Ready)
+                .unwrap_or(Readiness::Ready),
+            Some(Err(err)) => Readiness::Failed(format!("{err:#}")),
+            None => Readiness::Waiting("proxy is not listening yet".to_string()),
         })
+    }
+
+    /// The outputs of a load balancer: DNS name, static IP, URLs, CA.
+    pub(crate) fn load_balancer_outputs(&self, resource: &ResourceState, outputs: &mut BTreeMap<String, String>) {
+        let Ok(lb) = lb_settings(&resource.resolved) else { return };
+        let name = &resource.address.name;
+        outputs.insert(format!("{name}_dns_name"), self.dns_name_of(resource));
+        if let Some(ip) = self.static_ip_of(resource) {
+            outputs.insert(format!("{name}_static_ip"), ip.to_string());
+        }
+        for (idx, (listener, url)) in lb.listeners.iter().zip(self.listener_urls(resource, &lb)).enumerate() {
+            // A TCP and a UDP listener may share a port.
+            let udp = if listener.protocol == lbctl_spec::ListenerProtocol::Udp { "_udp" } else { "" };
+            let key = if idx == 0 { format!("{name}_url") } else { format!("{name}_url_{}{udp}", listener.port) };
+            outputs.insert(key, url);
+        }
+        if let Some(ca) = crate::certificates::self_signed_ca(&self.layout, name, &lb) {
+            outputs.insert(format!("{name}_ca_cert"), ca.display().to_string());
+        }
+    }
+
+    /// A load balancer's DNS name, as computed when it was made.
+    pub(crate) fn dns_name_of(&self, resource: &ResourceState) -> String {
+        match resource.computed.get("dns_name").and_then(Value::as_str) {
+            Some(name) => name.to_string(),
+            None => dns_name(&self.options.stack, &resource.address.name),
+        }
+    }
+
+    /// A network load balancer's address, as computed (or recorded by an
+    /// older release) when it was made.
+    pub(crate) fn static_ip_of(&self, resource: &ResourceState) -> Option<Ipv4Addr> {
+        let computed = resource.computed.get("static_ip").and_then(|it| serde_json::from_value(it.clone()).ok());
+        computed.or_else(|| self.private::<ProcessData>(resource).ok().and_then(|it| it.static_ip))
     }
 
     /// Readiness of an auto-scaling group: `desired` instances in service.
@@ -521,14 +714,14 @@ impl LocalProvider {
     /// instance the load balancers find unhealthy). With
     /// `wait_for_elb_capacity`, that many must also be healthy in them
     /// (Terraform's setting).
-    fn autoscaling_group_ready(&self, current: &ResourceState) -> Result<Readiness> {
+    pub(crate) fn autoscaling_group_ready(&self, current: &ResourceState) -> Result<Readiness> {
         let data: ProcessData = self.private(current)?;
         let name = &current.address.name;
         if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
             let log = self.layout.asg_dir(name).join("supervisor.log");
             return Ok(Readiness::Failed(format!("supervisor exited:\n{}", process::log_tail(&log, 10))));
         }
-        let settings: AutoscalingGroup = settings(&current.attributes, ASG_DERIVED)?;
+        let settings: AutoscalingGroup = settings(&current.resolved, ASG_DERIVED)?;
         let Some(report) = self.instances(name).filter(|it| it.config_digest == data.config_digest) else {
             return Ok(Readiness::Waiting("supervisor has not reported yet".to_string()));
         };
@@ -572,7 +765,7 @@ impl LocalProvider {
                 continue;
             }
             let counted = ec2 && instance.lifecycle == runtime::Lifecycle::InService;
-            match crate::status::instance_target_health(&statuses, &settings.target_groups, &instance.id) {
+            match crate::health::instance_target_health(&statuses, &settings.target_groups, &instance.id) {
                 TargetVerdict::Healthy if ec2 && !counted => {
                     waiting.push(format!("{}: not in service yet", instance.id));
                     healthy += 1;
@@ -610,7 +803,7 @@ impl LocalProvider {
     /// to it (or only `only_lb`) routes to exactly its registered targets, so
     /// that when apply returns a deregistered target gets no new request or
     /// connection, and a registered one is being checked.
-    fn target_group_ready(&self, name: &str, only_lb: Option<&str>) -> Readiness {
+    pub(crate) fn target_group_ready(&self, name: &str, only_lb: Option<&str>) -> Readiness {
         let registered: BTreeSet<String> =
             runtime::registered_targets(&self.layout, name).into_iter().map(|it| it.id).collect();
         // Instances named by id are registered by their supervisors.
@@ -666,14 +859,16 @@ fn running_in(dir: &Path, role: &str, marker: &str) -> Result<Option<u32>> {
     Ok(Some(pid).filter(|pid| process::is_ours(*pid, marker)))
 }
 
-/// A proxy's private data with the address it listens on, when it is a
-/// network load balancer's.
-fn with_static_ip(mut data: Value, config: &ProxyConfig) -> Value {
-    use lbctl_spec::ListenerProtocol::{Tcp, Tls, Udp};
-    if config.listeners.iter().any(|it| matches!(it.protocol, Tcp | Tls | Udp)) {
-        data["static_ip"] = json!(config.bind_ip);
+/// What making or updating a load balancer produced: the proxy's data, and
+/// the computed DNS name and (network load balancers) address.
+fn load_balancer_applied(mut private: Value, config: &ProxyConfig) -> Applied {
+    let mut computed = lbctl_plan::Computed::new();
+    computed.insert("dns_name".to_string(), json!(config.dns_name));
+    if config.kind == Some(LoadBalancerType::Network) {
+        private["static_ip"] = json!(config.bind_ip);
+        computed.insert("static_ip".to_string(), json!(config.bind_ip));
     }
-    data
+    Applied { private, computed }
 }
 
 fn remove_file(file: &Path) -> Result<()> {
@@ -689,170 +884,6 @@ fn remove_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err).with_context(|| format!("removing {}", dir.display())),
-    }
-}
-
-impl Provider for LocalProvider {
-    fn replace_triggers(&self, kind: Kind) -> &'static [&'static str] {
-        match kind {
-            Kind::LoadBalancer => &["type", "static_ip"],
-            Kind::TargetGroup => &["protocol", "port", "target_type"],
-            Kind::AutoscalingGroup | Kind::Function => &[],
-        }
-    }
-
-    fn ignored_changes(&self, resource: &Resource) -> &'static [&'static str] {
-        // Under a scaling policy the supervisor sets the desired capacity;
-        // the spec's value is only where it starts.
-        let scaled = resource.address.kind == Kind::AutoscalingGroup && !resource.attributes["scaling"].is_null();
-        if scaled {
-            &["desired_capacity"]
-        } else {
-            &[]
-        }
-    }
-
-    fn update_notes(&self, desired: &Resource, changed: &[&str]) -> Vec<String> {
-        let template_changed = changed.iter().any(|it| it.starts_with("launch_template"));
-        if desired.address.kind != Kind::AutoscalingGroup || !template_changed {
-            return Vec::new();
-        }
-        // As on AWS, and as Terraform does: a template change rolls the
-        // instances only when the group has `instance_refresh`.
-        match settings::<AutoscalingGroup>(&desired.attributes, ASG_DERIVED).ok().and_then(|it| it.instance_refresh) {
-            None => vec!["existing instances keep the old launch template and new ones get the new one; add `instance_refresh` to roll them".to_string()],
-            Some(refresh) => vec![format!(
-                "an instance refresh replaces the instances in batches, keeping {}% of the desired capacity in service",
-                refresh.min_healthy_percentage
-            )],
-        }
-    }
-
-    fn check_spec(&self, desired: &[Resource]) -> Vec<Finding> {
-        crate::capabilities::check_spec(self, desired)
-    }
-
-    fn check(&self, desired: &[Resource], _state: &State) -> Result<Vec<Finding>> {
-        // The machine's and the runtime files' view is what counts here.
-        crate::capabilities::conflicts(self, desired)
-    }
-
-    fn read(&self, prior: &ResourceState) -> Result<Observed> {
-        Ok(match prior.address.kind {
-            Kind::LoadBalancer => self.read_process_resource(prior, "proxy")?,
-            Kind::AutoscalingGroup => match self.read_process_resource(prior, "supervisor")? {
-                // A rolled-back refresh runs the previous launch template, not
-                // the state's: the next plan shows the update again.
-                Observed::Present => match self.instances(&prior.address.name).and_then(|it| it.refresh) {
-                    Some(refresh) if refresh.state == runtime::RefreshState::RolledBack => Observed::Drifted {
-                        reason: format!(
-                            "its instance refresh rolled back ({}); it runs the previous launch template",
-                            refresh.reason
-                        ),
-                    },
-                    _ => Observed::Present,
-                },
-                other => other,
-            },
-            Kind::TargetGroup | Kind::Function => self.read_file_resource(prior)?,
-        })
-    }
-
-    fn create(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
-        match resource.address.kind {
-            Kind::LoadBalancer => self.create_load_balancer(resource, progress),
-            Kind::AutoscalingGroup => self.create_autoscaling_group(resource, progress),
-            Kind::TargetGroup => self.write_target_group(resource),
-            Kind::Function => self.write_function(resource),
-        }
-    }
-
-    fn update(&self, prior: &ResourceState, resource: &Resource, progress: &dyn Progress) -> Result<Value> {
-        match resource.address.kind {
-            Kind::LoadBalancer => self.update_load_balancer(prior, resource, progress),
-            Kind::AutoscalingGroup => self.update_autoscaling_group(prior, resource, progress),
-            Kind::TargetGroup => self.write_target_group(resource),
-            Kind::Function => self.write_function(resource),
-        }
-    }
-
-    fn delete(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()> {
-        match prior.address.kind {
-            Kind::LoadBalancer => {
-                let data: ProcessData = self.private(prior)?;
-                let marker = data.config_path.to_string_lossy().into_owned();
-                if process::is_ours(data.pid, &marker) {
-                    progress.report("stopping the proxy");
-                    process::stop(data.pid, &marker, PROXY_STOP_GRACE);
-                }
-                remove_dir(&self.layout.lb_dir(&prior.address.name))
-            }
-            Kind::AutoscalingGroup => self.delete_autoscaling_group(prior, progress),
-            Kind::TargetGroup => self.delete_target_group(prior),
-            Kind::Function => {
-                let data: FileData = self.private(prior)?;
-                if let Some(dir) = data.path.parent() {
-                    remove_dir(dir)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn ready(&self, current: &ResourceState) -> Result<Readiness> {
-        match current.address.kind {
-            Kind::LoadBalancer => {
-                let data: ProcessData = self.private(current)?;
-                let name = &current.address.name;
-                if !process::is_ours(data.pid, &data.config_path.to_string_lossy()) {
-                    let log = self.layout.lb_dir(name).join("proxy.log");
-                    return Ok(Readiness::Failed(format!("proxy exited:\n{}", process::log_tail(&log, 10))));
-                }
-                let lb = lb_settings(&current.attributes)?;
-                let ports: Vec<u16> = lb.listeners.iter().map(|it| it.port).collect();
-                Ok(match self.proxy_serves(name, data.pid, &data.config_digest, &ports) {
-                    // Serving, and routing to the targets its groups have.
-                    Some(Ok(())) => current
-                        .dependencies
-                        .iter()
-                        .filter(|it| it.kind == Kind::TargetGroup)
-                        .map(|group| self.target_group_ready(&group.name, Some(name)))
-                        .find(|it| *it != Readiness::Ready)
-                        .unwrap_or(Readiness::Ready),
-                    Some(Err(err)) => Readiness::Failed(format!("{err:#}")),
-                    None => Readiness::Waiting("proxy is not listening yet".to_string()),
-                })
-            }
-            Kind::AutoscalingGroup => self.autoscaling_group_ready(current),
-            Kind::TargetGroup => Ok(self.target_group_ready(&current.address.name, None)),
-            Kind::Function => Ok(Readiness::Ready),
-        }
-    }
-
-    fn outputs(&self, resources: &[ResourceState]) -> BTreeMap<String, String> {
-        let mut outputs = BTreeMap::new();
-        for resource in resources.iter().filter(|it| it.address.kind == Kind::LoadBalancer) {
-            let Ok(lb) = lb_settings(&resource.attributes) else { continue };
-            let name = &resource.address.name;
-            outputs.insert(format!("{name}_dns_name"), lbctl_plan::dns_name(&self.options.stack, name));
-            if let Some(ip) = self.private::<ProcessData>(resource).ok().and_then(|it| it.static_ip) {
-                outputs.insert(format!("{name}_static_ip"), ip.to_string());
-            }
-            for (idx, (listener, url)) in lb.listeners.iter().zip(self.listener_urls(resource, &lb)).enumerate() {
-                // A TCP and a UDP listener may share a port.
-                let udp = if listener.protocol == lbctl_spec::ListenerProtocol::Udp { "_udp" } else { "" };
-                let key = if idx == 0 { format!("{name}_url") } else { format!("{name}_url_{}{udp}", listener.port) };
-                outputs.insert(key, url);
-            }
-            if let Some(ca) = crate::certificates::self_signed_ca(&self.layout, name, &lb) {
-                outputs.insert(format!("{name}_ca_cert"), ca.display().to_string());
-            }
-        }
-        outputs
-    }
-
-    fn status(&self, current: &ResourceState) -> Result<LiveStatus> {
-        crate::status::live_status(self, current)
     }
 }
 
@@ -890,8 +921,8 @@ impl LocalProvider {
     /// network load balancer's static IP (`*.localhost` resolves to
     /// 127.0.0.1 only).
     pub(crate) fn listener_urls(&self, resource: &ResourceState, lb: &LoadBalancer) -> Vec<String> {
-        let dns = lbctl_plan::dns_name(&self.options.stack, &resource.address.name);
-        let static_ip = self.private::<ProcessData>(resource).ok().and_then(|it| it.static_ip);
+        let dns = self.dns_name_of(resource);
+        let static_ip = self.static_ip_of(resource);
         lb.listeners
             .iter()
             .map(|listener| {

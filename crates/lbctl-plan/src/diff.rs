@@ -2,6 +2,17 @@
 //!
 //! Pure: no I/O. What exists was observed beforehand (`refresh`) and is
 //! passed in, so the same inputs always give the same plan.
+//!
+//! Changes are found on the effective settings (`resolved`): what the
+//! resource runs with (as observed when the provider can read it back, else
+//! as applied) against what the spec now resolves to. A field that neither
+//! the state nor the spec writes is left alone even when its default
+//! differs (a default that changed between releases, or in context, does
+//! not move a resource that nothing else changes, as Terraform leaves an
+//! optional computed attribute). A changed value the spec does not write is
+//! shown `(default)`; one that differs from what lbctl applied is shown
+//! `(changed outside lbctl)`; one only the provider will know is shown
+//! `(known after apply)`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,16 +59,22 @@ impl ActionKind {
 }
 
 /// One attribute that changes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Change {
     /// Attribute path (`listeners[0].port`).
     pub path: String,
     /// Value before (`None`: absent).
     pub before: Option<Value>,
-    /// Value after (`None`: absent).
+    /// Value after (`None`: absent, or not known before apply).
     pub after: Option<Value>,
     /// Whether this change forces the resource to be replaced.
     pub forces_replacement: bool,
+    /// The value after is a default: the spec does not write it.
+    pub after_is_default: bool,
+    /// The value before is not what lbctl applied: it changed outside lbctl.
+    pub changed_outside: bool,
+    /// Only the provider will know the value, after apply.
+    pub known_after_apply: bool,
 }
 
 /// One planned action.
@@ -153,42 +170,43 @@ pub fn plan(
     }
     let desired_addresses: BTreeSet<&Address> = desired.iter().map(|it| &it.address).collect();
     for resource in &desired {
+        let created = |reason: String, prior: Option<ResourceState>| PlannedAction {
+            address: resource.address.clone(),
+            kind: ActionKind::Create,
+            reason,
+            changes: creation_changes(resource, &provider.computed(resource)),
+            desired: Some(resource.clone()),
+            prior,
+        };
         let Some(prior) = state.get(&resource.address) else {
-            actions.push(PlannedAction {
-                address: resource.address.clone(),
-                kind: ActionKind::Create,
-                reason: "not in the state".to_string(),
-                changes: attribute_changes(&Value::Null, &resource.attributes, &[]),
-                desired: Some(resource.clone()),
-                prior: None,
-            });
+            actions.push(created("not in the state".to_string(), None));
             continue;
+        };
+        let observation = observed.get(&resource.address).cloned().unwrap_or(Observed::Present { attributes: None });
+        let actual = match &observation {
+            Observed::Missing { reason } => {
+                actions.push(created(format!("{reason}; it will be created again"), Some(prior.clone())));
+                continue;
+            }
+            Observed::Present { attributes: Some(observed) } => observed,
+            Observed::Present { attributes: None } | Observed::Drifted { .. } => &prior.resolved,
         };
         let triggers = provider.replace_triggers(resource.address.kind);
         let ignored = provider.ignored_changes(resource);
-        let mut changes = attribute_changes(&prior.attributes, &resource.attributes, triggers);
+        let mut changes = update_changes(prior, actual, resource, triggers);
         changes.retain(|change| !ignored.contains(&change.path.as_str()));
-        let observation = observed.get(&resource.address).cloned().unwrap_or(Observed::Present);
-        let (kind, reason) = match observation {
-            Observed::Missing { reason } => {
-                actions.push(PlannedAction {
-                    address: resource.address.clone(),
-                    kind: ActionKind::Create,
-                    reason: format!("{reason}; it will be created again"),
-                    changes: attribute_changes(&Value::Null, &resource.attributes, &[]),
-                    desired: Some(resource.clone()),
-                    prior: Some(prior.clone()),
-                });
-                continue;
-            }
-            _ if changes.iter().any(|it| it.forces_replacement) => {
-                let forcing: Vec<String> =
-                    changes.iter().filter(|it| it.forces_replacement).map(|it| format!("`{}`", it.path)).collect();
-                (ActionKind::Replace, format!("{} forces replacement", forcing.join(", ")))
-            }
-            Observed::Drifted { reason } => (ActionKind::Update, reason),
-            Observed::Present if !changes.is_empty() => (ActionKind::Update, "the spec changed".to_string()),
-            Observed::Present => continue,
+        let (kind, reason) = if changes.iter().any(|it| it.forces_replacement) {
+            let forcing: Vec<String> =
+                changes.iter().filter(|it| it.forces_replacement).map(|it| format!("`{}`", it.path)).collect();
+            (ActionKind::Replace, format!("{} forces replacement", forcing.join(", ")))
+        } else if let Observed::Drifted { reason } = observation {
+            (ActionKind::Update, reason)
+        } else if changes.iter().any(|it| it.changed_outside) {
+            (ActionKind::Update, "changed outside lbctl".to_string())
+        } else if !changes.is_empty() {
+            (ActionKind::Update, "the spec changed".to_string())
+        } else {
+            continue;
         };
         if kind == ActionKind::Update {
             let changed: Vec<&str> = changes.iter().map(|it| it.path.as_str()).collect();
@@ -209,11 +227,12 @@ pub fn plan(
         if desired_addresses.contains(&prior.address) {
             continue;
         }
+        let shown = if prior.attributes.is_null() { &prior.resolved } else { &prior.attributes };
         actions.push(PlannedAction {
             address: prior.address.clone(),
             kind: ActionKind::Delete,
             reason: "not in the spec".to_string(),
-            changes: attribute_changes(&prior.attributes, &Value::Null, &[]),
+            changes: attribute_changes(shown, &Value::Null, &[]),
             desired: None,
             prior: Some(prior.clone()),
         });
@@ -222,9 +241,41 @@ pub fn plan(
     Plan { actions, unsupported, notes, desired, serial: state.serial, lineage: state.lineage.clone() }
 }
 
-/// Leaf-level differences between two attribute values. Objects are walked
-/// key by key and arrays of objects index by index; arrays of plain values
-/// (a command line) are compared whole.
+/// What a create shows: the written attributes, and the computed ones as
+/// `(known after apply)`.
+fn creation_changes(resource: &Resource, computed: &[&str]) -> Vec<Change> {
+    let mut changes = attribute_changes(&Value::Null, &resource.attributes, &[]);
+    for name in computed {
+        changes.push(Change { path: name.to_string(), known_after_apply: true, ..Change::default() });
+    }
+    changes.sort_by(|a, b| a.path.cmp(&b.path));
+    changes
+}
+
+/// The changes that take `prior` (running with `actual`) to `desired`; see
+/// the module's documentation.
+fn update_changes(prior: &ResourceState, actual: &Value, desired: &Resource, triggers: &[&str]) -> Vec<Change> {
+    let mut leaves = BTreeMap::new();
+    flatten("", &prior.resolved, &mut leaves);
+    let mut written_before = BTreeMap::new();
+    flatten("", &prior.attributes, &mut written_before);
+    let mut written_after = BTreeMap::new();
+    flatten("", &desired.attributes, &mut written_after);
+    let written = |leaves: &BTreeMap<String, Value>, path: &str| {
+        leaves.keys().any(|it| it == path || path.starts_with(&format!("{it}.")) || path.starts_with(&format!("{it}[")))
+    };
+    let mut changes = attribute_changes(actual, &desired.resolved, triggers);
+    changes.retain_mut(|change| {
+        let applied = leaves.get(&change.path);
+        change.changed_outside = applied != change.before.as_ref();
+        change.after_is_default = !written(&written_after, &change.path);
+        // A default neither side writes is no change, unless it moved outside lbctl.
+        change.changed_outside || !change.after_is_default || written(&written_before, &change.path)
+    });
+    changes
+}
+
+/// The leaf-by-leaf differences between two attribute objects.
 pub fn attribute_changes(before: &Value, after: &Value, triggers: &[&str]) -> Vec<Change> {
     let mut before_leaves = BTreeMap::new();
     let mut after_leaves = BTreeMap::new();
@@ -241,7 +292,13 @@ pub fn attribute_changes(before: &Value, after: &Value, triggers: &[&str]) -> Ve
         let forces_replacement = triggers.iter().any(|trigger| {
             path == trigger || path.starts_with(&format!("{trigger}.")) || path.starts_with(&format!("{trigger}["))
         });
-        changes.push(Change { path: path.clone(), before: old.cloned(), after: new.cloned(), forces_replacement });
+        changes.push(Change {
+            path: path.clone(),
+            before: old.cloned(),
+            after: new.cloned(),
+            forces_replacement,
+            ..Change::default()
+        });
     }
     changes
 }

@@ -5,8 +5,12 @@
 //! - a resource is created or updated after the resources it depends on;
 //! - a resource that depended on something being deleted is updated or
 //!   deleted before that deletion (dependents go first on the way down);
-//! - a load balancer is deleted before any load balancer is created, so a
-//!   port freed by one can be taken by another in the same apply.
+//! - a resource of a kind the provider's `Policy` names in
+//!   `delete_before_create` is deleted before any of that kind is created
+//!   (the local provider's load balancers: a port freed by one can be taken
+//!   by another in the same apply);
+//! - a replacement deletes then creates, or creates then deletes, as the
+//!   policy says.
 //!
 //! Each action runs on its own scoped thread; the calling thread alone
 //! schedules, records results and writes the state, so the state file has
@@ -21,7 +25,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 
 use crate::diff::{ActionKind, Plan, PlannedAction};
-use crate::provider::{Progress, Provider, Readiness};
+use crate::provider::{DependencyOutputs, Policy, Progress, Provider, Readiness, Replacement};
 use crate::resource::{Address, Kind};
 use crate::state::{ResourceState, State, StateStore};
 
@@ -67,7 +71,7 @@ impl Progress for ResourceProgress<'_> {
 }
 
 /// The order constraints between a plan's actions.
-pub fn action_graph(plan: &Plan) -> Result<DiGraph<usize, ()>> {
+pub fn action_graph(plan: &Plan, policy: &Policy) -> Result<DiGraph<usize, ()>> {
     let mut graph = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..plan.actions.len()).map(|idx| graph.add_node(idx)).collect();
     let index: BTreeMap<&Address, usize> =
@@ -93,11 +97,11 @@ pub fn action_graph(plan: &Plan) -> Result<DiGraph<usize, ()>> {
                 }
             }
         }
-        // Load balancer deletions free ports before load balancer creations.
-        if action.address.kind == Kind::LoadBalancer && action.kind == ActionKind::Delete {
+        // Deletions that free what a creation of the same kind may need.
+        if policy.delete_before_create.contains(&action.address.kind) && action.kind == ActionKind::Delete {
             for (other_idx, other) in plan.actions.iter().enumerate() {
                 let creates = matches!(other.kind, ActionKind::Create | ActionKind::Replace);
-                if other.address.kind == Kind::LoadBalancer && creates {
+                if other.address.kind == action.address.kind && creates {
                     graph.update_edge(nodes[idx], nodes[other_idx], ());
                 }
             }
@@ -113,6 +117,7 @@ pub fn action_graph(plan: &Plan) -> Result<DiGraph<usize, ()>> {
 fn run_action(
     provider: &dyn Provider,
     action: &PlannedAction,
+    dependencies: &DependencyOutputs,
     progress: &dyn Progress,
 ) -> Result<Option<ResourceState>> {
     let desired = || action.desired.as_ref().ok_or_else(|| anyhow!("{} has no desired settings", action.address));
@@ -123,19 +128,28 @@ fn run_action(
             // A resource re-created after drift is created over what is left
             // of it: the provider adopts what still lives (a supervisor's
             // instances) instead of the executor tearing it down first.
-            let private = provider.create(resource, progress)?;
-            Ok(Some(ResourceState::applied(resource, private)))
+            let applied = provider.create(resource, dependencies, progress)?;
+            Ok(Some(ResourceState::applied(resource, applied)))
         }
         ActionKind::Update => {
             let resource = desired()?;
-            let private = provider.update(prior()?, resource, progress)?;
-            Ok(Some(ResourceState::applied(resource, private)))
+            let applied = provider.update(prior()?, resource, dependencies, progress)?;
+            Ok(Some(ResourceState::applied(resource, applied)))
         }
         ActionKind::Replace => {
             let resource = desired()?;
-            provider.delete(prior()?, progress)?;
-            let private = provider.create(resource, progress)?;
-            Ok(Some(ResourceState::applied(resource, private)))
+            let applied = match provider.policy().replacement {
+                Replacement::DeleteThenCreate => {
+                    provider.delete(prior()?, progress)?;
+                    provider.create(resource, dependencies, progress)?
+                }
+                Replacement::CreateThenDelete => {
+                    let applied = provider.create(resource, dependencies, progress)?;
+                    provider.delete(prior()?, progress)?;
+                    applied
+                }
+            };
+            Ok(Some(ResourceState::applied(resource, applied)))
         }
         ActionKind::Delete => {
             provider.delete(prior()?, progress)?;
@@ -154,7 +168,8 @@ pub fn apply(
     observer: &dyn Observer,
     options: &Options,
 ) -> Result<()> {
-    let graph = action_graph(plan)?;
+    let policy = provider.policy();
+    let graph = action_graph(plan, &policy)?;
     let mut waiting_on: Vec<usize> =
         graph.node_indices().map(|node| graph.neighbors_directed(node, Direction::Incoming).count()).collect();
     let mut failures: Vec<String> = Vec::new();
@@ -174,11 +189,19 @@ pub fn apply(
                     running += 1;
                     let action = &plan.actions[idx];
                     observer.event(Event::Started(action.address.clone(), action.kind));
+                    // What its dependencies produced, as they stand now (they
+                    // finished before it started).
+                    let dependencies: DependencyOutputs = action
+                        .desired
+                        .iter()
+                        .flat_map(|it| it.dependencies.iter())
+                        .filter_map(|it| Some((it.clone(), state.get(it)?.computed.clone())))
+                        .collect();
                     let done_tx = done_tx.clone();
                     scope.spawn(move || {
                         let began = Instant::now();
                         let progress = ResourceProgress { address: &action.address, observer };
-                        let result = run_action(provider, action, &progress);
+                        let result = run_action(provider, action, &dependencies, &progress);
                         let _ = done_tx.send((idx, result, began.elapsed()));
                     });
                 }
@@ -276,6 +299,7 @@ fn wait_ready(
 ) -> Result<()> {
     let began = Instant::now();
     let deadline = began + options.ready_timeout;
+    let poll_interval = provider.policy().poll_interval;
     let mut pending = waits_for(plan, state);
     let mut last_reason: BTreeMap<&Address, String> = BTreeMap::new();
     loop {
@@ -309,6 +333,6 @@ fn wait_ready(
             );
         }
         pending = still;
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(poll_interval);
     }
 }

@@ -21,8 +21,11 @@ pub mod resource;
 pub mod state;
 
 pub use diff::{plan, refresh, ActionKind, Change, Plan, PlannedAction};
-pub use provider::{Finding, LiveStatus, Observed, Progress, Provider, Readiness, Severity};
-pub use resource::{desired_resources, dns_name, Address, Kind, Resource};
+pub use provider::{
+    Applied, Computed, DependencyOutputs, Finding, LiveStatus, Observed, Policy, Progress, Provider, Readiness,
+    Replacement, Severity,
+};
+pub use resource::{desired_resources, Address, Kind, Resource};
 pub use state::{ResourceState, State, StateLock, StateStore};
 
 /// The resource graph of a spec as DOT, for `lbctl graph`.

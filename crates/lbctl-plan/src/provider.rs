@@ -1,26 +1,76 @@
 //! The provider trait: the only way the planner touches the world.
 //!
 //! **API boundary:** the planner and the CLI know resources only through
-//! `Provider`. A provider reads what actually exists, creates, updates and
-//! deletes, and says when a resource is ready. The local provider implements
-//! it with processes; tests implement it in memory.
+//! `Provider`. A provider reads what actually exists (as attributes, so
+//! drift is field by field), creates, updates and deletes (given what the
+//! resources it depends on produced), reports values only it learns
+//! (`computed`: DNS names, addresses, ARNs), says when a resource is ready,
+//! and sets the ordering policy. The local provider implements it with
+//! processes; tests implement it in memory. Nothing above this trait knows
+//! a process, a port file or an ARN.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::resource::{Kind, Resource};
+use crate::resource::{Address, Kind, Resource};
 use crate::state::{ResourceState, State};
+
+/// Values a provider learned about a resource when it made it (a DNS name,
+/// an allocated address, an ARN), by attribute name.
+pub type Computed = BTreeMap<String, Value>;
+
+/// What a create or update produced: the provider's own data, kept in the
+/// state and opaque to the planner, and the computed attributes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Provider data (process ids, file paths, ARNs).
+    pub private: Value,
+    /// Values only the provider knows (`Provider::computed` names them).
+    pub computed: Computed,
+}
+
+/// The computed attributes of the resources a resource depends on, by address.
+pub type DependencyOutputs = BTreeMap<Address, Computed>;
+
+/// How a resource is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacement {
+    /// Delete the old one, then create the new (what holds a port or a name
+    /// the new one needs).
+    DeleteThenCreate,
+    /// Create the new one, then delete the old (no gap in service).
+    CreateThenDelete,
+}
+
+/// How the executor orders and waits, as the provider wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// How replacements are ordered.
+    pub replacement: Replacement,
+    /// Kinds whose deletions run before any creation of the same kind (the
+    /// local provider's load balancers free ports another may take).
+    pub delete_before_create: Vec<Kind>,
+    /// How often readiness is polled.
+    pub poll_interval: Duration,
+}
 
 /// What refresh found for a resource recorded in the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
-    /// It exists and runs what the state says.
-    Present,
-    /// It exists but differs from the state: it needs an update.
+    /// It exists. `attributes` are its effective settings as observed, when
+    /// the provider can read them back; the planner compares them with the
+    /// state's, field by field (`~ port: 8080 -> 8081 (changed outside lbctl)`).
+    Present {
+        /// Observed effective settings (the state's `resolved` shape).
+        attributes: Option<Value>,
+    },
+    /// It exists but cannot be trusted as it is (a file others may write):
+    /// it needs an update, for the reason given.
     Drifted {
-        /// Why, e.g. `runtime config was edited outside lbctl`.
+        /// Why, e.g. `config.json is writable by group or others`.
         reason: String,
     },
     /// It is gone: it needs to be created again.
@@ -89,6 +139,18 @@ pub struct LiveStatus {
 /// Materializes resources. Implementations must be callable from several
 /// threads at once: the executor runs independent resources in parallel.
 pub trait Provider: Sync {
+    /// The provider's name, as a spec writes it (`local`, `aws`).
+    fn name(&self) -> &'static str;
+
+    /// How the executor orders replacements and deletions, and polls.
+    fn policy(&self) -> Policy;
+
+    /// Attributes of `resource` only the provider learns, at create:
+    /// `plan` shows them as `(known after apply)`. Default: none.
+    fn computed(&self, _resource: &Resource) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// Attribute paths of `kind` whose change forces replacement.
     fn replace_triggers(&self, kind: Kind) -> &'static [&'static str];
 
@@ -126,14 +188,21 @@ pub trait Provider: Sync {
     /// What exists now for a resource the state records.
     fn read(&self, prior: &ResourceState) -> Result<Observed>;
 
-    /// Creates the resource; returns provider data kept in the state. Also
-    /// called for a resource refresh found `Missing`, over whatever is left
-    /// of it: the provider adopts what still lives (instances of a killed
-    /// supervisor) or replaces it.
-    fn create(&self, resource: &Resource, progress: &dyn Progress) -> Result<Value>;
+    /// Creates the resource, given the computed attributes of what it
+    /// depends on. Also called for a resource refresh found `Missing`, over
+    /// whatever is left of it: the provider adopts what still lives
+    /// (instances of a killed supervisor) or replaces it.
+    fn create(&self, resource: &Resource, dependencies: &DependencyOutputs, progress: &dyn Progress)
+        -> Result<Applied>;
 
-    /// Updates the resource in place; returns new provider data.
-    fn update(&self, prior: &ResourceState, resource: &Resource, progress: &dyn Progress) -> Result<Value>;
+    /// Updates the resource in place.
+    fn update(
+        &self,
+        prior: &ResourceState,
+        resource: &Resource,
+        dependencies: &DependencyOutputs,
+        progress: &dyn Progress,
+    ) -> Result<Applied>;
 
     /// Deletes the resource (draining first); nothing of it may remain.
     fn delete(&self, prior: &ResourceState, progress: &dyn Progress) -> Result<()>;
@@ -146,4 +215,11 @@ pub trait Provider: Sync {
 
     /// Live status of a resource for `lbctl status`.
     fn status(&self, current: &ResourceState) -> Result<LiveStatus>;
+
+    /// After a whole stack is destroyed: release what outlives its resources
+    /// (the local provider's allocated addresses). Returns what was
+    /// released, in words. Default: nothing.
+    fn stack_destroyed(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }

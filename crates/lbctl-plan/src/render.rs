@@ -90,7 +90,20 @@ fn show(value: &Option<Value>) -> String {
 
 /// One attribute line; long values (commands, bodies) get a line diff.
 fn change_line(kind: ActionKind, change: &Change, style: Style) -> String {
-    let forces = if change.forces_replacement { " # forces replacement" } else { "" };
+    let mut forces = String::new();
+    if change.after_is_default && change.after.is_some() {
+        forces.push_str(" (default)");
+    }
+    if change.changed_outside {
+        forces.push_str(" (changed outside lbctl)");
+    }
+    if change.forces_replacement {
+        forces.push_str(" # forces replacement");
+    }
+    let forces = forces.as_str();
+    if change.known_after_apply {
+        return format!("      {} {} = (known after apply)\n", style.paint(kind, "+"), change.path);
+    }
     match kind {
         ActionKind::Create => format!("      {} {} = {}\n", style.paint(kind, "+"), change.path, show(&change.after)),
         ActionKind::Delete => format!("      {} {} = {}\n", style.paint(kind, "-"), change.path, show(&change.before)),
@@ -142,7 +155,8 @@ fn long_change(kind: ActionKind, change: &Change, before: &str, after: &str, for
 ///   "summary": { "add": 1, "change": 0, "destroy": 0 },
 ///   "resource_changes": [ { "address": "load_balancer.public", "action": "create",
 ///       "reason": "…", "changes": [ { "path": "…", "before": …, "after": …,
-///       "forces_replacement": false } ] } ],
+///       "forces_replacement": false, "after_is_default": false,
+///       "changed_outside": false, "known_after_apply": false } ] } ],
 ///   "unsupported": [ { "path": "…", "message": "…" } ], "notes": [ "…" ] }
 /// ```
 pub fn json(plan: &Plan) -> Value {
@@ -160,6 +174,9 @@ pub fn json(plan: &Plan) -> Value {
                         "before": it.before,
                         "after": it.after,
                         "forces_replacement": it.forces_replacement,
+                        "after_is_default": it.after_is_default,
+                        "changed_outside": it.changed_outside,
+                        "known_after_apply": it.known_after_apply,
                     })
                 })
                 .collect();

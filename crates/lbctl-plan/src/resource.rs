@@ -75,9 +75,13 @@ impl fmt::Display for Address {
 pub struct Resource {
     /// Its address.
     pub address: Address,
-    /// Its settings as a JSON object: the spec's fields, defaults filled in,
-    /// plus values derived from other resources (an ASG's ports).
+    /// What the spec writes for it, as a JSON object: omitted fields are
+    /// absent. Plans show these.
     pub attributes: Value,
+    /// Its effective settings: what is written, AWS's defaults in context,
+    /// and values derived from other resources (an ASG's ports). Providers
+    /// work from these, and changes are found on them.
+    pub resolved: Value,
     /// Resources that must exist before it.
     pub dependencies: Vec<Address>,
 }
@@ -89,22 +93,25 @@ pub fn desired_resources(spec: &Spec) -> Vec<Resource> {
         resources.push(Resource {
             address: Address::new(Kind::Function, name),
             attributes: attributes(function),
+            resolved: attributes(&function.resolve()),
             dependencies: Vec::new(),
         });
     }
     for (name, group) in &spec.target_groups {
+        let settings = group.resolve();
         let mut dependencies = Vec::new();
         for target in &group.targets {
-            if let (TargetType::Lambda, Some(function)) = (group.target_type, &target.function) {
+            if let (TargetType::Lambda, Some(function)) = (settings.target_type, &target.function) {
                 dependencies.push(Address::new(Kind::Function, function));
             }
-            if let (TargetType::Alb, Some(lb)) = (group.target_type, &target.load_balancer) {
+            if let (TargetType::Alb, Some(lb)) = (settings.target_type, &target.load_balancer) {
                 dependencies.push(Address::new(Kind::LoadBalancer, lb));
             }
         }
         resources.push(Resource {
             address: Address::new(Kind::TargetGroup, name),
             attributes: attributes(group),
+            resolved: attributes(&settings),
             dependencies,
         });
     }
@@ -114,14 +121,18 @@ pub fn desired_resources(spec: &Spec) -> Vec<Resource> {
             .into_iter()
             .map(|group| Address::new(Kind::TargetGroup, group))
             .collect();
-        let mut value = attributes(lb);
-        value["dns_name"] = json!(dns_name(&spec.name, name));
-        resources.push(Resource { address: Address::new(Kind::LoadBalancer, name), attributes: value, dependencies });
+        let mut resolved = attributes(lb);
+        resolved["idle_timeout"] = json!(lb.idle_timeout());
+        resources.push(Resource {
+            address: Address::new(Kind::LoadBalancer, name),
+            attributes: attributes(lb),
+            resolved,
+            dependencies,
+        });
     }
     for (name, group) in &spec.autoscaling_groups {
-        let mut value = attributes(group);
-        value["desired_capacity"] = json!(group.desired());
-        value["instance_port"] = json!(spec.instance_port(group));
+        let mut resolved = attributes(&group.resolve());
+        resolved["instance_port"] = json!(spec.instance_port(group));
         let ports: BTreeMap<&String, u16> = group
             .target_groups
             .iter()
@@ -130,21 +141,22 @@ pub fn desired_resources(spec: &Spec) -> Vec<Resource> {
                 (tg, port)
             })
             .collect();
-        value["target_group_ports"] = json!(ports);
+        resolved["target_group_ports"] = json!(ports);
         let dependencies = group.target_groups.iter().map(|tg| Address::new(Kind::TargetGroup, tg)).collect();
+        // Values derived from other resources are shown as written: a
+        // change of theirs is a change of the group's.
+        let mut written = attributes(group);
+        written["instance_port"] = resolved["instance_port"].clone();
+        written["target_group_ports"] = resolved["target_group_ports"].clone();
         resources.push(Resource {
             address: Address::new(Kind::AutoscalingGroup, name),
-            attributes: value,
+            attributes: written,
+            resolved,
             dependencies,
         });
     }
     resources.sort_by(|a, b| a.address.cmp(&b.address));
     resources
-}
-
-/// `<lb>.<stack>.elb.localhost`, which curl and browsers resolve to loopback.
-pub fn dns_name(stack: &str, load_balancer: &str) -> String {
-    format!("{load_balancer}.{stack}.elb.localhost")
 }
 
 /// A spec value as attributes.

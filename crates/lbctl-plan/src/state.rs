@@ -8,6 +8,13 @@
 //! first created; a saved plan records both and is refused once either moved.
 //! `.lbctl/lock` is held (`flock`) by the one apply or destroy running, and
 //! holds a line naming it.
+//!
+//! Format 2 keeps, per resource, what the spec wrote (`attributes`) apart
+//! from the effective settings (`resolved`) and the values only the provider
+//! learned (`computed`), and records the provider. A format 1 state (one
+//! set of attributes, defaults filled in) is read as format 2: its
+//! attributes become the resolved ones, what was written is unknown (so no
+//! default counts as a change), and its DNS names become computed values.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,7 +28,7 @@ use serde_json::Value;
 use crate::resource::{Address, Resource};
 
 /// The state file's format version.
-pub const STATE_FORMAT: u32 = 1;
+pub const STATE_FORMAT: u32 = 2;
 
 /// What lbctl has applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +42,10 @@ pub struct State {
     /// Stack name of the last apply.
     #[serde(default)]
     pub stack: String,
+    /// The provider that made the resources (`local` in format 1 states);
+    /// another provider never uses this state.
+    #[serde(default = "local")]
+    pub provider: String,
     /// Applied resources by address (`load_balancer.public`).
     #[serde(default)]
     pub resources: BTreeMap<String, ResourceState>,
@@ -43,13 +54,24 @@ pub struct State {
     pub outputs: BTreeMap<String, String>,
 }
 
+fn local() -> String {
+    "local".to_string()
+}
+
 /// One applied resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResourceState {
     /// Its address.
     pub address: Address,
-    /// The attributes it was applied with.
+    /// What the spec wrote for it when applied; `null` when not known (a
+    /// state migrated from format 1).
     pub attributes: Value,
+    /// The effective settings it was applied with.
+    #[serde(default)]
+    pub resolved: Value,
+    /// Values the provider learned when it made it (DNS name, address, ARN).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub computed: BTreeMap<String, Value>,
     /// What it depended on when applied (deletion order).
     #[serde(default)]
     pub dependencies: Vec<Address>,
@@ -64,14 +86,15 @@ pub struct ResourceState {
 }
 
 impl ResourceState {
-    /// The state of `resource` once applied with provider data `private`,
-    /// awaiting readiness.
-    pub fn applied(resource: &Resource, private: Value) -> ResourceState {
+    /// The state of `resource` once applied, awaiting readiness.
+    pub fn applied(resource: &Resource, applied: crate::provider::Applied) -> ResourceState {
         ResourceState {
             address: resource.address.clone(),
             attributes: resource.attributes.clone(),
+            resolved: resource.resolved.clone(),
+            computed: applied.computed,
             dependencies: resource.dependencies.clone(),
-            private,
+            private: applied.private,
             awaiting_ready: true,
         }
     }
@@ -85,6 +108,7 @@ impl State {
             lineage: new_lineage(),
             serial: 0,
             stack: String::new(),
+            provider: local(),
             resources: BTreeMap::new(),
             outputs: BTreeMap::new(),
         }
@@ -187,10 +211,13 @@ impl StateStore {
                 bail!("{} is corrupt ({err}){hint}", path.display());
             }
         };
-        if state.format != STATE_FORMAT {
-            bail!("{} has format {}; this lbctl reads format {STATE_FORMAT}", path.display(), state.format);
+        match state.format {
+            STATE_FORMAT => Ok(state),
+            1 => Ok(migrate_from_format_1(state)),
+            format => {
+                bail!("{} has format {format}; this lbctl reads formats 1 and {STATE_FORMAT}", path.display())
+            }
         }
-        Ok(state)
     }
 
     /// Writes `state` with the next serial: the old file becomes the backup,
@@ -204,6 +231,19 @@ impl StateStore {
         }
         lbctl_files::write_private(&path, &bytes)
     }
+}
+
+/// A format 1 state as format 2 (see the module's documentation).
+fn migrate_from_format_1(mut state: State) -> State {
+    state.format = STATE_FORMAT;
+    for resource in state.resources.values_mut() {
+        let mut resolved = std::mem::take(&mut resource.attributes);
+        if let Some(dns_name) = resolved.as_object_mut().and_then(|it| it.remove("dns_name")) {
+            resource.computed.insert("dns_name".to_string(), dns_name);
+        }
+        resource.resolved = resolved;
+    }
+    state
 }
 
 #[cfg(test)]

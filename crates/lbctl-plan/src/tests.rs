@@ -16,16 +16,36 @@ use crate::resource::{desired_resources, Kind, Resource};
 use crate::state::{ResourceState, State, StateStore};
 use crate::{plan, refresh, render};
 
-/// A provider that records calls and reports whatever `missing` says.
+/// A provider that records calls and reports whatever `missing` and
+/// `edited` say.
 #[derive(Default)]
 struct FakeProvider {
     calls: Mutex<Vec<String>>,
     missing: Mutex<Vec<String>>,
+    /// Attributes changed outside lbctl, by address: (path, value).
+    edited: Mutex<BTreeMap<String, (String, Value)>>,
     /// Leaves `desired_capacity` to run time, as under a scaling policy.
     ignore_desired: bool,
 }
 
 impl Provider for FakeProvider {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn policy(&self) -> Policy {
+        Policy {
+            replacement: Replacement::DeleteThenCreate,
+            delete_before_create: vec![Kind::LoadBalancer],
+            poll_interval: Duration::from_millis(1),
+        }
+    }
+    fn computed(&self, resource: &Resource) -> Vec<&'static str> {
+        if resource.address.kind == Kind::LoadBalancer {
+            vec!["dns_name"]
+        } else {
+            Vec::new()
+        }
+    }
     fn replace_triggers(&self, kind: Kind) -> &'static [&'static str] {
         match kind {
             Kind::TargetGroup => &["port"],
@@ -47,15 +67,29 @@ impl Provider for FakeProvider {
         if self.missing.lock().unwrap().contains(&name) {
             return Ok(Observed::Missing { reason: "process 42 is not running".to_string() });
         }
-        Ok(Observed::Present)
+        let mut attributes = prior.resolved.clone();
+        if let Some((path, value)) = self.edited.lock().unwrap().get(&name) {
+            attributes[path.as_str()] = value.clone();
+        }
+        Ok(Observed::Present { attributes: Some(attributes) })
     }
-    fn create(&self, resource: &Resource, _: &dyn Progress) -> Result<Value> {
+    fn create(&self, resource: &Resource, _: &DependencyOutputs, _: &dyn Progress) -> Result<Applied> {
         self.calls.lock().unwrap().push(format!("create {}", resource.address));
-        Ok(json!({"pid": 42}))
+        let mut computed = Computed::new();
+        if resource.address.kind == Kind::LoadBalancer {
+            computed.insert("dns_name".to_string(), json!(format!("{}.fake", resource.address.name)));
+        }
+        Ok(Applied { private: json!({"pid": 42}), computed })
     }
-    fn update(&self, _: &ResourceState, resource: &Resource, _: &dyn Progress) -> Result<Value> {
+    fn update(
+        &self,
+        _: &ResourceState,
+        resource: &Resource,
+        _: &DependencyOutputs,
+        _: &dyn Progress,
+    ) -> Result<Applied> {
         self.calls.lock().unwrap().push(format!("update {}", resource.address));
-        Ok(json!({"pid": 42}))
+        Ok(Applied { private: json!({"pid": 42}), computed: Computed::new() })
     }
     fn delete(&self, prior: &ResourceState, _: &dyn Progress) -> Result<()> {
         self.calls.lock().unwrap().push(format!("delete {}", prior.address));
@@ -124,57 +158,38 @@ fn create_then_scale_in_place_then_repair_drift() {
         SPEC,
         &state,
         expect![[r#"
-        lbctl will perform the following actions:
+            lbctl will perform the following actions:
 
-          # target_group.web will be created
-          # (not in the state)
-          + target_group "web" {
-              + algorithm = "round_robin"
-              + deregistration_delay = "5m"
-              + health_check.healthy_threshold = 5
-              + health_check.interval = "5s"
-              + health_check.matcher = "200"
-              + health_check.path = "/"
-              + health_check.port = "traffic-port"
-              + health_check.timeout = "2s"
-              + health_check.unhealthy_threshold = 2
-              + port = 8080
-              + protocol = "HTTP"
-              + protocol_version = "HTTP1"
-              + proxy_protocol_v2 = false
-              + slow_start = "0s"
-              + stickiness.duration = "1day"
-              + stickiness.enabled = false
-              + target_type = "instance"
-            }
+              # target_group.web will be created
+              # (not in the state)
+              + target_group "web" {
+                  + port = 8080
+                }
 
-          # load_balancer.public will be created
-          # (not in the state)
-          + load_balancer "public" {
-              + dns_name = "public.shop.elb.localhost"
-              + listeners[0].default_action.forward = "web"
-              + listeners[0].port = 8080
-              + listeners[0].protocol = "HTTP"
-              + type = "application"
-            }
+              # load_balancer.public will be created
+              # (not in the state)
+              + load_balancer "public" {
+                  + dns_name = (known after apply)
+                  + listeners[0].default_action.forward = "web"
+                  + listeners[0].port = 8080
+                  + listeners[0].protocol = "HTTP"
+                  + type = "application"
+                }
 
-          # autoscaling_group.web will be created
-          # (not in the state)
-          + autoscaling_group "web" {
-              + desired_capacity = 2
-              + health_check_grace_period = "5m"
-              + health_check_type = "EC2"
-              + instance_port = 8080
-              + launch_template.command = ["lbctl","worker"]
-              + max_size = 6
-              + min_size = 1
-              + target_group_ports.web = 8080
-              + target_groups = ["web"]
-              + termination_policy = "default"
-            }
+              # autoscaling_group.web will be created
+              # (not in the state)
+              + autoscaling_group "web" {
+                  + desired_capacity = 2
+                  + instance_port = 8080
+                  + launch_template.command = ["lbctl","worker"]
+                  + max_size = 6
+                  + min_size = 1
+                  + target_group_ports.web = 8080
+                  + target_groups = ["web"]
+                }
 
-        Plan: 3 to add, 0 to change, 0 to destroy.
-    "#]],
+            Plan: 3 to add, 0 to change, 0 to destroy.
+        "#]],
     );
     apply(&provider, &first, &store, &mut state);
     let calls = provider.calls.lock().unwrap().clone();
@@ -206,20 +221,20 @@ fn create_then_scale_in_place_then_repair_drift() {
         &scaled,
         &state,
         expect![[r#"
-        lbctl will perform the following actions:
+            lbctl will perform the following actions:
 
-          # load_balancer.public will be created
-          # (process 42 is not running; it will be created again)
-          + load_balancer "public" {
-              + dns_name = "public.shop.elb.localhost"
-              + listeners[0].default_action.forward = "web"
-              + listeners[0].port = 8080
-              + listeners[0].protocol = "HTTP"
-              + type = "application"
-            }
+              # load_balancer.public will be created
+              # (process 42 is not running; it will be created again)
+              + load_balancer "public" {
+                  + dns_name = (known after apply)
+                  + listeners[0].default_action.forward = "web"
+                  + listeners[0].port = 8080
+                  + listeners[0].protocol = "HTTP"
+                  + type = "application"
+                }
 
-        Plan: 1 to add, 0 to change, 0 to destroy.
-    "#]],
+            Plan: 1 to add, 0 to change, 0 to destroy.
+        "#]],
     );
     provider.missing.lock().unwrap().clear();
     check_plan(
@@ -248,23 +263,23 @@ fn a_forcing_attribute_replaces_and_removed_resources_go_after_their_dependents(
         &moved,
         &state,
         expect![[r#"
-        lbctl will perform the following actions:
+            lbctl will perform the following actions:
 
-          # target_group.web must be replaced
-          # (`port` forces replacement)
-        -/+ target_group "web" {
-              ~ port: 8080 -> 9090 # forces replacement
-            }
+              # target_group.web must be replaced
+              # (`port` forces replacement)
+            -/+ target_group "web" {
+                  ~ port: 8080 -> 9090 # forces replacement
+                }
 
-          # autoscaling_group.web will be updated in-place
-          # (the spec changed)
-          ~ autoscaling_group "web" {
-              ~ instance_port: 8080 -> 9090
-              ~ target_group_ports.web: 8080 -> 9090
-            }
+              # autoscaling_group.web will be updated in-place
+              # (the spec changed)
+              ~ autoscaling_group "web" {
+                  ~ instance_port: 8080 -> 9090
+                  ~ target_group_ports.web: 8080 -> 9090
+                }
 
-        Plan: 1 to add, 1 to change, 1 to destroy.
-    "#]],
+            Plan: 1 to add, 1 to change, 1 to destroy.
+        "#]],
     );
     assert_eq!(replace.summary(), (1, 1, 1));
 
@@ -336,4 +351,100 @@ fn an_apply_waits_only_for_what_it_changed() {
     // Nothing changed, but an earlier apply never saw `other` ready.
     state.resources.get_mut("autoscaling_group.other").unwrap().awaiting_ready = true;
     assert_eq!(waits(&two_groups, &state), ["autoscaling_group.other"]);
+}
+
+#[test]
+fn drift_and_defaults_are_shown_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::new(dir.path());
+    let provider = FakeProvider::default();
+    let mut state = store.load().unwrap();
+    let observed = refresh(&provider, &state).unwrap();
+    apply(&provider, &plan(&provider, desired(SPEC), &state, &observed, Vec::new()), &store, &mut state);
+    assert_eq!(state.resources["load_balancer.public"].computed["dns_name"], "public.fake", "computed, recorded");
+
+    // A field changed outside lbctl.
+    provider.edited.lock().unwrap().insert("autoscaling_group.web".to_string(), ("max_size".to_string(), json!(9)));
+    check_plan(
+        &provider,
+        SPEC,
+        &state,
+        expect![[r#"
+            lbctl will perform the following actions:
+
+              # autoscaling_group.web will be updated in-place
+              # (changed outside lbctl)
+              ~ autoscaling_group "web" {
+                  ~ max_size: 9 -> 6 (changed outside lbctl)
+                }
+
+            Plan: 0 to add, 1 to change, 0 to destroy.
+        "#]],
+    );
+    provider.edited.lock().unwrap().clear();
+
+    // A written value removed: back to the default, and said so.
+    let with_interval = SPEC.replace("web: { port: 8080 }", "web: { port: 8080, health_check: { interval: 10s } }");
+    let observed = refresh(&provider, &state).unwrap();
+    apply(&provider, &plan(&provider, desired(&with_interval), &state, &observed, Vec::new()), &store, &mut state);
+    check_plan(
+        &provider,
+        SPEC,
+        &state,
+        expect![[r#"
+            lbctl will perform the following actions:
+
+              # target_group.web will be updated in-place
+              # (the spec changed)
+              ~ target_group "web" {
+                  ~ health_check.interval: "10s" -> "30s" (default)
+                }
+
+            Plan: 0 to add, 1 to change, 0 to destroy.
+        "#]],
+    );
+}
+
+/// A state written by the previous format (one set of attributes, the old
+/// release's defaults filled in) plans with no change for an unchanged spec,
+/// even where this release's defaults differ.
+#[test]
+fn a_format_1_state_plans_without_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = json!({
+        "format": 1, "lineage": "l", "serial": 3, "stack": "shop",
+        "resources": {
+            "target_group.web": { "address": { "kind": "target_group", "name": "web" }, "attributes": {
+                "protocol": "HTTP", "protocol_version": "HTTP1", "port": 8080, "target_type": "instance",
+                "health_check": { "port": "traffic-port", "path": "/", "interval": "5s", "timeout": "2s",
+                    "healthy_threshold": 5, "unhealthy_threshold": 2, "matcher": "200" },
+                "algorithm": "round_robin", "deregistration_delay": "5m", "slow_start": "0s",
+                "stickiness": { "enabled": false, "duration": "1day" }, "proxy_protocol_v2": false },
+                "dependencies": [], "private": { "path": "/x", "digest": "d" } },
+            "load_balancer.public": { "address": { "kind": "load_balancer", "name": "public" }, "attributes": {
+                "type": "application", "dns_name": "public.shop.elb.localhost",
+                "listeners": [ { "port": 8080, "protocol": "HTTP", "default_action": { "forward": "web" } } ] },
+                "dependencies": [ { "kind": "target_group", "name": "web" } ], "private": { "pid": 1 } },
+            "autoscaling_group.web": { "address": { "kind": "autoscaling_group", "name": "web" }, "attributes": {
+                "min_size": 1, "max_size": 6, "desired_capacity": 2, "health_check_type": "EC2",
+                "health_check_grace_period": "5m", "target_groups": ["web"],
+                "launch_template": { "command": ["lbctl", "worker"] }, "termination_policy": "default",
+                "instance_port": 8080, "target_group_ports": { "web": 8080 } },
+                "dependencies": [ { "kind": "target_group", "name": "web" } ], "private": { "pid": 2 } }
+        },
+        "outputs": {}
+    });
+    std::fs::write(dir.path().join("state.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let state = StateStore::new(dir.path()).load().unwrap();
+    assert_eq!((state.format, state.provider.as_str()), (2, "local"));
+    assert_eq!(state.resources["load_balancer.public"].computed["dns_name"], "public.shop.elb.localhost");
+    let provider = FakeProvider::default();
+    check_plan(
+        &provider,
+        SPEC,
+        &state,
+        expect![[r#"
+        No changes. The actual state matches the spec.
+    "#]],
+    );
 }

@@ -78,10 +78,26 @@ impl Layout {
     }
 }
 
+/// The format of the runtime files this release writes. Files of older
+/// releases lack the `format` field (format 1); readers take them on
+/// purpose (`TargetGroupConfig::upgraded`), and a process of an older
+/// release, which reports no format, is replaced rather than reconfigured.
+pub const RUNTIME_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
 /// What a proxy process serves; written by the provider, reloaded by the
 /// proxy whenever the file changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyConfig {
+    /// The runtime files' format it was written in.
+    #[serde(default = "format_1")]
+    pub format: u32,
+    /// Application or network (absent from format 1 files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<lbctl_spec::LoadBalancerType>,
     /// Stack name.
     pub stack: String,
     /// Load balancer name.
@@ -123,10 +139,32 @@ pub struct CertificateFiles {
 /// A target group's settings; written by the provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetGroupConfig {
+    /// The runtime files' format it was written in.
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// Target group name.
     pub name: String,
-    /// Settings as the spec gives them (health check, algorithm, delays).
-    pub settings: lbctl_spec::TargetGroup,
+    /// Effective settings (health check, algorithm, delays).
+    pub settings: lbctl_spec::settings::TargetGroup,
+}
+
+impl TargetGroupConfig {
+    /// The settings as this release reads them: format 1 files wrote a
+    /// `GRPC` group's AWS defaults as the HTTP ones (matcher `200`, path
+    /// `/`), meaning `12` and `/AWS.ALB/healthcheck`.
+    pub fn upgraded(mut self) -> TargetGroupConfig {
+        if self.format < 2 && self.settings.protocol_version == Some(lbctl_spec::ProtocolVersion::Grpc) {
+            let check = &mut self.settings.health_check;
+            if check.matcher.as_deref() == Some("200") {
+                check.matcher = Some("12".to_string());
+            }
+            if check.path.as_deref() == Some("/") {
+                check.path = Some(lbctl_spec::settings::GRPC_HEALTH_CHECK_PATH.to_string());
+            }
+        }
+        self.format = RUNTIME_FORMAT;
+        self
+    }
 }
 
 /// A Lambda-style function as the proxies run it; written by the provider
@@ -134,10 +172,13 @@ pub struct TargetGroupConfig {
 /// the next request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionConfig {
+    /// The runtime files' format it was written in.
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// Function name.
     pub name: String,
-    /// Settings as the spec gives them (command, timeout, env).
-    pub settings: lbctl_spec::Function,
+    /// Effective settings (command, timeout, env).
+    pub settings: lbctl_spec::settings::Function,
     /// The `lbctl` binary that a first word `lbctl` stands for.
     pub lbctl_exe: PathBuf,
     /// Working directory of the command (the spec's directory).
@@ -238,6 +279,9 @@ pub struct TargetHealth {
 /// every second.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyStatus {
+    /// The runtime files' format the proxy speaks (1: an older release's).
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// The proxy's process id.
     pub pid: u32,
     /// `config_digest` of the configuration file it serves.
@@ -262,12 +306,15 @@ pub struct ProxyStatus {
 /// reloaded by the supervisor whenever the file changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SupervisorConfig {
+    /// The runtime files' format it was written in.
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// Stack name.
     pub stack: String,
     /// Group name.
     pub name: String,
     /// Settings as the spec gives them.
-    pub settings: lbctl_spec::AutoscalingGroup,
+    pub settings: lbctl_spec::settings::AutoscalingGroup,
     /// Port every instance listens on.
     pub instance_port: u16,
     /// Traffic port per target group the instances register in.
@@ -321,6 +368,9 @@ pub struct InstanceRecord {
 /// What a supervisor reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstancesReport {
+    /// The runtime files' format the supervisor speaks (1: an older release's).
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// The supervisor's process id.
     pub pid: u32,
     /// `config_digest` of the configuration it runs.

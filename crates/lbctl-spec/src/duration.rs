@@ -15,6 +15,11 @@ impl Duration {
         Duration(std::time::Duration::from_secs(secs))
     }
 
+    /// A duration of whole milliseconds.
+    pub const fn from_millis(millis: u64) -> Self {
+        Duration(std::time::Duration::from_millis(millis))
+    }
+
     /// The std duration.
     pub fn get(self) -> std::time::Duration {
         self.0

@@ -16,6 +16,7 @@
 
 mod duration;
 mod model;
+pub mod settings;
 mod shape;
 mod source_map;
 mod validate;

@@ -1,8 +1,11 @@
-//! The version-1 spec types: exactly the YAML shape of PRODUCT.md.
+//! The version-1 spec types: exactly the YAML shape of PRODUCT.md, holding
+//! what the user wrote.
 //!
 //! Every struct denies unknown fields, so a typo is an error with a location,
-//! never a silently ignored setting. Defaults are the AWS defaults unless the
-//! field's doc says otherwise.
+//! never a silently ignored setting. A field the user may omit is an
+//! `Option`: omitted stays omitted here, and `settings` resolves the
+//! effective value (AWS's default in context), so that a plan can tell
+//! "omitted" from "written".
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,89 @@ pub struct Spec {
     /// Auto-scaling groups by name.
     #[serde(default)]
     pub autoscaling_groups: BTreeMap<String, AutoscalingGroup>,
+    /// Which provider makes the resources: `local` (default: processes on
+    /// this machine) or `aws`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderName>,
+    /// What only AWS needs (region, network); the local provider ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsStack>,
+}
+
+/// A provider's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderName {
+    /// Real processes on this machine.
+    Local,
+    /// Amazon Web Services.
+    Aws,
+}
+
+impl ProviderName {
+    /// The name as the spec writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderName::Local => "local",
+            ProviderName::Aws => "aws",
+        }
+    }
+}
+
+impl Spec {
+    /// The provider the spec names (`local` when it names none).
+    pub fn provider(&self) -> ProviderName {
+        self.provider.unwrap_or(ProviderName::Local)
+    }
+}
+
+/// The stack on AWS: where its resources go. Omitted, the provider uses the
+/// region of the standard AWS configuration and the default VPC's subnets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsStack {
+    /// Region (default: `AWS_REGION` or the profile's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// VPC of the load balancers and target groups (default: the default VPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    /// Subnets of the load balancers and instances (default: the VPC's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
+    /// Security groups of application load balancers and instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+}
+
+/// A launch template on AWS: the machine image and type its instances run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsLaunchTemplate {
+    /// AMI id (`ami-...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Instance type (default `t3.micro`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+}
+
+/// An HTTPS or TLS listener on AWS: a certificate already in ACM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsListener {
+    /// ACM certificate ARN, used instead of the listener's `certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_arn: Option<String>,
+}
+
+/// A function on AWS: a Lambda function already deployed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsFunction {
+    /// The Lambda function's ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_arn: Option<String>,
 }
 
 /// `application` (L7) or `network` (L4).
@@ -101,6 +187,9 @@ pub struct Listener {
     /// Rules, evaluated by ascending priority.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// What only AWS needs; the local provider ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsListener>,
 }
 
 /// A TLS certificate: generated, or from files.
@@ -256,12 +345,15 @@ pub struct WeightedTargetGroup {
     /// Target group name.
     pub target_group: String,
     /// Relative weight, 0 to 999 (default 1).
-    #[serde(default = "default_weight")]
-    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
-fn default_weight() -> u32 {
-    1
+impl WeightedTargetGroup {
+    /// The weight (1 when omitted).
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1)
+    }
 }
 
 /// A redirect action; omitted parts keep the request's.
@@ -284,12 +376,15 @@ pub struct Redirect {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// 301 or 302 (default 302).
-    #[serde(default = "default_redirect_status")]
-    pub status_code: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
 }
 
-fn default_redirect_status() -> u16 {
-    302
+impl Redirect {
+    /// The status code (302 when omitted).
+    pub fn status(&self) -> u16 {
+        self.status_code.unwrap_or(302)
+    }
 }
 
 /// A fixed response action.
@@ -358,60 +453,46 @@ pub enum Algorithm {
     WeightedRandom,
 }
 
-/// A target group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A target group. Omitted fields take AWS's defaults for the group's
+/// protocol, version and target type (`settings::TargetGroup`); a field
+/// that has no effect in the group's context is an error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetGroup {
-    /// Protocol to targets (default HTTP; not used by lambda groups).
-    #[serde(default = "default_target_protocol")]
-    pub protocol: TargetProtocol,
-    /// HTTP version to targets (default HTTP1).
-    #[serde(default = "default_protocol_version")]
-    pub protocol_version: ProtocolVersion,
-    /// Traffic port on each target (default 80; instances listen on it).
+    /// Protocol to targets (default HTTP; lambda groups have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<TargetProtocol>,
+    /// HTTP version to targets (HTTP and HTTPS groups; default HTTP1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<ProtocolVersion>,
+    /// Traffic port on each target (default 80; instances listen on it; lambda groups have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// What the targets are (default instance).
-    #[serde(default = "default_target_type")]
-    pub target_type: TargetType,
-    /// Health check settings.
-    #[serde(default)]
-    pub health_check: HealthCheck,
-    /// Selection algorithm (default round_robin).
-    #[serde(default = "default_algorithm")]
-    pub algorithm: Algorithm,
-    /// How long a deregistered target drains (default 300s, as AWS).
-    #[serde(default = "default_deregistration_delay")]
-    pub deregistration_delay: Duration,
-    /// Ramp-up period for new targets (default 0s: off).
-    #[serde(default)]
-    pub slow_start: Duration,
-    /// Load-balancer cookie stickiness.
-    #[serde(default)]
-    pub stickiness: Stickiness,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_type: Option<TargetType>,
+    /// Health check settings (defaults depend on the group: see the README's table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Selection algorithm (application load balancers' groups; default round_robin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+    /// How long a deregistered target drains at most (default 300s, as AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregistration_delay: Option<Duration>,
+    /// Ramp-up period for new targets (application load balancers' groups; default 0s: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<Duration>,
+    /// Load-balancer cookie stickiness (application load balancers' groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<Stickiness>,
     /// Registered targets: addresses (`ip`), functions (`lambda`), a load
     /// balancer (`alb`), or live instances by id (`instance`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
-    /// Send the PROXY v2 header to targets (network load balancers).
-    #[serde(default)]
-    pub proxy_protocol_v2: bool,
-}
-
-fn default_target_protocol() -> TargetProtocol {
-    TargetProtocol::Http
-}
-fn default_protocol_version() -> ProtocolVersion {
-    ProtocolVersion::Http1
-}
-fn default_target_type() -> TargetType {
-    TargetType::Instance
-}
-fn default_algorithm() -> Algorithm {
-    Algorithm::RoundRobin
-}
-fn default_deregistration_delay() -> Duration {
-    Duration::from_secs(300)
+    /// Send the PROXY v2 header to targets (TCP groups; default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol_v2: Option<bool>,
 }
 
 /// Health check protocol.
@@ -444,96 +525,53 @@ pub enum TrafficPort {
     TrafficPort,
 }
 
-/// Health check settings (defaults: HTTP GET `/` every 5s, timeout 2s,
-/// 5 successes to become healthy, 2 failures to become unhealthy, matcher `200`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Health check settings; every field is optional, its default depends on
+/// the target group (see `settings`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// Protocol (default: the group's protocol: HTTP, HTTPS or TCP).
+    /// Whether targets are checked (lambda groups only; default false there, always on elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Protocol (default: HTTP or HTTPS as the group; TCP for TCP and UDP groups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<HealthCheckProtocol>,
     /// Port (default `traffic-port`).
-    #[serde(default = "default_health_port")]
-    pub port: HealthCheckPort,
-    /// Path for HTTP(S) checks; for `GRPC` groups, the gRPC method to call
-    /// (`/` stands for AWS's default, `/AWS.ALB/healthcheck`).
-    #[serde(default = "default_health_path")]
-    pub path: String,
-    /// Time between checks.
-    #[serde(default = "default_health_interval")]
-    pub interval: Duration,
-    /// Time to wait for an answer.
-    #[serde(default = "default_health_timeout")]
-    pub timeout: Duration,
-    /// Consecutive successes to become healthy.
-    #[serde(default = "default_healthy_threshold")]
-    pub healthy_threshold: u32,
-    /// Consecutive failures to become unhealthy.
-    #[serde(default = "default_unhealthy_threshold")]
-    pub unhealthy_threshold: u32,
-    /// Status codes counted as success: `200`, `200,202`, `200-299`; for
-    /// `GRPC` groups, gRPC status codes 0-99 (`200` stands for AWS's default, `12`).
-    #[serde(default = "default_matcher")]
-    pub matcher: String,
-}
-
-impl Default for HealthCheck {
-    fn default() -> Self {
-        HealthCheck {
-            protocol: None,
-            port: default_health_port(),
-            path: default_health_path(),
-            interval: default_health_interval(),
-            timeout: default_health_timeout(),
-            healthy_threshold: default_healthy_threshold(),
-            unhealthy_threshold: default_unhealthy_threshold(),
-            matcher: default_matcher(),
-        }
-    }
-}
-
-fn default_health_port() -> HealthCheckPort {
-    HealthCheckPort::Named(TrafficPort::TrafficPort)
-}
-fn default_health_path() -> String {
-    "/".to_string()
-}
-fn default_health_interval() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_health_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_healthy_threshold() -> u32 {
-    5
-}
-fn default_unhealthy_threshold() -> u32 {
-    2
-}
-fn default_matcher() -> String {
-    "200".to_string()
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<HealthCheckPort>,
+    /// Path of HTTP(S) checks (default `/`); for `GRPC` groups, the gRPC
+    /// method to call (default `/AWS.ALB/healthcheck`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between checks (default 30s; lambda 35s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Time to wait for an answer (default 6s for HTTP, 10s for HTTPS and TCP, 30s for lambda).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Consecutive successes to become healthy (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures to become unhealthy (default 2; lambda 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Codes counted as success: `200`, `200,202`, `200-299` (default `200`;
+    /// `200-399` for network load balancers' groups); for `GRPC` groups,
+    /// gRPC status codes 0-99 (default `12`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matcher: Option<String>,
 }
 
 /// Load-balancer cookie stickiness.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stickiness {
     /// On or off (default off).
-    #[serde(default)]
-    pub enabled: bool,
-    /// Cookie lifetime (default 1d).
-    #[serde(default = "default_stickiness_duration")]
-    pub duration: Duration,
-}
-
-impl Default for Stickiness {
-    fn default() -> Self {
-        Stickiness { enabled: false, duration: default_stickiness_duration() }
-    }
-}
-
-fn default_stickiness_duration() -> Duration {
-    Duration::from_secs(86_400)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Cookie lifetime (default 1d; only with stickiness on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
 }
 
 /// A registered target: exactly one of `id` (`instance` groups), `ip`,
@@ -566,15 +604,14 @@ pub struct Function {
     /// Command and arguments; reads the event JSON on stdin.
     pub command: Vec<String>,
     /// Time limit per invocation (default 3s).
-    #[serde(default = "default_function_timeout")]
-    pub timeout: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
     /// Extra environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-}
-
-fn default_function_timeout() -> Duration {
-    Duration::from_secs(3)
+    /// What only AWS needs; the local provider ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsFunction>,
 }
 
 /// `EC2` (process alive) or `ELB` (load balancer target health too).
@@ -612,19 +649,19 @@ pub struct AutoscalingGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_capacity: Option<u32>,
     /// `EC2` (default) or `ELB`.
-    #[serde(default = "default_health_check_type")]
-    pub health_check_type: HealthCheckType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_type: Option<HealthCheckType>,
     /// Time after launch during which health failures are ignored (default 300s as AWS).
-    #[serde(default = "default_grace_period")]
-    pub health_check_grace_period: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_grace_period: Option<Duration>,
     /// Target groups every instance is registered in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target_groups: Vec<String>,
     /// How instances are started.
     pub launch_template: LaunchTemplate,
     /// Scale-in order (default `default`).
-    #[serde(default = "default_termination_policy")]
-    pub termination_policy: TerminationPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_policy: Option<TerminationPolicy>,
     /// Rolling replacement settings for launch template changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_refresh: Option<InstanceRefresh>,
@@ -645,16 +682,6 @@ impl AutoscalingGroup {
     }
 }
 
-fn default_health_check_type() -> HealthCheckType {
-    HealthCheckType::Ec2
-}
-fn default_grace_period() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_termination_policy() -> TerminationPolicy {
-    TerminationPolicy::Default
-}
-
 /// How an instance is started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -668,6 +695,9 @@ pub struct LaunchTemplate {
     /// Port instances listen on (default: the first target group's port, else 8080).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// What only AWS needs; the local provider ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsLaunchTemplate>,
 }
 
 /// Instance refresh settings.
@@ -675,15 +705,11 @@ pub struct LaunchTemplate {
 #[serde(deny_unknown_fields)]
 pub struct InstanceRefresh {
     /// Percentage of desired capacity that stays healthy (default 90).
-    #[serde(default = "default_min_healthy")]
-    pub min_healthy_percentage: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy_percentage: Option<u32>,
     /// Time a new instance gets before it counts (default 0s).
-    #[serde(default)]
-    pub warmup: Duration,
-}
-
-fn default_min_healthy() -> u32 {
-    90
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Duration>,
 }
 
 /// Scaling policies.
@@ -703,12 +729,8 @@ pub struct TargetTracking {
     /// The value to hold it at.
     pub target_value: f64,
     /// Time between scaling actions (default 300s).
-    #[serde(default = "default_cooldown")]
-    pub cooldown: Duration,
-}
-
-fn default_cooldown() -> Duration {
-    Duration::from_secs(300)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Duration>,
 }
 
 /// Metrics a target tracking policy can follow.

@@ -60,14 +60,12 @@ pub fn parse_grpc_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
     parse_codes(text, 0..=99, "a gRPC status code (0-99)")
 }
 
-/// The status ranges a target group's health check counts as success. For
-/// `GRPC` groups these are gRPC status codes, and the HTTP default `200`
-/// stands for AWS's gRPC default, `12` (unimplemented: the service answers,
-/// it just has no such method, as with AWS's default path).
-pub fn health_check_matcher(group: &TargetGroup) -> Result<Vec<(u16, u16)>, String> {
-    let matcher = group.health_check.matcher.as_str();
-    match group.protocol_version {
-        ProtocolVersion::Grpc if matcher == "200" => Ok(vec![(12, 12)]),
+/// The status ranges a target group's health check counts as success:
+/// HTTP status codes, or gRPC status codes for `GRPC` groups; none for a
+/// TCP check.
+pub fn health_check_matcher(group: &crate::settings::TargetGroup) -> Result<Vec<(u16, u16)>, String> {
+    let Some(matcher) = group.health_check.matcher.as_deref() else { return Ok(Vec::new()) };
+    match group.version() {
         ProtocolVersion::Grpc => parse_grpc_matcher(matcher),
         ProtocolVersion::Http1 | ProtocolVersion::Http2 => parse_matcher(matcher),
     }
@@ -299,13 +297,13 @@ impl Checker<'_> {
                 if list.is_empty() || list.len() > 5 {
                     self.error(&format!("{path}.forward"), "a weighted forward takes 1 to 5 target groups");
                 }
-                if !list.is_empty() && list.iter().all(|it| it.weight == 0) {
+                if !list.is_empty() && list.iter().all(|it| it.weight() == 0) {
                     self.error(&format!("{path}.forward"), "at least one weight must be above 0");
                 }
                 let mut seen = BTreeSet::new();
                 for (idx, item) in list.iter().enumerate() {
                     let item_path = format!("{path}.forward[{idx}]");
-                    if item.weight > 999 {
+                    if item.weight() > 999 {
                         self.error(&format!("{item_path}.weight"), "weight must be between 0 and 999");
                     }
                     if !seen.insert(item.target_group.as_str()) {
@@ -319,7 +317,7 @@ impl Checker<'_> {
                 if !application {
                     self.error(path, "network load balancers only forward");
                 }
-                if ![301, 302].contains(&redirect.status_code) {
+                if ![301, 302].contains(&redirect.status()) {
                     self.error(&format!("{path}.redirect.status_code"), "redirect status_code must be 301 or 302");
                 }
                 if let Some(protocol) = &redirect.protocol {
@@ -345,6 +343,7 @@ impl Checker<'_> {
             self.error(path, undefined("target group", group_name, self.file.spec.target_groups.keys()));
             return;
         };
+        let group = group.resolve();
         let l7 = matches!(group.protocol, TargetProtocol::Http | TargetProtocol::Https)
             || group.target_type == TargetType::Lambda;
         if application && group.target_type == TargetType::Alb {
@@ -370,16 +369,18 @@ impl Checker<'_> {
     fn target_groups(&mut self) {
         let file = self.file;
         let spec = &file.spec;
-        for (name, group) in &spec.target_groups {
+        for (name, written) in &spec.target_groups {
             let base = format!("target_groups.{name}");
+            self.no_effect(&base, written);
+            let group = written.resolve();
             if group.port == Some(0) {
                 self.error(&format!("{base}.port"), "port must be between 1 and 65535");
             }
             let health = &group.health_check;
-            if let Err(message) = health_check_matcher(group) {
+            if let Err(message) = health_check_matcher(&group) {
                 self.error(&format!("{base}.health_check.matcher"), message);
             }
-            if !health.path.starts_with('/') {
+            if health.path.as_deref().is_some_and(|it| !it.starts_with('/')) {
                 self.error(&format!("{base}.health_check.path"), "path must start with `/`");
             }
             if health.timeout.get() > health.interval.get() {
@@ -409,11 +410,68 @@ impl Checker<'_> {
             if group.deregistration_delay.get() > std::time::Duration::from_secs(3600) {
                 self.error(&format!("{base}.deregistration_delay"), "deregistration_delay must be at most 1h");
             }
-            self.targets(&base, group);
+            self.targets(&base, &group);
         }
     }
 
-    fn targets(&mut self, base: &str, group: &TargetGroup) {
+    /// Fields written where they have no effect: an error each, never a
+    /// silently ignored setting.
+    fn no_effect(&mut self, base: &str, group: &TargetGroup) {
+        let lambda = group.target_type == Some(TargetType::Lambda);
+        let network = group.is_network();
+        let resolved = group.resolve();
+        let tcp_check = resolved.health_check.protocol == Some(HealthCheckProtocol::Tcp);
+        let health = group.health_check.clone().unwrap_or_default();
+        let stickiness = group.stickiness.clone().unwrap_or_default();
+        let checks = [
+            (lambda && group.protocol.is_some(), "protocol", "lambda target groups have no protocol"),
+            (lambda && group.port.is_some(), "port", "lambda target groups have no port"),
+            (
+                (lambda || network) && group.protocol_version.is_some(),
+                "protocol_version",
+                "protocol_version applies to HTTP and HTTPS target groups only",
+            ),
+            (
+                network && group.algorithm.is_some(),
+                "algorithm",
+                "network load balancers pick targets by flow hash; algorithm applies to HTTP and HTTPS target groups",
+            ),
+            (
+                network && group.slow_start.is_some(),
+                "slow_start",
+                "slow_start applies to application load balancers' target groups only",
+            ),
+            (
+                network && group.stickiness.is_some(),
+                "stickiness",
+                "stickiness applies to application load balancers' target groups only",
+            ),
+            (
+                lambda && group.deregistration_delay.is_some(),
+                "deregistration_delay",
+                "lambda target groups do not drain",
+            ),
+            (
+                !lambda && health.enabled.is_some(),
+                "health_check.enabled",
+                "health checks are always on for instance, ip and alb target groups (as on AWS); enabled applies to lambda groups",
+            ),
+            (tcp_check && health.path.is_some(), "health_check.path", "a TCP health check has no path"),
+            (tcp_check && health.matcher.is_some(), "health_check.matcher", "a TCP health check has no matcher"),
+            (
+                stickiness.duration.is_some() && stickiness.enabled != Some(true),
+                "stickiness.duration",
+                "duration has no effect with stickiness off; set `enabled: true` or remove it",
+            ),
+        ];
+        for (broken, field, message) in checks {
+            if broken {
+                self.error(&format!("{base}.{field}"), message);
+            }
+        }
+    }
+
+    fn targets(&mut self, base: &str, group: &crate::settings::TargetGroup) {
         let spec = &self.file.spec;
         let mut found = Vec::new();
         for (idx, target) in group.targets.iter().enumerate() {
@@ -498,7 +556,7 @@ impl Checker<'_> {
             if function.command.is_empty() {
                 self.error(&format!("{base}.command"), "command must not be empty");
             }
-            if function.timeout.get().is_zero() {
+            if function.resolve().timeout.get().is_zero() {
                 self.error(&format!("{base}.timeout"), "timeout must be above 0s");
             }
         }
@@ -539,10 +597,10 @@ impl Checker<'_> {
                 let path = format!("{base}.target_groups[{idx}]");
                 match spec.target_groups.get(group_name) {
                     None => self.error(&path, undefined("target group", group_name, spec.target_groups.keys())),
-                    Some(target_group) if target_group.target_type != TargetType::Instance => {
+                    Some(target_group) if target_group.resolve().target_type != TargetType::Instance => {
                         let message = format!(
                             "target group `{group_name}` has target_type {}; autoscaling groups register in instance groups",
-                            wire_name(&target_group.target_type)
+                            wire_name(&target_group.resolve().target_type)
                         );
                         self.error(&path, message);
                     }
@@ -550,7 +608,7 @@ impl Checker<'_> {
                 }
             }
             if let Some(refresh) = &group.instance_refresh {
-                if refresh.min_healthy_percentage > 100 {
+                if refresh.min_healthy_percentage.unwrap_or(90) > 100 {
                     self.error(
                         &format!("{base}.instance_refresh.min_healthy_percentage"),
                         "min_healthy_percentage must be between 0 and 100",

@@ -686,6 +686,7 @@ impl Supervisor {
     /// Writes `instances.json` when it changed or a second has passed.
     fn write_report(&mut self, force: bool) {
         let report = InstancesReport {
+            format: runtime::RUNTIME_FORMAT,
             pid: std::process::id(),
             config_digest: self.config_digest.clone(),
             desired: self.desired_capacity(),

@@ -16,7 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use lbctl_spec::{ScalingMetric, TargetTracking};
+use lbctl_spec::settings::TargetTracking;
+use lbctl_spec::ScalingMetric;
 
 use super::Supervisor;
 use lbctl_runtime as runtime;

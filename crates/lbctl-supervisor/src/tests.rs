@@ -40,9 +40,10 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path().join("run"));
         let config = SupervisorConfig {
+            format: runtime::RUNTIME_FORMAT,
             stack: "test".to_string(),
             name: "web".to_string(),
-            settings: serde_json::from_value(settings).unwrap(),
+            settings: serde_json::from_value::<lbctl_spec::AutoscalingGroup>(settings).unwrap().resolve(),
             instance_port: 8080,
             target_group_ports: target_groups.iter().map(|it| (it.to_string(), 8080)).collect(),
             lbctl_exe: PathBuf::from("/nonexistent/lbctl"),
@@ -228,7 +229,7 @@ fn supervisor_keeps_desired_instances_replaces_dead_ones_and_scales_in() {
 
     // Scale in: one instance drained and terminated, the other untouched.
     let before: Vec<InstanceRecord> = live(&report).into_iter().cloned().collect();
-    harness.config.settings.desired_capacity = Some(1);
+    harness.config.settings.desired_capacity = 1;
     harness.write_config();
     let kept = harness.wait_for(
         "scale-in to 1",
@@ -399,7 +400,8 @@ fn elb_harness(check: &str) -> Harness {
 
 /// Target group `web` as the provider writes it.
 fn write_group(layout: &Layout, settings: serde_json::Value) {
-    let group = TargetGroupConfig { name: "web".to_string(), settings: serde_json::from_value(settings).unwrap() };
+    let settings = serde_json::from_value::<lbctl_spec::TargetGroup>(settings).unwrap().resolve();
+    let group = TargetGroupConfig { format: runtime::RUNTIME_FORMAT, name: "web".to_string(), settings };
     runtime::write_json(&layout.tg_dir("web").join("group.json"), &group).unwrap();
 }
 

@@ -51,7 +51,7 @@ pub fn compile(
             let mut total = 0u32;
             let mut groups = Vec::with_capacity(list.len());
             for item in list {
-                total = total.saturating_add(item.weight);
+                total = total.saturating_add(item.weight());
                 groups.push((resolve(&item.target_group), total));
             }
             Ok(Action::Weighted(Weighted { groups, total }))
@@ -203,7 +203,7 @@ pub struct RedirectTemplate {
 
 impl RedirectTemplate {
     fn compile(redirect: &lbctl_spec::Redirect) -> Result<RedirectTemplate, String> {
-        let status = match redirect.status_code {
+        let status = match redirect.status() {
             301 => StatusCode::MOVED_PERMANENTLY,
             302 => StatusCode::FOUND,
             other => return Err(format!("redirect: status_code {other} is not 301 or 302")),

@@ -98,8 +98,9 @@ fn parse(files: &[(PathBuf, FileRead)]) -> Result<Discovered, String> {
     let Some(((group_path, Ok(Some(group_bytes))), sources)) = files.split_first() else {
         return Ok(Discovered { config: None, targets: BTreeSet::new() });
     };
-    let config: TargetGroupConfig =
-        serde_json::from_slice(group_bytes).map_err(|err| format!("{}: {err}", group_path.display()))?;
+    let config = serde_json::from_slice::<TargetGroupConfig>(group_bytes)
+        .map_err(|err| format!("{}: {err}", group_path.display()))?
+        .upgraded();
     let mut targets = BTreeSet::new();
     for (path, bytes) in sources {
         // A file removed between listing and reading registers nothing.
@@ -135,8 +136,8 @@ mod tests {
         assert_eq!(ids(registry.poll()), Some(Ok(vec![])));
         assert_eq!(ids(registry.poll()), None, "nothing changed");
 
-        let settings: lbctl_spec::TargetGroup = serde_yaml::from_str("{ port: 8080 }").unwrap();
-        let config = TargetGroupConfig { name: "web".into(), settings };
+        let settings = serde_yaml::from_str::<lbctl_spec::TargetGroup>("{ port: 8080 }").unwrap().resolve();
+        let config = TargetGroupConfig { format: runtime::RUNTIME_FORMAT, name: "web".into(), settings };
         runtime::write_json(&layout.tg_dir("web").join("group.json"), &config).unwrap();
         assert_eq!(ids(registry.poll()), Some(Ok(vec!["a".into()])));
 

@@ -178,14 +178,16 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
     let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
     let replay = Replay::capture(&parts, &body);
     let deadline = Instant::now() + idle_timeout;
-    let sent = frontend.upstream.send(transport, &in_flight, Request::from_parts(parts, Either::Left(body)));
+    let sent = frontend.upstream.send(transport, in_flight.endpoint(), Request::from_parts(parts, Either::Left(body)));
     let mut answer = tokio::time::timeout_at(deadline, sent).await;
     // A target that died under the request: once more on another one (`retry`).
     if let Ok(Err(err)) = &answer {
         if let Some((other, request)) = retry::second_attempt(&group, &in_flight, err, replay) {
             in_flight = other;
             sticky_cookie = sticky_cookie.and_then(|_| group.sticky_cookie_for(&in_flight));
-            answer = tokio::time::timeout_at(deadline, frontend.upstream.send(transport, &in_flight, request)).await;
+            answer =
+                tokio::time::timeout_at(deadline, frontend.upstream.send(transport, in_flight.endpoint(), request))
+                    .await;
         }
     }
     let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };

@@ -86,12 +86,12 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
-    /// The health check of a target group. The protocol defaults to the
-    /// group's (HTTP, HTTPS, or TCP for TCP/UDP groups; HTTP for `alb` groups); HTTP(S) checks speak
-    /// the group's HTTP version, and `GRPC` groups get gRPC checks, with
-    /// AWS's defaults standing in for the HTTP ones (path `/` means
-    /// `/AWS.ALB/healthcheck`, matcher `200` means gRPC status `12`).
-    pub fn of(group: &lbctl_spec::TargetGroup) -> HealthCheck {
+    /// The health check of a target group's effective settings: HTTP(S)
+    /// checks speak the group's HTTP version, `GRPC` groups get gRPC checks
+    /// (the settings carry AWS's defaults for them). A check protocol
+    /// missing from a file of an older release is the group's (HTTP for
+    /// `alb` groups, TCP for TCP and UDP ones).
+    pub fn of(group: &lbctl_spec::settings::TargetGroup) -> HealthCheck {
         let settings = &group.health_check;
         let protocol = settings.protocol.unwrap_or(match group.protocol {
             // An ALB as a target is checked through its HTTP listener (AWS).
@@ -101,16 +101,17 @@ impl HealthCheck {
             TargetProtocol::Tcp | TargetProtocol::Udp => HealthCheckProtocol::Tcp,
         });
         // Validation rejects a bad matcher; should one get here, AWS's default applies.
-        let matcher = lbctl_spec::health_check_matcher(group).unwrap_or_else(|_| match group.protocol_version {
+        let matcher = lbctl_spec::health_check_matcher(group).unwrap_or_else(|_| match group.version() {
             ProtocolVersion::Grpc => vec![(12, 12)],
             ProtocolVersion::Http1 | ProtocolVersion::Http2 => vec![(200, 200)],
         });
-        let path = match settings.path.as_str() {
-            "/" if group.protocol_version == ProtocolVersion::Grpc => GRPC_DEFAULT_PATH.to_string(),
+        let matcher = if matcher.is_empty() { vec![(200, 399)] } else { matcher };
+        let default_path = if group.version() == ProtocolVersion::Grpc { GRPC_DEFAULT_PATH } else { "/" };
+        let path = match settings.path.as_deref().unwrap_or(default_path) {
             path if path.starts_with('/') => path.to_string(),
             path => format!("/{path}"),
         };
-        let probe = match (protocol, group.protocol_version) {
+        let probe = match (protocol, group.version()) {
             (HealthCheckProtocol::Tcp, _) => Probe::Tcp,
             (_, ProtocolVersion::Http1) => Probe::Http { path, matcher },
             (_, ProtocolVersion::Http2) => Probe::Http2 { path, matcher },
@@ -143,7 +144,7 @@ fn local_proxy_header() -> Vec<u8> {
 
 /// AWS's default gRPC health check method: one no service has, so a live
 /// gRPC server answers `12` (unimplemented), AWS's default matcher.
-pub const GRPC_DEFAULT_PATH: &str = "/AWS.ALB/healthcheck";
+pub const GRPC_DEFAULT_PATH: &str = lbctl_spec::settings::GRPC_HEALTH_CHECK_PATH;
 
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -514,7 +515,7 @@ mod tests {
     #[test]
     fn settings_from_the_spec() {
         fn check(yaml: &str, expect: (&str, Option<u16>, Vec<(u16, u16)>)) {
-            let group: lbctl_spec::TargetGroup = serde_yaml::from_str(yaml).unwrap();
+            let group = serde_yaml::from_str::<lbctl_spec::TargetGroup>(yaml).unwrap().resolve();
             let check = HealthCheck::of(&group);
             let scheme = if check.tls { "HTTPS" } else { "HTTP" };
             let (kind, matcher) = match check.probe {
@@ -533,7 +534,7 @@ mod tests {
         check("{ protocol: TCP }", ("TCP", None, vec![]));
         check(
             "{ protocol: TCP, health_check: { protocol: HTTP, port: 9000 } }",
-            ("HTTP/1.1 GET /", Some(9000), vec![(200, 200)]),
+            ("HTTP/1.1 GET /", Some(9000), vec![(200, 399)]),
         );
         check("{ protocol: HTTPS }", ("HTTPS/1.1 GET /", None, vec![(200, 200)]));
         check("{ protocol: HTTPS, health_check: { protocol: HTTP } }", ("HTTP/1.1 GET /", None, vec![(200, 200)]));

@@ -453,11 +453,13 @@ mod tests {
     /// A function in `dir` running `script` with `sh -c`.
     fn function(dir: &std::path::Path, script: &str, timeout: &str) -> Function {
         let file = dir.join("fn/f/function.json");
-        let settings: lbctl_spec::Function = serde_yaml::from_str(&format!(
+        let settings = serde_yaml::from_str::<lbctl_spec::Function>(&format!(
             "{{ command: [sh, -c, {script:?}], timeout: {timeout}, env: {{ WHO: env }} }}"
         ))
-        .unwrap();
+        .unwrap()
+        .resolve();
         let config = FunctionConfig {
+            format: runtime::RUNTIME_FORMAT,
             name: "f".into(),
             settings,
             lbctl_exe: PathBuf::from("/nonexistent/lbctl"),

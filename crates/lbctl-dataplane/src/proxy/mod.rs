@@ -343,7 +343,8 @@ impl Proxy {
         for name in wanted {
             self.groups.entry(name).or_insert_with_key(|name| {
                 let group = TargetGroup::new(name);
-                let manager = target_group::manage(group.clone(), config.layout.clone(), self.board.clone());
+                let board = self.board.clone();
+                let manager = target_group::manage(group.clone(), config.layout.clone(), move || board.touch());
                 GroupHandle { group, _manager: AbortOnDrop(tokio::spawn(manager)) }
             });
         }
@@ -703,10 +704,10 @@ mod tests {
     fn write_group(layout: &Layout, targets: &[RegisteredTarget]) {
         let yaml = "{ port: 8080, health_check: { path: /health, interval: 100ms, timeout: 500ms, \
                     healthy_threshold: 2, unhealthy_threshold: 2 }, deregistration_delay: 300ms }";
-        let settings = serde_yaml::from_str(yaml).unwrap();
+        let settings = serde_yaml::from_str::<lbctl_spec::TargetGroup>(yaml).unwrap().resolve();
         runtime::write_json(
             &layout.tg_dir("web").join("group.json"),
-            &TargetGroupConfig { name: "web".into(), settings },
+            &TargetGroupConfig { format: runtime::RUNTIME_FORMAT, name: "web".into(), settings },
         )
         .unwrap();
         runtime::write_json(&layout.registration_file("web", "static"), &Registrations { targets: targets.to_vec() })
@@ -715,6 +716,8 @@ mod tests {
 
     fn proxy_config(layout: &Layout, listeners: &str) -> ProxyConfig {
         ProxyConfig {
+            format: runtime::RUNTIME_FORMAT,
+            kind: Some(lbctl_spec::LoadBalancerType::Application),
             stack: "shop".into(),
             name: "public".into(),
             dns_name: "public.shop.elb.localhost".into(),

@@ -208,7 +208,7 @@ mod tests {
             let backend = Backend::new("t", std::net::Ipv4Addr::LOCALHOST, addr.port());
             let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
             let upstream = super::super::upstream::Upstream::new();
-            let err = upstream.send(Default::default(), &backend, request).await.unwrap_err();
+            let err = upstream.send(Default::default(), backend.endpoint(), request).await.unwrap_err();
             Failure::of(&err)
         })
     }
@@ -246,7 +246,7 @@ mod tests {
             let mut outcomes = std::collections::BTreeMap::new();
             for _ in 0..200 {
                 let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
-                let outcome = match upstream.send(Default::default(), &backend, request).await {
+                let outcome = match upstream.send(Default::default(), backend.endpoint(), request).await {
                     Ok(exchange) => {
                         exchange.response.into_body().collect().await.unwrap();
                         // Back to the pool, as the request path does after the body.

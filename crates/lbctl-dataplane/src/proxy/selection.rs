@@ -134,6 +134,16 @@ impl Backend {
         self.retired.cancelled()
     }
 
+    /// What a request needs of it (`upstream::Upstream::send`).
+    pub fn endpoint(&self) -> super::upstream::Endpoint<'_> {
+        super::upstream::Endpoint {
+            address: std::net::SocketAddr::from((self.ip, self.port)),
+            authority: &self.authority,
+            h1: &self.h1,
+            h2: &self.h2,
+        }
+    }
+
     /// Requests forwarded to it so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
@@ -206,9 +216,9 @@ pub struct Routing {
 
 impl Routing {
     /// The routing settings of a target group.
-    pub fn of(group: &lbctl_spec::TargetGroup) -> Routing {
+    pub fn of(group: &lbctl_spec::settings::TargetGroup) -> Routing {
         Routing {
-            algorithm: group.algorithm,
+            algorithm: group.algorithm(),
             slow_start: group.slow_start.get(),
             stickiness: group.stickiness.enabled.then(|| group.stickiness.duration.get()),
         }

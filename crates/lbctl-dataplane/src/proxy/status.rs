@@ -67,6 +67,7 @@ impl StatusBoard {
     pub fn snapshot(&self) -> ProxyStatus {
         let report = self.report.lock().unwrap_or_else(|it| it.into_inner());
         ProxyStatus {
+            format: runtime::RUNTIME_FORMAT,
             pid: std::process::id(),
             config_digest: report.config_digest.clone(),
             listening: report.listening.clone(),

@@ -35,7 +35,6 @@ use super::discovery::{Discovered, Registry};
 use super::health_check::{self, Change, HealthCheck, Outcome, Tracker};
 use super::lambda::Function;
 use super::selection::{Backend, Balancer, Candidates, Routing};
-use super::status::StatusBoard;
 use super::upstream::{Transport, TransportCell};
 use super::AbortOnDrop;
 use crate::runtime::{HealthState, Layout, RegisteredTarget, TargetHealth};
@@ -162,8 +161,9 @@ impl TargetGroup {
 }
 
 /// Runs the group until the task is aborted: polls the registry, checks
-/// targets, and publishes changes (touching `board` so the status follows).
-pub async fn manage(group: Arc<TargetGroup>, layout: Layout, board: Arc<StatusBoard>) {
+/// targets, and publishes changes (calling `on_change`, so that the status
+/// follows).
+pub async fn manage(group: Arc<TargetGroup>, layout: Layout, on_change: impl Fn()) {
     let mut registry = Registry::new(&layout, &group.name);
     let mut table = Table::new(&group.name, layout);
     let (results_tx, mut results) = unbounded_channel::<CheckResult>();
@@ -204,7 +204,7 @@ pub async fn manage(group: Arc<TargetGroup>, layout: Layout, board: Arc<StatusBo
         table.start_checkers(&results_tx);
         if changed {
             table.publish(&group);
-            board.touch();
+            on_change();
         }
     }
 }
@@ -585,9 +585,9 @@ mod tests {
         let yaml = format!(
             "{{ {extra}health_check: {{ healthy_threshold: 2, unhealthy_threshold: 2 }}, deregistration_delay: 2s }}"
         );
-        let settings: lbctl_spec::TargetGroup = serde_yaml::from_str(&yaml).unwrap();
+        let settings = serde_yaml::from_str::<lbctl_spec::TargetGroup>(&yaml).unwrap().resolve();
         Discovered {
-            config: Some(TargetGroupConfig { name: "web".into(), settings }),
+            config: Some(TargetGroupConfig { format: crate::runtime::RUNTIME_FORMAT, name: "web".into(), settings }),
             targets: ids.iter().map(|it| target(it)).collect::<BTreeSet<_>>(),
         }
     }

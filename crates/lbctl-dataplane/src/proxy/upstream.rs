@@ -37,7 +37,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::selection::Backend;
 use crate::tls::{self, ClientAlpn};
 
 /// How long connecting to a target may take (AWS: 10 seconds).
@@ -65,11 +64,11 @@ pub struct Transport {
 
 impl Transport {
     /// The transport of a target group's settings.
-    pub fn of(group: &lbctl_spec::TargetGroup) -> Transport {
+    pub fn of(group: &lbctl_spec::settings::TargetGroup) -> Transport {
         use lbctl_spec::{ProtocolVersion, TargetProtocol};
         Transport {
             tls: group.protocol == TargetProtocol::Https,
-            http2: matches!(group.protocol_version, ProtocolVersion::Http2 | ProtocolVersion::Grpc),
+            http2: matches!(group.version(), ProtocolVersion::Http2 | ProtocolVersion::Grpc),
             proxy_protocol: group.proxy_protocol_v2,
         }
     }
@@ -163,18 +162,18 @@ impl Upstream {
         Upstream { http1_tls: pooled_client(tls) }
     }
 
-    /// Sends `request` to `backend` over `transport` and returns the
+    /// Sends `request` to `target` over `transport` and returns the
     /// response head (its body streams on). The request's URI is absolute
     /// (`http://<target ip:port>/path`) and its version HTTP/1.1, as the
     /// request path prepares it; HTTP/2 transports rewrite both.
     pub async fn send(
         &self,
         transport: Transport,
-        backend: &Backend,
+        target: Endpoint<'_>,
         request: Request<UpstreamBody>,
     ) -> Result<Exchange, UpstreamError> {
         match transport {
-            Transport { http2: false, tls: false, .. } => backend.h1.send(backend, request).await,
+            Transport { http2: false, tls: false, .. } => target.h1.send(target, request).await,
             Transport { http2: false, tls: true, .. } => {
                 let response = self.http1_tls.request(request).await.map_err(UpstreamError::from_client)?;
                 Ok(Exchange { response, connection: None })
@@ -182,12 +181,25 @@ impl Upstream {
             Transport { http2: true, tls, .. } => {
                 // Boxed: the HTTP/2 path's state (connecting, TLS, handshake)
                 // would otherwise enlarge every request's future.
-                let addr = SocketAddr::from((backend.ip, backend.port));
-                let response = Box::pin(backend.h2.send(addr, tls, into_http2(request, tls))).await?;
+                let response = Box::pin(target.h2.send(target.address, tls, into_http2(request, tls))).await?;
                 Ok(Exchange { response, connection: None })
             }
         }
     }
+}
+
+/// What a request needs of its target: where it is, its name as a Host,
+/// and its connections (kept by the target's `selection::Backend`).
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    /// Its address and port.
+    pub address: SocketAddr,
+    /// `ip:port`, the Host of a request that has none.
+    pub authority: &'a Authority,
+    /// Its idle HTTP/1.1 connections.
+    pub h1: &'a Http1Pool,
+    /// Its HTTP/2 connection.
+    pub h2: &'a Http2Connection,
 }
 
 /// A target's answer, and the HTTP/1.1 connection it came on when that
@@ -247,8 +259,8 @@ impl Http1Pool {
     /// Sends on an idle connection, or a new one. A request an idle
     /// connection could not take (the target closed it) goes out on a new
     /// connection; it was never written, so that is always safe.
-    async fn send(&self, backend: &Backend, mut request: Request<UpstreamBody>) -> Result<Exchange, UpstreamError> {
-        to_origin_form(&mut request, backend);
+    async fn send(&self, target: Endpoint<'_>, mut request: Request<UpstreamBody>) -> Result<Exchange, UpstreamError> {
+        to_origin_form(&mut request, target.authority);
         while let Some(mut connection) = self.take() {
             // Ready once the connection has finished its previous exchange.
             if connection.ready().await.is_err() {
@@ -262,7 +274,7 @@ impl Http1Pool {
                 },
             }
         }
-        let mut connection = connect_http1(SocketAddr::from((backend.ip, backend.port))).await?;
+        let mut connection = connect_http1(target.address).await?;
         let response = connection.send_request(request).await.map_err(UpstreamError::exchange)?;
         Ok(Exchange { response, connection: Some(connection) })
     }
@@ -270,13 +282,13 @@ impl Http1Pool {
 
 /// HTTP/1.1 to an origin server takes the path and query only (the request
 /// path prepares an absolute URI), and always a Host header.
-fn to_origin_form(request: &mut Request<UpstreamBody>, backend: &Backend) {
+fn to_origin_form(request: &mut Request<UpstreamBody>, authority: &Authority) {
     if request.uri().scheme().is_some() {
         let origin = request.uri().path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
         *request.uri_mut() = origin;
     }
     if !request.headers().contains_key(HOST) {
-        if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             request.headers_mut().insert(HOST, host);
         }
     }
@@ -495,7 +507,7 @@ mod tests {
     #[test]
     fn transports_of_target_groups() {
         fn check(yaml: &str, expect: (bool, bool)) {
-            let group: lbctl_spec::TargetGroup = serde_yaml::from_str(yaml).unwrap();
+            let group = serde_yaml::from_str::<lbctl_spec::TargetGroup>(yaml).unwrap().resolve();
             let transport = Transport::of(&group);
             assert_eq!((transport.tls, transport.http2), expect, "{yaml}");
             let cell = TransportCell::default();

@@ -1,0 +1,59 @@
+//! The providers this binary has, by name: the one place in the CLI that
+//! knows any of them. Everything else holds a `Box<dyn Provider>`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use lbctl_plan::{Provider, State};
+use lbctl_spec::ProviderName;
+
+/// What every provider is made from: the stack and where its files live.
+pub struct Stack {
+    /// Stack name.
+    pub stack: String,
+    /// The spec's directory (absolute).
+    pub dir: PathBuf,
+}
+
+impl Stack {
+    /// The stack `stack` whose spec is in `dir`.
+    pub fn new(stack: &str, dir: &Path) -> Stack {
+        Stack { stack: stack.to_string(), dir: dir.to_path_buf() }
+    }
+}
+
+/// The provider called `name`.
+pub fn provider(name: ProviderName, context: &Stack) -> Result<Box<dyn Provider>> {
+    match name {
+        ProviderName::Local => Ok(Box::new(lbctl_local::LocalProvider::new(lbctl_local::LocalOptions {
+            stack: context.stack.clone(),
+            state_dir: context.dir.join(".lbctl"),
+            working_dir: context.dir.clone(),
+            lbctl_exe: std::env::current_exe().context("finding the lbctl binary")?,
+        }))),
+        ProviderName::Aws => bail!("the aws provider is not part of this build"),
+    }
+}
+
+/// The provider a state was made with, by the name it records.
+pub fn name_of(state: &State) -> Result<ProviderName> {
+    match state.provider.as_str() {
+        "local" => Ok(ProviderName::Local),
+        "aws" => Ok(ProviderName::Aws),
+        other => bail!("the state was made by a provider this lbctl does not know: `{other}`"),
+    }
+}
+
+/// Refuses to use `state` with a provider other than the one that made it.
+pub fn check_same(state: &State, wanted: ProviderName, state_dir: &Path) -> Result<()> {
+    if state.resources.is_empty() || state.provider == wanted.as_str() {
+        return Ok(());
+    }
+    bail!(
+        "the state in {} holds resources the `{}` provider made; this run uses `{}`. A state is never used by another provider: run `lbctl destroy` with `{}` first, or keep the two stacks in separate directories",
+        state_dir.display(),
+        state.provider,
+        wanted.as_str(),
+        state.provider
+    )
+}
