@@ -7,6 +7,10 @@ QUICKSTART := examples/quickstart.yaml
 # The tests' Python packages (tests/requirements.txt), in a virtual
 # environment of the project's own: nothing is installed outside it.
 VENV := target/venv
+# The release before state format 2, built from git: the upgrade test
+# applies a stack with it, then plans and applies it with this one.
+PREVIOUS_COMMIT := cb837a5
+PREVIOUS := target/previous-release
 
 .PHONY: build test lint quickstart quickstart-destroy schema bench
 
@@ -19,7 +23,7 @@ build:
 # Tests that count something (property cases, requests under load, chaos
 # kills) print it; those lines are repeated at the end, and the last line
 # adds up every test binary's result.
-test: build $(VENV)/installed
+test: build $(VENV)/installed $(PREVIOUS)/lbctl
 	@set -o pipefail; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) test --workspace --no-fail-fast -- --show-output 2>&1 \
 	  | tee target/test.log
 	@echo; echo "counts:"; grep -hE '^(chaos \(|hitless:|scale-in |weighted forward |(PROXY v2|head guard|router|parser) propert)' target/test.log \
@@ -34,6 +38,12 @@ $(VENV)/installed: tests/requirements.txt
 	PIP_CACHE_DIR="$(CURDIR)/target/pip-cache" $(VENV)/bin/python3 -m pip install --quiet \
 	  --disable-pip-version-check -r tests/requirements.txt
 	@touch $@
+
+$(PREVIOUS)/lbctl:
+	rm -rf $(PREVIOUS)/src && mkdir -p $(PREVIOUS)/src
+	git archive $(PREVIOUS_COMMIT) | tar -x -C $(PREVIOUS)/src
+	$(CARGO) build --quiet --manifest-path $(PREVIOUS)/src/Cargo.toml --target-dir $(PREVIOUS)/target -p lbctl
+	cp $(PREVIOUS)/target/debug/lbctl $@
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -274,3 +274,47 @@ fn output_gives_the_last_applys_outputs() {
         missing.stderr
     );
 }
+
+/// `plan` shows what only apply learns as `(known after apply)`, a change
+/// made by hand in a runtime file field by field, and no field a context
+/// makes meaningless (a TCP group's HTTP settings).
+#[test]
+fn plan_shows_values_known_after_apply_and_drift_field_by_field() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "version: 1
+name: fields
+load_balancers:
+  edge:
+    type: network
+    listeners: [{{ port: {port}, protocol: TCP, default_action: {{ forward: echo }} }}]
+target_groups:
+  echo: {{ protocol: TCP, port: 7, target_type: ip, targets: [{{ ip: 127.0.0.1 }}], deregistration_delay: 5s }}
+"
+    ));
+    let plan = stack.lbctl(&["plan"]).expect_code(0);
+    assert!(plan.stdout.contains("+ static_ip = (known after apply)"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("+ dns_name = (known after apply)"), "{}", plan.stdout);
+    for http_only in ["path", "matcher", "protocol_version", "algorithm", "stickiness"] {
+        assert!(!plan.stdout.contains(http_only), "{http_only} in a TCP group's plan:\n{}", plan.stdout);
+    }
+    let applied = stack.apply();
+    assert!(Stack::outputs(&applied).contains_key("edge_static_ip"));
+    let show = stack.lbctl(&["show", "--json"]).expect_code(0).stdout;
+    assert!(show.contains("\"static_ip\""), "recorded after apply: {show}");
+
+    // An edit by hand of the target group's file.
+    let file = stack.dir.path().join(".lbctl/run/tg/echo/group.json");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"deregistration_delay\": \"5s\"", "\"deregistration_delay\": \"9s\"");
+    std::fs::write(&file, text).unwrap();
+    let plan = stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(2);
+    assert!(
+        plan.stdout.contains("~ deregistration_delay: \"9s\" -> \"5s\" (changed outside lbctl)"),
+        "{}",
+        plan.stdout
+    );
+    stack.apply();
+    stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+}

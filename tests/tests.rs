@@ -57,6 +57,9 @@ mod tls;
 /// timeout, the network example.
 mod network;
 
+/// A stack of the previous release, planned and upgraded by this one.
+mod upgrade;
+
 /// Random kills of instances, supervisors and applies under load.
 mod chaos;
 

@@ -394,6 +394,9 @@ fn output(shell: &Shell, spec: &SpecArg, name: Option<&str>, json: bool) -> Resu
     Ok(0)
 }
 
+/// `lbctl show`: what the state holds. Each resource's effective settings
+/// (what was written and the defaults in context) and what the provider
+/// learned when it made it; `--json` gives the written attributes apart.
 fn show(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
     let state = StateStore::new(dir.join(".lbctl")).load()?;
@@ -401,10 +404,15 @@ fn show(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
         let resources: Vec<_> = state
             .resources
             .values()
-            .map(|it| json!({ "address": it.address.to_string(), "attributes": it.attributes }))
+            .map(|it| {
+                json!({
+                    "address": it.address.to_string(), "attributes": it.attributes,
+                    "resolved": it.resolved, "computed": it.computed,
+                })
+            })
             .collect();
         let value = json!({
-            "format_version": 1, "lineage": state.lineage, "serial": state.serial,
+            "format_version": 2, "provider": state.provider, "lineage": state.lineage, "serial": state.serial,
             "resources": resources, "outputs": state.outputs,
         });
         shell.out(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
@@ -416,7 +424,11 @@ fn show(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
     }
     let mut text = String::new();
     for resource in state.resources.values() {
-        text.push_str(&format!("# {}\n{}\n\n", resource.address, serde_json::to_string_pretty(&resource.attributes)?));
+        let mut shown = resource.resolved.clone();
+        for (key, value) in &resource.computed {
+            shown[key.as_str()] = value.clone();
+        }
+        text.push_str(&format!("# {}\n{}\n\n", resource.address, serde_json::to_string_pretty(&shown)?));
     }
     if !state.outputs.is_empty() {
         text.push_str("Outputs:\n\n");

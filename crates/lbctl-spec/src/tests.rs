@@ -203,3 +203,52 @@ target_groups:
     check(source, &["lbctl.yaml:6:16: load_balancers.edge.static_ip: 127.251.3.4 is in 127.251.0.0/16, where lbctl allocates the static IPs of network load balancers that give none; choose another address"]);
     check(&source.replace("127.251.3.4", "127.250.3.4"), &[]);
 }
+
+#[test]
+fn fields_without_effect_in_their_context_are_errors() {
+    let source = "version: 1
+name: shop
+target_groups:
+  tcp:
+    protocol: TCP
+    port: 9000
+    protocol_version: HTTP2
+    algorithm: least_outstanding_requests
+    health_check: { path: /health, matcher: '200' }
+  fn:
+    target_type: lambda
+    protocol: HTTP
+    port: 80
+    targets: [{ function: f }]
+  sticky:
+    stickiness: { duration: 1h }
+functions:
+  f: { command: [cat] }
+";
+    check(
+        source,
+        &[
+            "lbctl.yaml:7:23: target_groups.tcp.protocol_version: protocol_version applies to HTTP and HTTPS target groups only",
+            "lbctl.yaml:8:16: target_groups.tcp.algorithm: network load balancers pick targets by flow hash; algorithm applies to HTTP and HTTPS target groups",
+            "lbctl.yaml:9:27: target_groups.tcp.health_check.path: a TCP health check has no path",
+            "lbctl.yaml:9:45: target_groups.tcp.health_check.matcher: a TCP health check has no matcher",
+            "lbctl.yaml:12:15: target_groups.fn.protocol: lambda target groups have no protocol",
+            "lbctl.yaml:13:11: target_groups.fn.port: lambda target groups have no port",
+            "lbctl.yaml:16:29: target_groups.sticky.stickiness.duration: duration has no effect with stickiness off; set `enabled: true` or remove it",
+        ],
+    );
+}
+
+#[test]
+fn a_grpc_matcher_is_read_as_written() {
+    let source = "version: 1
+name: shop
+target_groups:
+  api: { protocol_version: GRPC, health_check: { matcher: '200' } }
+";
+    check(
+        source,
+        &["lbctl.yaml:4:59: target_groups.api.health_check.matcher: invalid matcher `200`: `200` is not a gRPC status code (0-99)"],
+    );
+    check(&source.replace("'200'", "'0-2'"), &[]);
+}
