@@ -57,6 +57,9 @@ mod tls;
 /// timeout, the network example.
 mod network;
 
+/// `lbctl export`: CloudFormation and Terraform, linted and parsed.
+mod export;
+
 /// A stack of the previous release, planned and upgraded by this one.
 mod upgrade;
 

@@ -102,6 +102,9 @@ pub enum Command {
         #[command(flatten)]
         spec: SpecArg,
     },
+    /// The spec as AWS infrastructure as code: a CloudFormation template or Terraform configuration.
+    #[command(subcommand)]
+    Export(ExportTarget),
     /// The spec's JSON Schema.
     Schema,
     /// A demo instance: answers with its id, serves /health, has fault switches; with --echo, a TCP and UDP echo server.
@@ -143,4 +146,31 @@ pub enum Internal {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+/// What `lbctl export` writes.
+#[derive(Debug, Subcommand)]
+pub enum ExportTarget {
+    /// A CloudFormation template (what the spec cannot say about AWS becomes `Parameters`).
+    Cloudformation {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Template format.
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: TemplateFormat,
+    },
+    /// Terraform configuration for the `hashicorp/aws` provider (unknowns become `variable`s).
+    Terraform {
+        #[command(flatten)]
+        spec: SpecArg,
+    },
+}
+
+/// CloudFormation template formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TemplateFormat {
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
 }

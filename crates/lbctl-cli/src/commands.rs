@@ -11,7 +11,7 @@ use lbctl_plan::{render, Finding, Plan, Provider, Severity, State, StateStore};
 use lbctl_spec::{Diagnostic, Diagnostics, SpecFile};
 use serde_json::json;
 
-use crate::args::{Args, Command, Internal, SpecArg};
+use crate::args::{Args, Command, ExportTarget, Internal, SpecArg, TemplateFormat};
 use crate::registry;
 use crate::saved_plan::SavedPlan;
 use crate::shell::Shell;
@@ -39,6 +39,7 @@ pub fn run(args: Args) -> Result<u8> {
             shell.out(&lbctl_plan::graph_dot(&lbctl_plan::desired_resources(&file.spec)))?;
             Ok(0)
         }
+        Command::Export(target) => export(&shell, target),
         Command::Schema => {
             shell.out(&lbctl_spec::schema_json())?;
             Ok(0)
@@ -153,6 +154,25 @@ fn validate(shell: &Shell, spec: &SpecArg) -> Result<u8> {
         "Note",
         "validate checks the file only; `lbctl plan` also checks this machine (ports, addresses, instances)",
     );
+    Ok(0)
+}
+
+/// `lbctl export`: the text on stdout, what did not carry over on stderr.
+fn export(shell: &Shell, target: ExportTarget) -> Result<u8> {
+    let export = match target {
+        ExportTarget::Cloudformation { spec, format } => {
+            let format = match format {
+                TemplateFormat::Yaml => lbctl_export::TemplateFormat::Yaml,
+                TemplateFormat::Json => lbctl_export::TemplateFormat::Json,
+            };
+            lbctl_export::cloudformation(&load_spec(&spec.file)?.spec, format)
+        }
+        ExportTarget::Terraform { spec } => lbctl_export::terraform(&load_spec(&spec.file)?.spec),
+    };
+    shell.out(&export.text)?;
+    for note in &export.notes {
+        shell.status("Note", note);
+    }
     Ok(0)
 }
 

@@ -46,14 +46,15 @@ pub(crate) fn instance_target_health(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use lbctl_runtime::TargetHealth;
 
     use super::*;
 
-    fn status(group: &str, id: &str, state: HealthState) -> ProxyStatus {
+    /// A proxy's status with one target of `group` in `state`.
+    pub(crate) fn status(group: &str, id: &str, state: HealthState) -> ProxyStatus {
         let target = TargetHealth {
             id: id.to_string(),
             ip: "127.0.0.2".parse().unwrap(),

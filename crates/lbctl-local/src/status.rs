@@ -226,24 +226,8 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use lbctl_runtime::TargetHealth;
-
     use super::*;
-
-    fn status(group: &str, id: &str, state: HealthState) -> ProxyStatus {
-        let target = TargetHealth {
-            id: id.to_string(),
-            ip: "127.0.0.2".parse().unwrap(),
-            port: 80,
-            state,
-            reason: "Target.Timeout: health check timed out".to_string(),
-            requests: 0,
-            health_check_requests: 0,
-        };
-        ProxyStatus { target_groups: BTreeMap::from([(group.to_string(), vec![target])]), ..ProxyStatus::default() }
-    }
+    use crate::health::tests::status;
 
     #[test]
     fn targets_of_groups_used_or_not() {

@@ -15,6 +15,7 @@
 //! | HTTP/HTTPS, `GRPC` | same | 30s | 6s / 10s | 5 | 2 | `12` (gRPC) | `/AWS.ALB/healthcheck` |
 //! | TCP, UDP | TCP | 30s | 10s | 5 | 2 | none | none |
 //! | TCP, UDP with an HTTP(S) check | HTTP(S) | 30s | 10s | 5 | 2 | `200-399` | `/` |
+//! | TCP, target type `alb` | HTTP | 30s | 10s | 5 | 2 | `200-399` | `/` |
 //! | lambda | off | 35s | 30s | 5 | 5 | `200` | `/` |
 //!
 //! Elsewhere: `protocol_version` `HTTP1` (HTTP and HTTPS groups only),
@@ -217,6 +218,9 @@ impl crate::model::TargetGroup {
         let protocol_version = (!lambda && !network).then(|| self.protocol_version.unwrap_or(ProtocolVersion::Http1));
         let written = self.health_check.clone().unwrap_or_default();
         let check_protocol = written.protocol.unwrap_or(match protocol {
+            // AWS checks an application load balancer registered as a
+            // target over HTTP (HTTP or HTTPS only).
+            _ if target_type == TargetType::Alb => HealthCheckProtocol::Http,
             TargetProtocol::Https => HealthCheckProtocol::Https,
             TargetProtocol::Tcp | TargetProtocol::Udp => HealthCheckProtocol::Tcp,
             TargetProtocol::Http => HealthCheckProtocol::Http,

@@ -543,6 +543,13 @@ impl Checker<'_> {
         if matches!(group.target_type, TargetType::Alb) && group.protocol != TargetProtocol::Tcp {
             found.push((format!("{base}.protocol"), "alb target groups use protocol TCP".to_string()));
         }
+        if matches!(group.target_type, TargetType::Alb) && group.health_check.protocol == Some(HealthCheckProtocol::Tcp)
+        {
+            found.push((
+                format!("{base}.health_check.protocol"),
+                "an application load balancer as a target is checked over HTTP or HTTPS, as on AWS".to_string(),
+            ));
+        }
         for (path, message) in found {
             self.error(&path, message);
         }
