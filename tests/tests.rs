@@ -60,6 +60,9 @@ mod network;
 /// `lbctl export`: CloudFormation and Terraform, linted and parsed.
 mod export;
 
+/// The aws provider against moto's server: apply, drift, destroy.
+mod aws;
+
 /// A stack of the previous release, planned and upgraded by this one.
 mod upgrade;
 

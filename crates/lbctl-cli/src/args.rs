@@ -23,6 +23,9 @@ pub struct SpecArg {
     /// The spec file; its state lives in `.lbctl/` beside it.
     #[arg(short = 'f', long = "file", default_value = "lbctl.yaml")]
     pub file: PathBuf,
+    /// The provider, instead of the spec's `provider:` (a state is only ever used by the provider that made it).
+    #[arg(long, value_parser = ["local", "aws"])]
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,9 +59,9 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         auto_approve: bool,
-        /// How long to wait for everything to be healthy (e.g. 90s, 5m).
-        #[arg(long, default_value = "2m")]
-        timeout: String,
+        /// How long to wait for everything to be healthy (e.g. 90s, 5m; default 2m locally, 20m on AWS).
+        #[arg(long)]
+        timeout: Option<String>,
     },
     /// Tear everything down in reverse dependency order, draining first.
     Destroy {

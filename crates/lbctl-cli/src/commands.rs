@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use lbctl_plan::executor::{self, Options};
-use lbctl_plan::{render, Finding, Plan, Provider, Severity, State, StateStore};
+use lbctl_plan::{render, Finding, Kind, Plan, Provider, Severity, State, StateStore};
 use lbctl_spec::{Diagnostic, Diagnostics, SpecFile};
 use serde_json::json;
 
@@ -27,8 +27,10 @@ pub fn run(args: Args) -> Result<u8> {
             plan(&shell, &spec, out.as_deref(), detailed_exitcode, json)
         }
         Command::Apply { spec, plan, auto_approve, timeout } => {
-            let timeout = lbctl_spec::Duration::parse(&timeout).map_err(anyhow::Error::msg).context("--timeout")?;
-            apply(&shell, &spec, plan.as_deref(), auto_approve, timeout.get())
+            let timeout = timeout
+                .map(|it| lbctl_spec::Duration::parse(&it).map_err(anyhow::Error::msg).context("--timeout"))
+                .transpose()?;
+            apply(&shell, &spec, plan.as_deref(), auto_approve, timeout.map(|it| it.get()))
         }
         Command::Destroy { spec, auto_approve } => destroy(&shell, &spec, auto_approve),
         Command::Status { spec, json, wide } => status(&shell, &spec, json, wide),
@@ -77,14 +79,24 @@ fn spec_dir(path: &Path) -> Result<PathBuf> {
     parent.canonicalize().with_context(|| format!("finding the directory of {}", path.display()))
 }
 
-/// The provider a spec names, for the stack in `dir`.
-fn provider_for(file: &SpecFile, dir: &Path) -> Result<Box<dyn Provider>> {
-    registry::provider(file.spec.provider(), &registry::Stack::new(&file.spec.name, dir))
+/// The provider a spec names (or `--provider`), for the stack in `dir`.
+fn provider_for(file: &SpecFile, dir: &Path, chosen: Option<&str>) -> Result<Box<dyn Provider>> {
+    let name = registry::chosen(&file.spec, chosen)?;
+    registry::provider(name, &registry::Stack::new(&file.spec, dir))
 }
 
-/// The provider that made `state`, for the stack in `dir`.
-fn state_provider(state: &State, dir: &Path) -> Result<Box<dyn Provider>> {
-    registry::provider(registry::name_of(state)?, &registry::Stack::new(&state.stack, dir))
+/// The provider that made `state`, for the stack in `dir` (with the spec's
+/// `aws:` section when the spec still loads).
+fn state_provider(state: &State, dir: &Path, spec: &SpecArg) -> Result<Box<dyn Provider>> {
+    let name = registry::name_of(state)?;
+    if let Some(chosen) = &spec.provider {
+        registry::check_same(state, registry::chosen_name(chosen)?, &dir.join(".lbctl"))?;
+    }
+    let mut stack = registry::Stack { stack: state.stack.clone(), dir: dir.to_path_buf(), aws: Default::default() };
+    if let Ok(file) = lbctl_spec::load(&spec.file) {
+        stack.aws = file.spec.aws.clone().unwrap_or_default();
+    }
+    registry::provider(name, &stack)
 }
 
 /// Everything a plan is made from.
@@ -93,18 +105,21 @@ struct Inputs {
     dir: PathBuf,
     store: StateStore,
     provider: Box<dyn Provider>,
+    /// The provider's name, the spec's or `--provider`.
+    provider_name: lbctl_spec::ProviderName,
 }
 
 fn inputs(spec: &SpecArg) -> Result<Inputs> {
     let file = load_spec(&spec.file)?;
     let dir = spec_dir(&spec.file)?;
-    inputs_from(file, dir)
+    inputs_from(file, dir, spec.provider.as_deref())
 }
 
-fn inputs_from(file: SpecFile, dir: PathBuf) -> Result<Inputs> {
-    let provider = provider_for(&file, &dir)?;
+fn inputs_from(file: SpecFile, dir: PathBuf, chosen: Option<&str>) -> Result<Inputs> {
+    let provider_name = registry::chosen(&file.spec, chosen)?;
+    let provider = provider_for(&file, &dir, chosen)?;
     let store = StateStore::new(dir.join(".lbctl"));
-    Ok(Inputs { file, dir, store, provider })
+    Ok(Inputs { file, dir, store, provider, provider_name })
 }
 
 /// Splits provider findings: machine conflicts become spec diagnostics (an
@@ -125,7 +140,7 @@ fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
 }
 
 fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
-    registry::check_same(state, inputs.file.spec.provider(), inputs.store.dir())?;
+    registry::check_same(state, inputs.provider_name, inputs.store.dir())?;
     let unsupported = provider_findings(inputs, state)?;
     let observed = lbctl_plan::refresh(inputs.provider.as_ref(), state)?;
     let desired = lbctl_plan::desired_resources(&inputs.file.spec);
@@ -136,7 +151,7 @@ fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
 /// ports, no processes.
 fn validate(shell: &Shell, spec: &SpecArg) -> Result<u8> {
     let file = load_spec(&spec.file)?;
-    let provider = provider_for(&file, &spec_dir(&spec.file)?)?;
+    let provider = provider_for(&file, &spec_dir(&spec.file)?, spec.provider.as_deref())?;
     let findings = provider.check_spec(&lbctl_plan::desired_resources(&file.spec));
     let invalid: Vec<Diagnostic> = findings
         .iter()
@@ -192,12 +207,12 @@ fn plan(shell: &Shell, spec: &SpecArg, out: Option<&Path>, detailed_exitcode: bo
     Ok(if detailed_exitcode && plan.has_changes() { EXIT_CHANGES } else { 0 })
 }
 
-fn refuse_unsupported(plan: &Plan) -> Result<()> {
+fn refuse_unsupported(plan: &Plan, provider: &str) -> Result<()> {
     if plan.unsupported.is_empty() {
         return Ok(());
     }
     let lines: Vec<String> = plan.unsupported.iter().map(|it| format!("{}: {}", it.path, it.message)).collect();
-    bail!("the spec uses features the local provider does not support:\n  {}", lines.join("\n  "))
+    bail!("the spec uses features the {provider} provider does not support:\n  {}", lines.join("\n  "))
 }
 
 fn confirm(shell: &Shell, verb: &str, auto_approve: bool) -> Result<bool> {
@@ -215,14 +230,20 @@ fn confirm(shell: &Shell, verb: &str, auto_approve: bool) -> Result<bool> {
     Ok(shell.confirm(question)?)
 }
 
-fn apply(shell: &Shell, spec: &SpecArg, saved: Option<&Path>, auto_approve: bool, timeout: Duration) -> Result<u8> {
+fn apply(
+    shell: &Shell,
+    spec: &SpecArg,
+    saved: Option<&Path>,
+    auto_approve: bool,
+    timeout: Option<Duration>,
+) -> Result<u8> {
     // Load and check everything before taking the lock or touching anything.
     let (inputs, saved) = match saved {
         Some(path) => {
             let saved = SavedPlan::read(path)?;
             let file = lbctl_spec::parse(&saved.spec_file, saved.spec_dir.clone(), saved.spec_source.clone())
                 .map_err(|it| anyhow::Error::new(it).context("the saved plan's spec is invalid"))?;
-            (inputs_from(file, saved.spec_dir.clone())?, Some(saved))
+            (inputs_from(file, saved.spec_dir.clone(), spec.provider.as_deref())?, Some(saved))
         }
         None => (inputs(spec)?, None),
     };
@@ -245,7 +266,7 @@ fn apply(shell: &Shell, spec: &SpecArg, saved: Option<&Path>, auto_approve: bool
     } else {
         shell.out(&render::text(&plan, render::Style { color: shell.color }))?;
     }
-    refuse_unsupported(&plan)?;
+    refuse_unsupported(&plan, inputs.provider.name())?;
     if plan.has_changes() && saved.is_none() && !confirm(shell, "apply", auto_approve)? {
         shell.error("apply cancelled");
         return Ok(1);
@@ -259,8 +280,9 @@ fn apply(shell: &Shell, spec: &SpecArg, saved: Option<&Path>, auto_approve: bool
         &inputs.store,
         &mut state,
         &observer,
-        &Options { ready_timeout: timeout },
-    )?;
+        &Options { ready_timeout: timeout.unwrap_or(inputs.provider.policy().ready_timeout) },
+    )
+    .map_err(|err| place_failures(&inputs.file, err))?;
     drop(observer);
     let (add, change, destroy) = plan.summary();
     let mut text = format!("\nApply complete! Resources: {add} added, {change} changed, {destroy} destroyed.\n");
@@ -274,13 +296,42 @@ fn apply(shell: &Shell, spec: &SpecArg, saved: Option<&Path>, auto_approve: bool
     Ok(0)
 }
 
+/// An apply's failures, each placed at its resource in the spec
+/// (`lbctl.yaml:12:3: load_balancer.public (update): CreateRule: ...`).
+fn place_failures(file: &SpecFile, err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    let placed: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let address = trimmed.split(' ').next().unwrap_or_default();
+            let spec_path = address.split_once('.').and_then(|(kind, name)| {
+                let key = [Kind::LoadBalancer, Kind::TargetGroup, Kind::AutoscalingGroup, Kind::Function]
+                    .into_iter()
+                    .find(|it| it.as_str() == kind)?
+                    .spec_key();
+                Some(format!("{key}.{name}"))
+            });
+            match spec_path.map(|path| file.diagnostic(&path, "")) {
+                Some(diagnostic) if diagnostic.location.is_some() && trimmed.contains(" (") => {
+                    let at = diagnostic.location.expect("checked");
+                    let indent = &line[..line.len() - trimmed.len()];
+                    format!("{indent}{}:{}:{}: {trimmed}", diagnostic.file, at.line, at.column)
+                }
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    anyhow!(placed.join("\n"))
+}
+
 /// Destroy needs only the state: it works even when the spec no longer parses.
 fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
     let store = StateStore::new(dir.join(".lbctl"));
     let _lock = store.lock("lbctl destroy")?;
     let mut state = store.load()?;
-    let provider = state_provider(&state, &dir)?;
+    let provider = state_provider(&state, &dir, spec)?;
     let observed = lbctl_plan::refresh(provider.as_ref(), &state)?;
     let plan = lbctl_plan::plan(provider.as_ref(), Vec::new(), &state, &observed, Vec::new());
     shell.out(&render::text(&plan, render::Style { color: shell.color }))?;
@@ -338,7 +389,7 @@ fn wrap(text: &str, width: usize) -> String {
 fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
     let state = StateStore::new(dir.join(".lbctl")).load()?;
-    let provider = state_provider(&state, &dir)?;
+    let provider = state_provider(&state, &dir, spec)?;
     let mut text = String::new();
     let mut values = Vec::new();
     for resource in state.resources.values() {

@@ -5,21 +5,38 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lbctl_plan::{Provider, State};
-use lbctl_spec::ProviderName;
+use lbctl_spec::{AwsStack, ProviderName, Spec};
 
-/// What every provider is made from: the stack and where its files live.
+/// What every provider is made from: the stack, where its files live, and
+/// the spec's `aws:` section.
 pub struct Stack {
     /// Stack name.
     pub stack: String,
     /// The spec's directory (absolute).
     pub dir: PathBuf,
+    /// The spec's `aws:` section (empty when it has none).
+    pub aws: AwsStack,
 }
 
 impl Stack {
-    /// The stack `stack` whose spec is in `dir`.
-    pub fn new(stack: &str, dir: &Path) -> Stack {
-        Stack { stack: stack.to_string(), dir: dir.to_path_buf() }
+    /// The stack of `spec`, whose file is in `dir`.
+    pub fn new(spec: &Spec, dir: &Path) -> Stack {
+        Stack { stack: spec.name.clone(), dir: dir.to_path_buf(), aws: spec.aws.clone().unwrap_or_default() }
     }
+}
+
+/// `--provider NAME`.
+pub fn chosen_name(name: &str) -> Result<ProviderName> {
+    match name {
+        "local" => Ok(ProviderName::Local),
+        "aws" => Ok(ProviderName::Aws),
+        other => bail!("there is no provider `{other}`: `local` or `aws`"),
+    }
+}
+
+/// The provider of a run: `--provider`, else the spec's `provider:`.
+pub fn chosen(spec: &Spec, flag: Option<&str>) -> Result<ProviderName> {
+    flag.map(chosen_name).unwrap_or(Ok(spec.provider()))
 }
 
 /// The provider called `name`.
@@ -31,7 +48,11 @@ pub fn provider(name: ProviderName, context: &Stack) -> Result<Box<dyn Provider>
             working_dir: context.dir.clone(),
             lbctl_exe: std::env::current_exe().context("finding the lbctl binary")?,
         }))),
-        ProviderName::Aws => bail!("the aws provider is not part of this build"),
+        ProviderName::Aws => Ok(Box::new(lbctl_aws::AwsProvider::new(lbctl_aws::AwsOptions {
+            stack: context.stack.clone(),
+            aws: context.aws.clone(),
+            working_dir: context.dir.clone(),
+        }))),
     }
 }
 

@@ -381,7 +381,7 @@ pub fn camel(name: &str) -> String {
 
 /// Whole seconds of `duration`, at least `min` and at most `max`; a note
 /// when AWS's range changed it.
-fn seconds(duration: Duration, min: i64, max: i64, path: &str, notes: &mut Vec<String>) -> i64 {
+pub fn seconds(duration: Duration, min: i64, max: i64, path: &str, notes: &mut Vec<String>) -> i64 {
     let exact = duration.get().as_secs_f64().ceil() as i64;
     let clamped = exact.clamp(min, max);
     if clamped as f64 != duration.get().as_secs_f64() {
@@ -499,56 +499,8 @@ pub fn build(spec: &Spec) -> Stack {
         let base = format!("target_groups.{name}");
         let lambda = group.target_type == TargetType::Lambda;
         let mut notes = Vec::new();
-        let check = &group.health_check;
-        let grpc = group.protocol_version == Some(ProtocolVersion::Grpc);
-        let health_check = HealthCheck {
-            enabled: check.enabled,
-            protocol: wire_name(&check.protocol.unwrap_or(HealthCheckProtocol::Http)),
-            port: match &check.port {
-                HealthCheckPort::Number(port) => port.to_string(),
-                HealthCheckPort::Named(_) => "traffic-port".to_string(),
-            },
-            path: check.path.clone(),
-            interval: seconds(check.interval, 5, 300, &format!("{base}.health_check.interval"), &mut notes),
-            timeout: seconds(check.timeout, 2, 120, &format!("{base}.health_check.timeout"), &mut notes),
-            healthy_threshold: count(
-                check.healthy_threshold,
-                2,
-                10,
-                &format!("{base}.health_check.healthy_threshold"),
-                &mut notes,
-            ),
-            unhealthy_threshold: count(
-                check.unhealthy_threshold,
-                2,
-                10,
-                &format!("{base}.health_check.unhealthy_threshold"),
-                &mut notes,
-            ),
-            http_code: check.matcher.clone().filter(|_| !grpc),
-            grpc_code: check.matcher.clone().filter(|_| grpc),
-        };
-        let mut health_check = health_check;
-        if health_check.timeout >= health_check.interval {
-            health_check.timeout = (health_check.interval - 1).max(2);
-        }
-        let network = written.is_network();
-        let application = !network && !lambda;
-        let deregistration_delay = (!lambda)
-            .then(|| seconds(group.deregistration_delay, 0, 3600, &format!("{base}.deregistration_delay"), &mut notes));
-        let slow_start = (application && !group.slow_start.get().is_zero())
-            .then(|| seconds(group.slow_start, 30, 900, &format!("{base}.slow_start"), &mut notes));
-        let stickiness = application.then(|| {
-            let duration =
-                seconds(group.stickiness.duration, 1, 604_800, &format!("{base}.stickiness.duration"), &mut notes);
-            (group.stickiness.enabled, duration)
-        });
-        let algorithm = application.then(|| match group.algorithm() {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::LeastOutstandingRequests => "least_outstanding_requests",
-            Algorithm::WeightedRandom => "weighted_random",
-        });
-        let proxy_protocol_v2 = (group.protocol == TargetProtocol::Tcp && !lambda).then_some(group.proxy_protocol_v2);
+        let GroupSettings { health_check, deregistration_delay, slow_start, stickiness, algorithm, proxy_protocol_v2 } =
+            group_settings(&group, &base, &mut notes);
         let mut targets = Vec::new();
         let mut depends_on = Vec::new();
         for (idx, target) in group.targets.iter().enumerate() {
@@ -808,12 +760,86 @@ pub fn build(spec: &Spec) -> Stack {
     stack
 }
 
+/// A target group's health check and attributes as AWS takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSettings {
+    /// Health checks.
+    pub health_check: HealthCheck,
+    /// Seconds a deregistered target keeps its connections (not lambda).
+    pub deregistration_delay: Option<i64>,
+    /// Slow start seconds, when on (application groups).
+    pub slow_start: Option<i64>,
+    /// Cookie stickiness: on, and its seconds (application groups).
+    pub stickiness: Option<(bool, i64)>,
+    /// The algorithm (application groups).
+    pub algorithm: Option<&'static str>,
+    /// PROXY protocol v2 (TCP groups).
+    pub proxy_protocol_v2: Option<bool>,
+}
+
+/// The health check and attributes of `group` within AWS's ranges (whole
+/// seconds, counts 2 to 10, a timeout below the interval), each change a
+/// note under `base`.
+pub fn group_settings(group: &settings::TargetGroup, base: &str, notes: &mut Vec<String>) -> GroupSettings {
+    let lambda = group.target_type == TargetType::Lambda;
+    let network = !lambda && matches!(group.protocol, TargetProtocol::Tcp | TargetProtocol::Udp);
+    let check = &group.health_check;
+    let grpc = group.protocol_version == Some(ProtocolVersion::Grpc);
+    let health_check = HealthCheck {
+        enabled: check.enabled,
+        protocol: wire_name(&check.protocol.unwrap_or(HealthCheckProtocol::Http)),
+        port: match &check.port {
+            HealthCheckPort::Number(port) => port.to_string(),
+            HealthCheckPort::Named(_) => "traffic-port".to_string(),
+        },
+        path: check.path.clone(),
+        interval: seconds(check.interval, 5, 300, &format!("{base}.health_check.interval"), notes),
+        timeout: seconds(check.timeout, 2, 120, &format!("{base}.health_check.timeout"), notes),
+        healthy_threshold: count(
+            check.healthy_threshold,
+            2,
+            10,
+            &format!("{base}.health_check.healthy_threshold"),
+            notes,
+        ),
+        unhealthy_threshold: count(
+            check.unhealthy_threshold,
+            2,
+            10,
+            &format!("{base}.health_check.unhealthy_threshold"),
+            notes,
+        ),
+        http_code: check.matcher.clone().filter(|_| !grpc),
+        grpc_code: check.matcher.clone().filter(|_| grpc),
+    };
+    let mut health_check = health_check;
+    if health_check.timeout >= health_check.interval {
+        health_check.timeout = (health_check.interval - 1).max(2);
+    }
+    let application = !network && !lambda;
+    let deregistration_delay =
+        (!lambda).then(|| seconds(group.deregistration_delay, 0, 3600, &format!("{base}.deregistration_delay"), notes));
+    let slow_start = (application && !group.slow_start.get().is_zero())
+        .then(|| seconds(group.slow_start, 30, 900, &format!("{base}.slow_start"), notes));
+    let stickiness = application.then(|| {
+        let duration = seconds(group.stickiness.duration, 1, 604_800, &format!("{base}.stickiness.duration"), notes);
+        (group.stickiness.enabled, duration)
+    });
+    let algorithm = application.then(|| match group.algorithm() {
+        Algorithm::RoundRobin => "round_robin",
+        Algorithm::LeastOutstandingRequests => "least_outstanding_requests",
+        Algorithm::WeightedRandom => "weighted_random",
+    });
+    let proxy_protocol_v2 = (group.protocol == TargetProtocol::Tcp && !lambda).then_some(group.proxy_protocol_v2);
+    GroupSettings { health_check, deregistration_delay, slow_start, stickiness, algorithm, proxy_protocol_v2 }
+}
+
 /// The instance start-up script: the launch template's environment and
 /// command, with the placeholders an instance fills locally taken from the
 /// instance metadata.
-fn user_data(template: &LaunchTemplate, port: u16) -> String {
+pub fn user_data(template: &LaunchTemplate, port: u16) -> String {
     let quote = |word: &str| format!("'{}'", word.replace('\'', "'\\''"));
-    let mut script = String::from("#!/bin/sh\n# Made by lbctl export from the launch template's command.\n");
+    let mut script = String::from("#!/bin/sh\n# Made by lbctl from the launch template's command.\n");
     script.push_str("TOKEN=$(curl -s -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')\n");
     script.push_str(
         "meta() { curl -s -H \"X-aws-ec2-metadata-token: $TOKEN\" http://169.254.169.254/latest/meta-data/$1; }\n",
@@ -838,7 +864,8 @@ fn user_data(template: &LaunchTemplate, port: u16) -> String {
     script
 }
 
-fn conditions(conditions: &Conditions) -> Vec<Condition> {
+/// A rule's conditions, one per kind written.
+pub fn conditions(conditions: &Conditions) -> Vec<Condition> {
     let mut found = Vec::new();
     if !conditions.host_header.is_empty() {
         found.push(Condition::Values("host-header", conditions.host_header.clone()));
@@ -929,7 +956,7 @@ fn action(spec: &Spec, action: &lbctl_spec::Action, path: &str, notes: &mut Vec<
 }
 
 /// The content types a fixed response may have on AWS.
-const FIXED_RESPONSE_TYPES: [&str; 5] =
+pub const FIXED_RESPONSE_TYPES: [&str; 5] =
     ["text/plain", "text/css", "text/html", "application/javascript", "application/json"];
 
 fn settings_of(group: &lbctl_spec::TargetGroup) -> settings::TargetGroup {

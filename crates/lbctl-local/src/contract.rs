@@ -29,6 +29,7 @@ impl Provider for LocalProvider {
             replacement: Replacement::DeleteThenCreate,
             delete_before_create: vec![Kind::LoadBalancer],
             poll_interval: Duration::from_millis(100),
+            ready_timeout: Duration::from_secs(120),
         }
     }
 

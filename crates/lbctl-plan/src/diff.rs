@@ -312,6 +312,13 @@ fn flatten(path: &str, value: &Value, leaves: &mut BTreeMap<String, Value>) {
                 flatten(&join(key), child, leaves);
             }
         }
+        // Rules are told apart by priority, not position: a rule deleted
+        // or added shows as that rule, not as its successors shifting.
+        Value::Array(items) if !items.is_empty() && items.iter().all(|it| it["priority"].is_u64()) => {
+            for child in items {
+                flatten(&format!("{path}[priority {}]", child["priority"]), child, leaves);
+            }
+        }
         Value::Array(items) if items.iter().any(|it| it.is_object() || it.is_array()) => {
             for (idx, child) in items.iter().enumerate() {
                 flatten(&format!("{path}[{idx}]"), child, leaves);
@@ -328,6 +335,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn rules_are_compared_by_priority() {
+        let before = json!({ "rules": [{ "priority": 10, "action": "a" }, { "priority": 20, "action": "b" }, { "priority": 30, "action": "c" }] });
+        let after = json!({ "rules": [{ "priority": 10, "action": "a" }, { "priority": 30, "action": "c" }] });
+        let changes: Vec<String> = attribute_changes(&before, &after, &[]).into_iter().map(|it| it.path).collect();
+        assert_eq!(changes, ["rules[priority 20].action", "rules[priority 20].priority"]);
+    }
 
     fn check(before: Value, after: Value, triggers: &[&str], expect: &[&str]) {
         let got: Vec<String> = attribute_changes(&before, &after, triggers)

@@ -25,7 +25,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 
 use crate::diff::{ActionKind, Plan, PlannedAction};
-use crate::provider::{DependencyOutputs, Policy, Progress, Provider, Readiness, Replacement};
+use crate::provider::{DependencyOutputs, PartlyApplied, Policy, Progress, Provider, Readiness, Replacement};
 use crate::resource::{Address, Kind};
 use crate::state::{ResourceState, State, StateStore};
 
@@ -229,6 +229,19 @@ pub fn apply(
                     }
                 }
                 Err(err) => {
+                    // What a failed create or update made is kept: the next
+                    // apply converges it (its settings are unknown, so all
+                    // of them are applied again) and destroy removes it.
+                    if let (Some(partial), Some(resource)) =
+                        (err.downcast_ref::<PartlyApplied>(), action.desired.as_ref())
+                    {
+                        let mut kept = ResourceState::applied(resource, partial.applied.clone());
+                        kept.resolved = serde_json::Value::Null;
+                        state.resources.insert(action.address.to_string(), kept);
+                        if let Err(err) = store.save(state) {
+                            failures.push(format!("saving state after {}: {err:#}", action.address));
+                        }
+                    }
                     let message = format!("{err:#}");
                     observer.event(Event::Failed(action.address.clone(), message.clone()));
                     failures.push(format!("{} ({}): {message}", action.address, action.kind.as_str()));

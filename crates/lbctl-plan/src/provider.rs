@@ -32,6 +32,26 @@ pub struct Applied {
     pub computed: Computed,
 }
 
+/// A create or update that failed after the provider made part of the
+/// resource (a load balancer without all its listeners): what exists is
+/// recorded in the state, so the next apply converges it and `destroy`
+/// removes it. Providers return it as the error.
+#[derive(Debug)]
+pub struct PartlyApplied {
+    /// What exists of the resource.
+    pub applied: Applied,
+    /// Why the rest failed.
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for PartlyApplied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for PartlyApplied {}
+
 /// The computed attributes of the resources a resource depends on, by address.
 pub type DependencyOutputs = BTreeMap<Address, Computed>;
 
@@ -55,6 +75,8 @@ pub struct Policy {
     pub delete_before_create: Vec<Kind>,
     /// How often readiness is polled.
     pub poll_interval: Duration,
+    /// How long `apply` waits for readiness unless told (`--timeout`).
+    pub ready_timeout: Duration,
 }
 
 /// What refresh found for a resource recorded in the state.

@@ -142,7 +142,22 @@ pub fn desired_resources(spec: &Spec) -> Vec<Resource> {
             })
             .collect();
         resolved["target_group_ports"] = json!(ports);
-        let dependencies = group.target_groups.iter().map(|tg| Address::new(Kind::TargetGroup, tg)).collect();
+        let mut dependencies: Vec<Address> =
+            group.target_groups.iter().map(|tg| Address::new(Kind::TargetGroup, tg)).collect();
+        // Requests per target are counted at a load balancer: a policy on
+        // them comes after the load balancers that route to the group.
+        let counts_requests = group
+            .scaling
+            .as_ref()
+            .is_some_and(|it| it.target_tracking.metric == lbctl_spec::ScalingMetric::RequestCountPerTarget);
+        if counts_requests {
+            for (lb_name, lb) in &spec.load_balancers {
+                let routed = spec.load_balancer_target_groups(lb);
+                if group.target_groups.iter().any(|tg| routed.contains(tg)) {
+                    dependencies.push(Address::new(Kind::LoadBalancer, lb_name));
+                }
+            }
+        }
         // Values derived from other resources are shown as written: a
         // change of theirs is a change of the group's.
         let mut written = attributes(group);

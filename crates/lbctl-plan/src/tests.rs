@@ -37,6 +37,7 @@ impl Provider for FakeProvider {
             replacement: Replacement::DeleteThenCreate,
             delete_before_create: vec![Kind::LoadBalancer],
             poll_interval: Duration::from_millis(1),
+            ready_timeout: Duration::from_secs(1),
         }
     }
     fn computed(&self, resource: &Resource) -> Vec<&'static str> {

@@ -121,7 +121,7 @@ pub fn load(path: &Path) -> Result<SpecFile, Diagnostics> {
 /// problem of the file in one run (unknown fields and values, missing
 /// fields, then the semantic checks), each placed in the file.
 pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagnostics> {
-    let source_map = SourceMap::build(&source);
+    let mut source_map = SourceMap::build(&source);
     let mut document: serde_yaml::Value = serde_yaml::from_str(&source).map_err(|err| {
         Diagnostics(vec![Diagnostic {
             file: file.to_string(),
@@ -133,6 +133,10 @@ pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagn
         }])
     })?;
     document.apply_merge().ok();
+    let (problems, renames) = shape::check(&mut document);
+    for (meant, written) in &renames {
+        source_map.alias(meant, written);
+    }
     let place = |path: &str, at_key: bool, message: String| {
         let location = if at_key { source_map.locate_key(path) } else { source_map.locate(path) };
         // An unknown field is shown under its parent, at the field's key.
@@ -145,7 +149,7 @@ pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagn
         }
     };
     let mut diagnostics: Vec<Diagnostic> =
-        shape::check(&mut document).into_iter().map(|it| place(&it.path, it.at_key, it.message)).collect();
+        problems.into_iter().map(|it| place(&it.path, it.at_key, it.message)).collect();
     let spec: Spec = match serde_path_to_error::deserialize(document) {
         Ok(spec) => spec,
         Err(err) => {

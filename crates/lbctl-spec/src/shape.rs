@@ -41,17 +41,20 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 /// field that is a near miss to the field it was meant to be (removing the
 /// others) and reading every near-miss value as the value meant, and
 /// returns the problems in document order.
-pub(crate) fn check(document: &mut Value) -> Vec<Problem> {
+/// Also returns the renames: (the path meant, the path written), so that
+/// problems found later at a meant path are placed where it is written.
+pub(crate) fn check(document: &mut Value) -> (Vec<Problem>, Vec<(String, String)>) {
     let root = schemars::schema_for!(crate::Spec);
     let top = Schema::Object(root.schema.clone());
-    let mut walker = Walker { root: &root, problems: Vec::new() };
+    let mut walker = Walker { root: &root, problems: Vec::new(), renames: Vec::new() };
     walker.walk(document, &top, "");
-    walker.problems
+    (walker.problems, walker.renames)
 }
 
 struct Walker<'a> {
     root: &'a RootSchema,
     problems: Vec<Problem>,
+    renames: Vec<(String, String)>,
 }
 
 /// The object schemas a value may match, with references, `allOf`,
@@ -144,6 +147,7 @@ impl<'a> Walker<'a> {
                     if let Some(meant) = suggestion(&key, known.iter().copied()).filter(|it| !mapping.contains_key(*it))
                     {
                         mapping.insert(Value::String(meant.to_string()), value);
+                        self.renames.push((join(path, meant), join(path, &key)));
                     }
                 }
                 // Missing fields, when the value can have one shape only.

@@ -54,6 +54,23 @@ impl SourceMap {
         }
     }
 
+    /// Places everything under `meant` where it is written, under
+    /// `written` (a near-miss key read as the one meant).
+    pub(crate) fn alias(&mut self, meant: &str, written: &str) {
+        for map in [&mut self.values, &mut self.keys] {
+            let moved: Vec<(String, Location)> = map
+                .iter()
+                .filter_map(|(path, at)| {
+                    let rest = path.strip_prefix(written)?;
+                    (rest.is_empty() || rest.starts_with(['.', '['])).then(|| (format!("{meant}{rest}"), *at))
+                })
+                .collect();
+            for (path, at) in moved {
+                map.entry(path).or_insert(at);
+            }
+        }
+    }
+
     /// Whether the document writes `path` (a key or a value there), rather
     /// than leaving it to its default.
     pub fn has(&self, path: &str) -> bool {

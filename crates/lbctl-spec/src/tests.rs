@@ -252,3 +252,14 @@ target_groups:
     );
     check(&source.replace("'200'", "'0-2'"), &[]);
 }
+
+#[test]
+fn a_problem_under_a_misspelt_key_is_placed_where_it_is_written() {
+    check(
+        &BASE.replace("target_groups:\n  web:", "target_group:\n  web:").replace("port: 8080", "port: 0"),
+        &[
+            "lbctl.yaml:3:1: unknown field `target_group`; did you mean `target_groups`?",
+            "lbctl.yaml:5:11: target_groups.web.port: port must be between 1 and 65535",
+        ],
+    );
+}

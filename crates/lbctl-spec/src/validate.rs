@@ -503,7 +503,14 @@ impl Checker<'_> {
                 }
             }
             if let Some(ip) = &target.ip {
-                if let Err(message) = loopback(ip) {
+                // Locally, targets are on loopback; on AWS, in the VPC.
+                let checked = match spec.provider() {
+                    crate::ProviderName::Local => loopback(ip).map(|_| ()),
+                    crate::ProviderName::Aws => {
+                        ip.parse::<Ipv4Addr>().map(|_| ()).map_err(|_| format!("`{ip}` is not an IPv4 address"))
+                    }
+                };
+                if let Err(message) = checked {
                     found.push((format!("{path}.ip"), message));
                 }
                 if target.port.or(group.port).is_none() {
