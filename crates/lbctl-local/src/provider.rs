@@ -279,11 +279,22 @@ impl LocalProvider {
             worker_threads,
             idle_timeout_ms: lb.idle_timeout().get().as_millis() as u64,
             max_connections: lb.max_connections,
-            listeners: lb.listeners,
+            listeners: lb.listeners.clone(),
             target_groups,
             layout: self.layout.clone(),
             certificates,
+            access_log: lb.access_logs.unwrap_or(false).then(|| self.access_log_path(name)),
         })
+    }
+
+    /// Where a load balancer's access log goes: `.lbctl/logs/<lb>/access.log`.
+    pub(crate) fn access_log_path(&self, name: &str) -> PathBuf {
+        self.logs_dir().join(name).join("access.log")
+    }
+
+    /// `.lbctl/logs`: access logs and groups' event logs.
+    pub(crate) fn logs_dir(&self) -> PathBuf {
+        self.options.state_dir.join("logs")
     }
 
     /// The address of a network load balancer (`None` for an application
@@ -384,6 +395,7 @@ impl LocalProvider {
             lbctl_exe: self.options.lbctl_exe.clone(),
             working_dir: self.options.working_dir.clone(),
             layout: self.layout.clone(),
+            events_log: Some(self.logs_dir().join(&resource.address.name).join("events.log")),
         })
     }
 

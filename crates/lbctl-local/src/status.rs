@@ -113,6 +113,8 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                     "running": running, "pid": pid, "urls": urls, "targets": targets_json, "errors": errors,
                     "connections": status.as_ref().map_or(0, |it| it.connections),
                     "rejected_connections": status.as_ref().map_or(0, |it| it.rejected_connections),
+                    "metrics_url": status.as_ref().and_then(|it| it.metrics_url.clone()),
+                    "access_log": lb.access_logs.unwrap_or(false).then(|| provider.access_log_path(name)),
                 }),
             })
         }
@@ -182,6 +184,7 @@ pub(crate) fn live_status(provider: &LocalProvider, current: &ResourceState) -> 
                     "crash_loop": report.crash_loop.as_ref().map(|it| json!({
                         "restarts": it.restarts, "last_exit": it.last_exit, "last_log": it.last_log,
                     })),
+                    "metrics_url": report.metrics_url,
                 }),
             })
         }

@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod certificates;
+pub mod metrics;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -125,6 +126,9 @@ pub struct ProxyConfig {
     /// paths). Absent from configurations without HTTPS listeners.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub certificates: BTreeMap<u16, CertificateFiles>,
+    /// The access log to write (`access_logs: true`), AWS's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<PathBuf>,
 }
 
 /// A PEM certificate chain and private key on disk.
@@ -298,6 +302,9 @@ pub struct ProxyStatus {
     /// Client connections and UDP flows refused at the limit since the proxy started.
     #[serde(default)]
     pub rejected_connections: u64,
+    /// Where its Prometheus metrics are served (`http://127.0.0.1:PORT/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
     /// When this was written, in Unix milliseconds.
     pub updated_ms: u64,
 }
@@ -325,6 +332,10 @@ pub struct SupervisorConfig {
     pub working_dir: PathBuf,
     /// The runtime layout.
     pub layout: Layout,
+    /// Where the group's events are appended, one line each
+    /// (`.lbctl/logs/<asg>/events.log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_log: Option<PathBuf>,
 }
 
 /// EC2-style lifecycle of an instance.
@@ -398,6 +409,9 @@ pub struct InstancesReport {
     /// `CRASH_LOOP_AFTER` have in a row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash_loop: Option<CrashLoop>,
+    /// Where its Prometheus metrics are served (`http://127.0.0.1:PORT/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
 }
 
 /// Instances exiting while they start, one after the other.

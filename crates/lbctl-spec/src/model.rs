@@ -151,6 +151,11 @@ pub struct LoadBalancer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections: Option<u32>,
+    /// One line per request (per connection for a network load balancer)
+    /// in AWS's access-log format, to `.lbctl/logs/<lb>/access.log`
+    /// (AWS's `access_logs.s3.enabled`). Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_logs: Option<bool>,
     /// Listeners; ports are unique per load balancer.
     pub listeners: Vec<Listener>,
 }

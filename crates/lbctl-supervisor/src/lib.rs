@@ -32,7 +32,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +74,54 @@ pub fn run(config_path: &Path) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
     }
     run_with_shutdown(config_path, stop)
+}
+
+/// The group's metrics, named after Auto Scaling's CloudWatch metrics
+/// (`GroupDesiredCapacity` is `lbctl_group_desired_capacity`, ...).
+fn metrics_text(config: &SupervisorConfig, report: &InstancesReport) -> String {
+    let mut out = runtime::metrics::Exposition::new();
+    let at = [("autoscaling_group", config.name.as_str())];
+    let count = |wanted: &[Lifecycle]| report.instances.iter().filter(|it| wanted.contains(&it.lifecycle)).count();
+    for (name, help, value) in [
+        ("lbctl_group_desired_capacity", "Instances the group wants: GroupDesiredCapacity.", report.desired as usize),
+        ("lbctl_group_min_size", "The group's minimum size: GroupMinSize.", config.settings.min_size as usize),
+        ("lbctl_group_max_size", "The group's maximum size: GroupMaxSize.", config.settings.max_size as usize),
+        ("lbctl_group_in_service_instances", "Instances in service: GroupInServiceInstances.", count(&[Lifecycle::InService])),
+        ("lbctl_group_pending_instances", "Instances starting: GroupPendingInstances.", count(&[Lifecycle::Pending])),
+        (
+            "lbctl_group_terminating_instances",
+            "Instances draining or stopping: GroupTerminatingInstances.",
+            count(&[Lifecycle::Draining, Lifecycle::Terminating]),
+        ),
+        ("lbctl_group_total_instances", "Every instance of the group: GroupTotalInstances.", report.instances.len()),
+    ] {
+        out.family(name, "gauge", help);
+        out.sample(name, &at, value);
+    }
+    out.finish()
+}
+
+/// Serves `text` as Prometheus metrics on a free loopback port, on a thread
+/// of its own; returns the URL (`None` when no port could be had).
+fn serve_metrics(text: Arc<Mutex<String>>) -> Option<String> {
+    let server = tiny_http::Server::http("127.0.0.1:0").ok()?;
+    let url = format!("http://{}/metrics", server.server_addr().to_ip()?);
+    std::thread::Builder::new()
+        .name("metrics".to_string())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let response = if request.url() == "/metrics" {
+                    let body = text.lock().unwrap_or_else(|it| it.into_inner()).clone();
+                    let header = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+                    tiny_http::Response::from_string(body).with_header(header.expect("a valid header"))
+                } else {
+                    tiny_http::Response::from_string("metrics are at /metrics\n").with_status_code(404)
+                };
+                let _ = request.respond(response);
+            }
+        })
+        .ok()?;
+    Some(url)
 }
 
 /// [`run`] without signal handlers: runs until `stop` becomes true (or the
@@ -186,6 +234,12 @@ struct Supervisor {
     tracker: Option<scaling::TargetTracker>,
     /// The instance refresh in progress or the outcome of the last one.
     refresh: Option<refresh::Refresh>,
+    /// The events log, appended to.
+    events_log: Option<std::fs::File>,
+    /// The metrics the metrics thread serves, rewritten with each report.
+    metrics: Arc<Mutex<String>>,
+    /// Where they are served.
+    metrics_url: Option<String>,
 }
 
 fn template_digest(template: &LaunchTemplate) -> String {
@@ -219,7 +273,15 @@ impl Supervisor {
             last_warning: String::new(),
             tracker: None,
             refresh: None,
+            events_log: None,
+            metrics: Arc::default(),
+            metrics_url: None,
         };
+        supervisor.events_log = supervisor.config.events_log.as_ref().and_then(|path| {
+            path.parent().map(lbctl_files::create_private_dir);
+            lbctl_files::open_private_append(path).ok()
+        });
+        supervisor.metrics_url = serve_metrics(supervisor.metrics.clone());
         supervisor.adopt()?;
         supervisor.find_registrations();
         supervisor.event(format!(
@@ -301,6 +363,10 @@ impl Supervisor {
     fn event(&mut self, message: String) {
         let line = format!("{} {message}", decide::utc_timestamp(runtime::now_ms()));
         eprintln!("{line}");
+        if let Some(log) = &mut self.events_log {
+            use std::io::Write;
+            let _ = writeln!(log, "{line}");
+        }
         self.events.push_back(line);
         while self.events.len() > MAX_EVENTS {
             self.events.pop_front();
@@ -697,7 +763,9 @@ impl Supervisor {
             refresh: self.refresh.as_ref().map(refresh::Refresh::status),
             errors: self.config_problem.iter().cloned().collect(),
             crash_loop: self.crash_loop.clone().filter(|it| it.restarts >= runtime::CRASH_LOOP_AFTER),
+            metrics_url: self.metrics_url.clone(),
         };
+        *self.metrics.lock().unwrap_or_else(|it| it.into_inner()) = metrics_text(&self.config, &report);
         if let Some((last, at)) = &self.last_report {
             if !force && *last == report && at.elapsed() < REPORT_EVERY {
                 return;

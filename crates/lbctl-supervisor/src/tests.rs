@@ -49,6 +49,7 @@ impl Harness {
             lbctl_exe: PathBuf::from("/nonexistent/lbctl"),
             working_dir: dir.path().to_path_buf(),
             layout: layout.clone(),
+            events_log: Some(dir.path().join("logs/web/events.log")),
         };
         let config_path = layout.asg_dir("web").join("config.json");
         let harness = Harness {
@@ -226,6 +227,19 @@ fn supervisor_keeps_desired_instances_replaces_dead_ones_and_scales_in() {
     );
     let report = harness.report().unwrap();
     assert!(has_event(&report, &[&format!("replacing {}", victim.id), "SIGKILL"]), "{:#?}", report.events);
+    // The events are also in the events log, and the metrics say how many
+    // instances are in service.
+    let events = std::fs::read_to_string(harness._dir.path().join("logs/web/events.log")).unwrap();
+    assert!(events.lines().any(|it| it.contains(&format!("replacing {}", victim.id))), "{events}");
+    let url = report.metrics_url.clone().expect("a metrics URL");
+    let address = url.trim_start_matches("http://").trim_end_matches("/metrics");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    use std::io::{Read, Write};
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("lbctl_group_total_instances{autoscaling_group=\"web\"} 2"), "{answer}");
+    assert!(answer.contains("# TYPE lbctl_group_desired_capacity gauge"), "{answer}");
 
     // Scale in: one instance drained and terminated, the other untouched.
     let before: Vec<InstanceRecord> = live(&report).into_iter().cloned().collect();

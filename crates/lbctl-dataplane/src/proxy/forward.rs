@@ -16,7 +16,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -30,7 +31,9 @@ use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
+use super::access_log::{self, AccessLog};
 use super::action::{Action, RedirectSource};
+use super::observe::LbStats;
 use super::lambda;
 use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
@@ -65,6 +68,21 @@ pub struct ListenerContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `#{host}` of a redirect when the request has no Host header.
     default_host: String,
+    /// Where its requests are counted and logged.
+    pub observe: Arc<Observe>,
+}
+
+/// Where a listener's requests are counted, and logged when the load
+/// balancer has access logs.
+pub struct Observe {
+    /// The load balancer's counters.
+    pub stats: Arc<LbStats>,
+    /// Its access log, when on.
+    pub log: Option<Arc<AccessLog>>,
+    /// `app/<name>/<id>`: the load balancer in log lines.
+    pub elb: String,
+    /// The stack, for target group ARNs.
+    pub stack: String,
 }
 
 impl ListenerContext {
@@ -72,6 +90,7 @@ impl ListenerContext {
     pub fn compile(
         listener: &lbctl_spec::Listener,
         config: &ProxyConfig,
+        observe: Arc<Observe>,
         resolve: &mut dyn FnMut(&str) -> std::sync::Arc<TargetGroup>,
     ) -> (ListenerContext, Vec<String>) {
         let (router, errors) = Router::compile(listener, resolve);
@@ -86,6 +105,7 @@ impl ListenerContext {
             },
             tls: None,
             default_host: config.dns_name.clone(),
+            observe,
         };
         (context, errors)
     }
@@ -99,23 +119,187 @@ pub struct Frontend {
     pub upstream: Upstream,
 }
 
-/// Answers one request from `peer`.
-pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+/// What a connection tells its requests' log lines.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// TLS cipher (OpenSSL's name), protocol and SNI name, on HTTPS.
+    pub tls: Option<(String, &'static str, Option<String>)>,
+    /// `TID_<hex>`: the connection in log lines.
+    pub trace_id: String,
+}
+
+/// What happened to a request on its way, for its log line and the metrics.
+#[derive(Default)]
+struct Trace {
+    /// The matching rule's priority, 0 for the default action.
+    priority: Option<u32>,
+    /// `forward`, `redirect`, `fixed-response`.
+    actions: &'static str,
+    /// The target group it was forwarded to.
+    group: Option<Arc<TargetGroup>>,
+    /// The target that was sent it.
+    target: Option<SocketAddr>,
+    /// When it was sent to the target, and when the target's head came.
+    sent: Option<Instant>,
+    answered: Option<Instant>,
+    /// The target's status code.
+    target_status: Option<u16>,
+    /// A redirect's Location.
+    redirect: Option<String>,
+    /// Why it failed, AWS's code where it has one.
+    error_reason: Option<&'static str>,
+}
+
+/// Answers one request from `peer`: routes and forwards it (`route`), then
+/// counts the answer, and when the load balancer logs, has the response
+/// body write its access-log line once it is sent.
+pub async fn handle(
+    frontend: &Frontend,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    connection: &ConnectionInfo,
+) -> Response<ProxyBody> {
+    let arrived = Instant::now();
+    let observe = frontend.context.load().observe.clone();
+    let received = received_bytes(&request);
+    let head = observe.log.as_ref().map(|_| RequestHead::of(&request, connection));
+    let mut trace = Trace::default();
+    let mut response = route(frontend, request, peer, &mut trace).await;
+    let status = response.status().as_u16();
+    observe.stats.response(status, trace.target_status.is_none());
+    let head_bytes = response_head_bytes(&response);
+    let body = response.body_mut();
+    body.stats = Some(observe.stats.clone());
+    body.received = received + head_bytes;
+    if let (Some(log), Some(head)) = (observe.log.clone(), head) {
+        let now = Instant::now();
+        let since = |at: Option<Instant>, to: Instant| at.map(|at| to.saturating_duration_since(at));
+        let wall = SystemTime::now();
+        let entry = access_log::Entry {
+            kind: head.kind,
+            time: wall,
+            elb: observe.elb.clone(),
+            client: peer,
+            target: trace.target,
+            request_processing: Some(trace.sent.unwrap_or(now).saturating_duration_since(arrived)),
+            target_processing: trace.sent.and(since(trace.sent, trace.answered.unwrap_or(now))).filter(|_| trace.answered.is_some()),
+            response_processing: Some(now.saturating_duration_since(trace.answered.unwrap_or(now))),
+            elb_status: status,
+            target_status: trace.target_status,
+            received_bytes: received,
+            sent_bytes: head_bytes,
+            request: head.request,
+            user_agent: head.user_agent,
+            ssl_cipher: head.tls.as_ref().map(|it| it.0.clone()),
+            ssl_protocol: head.tls.as_ref().map(|it| it.1),
+            target_group_arn: trace.group.as_ref().map(|group| {
+                format!(
+                    "arn:aws:elasticloadbalancing:local:000000000000:targetgroup/{}/{}",
+                    group.name,
+                    access_log::resource_id(&observe.stack, &group.name)
+                )
+            }),
+            trace_id: head.trace_id,
+            domain: head.tls.as_ref().and_then(|it| it.2.clone()),
+            chosen_cert: head.tls.as_ref().map(|_| format!("arn:aws:acm:local:000000000000:certificate/{}", observe.elb.replace('/', "-"))),
+            matched_rule_priority: trace.priority,
+            request_creation_time: wall - now.saturating_duration_since(arrived),
+            actions: if trace.actions.is_empty() { "-" } else { trace.actions },
+            redirect_url: trace.redirect.take(),
+            error_reason: trace.error_reason,
+            conn_trace_id: connection.trace_id.clone(),
+        };
+        response.body_mut().log = Some((log, Box::new(entry)));
+    }
+    response
+}
+
+/// What a log line needs of a request before it is forwarded.
+struct RequestHead {
+    kind: &'static str,
+    request: String,
+    user_agent: String,
+    trace_id: String,
+    tls: Option<(String, &'static str, Option<String>)>,
+}
+
+impl RequestHead {
+    fn of<B>(request: &Request<B>, connection: &ConnectionInfo) -> RequestHead {
+        let tls = connection.tls.is_some();
+        let kind = match (tls, request.version()) {
+            (true, Version::HTTP_2) if is_grpc(request.headers()) => "grpcs",
+            (true, Version::HTTP_2) => "h2",
+            (true, _) => "https",
+            (false, _) => "http",
+        };
+        let host = request
+            .headers()
+            .get(HOST)
+            .and_then(|it| it.to_str().ok())
+            .or(request.uri().authority().map(|it| it.as_str()))
+            .unwrap_or("-");
+        let scheme = if tls { "https" } else { "http" };
+        let path = request.uri().path_and_query().map_or("/", |it| it.as_str());
+        let version = match request.version() {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        RequestHead {
+            kind,
+            request: format!("{} {scheme}://{host}{path} {version}", request.method()),
+            user_agent: request.headers().get(USER_AGENT).and_then(|it| it.to_str().ok()).unwrap_or("").to_string(),
+            trace_id: access_log::trace_id(SystemTime::now()),
+            tls: connection.tls.clone(),
+        }
+    }
+}
+
+/// The size of a request: its request line and headers (as sent over
+/// HTTP/1.1), and its body's declared length.
+fn received_bytes<B>(request: &Request<B>) -> u64 {
+    let head: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    let line = request.method().as_str().len() + request.uri().path_and_query().map_or(1, |it| it.as_str().len()) + 12;
+    let body = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|it| it.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (line + head + 2) as u64 + body
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|it| it.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The size of a response's status line and headers.
+fn response_head_bytes(response: &Response<ProxyBody>) -> u64 {
+    let head: usize = response.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    (17 + head + 2) as u64
+}
+
+/// Routes a request and forwards or answers it, noting in `trace` what
+/// happened.
+async fn route(frontend: &Frontend, request: Request<Incoming>, peer: SocketAddr, trace: &mut Trace) -> Response<ProxyBody> {
     let client_ip = peer.ip().to_canonical();
     // Route under the context snapshot, then let it go before any await.
     let (group, idle_timeout, forwarded_port, protocol) = {
         let context = frontend.context.load();
         let view = RequestView::new(&request, client_ip);
-        let group = match context.router.route(&view) {
+        let (priority, action) = context.router.route_with_priority(&view);
+        trace.priority = Some(priority);
+        let group = match action {
             Action::Forward(group) => group.clone(),
             Action::Weighted(weighted) => match weighted.pick() {
                 Some(group) => group.clone(),
                 None => {
+                    trace.actions = "forward";
                     let failure = Failure::new(&request, peer, "-", "-");
                     return failure.answer(StatusCode::SERVICE_UNAVAILABLE, "every weight of the forward is 0");
                 }
             },
             Action::Fixed(fixed) => {
+                trace.actions = "fixed-response";
                 let mut response = Response::new(ProxyBody::full(fixed.body.clone()));
                 *response.status_mut() = fixed.status;
                 response.headers_mut().insert(CONTENT_TYPE, fixed.content_type.clone());
@@ -131,9 +315,12 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
                     path: uri.path(),
                     query: uri.query().unwrap_or(""),
                 };
-                let Ok(location) = HeaderValue::try_from(redirect.location(&source)) else {
+                trace.actions = "redirect";
+                let url = redirect.location(&source);
+                let Ok(location) = HeaderValue::try_from(url.as_str()) else {
                     return error(StatusCode::BAD_REQUEST);
                 };
+                trace.redirect = Some(url);
                 let mut response = Response::new(ProxyBody::empty());
                 *response.status_mut() = redirect.status;
                 response.headers_mut().insert(LOCATION, location);
@@ -142,6 +329,8 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
         };
         (group, context.idle_timeout, context.forwarded_port.clone(), context.protocol)
     };
+    trace.actions = "forward";
+    trace.group = Some(group.clone());
     let Some((backend, mut sticky_cookie)) = group.select_with(request.headers()) else {
         let failure = Failure::new(&request, peer, &group.name, "-");
         return failure.answer(StatusCode::SERVICE_UNAVAILABLE, "no registered target is routable");
@@ -159,7 +348,15 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
         parts.headers.insert(TE, HeaderValue::from_static("trailers"));
     }
     if let Some(function) = &in_flight.function {
-        let response = lambda::invoke(function, parts, body).await.map(ProxyBody::full);
+        trace.sent = Some(Instant::now());
+        let (response, failed) = lambda::invoke(function, parts, body).await;
+        let response = response.map(ProxyBody::full);
+        trace.answered = Some(Instant::now());
+        trace.error_reason = failed;
+        if failed.is_none() {
+            trace.target_status = Some(response.status().as_u16());
+            group.stats.answer(response.status().as_u16(), trace.answered.unwrap_or_else(Instant::now) - trace.sent.unwrap_or_else(Instant::now));
+        }
         return with_sticky_cookie(response, sticky_cookie);
     }
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -178,12 +375,15 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
     let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
     let replay = Replay::capture(&parts, &body);
     let deadline = Instant::now() + idle_timeout;
+    trace.sent = Some(Instant::now());
+    trace.target = Some(in_flight.address());
     let sent = frontend.upstream.send(transport, in_flight.endpoint(), Request::from_parts(parts, Either::Left(body)));
     let mut answer = tokio::time::timeout_at(deadline, sent).await;
     // A target that died under the request: once more on another one (`retry`).
     if let Ok(Err(err)) = &answer {
         if let Some((other, request)) = retry::second_attempt(&group, &in_flight, err, replay) {
             in_flight = other;
+            trace.target = Some(in_flight.address());
             sticky_cookie = sticky_cookie.and_then(|_| group.sticky_cookie_for(&in_flight));
             answer =
                 tokio::time::timeout_at(deadline, frontend.upstream.send(transport, in_flight.endpoint(), request))
@@ -199,6 +399,11 @@ pub async fn handle(frontend: &Frontend, request: Request<Incoming>, peer: Socke
         }
         Ok(Err(err)) => failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
         Ok(Ok(exchange)) => {
+            let answered = Instant::now();
+            let status = exchange.response.status().as_u16();
+            group.stats.answer(status, answered.saturating_duration_since(trace.sent.unwrap_or(answered)));
+            trace.answered = Some(answered);
+            trace.target_status = Some(status);
             let (mut parts, body) = exchange.response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
             let body = ProxyBody::upstream(body, in_flight, exchange.connection);
@@ -332,6 +537,16 @@ fn error(status: StatusCode) -> Response<ProxyBody> {
 /// flight, or one the load balancer made.
 pub struct ProxyBody {
     kind: BodyKind,
+    /// The load balancer's counters: bytes sent and received are added
+    /// when the body is done.
+    stats: Option<Arc<LbStats>>,
+    /// Bytes of the request.
+    received: u64,
+    /// Bytes of the body sent so far.
+    sent: u64,
+    /// The access-log line, written once the body is sent (with its size
+    /// and time).
+    log: Option<(Arc<AccessLog>, Box<access_log::Entry>)>,
 }
 
 enum BodyKind {
@@ -346,12 +561,16 @@ enum BodyKind {
 }
 
 impl ProxyBody {
+    fn new(kind: BodyKind) -> ProxyBody {
+        ProxyBody { kind, stats: None, received: 0, sent: 0, log: None }
+    }
+
     fn full(bytes: Bytes) -> ProxyBody {
-        ProxyBody { kind: BodyKind::Full(if bytes.is_empty() { None } else { Some(bytes) }) }
+        ProxyBody::new(BodyKind::Full(if bytes.is_empty() { None } else { Some(bytes) }))
     }
 
     fn empty() -> ProxyBody {
-        ProxyBody { kind: BodyKind::Full(None) }
+        ProxyBody::new(BodyKind::Full(None))
     }
 
     fn upstream(
@@ -367,7 +586,26 @@ impl ProxyBody {
             }
             other => other,
         };
-        ProxyBody { kind: BodyKind::Upstream { body, in_flight, connection } }
+        ProxyBody::new(BodyKind::Upstream { body, in_flight, connection })
+    }
+}
+
+impl Drop for ProxyBody {
+    /// The response is done (sent, or given up by the client): its bytes
+    /// are counted and its log line written.
+    fn drop(&mut self) {
+        if let Some(stats) = &self.stats {
+            stats.bytes(self.received + self.sent);
+        }
+        if let Some((log, mut entry)) = self.log.take() {
+            entry.sent_bytes += self.sent;
+            entry.time = SystemTime::now();
+            if !log.write(entry.line()) {
+                if let Some(stats) = &self.stats {
+                    stats.log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -376,7 +614,34 @@ impl Body for ProxyBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let frame = this.poll_kind(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full(bytes) => bytes.is_none(),
+            BodyKind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |it| it.len() as u64)),
+            BodyKind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl ProxyBody {
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.kind {
             BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|it| Ok(Frame::data(it)))),
             BodyKind::Upstream { body, in_flight, connection } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
@@ -392,20 +657,6 @@ impl Body for ProxyBody {
                 }
                 frame
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Full(bytes) => bytes.is_none(),
-            BodyKind::Upstream { body, .. } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            BodyKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |it| it.len() as u64)),
-            BodyKind::Upstream { body, .. } => body.size_hint(),
         }
     }
 }

@@ -102,15 +102,22 @@ impl Failure {
 
 /// Invokes `function` for a request whose headers the proxy has already
 /// prepared (`X-Forwarded-*` added, hop-by-hop headers removed), and answers
-/// with the function's response or the load balancer's error.
-pub async fn invoke<B>(function: &Function, parts: Parts, body: B) -> Response<Bytes>
+/// with the function's response or the load balancer's error, and then why
+/// it failed, as AWS's access logs name it (`LambdaTimeout`,
+/// `LambdaInvalidResponse`, ...).
+pub async fn invoke<B>(function: &Function, parts: Parts, body: B) -> (Response<Bytes>, Option<&'static str>)
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match try_invoke(function, parts, body).await {
-        Ok(response) => response,
+        Ok(response) => (response, None),
         Err(failure) => {
+            let why = match failure.status {
+                StatusCode::GATEWAY_TIMEOUT => "LambdaTimeout",
+                StatusCode::PAYLOAD_TOO_LARGE => "LambdaResponseTooLarge",
+                _ => "LambdaInvalidResponse",
+            };
             if failure.status != StatusCode::PAYLOAD_TOO_LARGE {
                 let time = crate::runtime::log_time();
                 eprintln!("{time} function {}: {} ({})", function.name, failure.status.as_u16(), failure.detail);
@@ -119,7 +126,7 @@ where
             let mut response = Response::new(Bytes::from(format!("{} {reason}\n", failure.status.as_u16())));
             *response.status_mut() = failure.status;
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            response
+            (response, Some(why))
         }
     }
 }
@@ -471,7 +478,7 @@ mod tests {
 
     async fn call(function: &Function, body: &'static str) -> (u16, String) {
         let request = parts("POST", "/x?q=1", &[("content-type", "text/plain")]);
-        let response = invoke(function, request, Full::new(Bytes::from_static(body.as_bytes()))).await;
+        let (response, _) = invoke(function, request, Full::new(Bytes::from_static(body.as_bytes()))).await;
         (response.status().as_u16(), String::from_utf8_lossy(response.body()).into_owned())
     }
 

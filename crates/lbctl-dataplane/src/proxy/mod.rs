@@ -32,6 +32,7 @@
 //! a listener whose certificate cannot be loaded is skipped and reported in
 //! the status's `errors`.
 
+mod access_log;
 mod action;
 mod connection;
 mod discovery;
@@ -40,6 +41,7 @@ mod head_guard;
 mod health_check;
 mod lambda;
 mod network;
+mod observe;
 mod relay;
 mod retry;
 mod router;
@@ -69,8 +71,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::access_log::AccessLog;
 use self::connection::{Activity, Admitted, ConnectionLimit};
-use self::forward::{Frontend, ListenerContext};
+use self::forward::{ConnectionInfo, Frontend, ListenerContext, Observe};
+use self::observe::LbStats;
 use self::status::StatusBoard;
 use self::target_group::TargetGroup;
 use self::upstream::Upstream;
@@ -141,6 +145,17 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> Re
     let board = Arc::new(StatusBoard::new(config.layout.lb_dir(&config.name).join("status.json")));
     eprintln!("proxy {name}: starting (pid {})", std::process::id());
     let mut proxy = Proxy::new(config_path, board.clone());
+    let network = config.kind == Some(lbctl_spec::LoadBalancerType::Network);
+    let metrics = match serve_metrics(board.clone(), name.clone(), network, proxy.stats.clone()).await {
+        Ok((url, task)) => {
+            board.update(|report| report.metrics_url = Some(url));
+            Some(task)
+        }
+        Err(err) => {
+            eprintln!("proxy {name}: no metrics endpoint: {err:#}");
+            None
+        }
+    };
     proxy.apply(config, runtime::digest(&bytes)).await;
     // The provider waits for this file: write it as soon as the ports are bound.
     if let Err(err) = board.write() {
@@ -158,9 +173,47 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> Re
     }
     eprintln!("proxy {name}: shutting down");
     drop(writer);
+    drop(metrics);
     proxy.shutdown().await;
     eprintln!("proxy {name}: stopped");
     Ok(())
+}
+
+/// Serves the load balancer's Prometheus metrics on a free loopback port:
+/// `GET /metrics`. Returns its URL and the task.
+async fn serve_metrics(
+    board: Arc<StatusBoard>,
+    name: String,
+    network: bool,
+    stats: Arc<LbStats>,
+) -> Result<(String, AbortOnDrop)> {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.context("binding the metrics port")?;
+    let url = format!("http://{}/metrics", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (board, name, stats) = (board.clone(), name.clone(), stats.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let text = board.metrics(&name, network, &stats);
+                    async move {
+                        let response = if request.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"metrics are at /metrics\n")))
+                        };
+                        Ok::<_, Infallible>(response.unwrap_or_default())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok((url, AbortOnDrop(task)))
 }
 
 /// Reads and parses a configuration file, returning its bytes too.
@@ -258,6 +311,10 @@ struct Proxy {
     config_errors: Vec<String>,
     /// Accept tasks of closed listeners, still draining their connections.
     retiring: Vec<JoinHandle<()>>,
+    /// The load balancer's counters, for the metrics.
+    stats: Arc<LbStats>,
+    /// Its access log, when on, and its path.
+    access_log: Option<(PathBuf, Arc<AccessLog>)>,
 }
 
 impl Proxy {
@@ -277,6 +334,8 @@ impl Proxy {
             last_bind_attempt: Instant::now(),
             config_errors: Vec::new(),
             retiring: Vec::new(),
+            stats: Arc::new(LbStats::default()),
+            access_log: None,
         }
     }
 
@@ -349,6 +408,31 @@ impl Proxy {
             });
         }
 
+        // The access log: opened when asked for, closed when not.
+        match &config.access_log {
+            None => self.access_log = None,
+            Some(path) if self.access_log.as_ref().is_some_and(|(open, _)| open == path) => {}
+            Some(path) => match AccessLog::open(path) {
+                Ok(log) => self.access_log = Some((path.clone(), Arc::new(log))),
+                Err(err) => {
+                    errors.push(format!("access log: {err:#}"));
+                    self.access_log = None;
+                }
+            },
+        }
+        let kind = if config.kind == Some(lbctl_spec::LoadBalancerType::Network) { "net" } else { "app" };
+        let observe = Arc::new(Observe {
+            stats: self.stats.clone(),
+            log: self.access_log.as_ref().map(|(_, log)| log.clone()),
+            elb: format!("{kind}/{}/{}", config.name, access_log::resource_id(&config.stack, &config.name)),
+            stack: config.stack.clone(),
+        });
+
+        let network_observe = Arc::new(network::Observe {
+            stats: self.stats.clone(),
+            log: observe.log.clone().map(|log| (log, observe.elb.clone())),
+        });
+
         // Listeners: compile every usable one.
         let mut contexts: BTreeMap<ListenerKey, Compiled> = BTreeMap::new();
         for listener in &config.listeners {
@@ -373,7 +457,8 @@ impl Proxy {
                 |name: &str| groups.get(name).map(|it| it.group.clone()).unwrap_or_else(|| TargetGroup::new(name));
             let compiled = match listener.protocol {
                 ListenerProtocol::Http | ListenerProtocol::Https => {
-                    let (mut context, problems) = ListenerContext::compile(listener, &config, &mut resolve);
+                    let (mut context, problems) =
+                        ListenerContext::compile(listener, &config, observe.clone(), &mut resolve);
                     context.tls = tls;
                     errors.extend(problems.into_iter().map(|it| format!("listener {port}: {it}")));
                     Compiled::Http(Box::new(context))
@@ -385,12 +470,13 @@ impl Proxy {
                         continue;
                     };
                     let group = resolve(group);
+                    let observe = network_observe.clone();
                     if key.udp {
-                        Compiled::Datagram(network::DatagramContext { group, bind_ip: config.bind_ip })
+                        Compiled::Datagram(network::DatagramContext { group, bind_ip: config.bind_ip, observe })
                     } else {
                         let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
                         let address = SocketAddr::from((config.bind_ip, port));
-                        Compiled::Stream(network::StreamContext { group, tls, idle_timeout, address })
+                        Compiled::Stream(network::StreamContext { group, tls, idle_timeout, address, observe })
                     }
                 }
             };
@@ -609,12 +695,23 @@ async fn serve_connection(
     _admitted: Admitted,
     shutdown: CancellationToken,
 ) {
-    let tls = frontend.context.load().tls.clone();
+    let (tls, stats) = {
+        let context = frontend.context.load();
+        (context.tls.clone(), context.observe.stats.clone())
+    };
+    stats.new_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let trace_id = format!("TID_{:016x}", rand::random::<u64>());
     match tls {
-        None => serve_http(stream, peer, frontend, shutdown).await,
+        None => serve_http(stream, peer, frontend, ConnectionInfo { tls: None, trace_id }, shutdown).await,
         Some(acceptor) => {
             if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                serve_http(stream, peer, frontend, shutdown).await;
+                let session = stream.get_ref().1;
+                let tls = Some((
+                    session.negotiated_cipher_suite().map(|it| crate::tls::openssl_name(it.suite())).unwrap_or_default(),
+                    crate::tls::protocol_name(session.protocol_version()),
+                    session.server_name().map(str::to_string),
+                ));
+                serve_http(stream, peer, frontend, ConnectionInfo { tls, trace_id }, shutdown).await;
             }
         }
     }
@@ -623,7 +720,13 @@ async fn serve_connection(
 /// Serves HTTP on an accepted (and, on HTTPS listeners, decrypted) connection
 /// until it closes, its watchdog closes it (a silent client, an idle
 /// connection; see `connection`) or `shutdown` ends it.
-async fn serve_http<I>(io: I, peer: SocketAddr, frontend: Arc<Frontend>, shutdown: CancellationToken)
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    frontend: Arc<Frontend>,
+    connection: ConnectionInfo,
+    shutdown: CancellationToken,
+)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -645,11 +748,13 @@ where
         .max_concurrent_streams(connection::MAX_CONCURRENT_STREAMS);
     let activity = Activity::new();
     let requests = activity.clone();
+    let connection = Arc::new(connection);
     let service = service_fn(move |request| {
         let frontend = frontend.clone();
+        let connection = connection.clone();
         let request_guard = requests.request();
         async move {
-            let response = forward::handle(&frontend, request, peer).await;
+            let response = forward::handle(&frontend, request, peer, &connection).await;
             drop(request_guard);
             Ok::<_, Infallible>(response)
         }
@@ -729,6 +834,7 @@ mod tests {
             target_groups: vec!["web".into(), "empty".into()],
             layout: layout.clone(),
             certificates: BTreeMap::new(),
+            access_log: None,
         }
     }
 

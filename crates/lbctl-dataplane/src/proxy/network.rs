@@ -24,7 +24,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
@@ -33,8 +33,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::access_log::{self, AccessLog};
 use super::connection::{Admitted, ConnectionLimit};
-use super::relay::{self, CopyPump, Ended, SplicePump};
+use super::observe::LbStats;
+use super::relay::{self, CopyPump, Ended, Pump, SplicePump};
 use super::selection::{Backend, InFlight};
 use super::target_group::TargetGroup;
 use super::TLS_HANDSHAKE_TIMEOUT;
@@ -59,6 +61,54 @@ fn flow_hash(client: SocketAddr, listener: SocketAddr, udp: bool) -> u64 {
     FLOW_SECRET.hash_one((client, listener, udp))
 }
 
+/// Where a network listener's connections are counted, and logged when the
+/// load balancer has access logs.
+pub struct Observe {
+    /// The load balancer's counters.
+    pub stats: Arc<LbStats>,
+    /// Its access log, when on, with `net/<name>/<id>`.
+    pub log: Option<(Arc<AccessLog>, String)>,
+}
+
+impl Observe {
+    /// Counts a connection or flow that ended, and logs it.
+    #[allow(clippy::too_many_arguments)]
+    fn ended(
+        &self,
+        kind: &'static str,
+        client: SocketAddr,
+        listener: SocketAddr,
+        target: Option<SocketAddr>,
+        started: (Instant, SystemTime),
+        handshake: Option<Duration>,
+        (received, sent): (u64, u64),
+        tls: Option<(String, &'static str, Option<String>)>,
+    ) {
+        self.stats.bytes(received + sent);
+        let Some((log, elb)) = &self.log else { return };
+        let entry = access_log::ConnectionEntry {
+            kind,
+            time: SystemTime::now(),
+            elb: elb.clone(),
+            listener: format!("listener/{elb}/{}", listener.port()),
+            client,
+            destination: listener,
+            duration: started.0.elapsed(),
+            tls_handshake: handshake,
+            received_bytes: received,
+            sent_bytes: sent,
+            tls_cipher: tls.as_ref().map(|it| it.0.clone()),
+            tls_protocol: tls.as_ref().map(|it| it.1),
+            domain: tls.and_then(|it| it.2),
+            started: started.1,
+            target,
+        };
+        if !log.write(entry.line()) {
+            self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What a TCP or TLS listener serves; replaced as a whole on reload.
 pub struct StreamContext {
     /// The target group of the default action.
@@ -70,6 +120,8 @@ pub struct StreamContext {
     /// The listener's address: the destination of the PROXY header, part
     /// of the flow hash (known, so no `getsockname` per connection).
     pub address: SocketAddr,
+    /// Where its connections are counted and logged.
+    pub observe: Arc<Observe>,
 }
 
 /// What a UDP listener serves; replaced as a whole on reload.
@@ -78,6 +130,8 @@ pub struct DatagramContext {
     pub group: Arc<TargetGroup>,
     /// The load balancer's address, which flows to targets are bound to.
     pub bind_ip: Ipv4Addr,
+    /// Where its flows are counted and logged.
+    pub observe: Arc<Observe>,
 }
 
 /// Accepts TCP connections until told to stop. Open connections are not
@@ -115,11 +169,20 @@ pub async fn accept_streams(
 
 /// Relays one plain TCP client connection to its target.
 async fn serve_plain(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>, _admitted: Admitted) {
-    let Some((backend, target)) = open_target(&context, peer).await else { return };
+    let started = (Instant::now(), SystemTime::now());
+    context.observe.stats.new_connections.fetch_add(1, Ordering::Relaxed);
+    let Some((backend, target)) = open_target(&context, peer).await else {
+        context.observe.ended("tcp", peer, context.address, None, started, None, (0, 0), None);
+        return;
+    };
     let _flow = InFlight::start(backend.clone());
     let ended = AtomicBool::new(false);
-    let (up, down) = SplicePump::pair(&client, &target, &ended);
-    log_end(peer, &backend, relay::relay(up, down, context.idle_timeout, backend.retired()).await);
+    let (mut up, mut down) = SplicePump::pair(&client, &target, &ended);
+    let end = relay::relay(&mut up, &mut down, context.idle_timeout, backend.retired()).await;
+    log_end(peer, &backend, end);
+    let bytes = (up.moved(), down.moved());
+    let target = Some(SocketAddr::from((backend.ip, backend.port)));
+    context.observe.ended("tcp", peer, context.address, target, started, None, bytes, None);
 }
 
 /// Relays one TLS client connection, decrypted, to its target; its own
@@ -131,19 +194,34 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     _admitted: Admitted,
 ) {
+    let started = (Instant::now(), SystemTime::now());
+    context.observe.stats.new_connections.fetch_add(1, Ordering::Relaxed);
     let Ok(Ok(client)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await else { return };
-    let Some((backend, target)) = open_target(&context, peer).await else { return };
+    let handshake = Some(started.0.elapsed());
+    let session = client.get_ref().1;
+    let tls = Some((
+        session.negotiated_cipher_suite().map(|it| crate::tls::openssl_name(it.suite())).unwrap_or_default(),
+        crate::tls::protocol_name(session.protocol_version()),
+        session.server_name().map(str::to_string),
+    ));
+    let Some((backend, target)) = open_target(&context, peer).await else {
+        context.observe.ended("tls", peer, context.address, None, started, handshake, (0, 0), tls);
+        return;
+    };
     let _flow = InFlight::start(backend.clone());
     let (client_read, client_write) = tokio::io::split(client);
     let (target_read, target_write) = target.into_split();
-    let (up, down) = (CopyPump::new(client_read, target_write), CopyPump::new(target_read, client_write));
-    log_end(peer, &backend, relay::relay(up, down, context.idle_timeout, backend.retired()).await);
+    let (mut up, mut down) = (CopyPump::new(client_read, target_write), CopyPump::new(target_read, client_write));
+    log_end(peer, &backend, relay::relay(&mut up, &mut down, context.idle_timeout, backend.retired()).await);
+    let bytes = (up.moved(), down.moved());
+    let target = Some(SocketAddr::from((backend.ip, backend.port)));
+    context.observe.ended("tls", peer, context.address, target, started, handshake, bytes, tls);
 }
 
 /// A connection to the target of `peer`'s flow, the PROXY header sent when
 /// the group wants one.
 async fn open_target(context: &StreamContext, peer: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
-    let (backend, mut target) = connect(&context.group, flow_hash(peer, context.address, false))?;
+    let (backend, mut target) = connect(&context.group, flow_hash(peer, context.address, false), &context.observe.stats)?;
     if context.group.transport().proxy_protocol {
         let header = proxy_header(peer, context.address, ppp::v2::Protocol::Stream);
         target.write_all(&header).await.ok()?;
@@ -163,7 +241,7 @@ fn log_end(peer: SocketAddr, backend: &Backend, ended: Ended) {
 /// A connection to the target of flow `hash`: the routable target the hash
 /// picks, or, when it refuses, the next one (each refusal reported for
 /// passive health). `None` when no target accepts.
-fn connect(group: &TargetGroup, hash: u64) -> Option<(Arc<Backend>, TcpStream)> {
+fn connect(group: &TargetGroup, hash: u64, stats: &LbStats) -> Option<(Arc<Backend>, TcpStream)> {
     let mut refused: Vec<Arc<Backend>> = Vec::new();
     // Ends: every refused target is left out of the next pick.
     loop {
@@ -171,7 +249,10 @@ fn connect(group: &TargetGroup, hash: u64) -> Option<(Arc<Backend>, TcpStream)> 
         let address = SocketAddr::from((backend.ip, backend.port));
         match start_connect(address) {
             Ok(stream) => return Some((backend, stream)),
-            Err(err) => group.report_connection_failure(&backend, &err.to_string()),
+            Err(err) => {
+                stats.target_resets.fetch_add(1, Ordering::Relaxed);
+                group.report_connection_failure(&backend, &err.to_string())
+            }
         }
         refused.push(backend);
     }
@@ -240,10 +321,12 @@ pub async fn serve_datagrams(
                         // Past the limit a new flow's datagram is dropped.
                         let Some(admitted) = limit.admit("UDP flow") else { continue };
                         let Some(flow) = open_flow(&context.load(), &socket, peer, local, admitted).await else { continue };
+                        context.load().observe.stats.new_connections.fetch_add(1, Ordering::Relaxed);
                         flows.entry(peer).insert_entry(flow).into_mut()
                     }
                 };
                 flow.last_datagram.store(flow.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                flow.received.fetch_add(length as u64, Ordering::Relaxed);
                 // Sent without waiting (for readiness tokio has not seen on a
                 // new socket, or for room): a datagram that cannot go now
                 // is dropped, as UDP may, and no flow holds up the others.
@@ -263,6 +346,8 @@ struct Flow {
     epoch: Instant,
     /// When the last datagram moved either way.
     last_datagram: Arc<AtomicU64>,
+    /// Bytes from the client.
+    received: Arc<AtomicU64>,
     replies: JoinHandle<()>,
     /// Its place under the load balancer's limit, given back when the flow is forgotten.
     _admitted: Admitted,
@@ -283,9 +368,26 @@ async fn open_flow(
     let upstream = Arc::new(upstream);
     let epoch = Instant::now();
     let last_datagram = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let flow = FlowEnds {
+        observe: context.observe.clone(),
+        peer,
+        listener: local,
+        started: (epoch, SystemTime::now()),
+        received: received.clone(),
+    };
     let replies =
-        tokio::spawn(pass_replies(upstream.clone(), listener.clone(), peer, backend, epoch, last_datagram.clone()));
-    Some(Flow { upstream, epoch, last_datagram, replies, _admitted: admitted })
+        tokio::spawn(pass_replies(upstream.clone(), listener.clone(), flow, backend, epoch, last_datagram.clone()));
+    Some(Flow { upstream, epoch, last_datagram, received, replies, _admitted: admitted })
+}
+
+/// What is logged of a UDP flow when it ends.
+struct FlowEnds {
+    observe: Arc<Observe>,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    started: (Instant, SystemTime),
+    received: Arc<AtomicU64>,
 }
 
 /// Passes a flow's replies from its target to its client until the flow is
@@ -293,12 +395,20 @@ async fn open_flow(
 async fn pass_replies(
     upstream: Arc<UdpSocket>,
     listener: Arc<UdpSocket>,
-    peer: SocketAddr,
+    flow: FlowEnds,
     backend: Arc<Backend>,
     epoch: Instant,
     last_datagram: Arc<AtomicU64>,
 ) {
     let _flow = InFlight::start(backend.clone());
+    let peer = flow.peer;
+    let sent = AtomicU64::new(0);
+    // Logged however the flow ends (idle, retired, or aborted with its listener).
+    let _log = LogOnDrop(|| {
+        let bytes = (flow.received.load(Ordering::Relaxed), sent.load(Ordering::Relaxed));
+        let target = Some(SocketAddr::from((backend.ip, backend.port)));
+        flow.observe.ended("udp", peer, flow.listener, target, flow.started, None, bytes, None);
+    });
     let idle = tokio::time::sleep(UDP_FLOW_IDLE);
     let retired = backend.retired();
     tokio::pin!(idle, retired);
@@ -318,6 +428,7 @@ async fn pass_replies(
                 REPLY_BUFFER.with_borrow_mut(|buffer| {
                     while let Ok(length) = upstream.try_recv(buffer) {
                         last_datagram.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        sent.fetch_add(length as u64, Ordering::Relaxed);
                         let _ = send_to(&listener, &buffer[..length], peer);
                     }
                 });
@@ -330,6 +441,15 @@ async fn pass_replies(
                 idle.as_mut().reset(deadline);
             }
         }
+    }
+}
+
+/// Runs a closure when dropped.
+struct LogOnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for LogOnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 
@@ -350,6 +470,7 @@ mod tests {
             tls: None,
             idle_timeout: Duration::from_secs(1),
             address,
+            observe: Arc::new(Observe { stats: Arc::default(), log: None }),
         });
         let task = serve_plain(client, address, context, ConnectionLimit::new(1).admit("connection").unwrap());
         assert!(std::mem::size_of_val(&task) <= 2048, "{} bytes", std::mem::size_of_val(&task));

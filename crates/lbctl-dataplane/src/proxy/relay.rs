@@ -54,12 +54,14 @@ pub trait Pump {
     fn step(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Whether the end of stream has been passed on.
     fn finished(&self) -> bool;
+    /// Bytes read from its source so far.
+    fn moved(&self) -> u64;
 }
 
 /// Relays with `up` (client to target) and `down` (target to client) until
 /// both finish, one fails, the connection is idle for `idle`, or `stop`
 /// resolves.
-pub async fn relay(mut up: impl Pump, mut down: impl Pump, idle: Duration, stop: impl Future<Output = ()>) -> Ended {
+pub async fn relay(up: &mut impl Pump, down: &mut impl Pump, idle: Duration, stop: impl Future<Output = ()>) -> Ended {
     let mut last_moved = Instant::now();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer, stop);
@@ -168,6 +170,8 @@ pub struct SplicePump<'a> {
     /// A read filled the copy buffer: splice from now on.
     streaming: bool,
     finished: bool,
+    /// Bytes read from `from`.
+    moved: u64,
     /// Shared by the two directions: whether one has ended already.
     one_ended: &'a AtomicBool,
 }
@@ -215,6 +219,7 @@ impl<'a> SplicePump<'a> {
             held: Vec::new(),
             streaming: false,
             finished: false,
+            moved: 0,
             one_ended: ended,
         };
         (pump(a, b), pump(b, a))
@@ -333,6 +338,7 @@ impl Pump for SplicePump<'_> {
         }
         if !self.streaming {
             let read = self.copy().await?;
+            self.moved += read as u64;
             if read == 0 {
                 self.end();
             } else if read == COPY_BUFFER_SIZE {
@@ -342,13 +348,20 @@ impl Pump for SplicePump<'_> {
         }
         match self.splice_in().await? {
             0 => self.end(),
-            moved => self.pending = moved,
+            moved => {
+                self.pending = moved;
+                self.moved += moved as u64;
+            }
         }
         self.flush_pipe().await
     }
 
     fn finished(&self) -> bool {
         self.finished
+    }
+
+    fn moved(&self) -> u64 {
+        self.moved
     }
 }
 
@@ -375,6 +388,7 @@ pub struct CopyPump<R, W> {
     /// The end of stream was read; `to` is being shut down.
     ending: bool,
     finished: bool,
+    moved: u64,
 }
 
 impl<R, W> CopyPump<R, W> {
@@ -389,6 +403,7 @@ impl<R, W> CopyPump<R, W> {
             unflushed: false,
             ending: false,
             finished: false,
+            moved: 0,
         }
     }
 }
@@ -409,6 +424,7 @@ where
         }
         if self.start == self.end && !self.unflushed {
             let read = self.from.read(&mut self.buffer).await?;
+            self.moved += read as u64;
             if read == 0 {
                 self.ending = true;
                 self.to.shutdown().await?;
@@ -433,6 +449,10 @@ where
     fn finished(&self) -> bool {
         self.finished
     }
+
+    fn moved(&self) -> u64 {
+        self.moved
+    }
 }
 
 #[cfg(test)]
@@ -456,8 +476,9 @@ mod tests {
         let (b, mut target) = pair().await;
         let relay = tokio::spawn(async move {
             let ended = AtomicBool::new(false);
-            let (up, down) = SplicePump::pair(&a, &b, &ended);
-            relay(up, down, Duration::from_secs(5), std::future::pending()).await
+            let (mut up, mut down) = SplicePump::pair(&a, &b, &ended);
+            let ended = relay(&mut up, &mut down, Duration::from_secs(5), std::future::pending()).await;
+            (ended, up.moved(), down.moved())
         });
         let payload: Vec<u8> = (0..3_000_000u32).map(|it| it as u8).collect();
         let sent = payload.clone();
@@ -474,7 +495,9 @@ mod tests {
         target.write_all(b"bye").await.unwrap();
         target.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"bye");
-        assert!(matches!(relay.await.unwrap(), Ended::Closed));
+        let (ended, up, down) = relay.await.unwrap();
+        assert!(matches!(ended, Ended::Closed));
+        assert_eq!((up, down), (3_000_000, 3), "bytes counted each way");
     }
 
     #[tokio::test]
@@ -483,13 +506,14 @@ mod tests {
         let (b, _target) = pair().await;
         let started = Instant::now();
         let flag = AtomicBool::new(false);
-        let (up, down) = SplicePump::pair(&a, &b, &flag);
-        let ended = relay(up, down, Duration::from_millis(200), std::future::pending()).await;
+        let (mut up, mut down) = SplicePump::pair(&a, &b, &flag);
+        let ended = relay(&mut up, &mut down, Duration::from_millis(200), std::future::pending()).await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
         assert!(started.elapsed() >= Duration::from_millis(200));
 
-        let (up, down) = SplicePump::pair(&a, &b, &flag);
-        let ended = relay(up, down, Duration::from_secs(60), async {}).await;
+        drop((up, down));
+        let (mut up, mut down) = SplicePump::pair(&a, &b, &flag);
+        let ended = relay(&mut up, &mut down, Duration::from_secs(60), async {}).await;
         assert!(matches!(ended, Ended::Stopped), "{ended:?}");
     }
 
@@ -500,13 +524,10 @@ mod tests {
         let relay = tokio::spawn(async move {
             let (a_read, a_write) = a.into_split();
             let (b_read, b_write) = b.into_split();
-            relay(
-                CopyPump::new(a_read, b_write),
-                CopyPump::new(b_read, a_write),
-                Duration::from_secs(5),
-                std::future::pending(),
-            )
-            .await
+            let (mut up, mut down) = (CopyPump::new(a_read, b_write), CopyPump::new(b_read, a_write));
+            let ended = relay(&mut up, &mut down, Duration::from_secs(5), std::future::pending()).await;
+            assert_eq!((up.moved(), down.moved()), (4, 4), "bytes counted each way");
+            ended
         });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();

@@ -251,7 +251,7 @@ fn strip_pattern_port(pattern: &str) -> &str {
 
 /// A listener's rules in priority order and its default action.
 pub struct Router {
-    rules: Vec<(Conditions, Action)>,
+    rules: Vec<(u32, Conditions, Action)>,
     default: Action,
 }
 
@@ -270,7 +270,7 @@ impl Router {
             let conditions = Conditions::compile(&rule.conditions);
             let action = action::compile(&rule.action, resolve);
             match (conditions, action) {
-                (Ok(conditions), Ok(action)) => compiled.push((conditions, action)),
+                (Ok(conditions), Ok(action)) => compiled.push((rule.priority, conditions, action)),
                 (Err(err), _) | (_, Err(err)) => errors.push(format!("rule {}: {err}", rule.priority)),
             }
         }
@@ -282,12 +282,19 @@ impl Router {
     }
 
     /// The action for `request`: the first matching rule's, else the default.
+    #[cfg(test)]
     pub fn route(&self, request: &RequestView<'_>) -> &Action {
+        self.route_with_priority(request).1
+    }
+
+    /// The action for `request` and the priority of the rule that chose it
+    /// (0 for the default action, as AWS logs it).
+    pub fn route_with_priority(&self, request: &RequestView<'_>) -> (u32, &Action) {
         self.rules
             .iter()
-            .find(|(conditions, _)| conditions.matches(request))
-            .map(|(_, action)| action)
-            .unwrap_or(&self.default)
+            .find(|(_, conditions, _)| conditions.matches(request))
+            .map(|(priority, _, action)| (*priority, action))
+            .unwrap_or((0, &self.default))
     }
 }
 

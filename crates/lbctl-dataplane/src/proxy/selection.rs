@@ -188,6 +188,11 @@ impl InFlight {
     pub fn describe(&self) -> String {
         format!("{} ({}:{})", self.0.id, self.0.ip, self.0.port)
     }
+
+    /// The target's address.
+    pub fn address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((self.0.ip, self.0.port))
+    }
 }
 
 impl Deref for InFlight {

@@ -14,6 +14,7 @@ use anyhow::Result;
 use tokio::sync::Notify;
 
 use super::connection::ConnectionLimit;
+use super::observe::LbStats;
 use super::target_group::TargetGroup;
 use crate::runtime::{self, ProxyStatus};
 
@@ -35,6 +36,7 @@ pub struct Report {
     pub groups: Vec<Arc<TargetGroup>>,
     /// The connection limit, whose counts are read when writing.
     pub limit: Option<Arc<ConnectionLimit>>,
+    pub metrics_url: Option<String>,
 }
 
 /// The shared status of one proxy.
@@ -75,8 +77,19 @@ impl StatusBoard {
             target_groups: report.groups.iter().map(|it| (it.name.clone(), it.health())).collect(),
             connections: report.limit.as_ref().map_or(0, |it| it.open() as u64),
             rejected_connections: report.limit.as_ref().map_or(0, |it| it.rejected()),
+            metrics_url: report.metrics_url.clone(),
             updated_ms: runtime::now_ms(),
         }
+    }
+
+    /// The Prometheus text of the load balancer `lb`.
+    pub fn metrics(&self, lb: &str, network: bool, stats: &LbStats) -> String {
+        let status = self.snapshot();
+        let groups: Vec<Arc<TargetGroup>> =
+            self.report.lock().unwrap_or_else(|it| it.into_inner()).groups.iter().cloned().collect();
+        let stats_of: Vec<(String, &super::observe::GroupStats)> =
+            groups.iter().map(|it| (it.name.clone(), &it.stats)).collect();
+        super::observe::exposition(lb, network, stats, &stats_of, &status)
     }
 
     /// Writes the status file now, unless it has been removed for good.

@@ -62,6 +62,8 @@ pub struct TargetGroup {
     /// Why the registry's latest files are not used (the previous targets
     /// are kept); shown in the status's errors. Set by the manager.
     problem: Mutex<Option<String>>,
+    /// Its targets' answers, for the metrics.
+    pub stats: super::observe::GroupStats,
 }
 
 /// One target's published state.
@@ -83,6 +85,7 @@ impl TargetGroup {
             connection_failures: Mutex::default(),
             connection_failed: Notify::new(),
             problem: Mutex::default(),
+            stats: super::observe::GroupStats::default(),
         })
     }
 
