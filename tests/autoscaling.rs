@@ -57,6 +57,26 @@ fn elb_health_replaces_an_instance_whose_web_server_is_down() {
     let url = format!("http://127.0.0.1:{port}/");
     let answering: BTreeSet<String> = (0..10).filter_map(|_| instance_of(&url, &[])).collect();
     assert!(!answering.contains(&victim));
+
+    // `lbctl logs web` tells the story, in order: the instance unhealthy
+    // and why, replaced and terminated, its successor launched and healthy.
+    let successor = replaced.iter().find(|it| !before.iter().any(|old| old.0 == it.0)).unwrap().0.clone();
+    let logs = wait_for("the successor in service in the group's log", SLOW, || {
+        let logs = stack.lbctl(&["logs", "web"]).expect_code(0).stdout;
+        logs.lines().any(|it| it.contains(&successor) && it.contains("in service")).then_some(logs)
+    });
+    println!("{logs}");
+    let position = |words: &[&str]| {
+        logs.lines()
+            .position(|line| words.iter().all(|word| line.contains(word)))
+            .unwrap_or_else(|| panic!("no line with {words:?} in\n{logs}"))
+    };
+    let unhealthy = position(&[&victim, "unhealthy", "Target."]);
+    let terminated = position(&[&victim, "terminated"]);
+    let launched = position(&["launched", &successor]);
+    let healthy = position(&[&successor, "in service"]);
+    assert!(unhealthy < terminated && launched < healthy && unhealthy < healthy, "{logs}");
+    assert!(logs.lines().all(|it| it.starts_with("[web] ")), "{logs}");
 }
 
 #[test]

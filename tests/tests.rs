@@ -60,6 +60,9 @@ mod network;
 /// `lbctl export`: CloudFormation and Terraform, linted and parsed.
 mod export;
 
+/// Access logs in AWS's format, Prometheus metrics.
+mod observe;
+
 /// The aws provider against moto's server: apply, drift, destroy.
 mod aws;
 

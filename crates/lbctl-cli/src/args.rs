@@ -81,6 +81,23 @@ pub enum Command {
         /// Also show what does not fit 100 columns (each instance's log file).
         #[arg(long)]
         wide: bool,
+        /// Redraw every second (Ctrl-C stops).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Access logs, groups' events and instances' output: one's, or all interleaved by time.
+    Logs {
+        /// The spec file (`--file` only: `-f` follows, as in `tail -f`).
+        #[arg(long = "file", default_value = "lbctl.yaml")]
+        file: PathBuf,
+        /// A load balancer, an auto-scaling group or an instance id (default: everything).
+        name: Option<String>,
+        /// Keep printing lines as they are written (Ctrl-C stops).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines from this long ago on (e.g. 5m, 1h).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// The outputs of the last apply (URLs, DNS names, static IPs), as `terraform output`.
     Output {

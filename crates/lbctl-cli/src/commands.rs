@@ -33,7 +33,22 @@ pub fn run(args: Args) -> Result<u8> {
             apply(&shell, &spec, plan.as_deref(), auto_approve, timeout.map(|it| it.get()))
         }
         Command::Destroy { spec, auto_approve } => destroy(&shell, &spec, auto_approve),
-        Command::Status { spec, json, wide } => status(&shell, &spec, json, wide),
+        Command::Status { spec, json, wide, watch } => {
+            if !watch {
+                return status(&shell, &spec, json, wide);
+            }
+            // Redrawn in place on a terminal; one status after another elsewhere.
+            loop {
+                if shell.can_ask() {
+                    shell.out("\x1b[H\x1b[2J")?;
+                }
+                status(&shell, &spec, json, wide)?;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        Command::Logs { file, name, follow, since } => {
+            logs(&shell, &SpecArg { file, provider: None }, name.as_deref(), follow, since.as_deref())
+        }
         Command::Show { spec, json } => show(&shell, &spec, json),
         Command::Output { spec, name, json } => output(&shell, &spec, name.as_deref(), json),
         Command::Graph { spec } => {
@@ -357,6 +372,45 @@ fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
     let (_, _, destroyed) = plan.summary();
     shell.out(&format!("\nDestroy complete! Resources: {destroyed} destroyed.\n"))?;
     Ok(0)
+}
+
+/// `lbctl logs`: what the provider logs, from the state's resources.
+fn logs(shell: &Shell, spec: &SpecArg, name: Option<&str>, follow: bool, since: Option<&str>) -> Result<u8> {
+    let dir = spec_dir(&spec.file)?;
+    let store = StateStore::new(dir.join(".lbctl"));
+    let state = store.load()?;
+    if state.resources.is_empty() {
+        bail!("nothing is applied in {}: no logs", store.dir().display());
+    }
+    let provider = state_provider(&state, &dir, spec)?;
+    let since = since
+        .map(|it| lbctl_spec::Duration::parse(it).map_err(anyhow::Error::msg).context("--since"))
+        .transpose()?
+        .map(|it| std::time::SystemTime::now() - it.get());
+    let resources: Vec<lbctl_plan::ResourceState> = state.resources.values().cloned().collect();
+    let files = || crate::logs::select(provider.log_files(&resources), name);
+    let mut readers = std::collections::BTreeMap::new();
+    crate::logs::add_new(&mut readers, files()?);
+    let print = |readers: &mut std::collections::BTreeMap<std::path::PathBuf, crate::logs::Reader>, since| {
+        let mut list: Vec<crate::logs::Reader> = std::mem::take(readers).into_values().collect();
+        let lines = crate::logs::gather(&mut list, since);
+        for reader in list {
+            readers.insert(reader.path().clone(), reader);
+        }
+        let text: String = lines.iter().map(|it| format!("{}\n", it.text)).collect();
+        shell.out(&text)
+    };
+    print(&mut readers, since)?;
+    if !follow {
+        return Ok(0);
+    }
+    loop {
+        std::thread::sleep(crate::logs::FOLLOW_EVERY);
+        if let Ok(now) = files() {
+            crate::logs::add_new(&mut readers, now);
+        }
+        print(&mut readers, None)?;
+    }
 }
 
 /// The width `lbctl status` fits in when not on a terminal.

@@ -7,6 +7,7 @@
 
 mod args;
 mod commands;
+mod logs;
 mod registry;
 mod saved_plan;
 mod shell;

@@ -139,6 +139,34 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// A TLS 1.2 or 1.3 cipher suite by its OpenSSL name, as AWS's access
+/// logs write it (`ECDHE-RSA-AES128-GCM-SHA256`, `TLS_AES_128_GCM_SHA256`).
+pub fn openssl_name(suite: rustls::CipherSuite) -> String {
+    use rustls::CipherSuite as S;
+    let name = match suite {
+        S::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        S::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        S::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        other => return format!("{other:?}"),
+    };
+    name.to_string()
+}
+
+/// `TLSv1.2`, `TLSv1.3`: a protocol version as AWS's access logs write it.
+pub fn protocol_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
+    match version {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "-",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,33 +216,5 @@ mod tests {
             handshake(name).unwrap_or_else(|err| panic!("{name}: {err}"));
         }
         assert!(handshake("other.example.com").is_err());
-    }
-}
-
-/// A TLS 1.2 or 1.3 cipher suite by its OpenSSL name, as AWS's access
-/// logs write it (`ECDHE-RSA-AES128-GCM-SHA256`, `TLS_AES_128_GCM_SHA256`).
-pub fn openssl_name(suite: rustls::CipherSuite) -> String {
-    use rustls::CipherSuite as S;
-    let name = match suite {
-        S::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
-        S::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
-        S::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
-        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
-        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
-        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
-        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
-        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
-        S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
-        other => return format!("{other:?}"),
-    };
-    name.to_string()
-}
-
-/// `TLSv1.2`, `TLSv1.3`: a protocol version as AWS's access logs write it.
-pub fn protocol_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
-    match version {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "-",
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use lbctl_plan::{
-    Applied, DependencyOutputs, Finding, Kind, LiveStatus, Observed, Policy, Progress, Provider, Readiness,
-    Replacement, Resource, ResourceState, State,
+    Applied, DependencyOutputs, Finding, Kind, LiveStatus, LogFile, LogKind, Observed, Policy, Progress, Provider,
+    Readiness, Replacement, Resource, ResourceState, State,
 };
 use lbctl_spec::settings::AutoscalingGroup;
 
@@ -149,6 +149,38 @@ impl Provider for LocalProvider {
 
     fn status(&self, current: &ResourceState) -> Result<LiveStatus> {
         crate::status::live_status(self, current)
+    }
+
+    fn log_files(&self, resources: &[ResourceState]) -> Vec<LogFile> {
+        let mut found = Vec::new();
+        for resource in resources {
+            let name = &resource.address.name;
+            match resource.address.kind {
+                Kind::LoadBalancer => {
+                    let path = self.access_log_path(name);
+                    if path.exists() {
+                        found.push(LogFile { source: name.clone(), kind: LogKind::Access, path });
+                    }
+                }
+                Kind::AutoscalingGroup => {
+                    let events = self.logs_dir().join(name).join("events.log");
+                    found.push(LogFile { source: name.clone(), kind: LogKind::Events, path: events });
+                    let instances = self.layout().asg_dir(name).join("instances");
+                    for entry in std::fs::read_dir(instances).into_iter().flatten().flatten() {
+                        let path = entry.path();
+                        if let Some(id) = path
+                            .file_stem()
+                            .and_then(|it| it.to_str())
+                            .filter(|_| path.extension().is_some_and(|it| it == "log"))
+                        {
+                            found.push(LogFile { source: id.to_string(), kind: LogKind::Output, path: path.clone() });
+                        }
+                    }
+                }
+                Kind::TargetGroup | Kind::Function => {}
+            }
+        }
+        found
     }
 
     fn stack_destroyed(&self) -> Result<Vec<String>> {

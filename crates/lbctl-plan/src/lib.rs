@@ -22,8 +22,8 @@ pub mod state;
 
 pub use diff::{plan, refresh, ActionKind, Change, Plan, PlannedAction};
 pub use provider::{
-    Applied, Computed, DependencyOutputs, Finding, LiveStatus, Observed, PartlyApplied, Policy, Progress, Provider,
-    Readiness, Replacement, Severity,
+    Applied, Computed, DependencyOutputs, Finding, LiveStatus, LogFile, LogKind, Observed, PartlyApplied, Policy,
+    Progress, Provider, Readiness, Replacement, Severity,
 };
 pub use resource::{desired_resources, Address, Kind, Resource};
 pub use state::{ResourceState, State, StateLock, StateStore};

@@ -158,6 +158,28 @@ pub struct LiveStatus {
     pub json: Value,
 }
 
+/// A log file of a resource, as `lbctl logs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFile {
+    /// Whose it is: a load balancer's, a group's or an instance's name.
+    pub source: String,
+    /// What it holds.
+    pub kind: LogKind,
+    /// Where it is.
+    pub path: std::path::PathBuf,
+}
+
+/// What a log file holds, and so where its lines' times are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// AWS-format access log: the time is the second field.
+    Access,
+    /// Events: the time is the first field.
+    Events,
+    /// A process's output: lines carry no time.
+    Output,
+}
+
 /// Materializes resources. Implementations must be callable from several
 /// threads at once: the executor runs independent resources in parallel.
 pub trait Provider: Sync {
@@ -237,6 +259,13 @@ pub trait Provider: Sync {
 
     /// Live status of a resource for `lbctl status`.
     fn status(&self, current: &ResourceState) -> Result<LiveStatus>;
+
+    /// The log files of the applied resources, for `lbctl logs`: access
+    /// logs, groups' events, instances' output. Default: none (a provider
+    /// whose logs are elsewhere).
+    fn log_files(&self, _resources: &[ResourceState]) -> Vec<LogFile> {
+        Vec::new()
+    }
 
     /// After a whole stack is destroyed: release what outlives its resources
     /// (the local provider's allocated addresses). Returns what was

@@ -86,7 +86,11 @@ fn metrics_text(config: &SupervisorConfig, report: &InstancesReport) -> String {
         ("lbctl_group_desired_capacity", "Instances the group wants: GroupDesiredCapacity.", report.desired as usize),
         ("lbctl_group_min_size", "The group's minimum size: GroupMinSize.", config.settings.min_size as usize),
         ("lbctl_group_max_size", "The group's maximum size: GroupMaxSize.", config.settings.max_size as usize),
-        ("lbctl_group_in_service_instances", "Instances in service: GroupInServiceInstances.", count(&[Lifecycle::InService])),
+        (
+            "lbctl_group_in_service_instances",
+            "Instances in service: GroupInServiceInstances.",
+            count(&[Lifecycle::InService]),
+        ),
         ("lbctl_group_pending_instances", "Instances starting: GroupPendingInstances.", count(&[Lifecycle::Pending])),
         (
             "lbctl_group_terminating_instances",
@@ -112,7 +116,8 @@ fn serve_metrics(text: Arc<Mutex<String>>) -> Option<String> {
             for request in server.incoming_requests() {
                 let response = if request.url() == "/metrics" {
                     let body = text.lock().unwrap_or_else(|it| it.into_inner()).clone();
-                    let header = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+                    let header =
+                        tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
                     tiny_http::Response::from_string(body).with_header(header.expect("a valid header"))
                 } else {
                     tiny_http::Response::from_string("metrics are at /metrics\n").with_status_code(404)

@@ -333,7 +333,8 @@ mod tests {
             entry.line(),
             "http 2025-12-02T00:00:00.000250Z app/public/0123456789abcdef 127.0.0.1:50000 127.16.0.2:8080 0.000120 0.003000 0.000040 200 200 80 160 \"GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1\" \"curl/8.0 \\\"quoted\\\"\" - - arn:aws:elasticloadbalancing:local:000000000000:targetgroup/web/00 \"Root=1-692e0000-000000000000000000000001\" \"-\" \"-\" 10 2025-12-02T00:00:00.000000Z \"forward\" \"-\" \"-\" \"127.16.0.2:8080\" \"200\" \"-\" \"-\" TID_0000000000000001\n"
         );
-        let fixed = Entry { target: None, target_status: None, target_processing: None, actions: "fixed-response", ..entry };
+        let fixed =
+            Entry { target: None, target_status: None, target_processing: None, actions: "fixed-response", ..entry };
         let line = fixed.line();
         assert!(line.contains(" 127.0.0.1:50000 - 0.000120 -1 0.000040 200 - "), "{line}");
         assert!(line.contains("\"fixed-response\" \"-\" \"-\" \"-\" \"-\""), "{line}");

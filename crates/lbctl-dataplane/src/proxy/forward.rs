@@ -15,8 +15,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -33,8 +33,8 @@ use tokio::time::Instant;
 
 use super::access_log::{self, AccessLog};
 use super::action::{Action, RedirectSource};
-use super::observe::LbStats;
 use super::lambda;
+use super::observe::LbStats;
 use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
 use super::selection::InFlight;
@@ -182,7 +182,10 @@ pub async fn handle(
             client: peer,
             target: trace.target,
             request_processing: Some(trace.sent.unwrap_or(now).saturating_duration_since(arrived)),
-            target_processing: trace.sent.and(since(trace.sent, trace.answered.unwrap_or(now))).filter(|_| trace.answered.is_some()),
+            target_processing: trace
+                .sent
+                .and(since(trace.sent, trace.answered.unwrap_or(now)))
+                .filter(|_| trace.answered.is_some()),
             response_processing: Some(now.saturating_duration_since(trace.answered.unwrap_or(now))),
             elb_status: status,
             target_status: trace.target_status,
@@ -201,7 +204,10 @@ pub async fn handle(
             }),
             trace_id: head.trace_id,
             domain: head.tls.as_ref().and_then(|it| it.2.clone()),
-            chosen_cert: head.tls.as_ref().map(|_| format!("arn:aws:acm:local:000000000000:certificate/{}", observe.elb.replace('/', "-"))),
+            chosen_cert: head
+                .tls
+                .as_ref()
+                .map(|_| format!("arn:aws:acm:local:000000000000:certificate/{}", observe.elb.replace('/', "-"))),
             matched_rule_priority: trace.priority,
             request_creation_time: wall - now.saturating_duration_since(arrived),
             actions: if trace.actions.is_empty() { "-" } else { trace.actions },
@@ -280,7 +286,12 @@ fn response_head_bytes(response: &Response<ProxyBody>) -> u64 {
 
 /// Routes a request and forwards or answers it, noting in `trace` what
 /// happened.
-async fn route(frontend: &Frontend, request: Request<Incoming>, peer: SocketAddr, trace: &mut Trace) -> Response<ProxyBody> {
+async fn route(
+    frontend: &Frontend,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    trace: &mut Trace,
+) -> Response<ProxyBody> {
     let client_ip = peer.ip().to_canonical();
     // Route under the context snapshot, then let it go before any await.
     let (group, idle_timeout, forwarded_port, protocol) = {
@@ -355,7 +366,10 @@ async fn route(frontend: &Frontend, request: Request<Incoming>, peer: SocketAddr
         trace.error_reason = failed;
         if failed.is_none() {
             trace.target_status = Some(response.status().as_u16());
-            group.stats.answer(response.status().as_u16(), trace.answered.unwrap_or_else(Instant::now) - trace.sent.unwrap_or_else(Instant::now));
+            group.stats.answer(
+                response.status().as_u16(),
+                trace.answered.unwrap_or_else(Instant::now) - trace.sent.unwrap_or_else(Instant::now),
+            );
         }
         return with_sticky_cookie(response, sticky_cookie);
     }

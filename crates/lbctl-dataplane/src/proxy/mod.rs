@@ -202,14 +202,15 @@ async fn serve_metrics(
                                 .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                                 .body(http_body_util::Full::new(bytes::Bytes::from(text)))
                         } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"metrics are at /metrics\n")))
+                            hyper::Response::builder().status(404).body(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"metrics are at /metrics\n"),
+                            ))
                         };
                         Ok::<_, Infallible>(response.unwrap_or_default())
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -707,7 +708,10 @@ async fn serve_connection(
             if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 let session = stream.get_ref().1;
                 let tls = Some((
-                    session.negotiated_cipher_suite().map(|it| crate::tls::openssl_name(it.suite())).unwrap_or_default(),
+                    session
+                        .negotiated_cipher_suite()
+                        .map(|it| crate::tls::openssl_name(it.suite()))
+                        .unwrap_or_default(),
                     crate::tls::protocol_name(session.protocol_version()),
                     session.server_name().map(str::to_string),
                 ));
@@ -726,8 +730,7 @@ async fn serve_http<I>(
     frontend: Arc<Frontend>,
     connection: ConnectionInfo,
     shutdown: CancellationToken,
-)
-where
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let idle_timeout = frontend.context.load().idle_timeout;

@@ -221,7 +221,8 @@ async fn serve_tls(
 /// A connection to the target of `peer`'s flow, the PROXY header sent when
 /// the group wants one.
 async fn open_target(context: &StreamContext, peer: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
-    let (backend, mut target) = connect(&context.group, flow_hash(peer, context.address, false), &context.observe.stats)?;
+    let (backend, mut target) =
+        connect(&context.group, flow_hash(peer, context.address, false), &context.observe.stats)?;
     if context.group.transport().proxy_protocol {
         let header = proxy_header(peer, context.address, ppp::v2::Protocol::Stream);
         target.write_all(&header).await.ok()?;

@@ -125,16 +125,28 @@ pub fn exposition(
     }
     out.family("lbctl_processed_bytes_total", "counter", "Bytes received from and sent to clients: ProcessedBytes.");
     out.sample("lbctl_processed_bytes_total", &at_lb, load(&stats.processed_bytes));
-    out.family("lbctl_access_log_dropped_lines_total", "counter", "Access-log lines dropped because the disk fell behind.");
+    out.family(
+        "lbctl_access_log_dropped_lines_total",
+        "counter",
+        "Access-log lines dropped because the disk fell behind.",
+    );
     out.sample("lbctl_access_log_dropped_lines_total", &at_lb, load(&stats.log_dropped));
-    out.family("lbctl_rejected_connections_total", "counter", "Connections and flows refused at the limit: RejectedConnectionCount.");
+    out.family(
+        "lbctl_rejected_connections_total",
+        "counter",
+        "Connections and flows refused at the limit: RejectedConnectionCount.",
+    );
     out.sample("lbctl_rejected_connections_total", &at_lb, status.rejected_connections);
     if network {
         out.family("lbctl_active_flows", "gauge", "TCP connections and UDP flows open: ActiveFlowCount.");
         out.sample("lbctl_active_flows", &at_lb, status.connections);
         out.family("lbctl_new_flows_total", "counter", "TCP connections and UDP flows opened: NewFlowCount.");
         out.sample("lbctl_new_flows_total", &at_lb, load(&stats.new_connections));
-        out.family("lbctl_tcp_target_resets_total", "counter", "Connections to targets refused or reset: TCP_Target_Reset_Count.");
+        out.family(
+            "lbctl_tcp_target_resets_total",
+            "counter",
+            "Connections to targets refused or reset: TCP_Target_Reset_Count.",
+        );
         out.sample("lbctl_tcp_target_resets_total", &at_lb, load(&stats.target_resets));
         return out.finish();
     }
@@ -142,13 +154,29 @@ pub fn exposition(
     out.sample("lbctl_active_connections", &at_lb, status.connections);
     out.family("lbctl_new_connections_total", "counter", "Client connections accepted: NewConnectionCount.");
     out.sample("lbctl_new_connections_total", &at_lb, load(&stats.new_connections));
-    out.family("lbctl_httpcode_elb_total", "counter", "Responses the load balancer made itself, by class: HTTPCode_ELB_<class>_Count.");
+    out.family(
+        "lbctl_httpcode_elb_total",
+        "counter",
+        "Responses the load balancer made itself, by class: HTTPCode_ELB_<class>_Count.",
+    );
     for (slot, class) in CLASSES.iter().enumerate() {
-        out.sample("lbctl_httpcode_elb_total", &[("load_balancer", lb), ("class", class)], load(&stats.own_codes[slot]));
+        out.sample(
+            "lbctl_httpcode_elb_total",
+            &[("load_balancer", lb), ("class", class)],
+            load(&stats.own_codes[slot]),
+        );
     }
-    out.family("lbctl_httpcode_client_total", "counter", "Responses sent to clients, by class (the load balancer's and the targets').");
+    out.family(
+        "lbctl_httpcode_client_total",
+        "counter",
+        "Responses sent to clients, by class (the load balancer's and the targets').",
+    );
     for (slot, class) in CLASSES.iter().enumerate() {
-        out.sample("lbctl_httpcode_client_total", &[("load_balancer", lb), ("class", class)], load(&stats.elb_codes[slot]));
+        out.sample(
+            "lbctl_httpcode_client_total",
+            &[("load_balancer", lb), ("class", class)],
+            load(&stats.elb_codes[slot]),
+        );
     }
     out.family("lbctl_httpcode_target_total", "counter", "Target responses, by class: HTTPCode_Target_<class>_Count.");
     for (group, counters) in groups {
@@ -160,7 +188,11 @@ pub fn exposition(
             );
         }
     }
-    out.family("lbctl_target_response_time_seconds", "histogram", "Time from sending a request to a target to its response head: TargetResponseTime.");
+    out.family(
+        "lbctl_target_response_time_seconds",
+        "histogram",
+        "Time from sending a request to a target to its response head: TargetResponseTime.",
+    );
     for (group, counters) in groups {
         let mut cumulative = 0;
         for (idx, bound) in BUCKETS.iter().enumerate() {
@@ -211,7 +243,10 @@ mod tests {
             requests: 7,
             health_check_requests: 0,
         };
-        status.target_groups.insert("web".to_string(), vec![target("i-1", HealthState::Healthy), target("i-\"2", HealthState::Unhealthy)]);
+        status.target_groups.insert(
+            "web".to_string(),
+            vec![target("i-1", HealthState::Healthy), target("i-\"2", HealthState::Unhealthy)],
+        );
         let text = exposition("public", false, &stats, &[("web".to_string(), &web)], &status);
         for line in [
             "# TYPE lbctl_requests_total counter",

@@ -85,8 +85,7 @@ impl StatusBoard {
     /// The Prometheus text of the load balancer `lb`.
     pub fn metrics(&self, lb: &str, network: bool, stats: &LbStats) -> String {
         let status = self.snapshot();
-        let groups: Vec<Arc<TargetGroup>> =
-            self.report.lock().unwrap_or_else(|it| it.into_inner()).groups.iter().cloned().collect();
+        let groups: Vec<Arc<TargetGroup>> = self.report.lock().unwrap_or_else(|it| it.into_inner()).groups.to_vec();
         let stats_of: Vec<(String, &super::observe::GroupStats)> =
             groups.iter().map(|it| (it.name.clone(), &it.stats)).collect();
         super::observe::exposition(lb, network, stats, &stats_of, &status)

@@ -1,0 +1,259 @@
+//! Seeing what a load balancer does: access logs in AWS's format, read with
+//! the field list AWS documents; Prometheus metrics checked by `promtool`
+//! (Debian `prometheus`, which `.ci/run` installs) and counted against the
+//! requests sent.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+const HEALTHY: Duration = Duration::from_secs(30);
+
+/// The fields of an ALB access-log entry, in AWS's order
+/// (docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-access-logs.html).
+const ALB_FIELDS: [&str; 30] = [
+    "type",
+    "time",
+    "elb",
+    "client:port",
+    "target:port",
+    "request_processing_time",
+    "target_processing_time",
+    "response_processing_time",
+    "elb_status_code",
+    "target_status_code",
+    "received_bytes",
+    "sent_bytes",
+    "request",
+    "user_agent",
+    "ssl_cipher",
+    "ssl_protocol",
+    "target_group_arn",
+    "trace_id",
+    "domain_name",
+    "chosen_cert_arn",
+    "matched_rule_priority",
+    "request_creation_time",
+    "actions_executed",
+    "redirect_url",
+    "error_reason",
+    "target:port_list",
+    "target_status_code_list",
+    "classification",
+    "classification_reason",
+    "conn_trace_id",
+];
+
+/// One log line split as AWS's parsers split it: on spaces, a quoted
+/// field (with `\"` inside) being one.
+fn fields(line: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c == ' ' {
+            chars.next();
+            continue;
+        }
+        let mut field = String::new();
+        if c == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    '"' => break,
+                    c => field.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                field.push(c);
+                chars.next();
+            }
+        }
+        found.push(field);
+    }
+    found
+}
+
+/// A line as (field name, value) pairs.
+fn entry(line: &str) -> std::collections::BTreeMap<&'static str, String> {
+    let values = fields(line);
+    assert_eq!(values.len(), ALB_FIELDS.len(), "{line}");
+    ALB_FIELDS.iter().copied().zip(values).collect()
+}
+
+#[test]
+fn access_logs_are_aws_lines_and_metrics_count_the_requests() {
+    let (port, worker_port) = (free_port(), free_port());
+    let mut worker = spawn_worker("w-1", worker_port);
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _worker = Kill(&mut worker);
+    let stack = Stack::new(&format!(
+        r#"version: 1
+name: logged
+load_balancers:
+  public:
+    type: application
+    access_logs: true
+    listeners:
+      - port: {port}
+        protocol: HTTP
+        default_action: {{ forward: web }}
+        rules:
+          - {{ priority: 10, conditions: {{ path_pattern: ["/old/*"] }}, action: {{ redirect: {{ path: "/new/#{{path}}", status_code: 301 }} }} }}
+          - {{ priority: 20, conditions: {{ path_pattern: ["/teapot"] }}, action: {{ fixed_response: {{ status_code: 418, body: short and stout }} }} }}
+          - {{ priority: 30, conditions: {{ path_pattern: ["/broken"] }}, action: {{ forward: broken }} }}
+target_groups:
+  web:
+    port: {worker_port}
+    target_type: ip
+    targets: [{{ ip: 127.0.0.1 }}]
+    health_check: {{ path: /health, interval: 300ms, timeout: 250ms, healthy_threshold: 2 }}
+  broken:
+    target_type: lambda
+    targets: [{{ function: broken }}]
+functions:
+  broken:
+    command: [sh, -c, "echo this is not a response document"]
+"#
+    ));
+    stack.apply();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the worker healthy", HEALTHY, || curl(&format!("{url}/"), &[]).filter(|it| it.status == 200));
+
+    let log = stack.dir.path().join(".lbctl/logs/public/access.log");
+    let lines_now =
+        || std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    let before = lines_now().len();
+    let status = stack.status();
+    let metrics_url = status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|it| it["address"] == "load_balancer.public")
+        .and_then(|it| it["live"]["metrics_url"].as_str())
+        .expect("a metrics_url in status --json")
+        .to_string();
+    let requests_to = |text: &str| -> u64 {
+        text.lines()
+            .find(|it| it.starts_with("lbctl_requests_total{load_balancer=\"public\",target_group=\"web\","))
+            .and_then(|it| it.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let healthy = "lbctl_healthy_hosts{load_balancer=\"public\",target_group=\"web\"} 1";
+    let metrics = wait_for("the worker healthy in the metrics", HEALTHY, || {
+        curl(&metrics_url, &[]).filter(|it| it.body.lines().any(|line| line == healthy)).map(|it| it.body)
+    });
+    let counted_before = requests_to(&metrics);
+
+    // Ten requests: seven forwarded, a redirect, a fixed response, a 502.
+    let mut codes = Vec::new();
+    for path in ["/", "/a", "/b?x=1", "/c", "/d", "/e", "/f", "/old/page", "/teapot", "/broken"] {
+        codes.push(curl(&format!("{url}{path}"), &["User-Agent: lbctl-test/1.0"]).unwrap().status);
+    }
+    assert_eq!(codes, [200, 200, 200, 200, 200, 200, 200, 301, 418, 502]);
+
+    let lines = wait_for("ten access-log lines", Duration::from_secs(10), || {
+        let lines = lines_now();
+        (lines.len() >= before + 10).then(|| lines[before..].to_vec())
+    });
+    assert_eq!(lines.len(), 10, "{lines:#?}");
+    let entries: Vec<_> = lines.iter().map(|it| entry(it)).collect();
+    for (entry, code) in entries.iter().zip(&codes) {
+        assert_eq!(entry["type"], "http");
+        assert!(entry["elb"].starts_with("app/public/"), "{entry:?}");
+        assert!(entry["client:port"].starts_with("127.0.0.1:"), "{entry:?}");
+        assert_eq!(entry["elb_status_code"], code.to_string(), "{entry:?}");
+        assert_eq!(entry["user_agent"], "lbctl-test/1.0");
+        assert!(entry["trace_id"].starts_with("Root=1-"), "{entry:?}");
+        assert!(entry["time"].ends_with('Z') && entry["request_creation_time"] <= entry["time"], "{entry:?}");
+        assert!(entry["conn_trace_id"].starts_with("TID_"), "{entry:?}");
+        assert!(entry["received_bytes"].parse::<u64>().unwrap() > 0);
+        assert!(entry["sent_bytes"].parse::<u64>().unwrap() > 0);
+    }
+    let worker_address = format!("127.0.0.1:{worker_port}");
+    for entry in &entries[..7] {
+        assert_eq!(entry["target:port"], worker_address);
+        assert_eq!((entry["target_status_code"].as_str(), entry["matched_rule_priority"].as_str()), ("200", "0"));
+        assert_eq!(entry["actions_executed"], "forward");
+        assert!(entry["target_group_arn"].contains(":targetgroup/web/"), "{entry:?}");
+        assert_eq!(entry["target:port_list"], worker_address);
+        assert!(entry["target_processing_time"].parse::<f64>().unwrap() >= 0.0);
+    }
+    assert_eq!(entries[2]["request"], format!("GET http://127.0.0.1:{port}/b?x=1 HTTP/1.1"));
+    let redirect = &entries[7];
+    assert_eq!((redirect["target:port"].as_str(), redirect["target_status_code"].as_str()), ("-", "-"));
+    assert_eq!((redirect["matched_rule_priority"].as_str(), redirect["actions_executed"].as_str()), ("10", "redirect"));
+    assert_eq!(redirect["redirect_url"], format!("http://127.0.0.1:{port}/new/old/page"));
+    assert_eq!(redirect["target_processing_time"], "-1");
+    let fixed = &entries[8];
+    assert_eq!((fixed["matched_rule_priority"].as_str(), fixed["actions_executed"].as_str()), ("20", "fixed-response"));
+    assert_eq!(fixed["target_group_arn"], "-");
+    let broken = &entries[9];
+    assert_eq!(
+        (broken["matched_rule_priority"].as_str(), broken["error_reason"].as_str()),
+        ("30", "LambdaInvalidResponse")
+    );
+    assert_eq!(broken["target_status_code"], "-");
+    assert!(broken["target_group_arn"].contains(":targetgroup/broken/"), "{broken:?}");
+
+    // Metrics: the exposition passes promtool; the web group's counter grew
+    // by the seven requests sent to it.
+    let metrics = curl(&metrics_url, &[]).unwrap().body;
+    promtool(&metrics);
+    assert_eq!(requests_to(&metrics) - counted_before, 7, "{metrics}");
+    for expected in [
+        "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"3xx\"} 1",
+        "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 1",
+        "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"5xx\"} 1",
+        "lbctl_healthy_hosts{load_balancer=\"public\",target_group=\"web\"} 1",
+    ] {
+        assert!(metrics.lines().any(|it| it == expected), "no `{expected}` in\n{metrics}");
+    }
+    assert!(metrics.contains(
+        "lbctl_target_response_time_seconds_bucket{load_balancer=\"public\",target_group=\"web\",le=\"+Inf\"}"
+    ));
+    let target_2xx = metrics
+        .lines()
+        .find(|it| {
+            it.starts_with("lbctl_httpcode_target_total{load_balancer=\"public\",target_group=\"web\",class=\"2xx\"}")
+        })
+        .and_then(|it| it.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap();
+    assert!(target_2xx >= 8, "the first check request and the seven: {target_2xx}");
+}
+
+/// Runs `promtool check metrics` on `text`; fails on any problem it reports.
+fn promtool(text: &str) {
+    let promtool =
+        ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().find(|it| Path::new(it).exists()).expect(
+            "promtool is missing: install Debian's `prometheus` package (.ci/run does: apt-get install prometheus)",
+        );
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
