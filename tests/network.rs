@@ -231,8 +231,9 @@ fn tcp_and_udp_echo_through_the_static_ip() {
     ));
     let outputs = Stack::outputs(&stack.apply());
     assert_eq!(outputs["edge_static_ip"], ip.to_string(), "{outputs:?}");
-    assert_eq!(outputs["edge_url"], format!("tcp://{ip}:{port}"), "{outputs:?}");
-    assert_eq!(outputs[&format!("edge_url_{port}_udp")], format!("udp://{ip}:{port}"), "{outputs:?}");
+    let host = url_host(&outputs, "edge", &ip.to_string());
+    assert_eq!(outputs["edge_url"], format!("tcp://{host}:{port}"), "{outputs:?}");
+    assert_eq!(outputs[&format!("edge_url_{port}_udp")], format!("udp://{host}:{port}"), "{outputs:?}");
     let instances: BTreeSet<String> =
         stack.instances("echo").iter().map(|it| it["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(instances.len(), 2);
@@ -280,7 +281,7 @@ fn an_allocated_static_ip_is_kept_until_the_stack_is_destroyed() {
     let outputs = Stack::outputs(&stack.apply());
     let ip: Ipv4Addr = outputs["edge_static_ip"].parse().unwrap();
     assert_eq!(ip.octets()[..2], [127, 251], "allocated from 127.251.0.0/16: {ip}");
-    assert_eq!(outputs["edge_url"], format!("tcp://{ip}:{port}"));
+    assert_eq!(outputs["edge_url"], format!("tcp://{}:{port}", url_host(&outputs, "edge", &ip.to_string())));
     assert_eq!(table_entries(&stack), vec![(ip.to_string(), "edge".to_string())]);
     let address = SocketAddr::from((ip, port));
     let reaches_a = || Connection::open(address).ok().filter(|it| it.target == "a");
@@ -384,7 +385,8 @@ fn a_tls_listener_with_a_self_signed_certificate_for_its_ip() {
         &echo_asg(1, "echo", ", --echo"),
     ));
     let outputs = Stack::outputs(&stack.apply());
-    assert_eq!(outputs[&format!("edge_url_{tls_port}")], format!("tls://{ip}:{tls_port}"), "{outputs:?}");
+    let host = url_host(&outputs, "edge", &ip.to_string());
+    assert_eq!(outputs[&format!("edge_url_{tls_port}")], format!("tls://{host}:{tls_port}"), "{outputs:?}");
     let ca = outputs["edge_ca_cert"].clone();
     assert!(Path::new(&ca).is_file(), "{ca}");
     let instance = stack.instances("echo")[0]["id"].as_str().unwrap().to_string();
@@ -572,10 +574,11 @@ fn network_example_serves_tcp_udp_tls_and_the_alb_behind_it() {
     let outputs = Stack::outputs(&stack.apply());
     let ip = outputs["edge_static_ip"].clone();
     assert!(ip.starts_with("127."), "{outputs:?}");
-    assert_eq!(outputs["edge_url"], format!("tcp://{ip}:{port}"));
+    let host = url_host(&outputs, "edge", &ip);
+    assert_eq!(outputs["edge_url"], format!("tcp://{host}:{port}"));
     assert_eq!(
         outputs["edge_url_{port}_udp".replace("{port}", &port.to_string()).as_str()],
-        format!("udp://{ip}:{port}")
+        format!("udp://{host}:{port}")
     );
 
     // TCP: new connections spread over both instances.

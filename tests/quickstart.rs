@@ -27,8 +27,10 @@ fn quickstart_routes_scales_heals_and_destroys() {
 
     // Apply returns only when healthy, and prints the URL.
     let applied = stack.apply();
-    let url = Stack::outputs(&applied)["public_url"].clone();
-    assert_eq!(url, format!("http://public.quickstart.elb.localhost:{port}/"));
+    let outputs = Stack::outputs(&applied);
+    let url = outputs["public_url"].clone();
+    assert_eq!(outputs["public_dns_name"], "public.quickstart.elb.localhost");
+    assert_eq!(url, format!("http://{}:{port}/", url_host(&outputs, "public", "127.0.0.1")));
     let web = ids(&stack.instances("web"));
     let images = ids(&stack.instances("images"));
     assert_eq!((web.len(), images.len()), (2, 2));
@@ -44,7 +46,7 @@ fn quickstart_routes_scales_heals_and_destroys() {
     assert_eq!(response.headers["x-seen-forwarded-for"], "127.0.0.1");
     assert_eq!(response.headers["x-seen-forwarded-proto"], "http");
     assert_eq!(response.headers["x-seen-forwarded-port"], port.to_string());
-    assert_eq!(response.headers["x-seen-host"], format!("public.quickstart.elb.localhost:{port}"));
+    assert_eq!(response.headers["x-seen-host"], format!("{}:{port}", url_host(&outputs, "public", "127.0.0.1")));
 
     // Nothing to do right after an apply.
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);

@@ -258,8 +258,8 @@ fn output_gives_the_last_applys_outputs() {
     let port = free_port();
     let stack = Stack::new(&small_spec(port));
     assert!(stack.lbctl(&["output"]).expect_code(0).stderr.contains("no outputs"));
-    stack.apply();
-    let url = format!("http://front.small.elb.localhost:{port}/");
+    let outputs = Stack::outputs(&stack.apply());
+    let url = format!("http://{}:{port}/", url_host(&outputs, "front", "127.0.0.1"));
     let all = stack.lbctl(&["output"]).expect_code(0).stdout;
     assert!(all.contains(&format!("front_url = \"{url}\"")), "{all}");
     assert_eq!(stack.lbctl(&["output", "front_url"]).expect_code(0).stdout, format!("{url}\n"));

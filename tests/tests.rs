@@ -63,6 +63,9 @@ mod export;
 /// Access logs in AWS's format, Prometheus metrics.
 mod observe;
 
+/// Printed names resolve for curl, Python and wrk.
+mod names;
+
 /// The aws provider against moto's server: apply, drift, destroy.
 mod aws;
 

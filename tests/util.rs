@@ -50,6 +50,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The host lbctl prints in a load balancer's URLs: its DNS name when the
+/// system resolver gives the address it listens on (lbctl wrote it to
+/// `/etc/hosts`, which it may as root), else that address.
+pub fn url_host(outputs: &BTreeMap<String, String>, lb: &str, address: &str) -> String {
+    use std::net::ToSocketAddrs;
+    let dns = &outputs[&format!("{lb}_dns_name")];
+    let resolves =
+        (dns.as_str(), 0).to_socket_addrs().is_ok_and(|mut found| found.any(|it| it.ip().to_string() == address));
+    if resolves {
+        dns.clone()
+    } else {
+        address.to_string()
+    }
+}
+
 /// Whether something listens on 127.0.0.1:`port`.
 pub fn port_in_use(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err()

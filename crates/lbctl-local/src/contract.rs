@@ -187,6 +187,7 @@ impl Provider for LocalProvider {
         // Runtime directories are removed by each resource's deletion; only
         // the empty skeleton may remain.
         remove_empty_dirs(&self.layout().root);
+        self.hosts().remove_all();
         // The stack is gone: its network load balancers' addresses are free again.
         Ok(self.release_addresses()?.into_iter().map(|ip| format!("static IP {ip}")).collect())
     }

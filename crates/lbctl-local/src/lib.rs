@@ -20,6 +20,7 @@ mod certificates;
 mod contract;
 mod health;
 mod holders;
+mod hosts;
 mod provider;
 mod status;
 

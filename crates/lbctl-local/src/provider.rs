@@ -28,10 +28,18 @@ use crate::health::TargetVerdict;
 /// from other resources (not settings of the group's own).
 pub(crate) const ASG_DERIVED: &[&str] = &["instance_port", "target_group_ports"];
 
-/// `<lb>.<stack>.elb.localhost`, which curl and browsers resolve to loopback:
-/// a load balancer's DNS name, known once it is made.
-pub(crate) fn dns_name(stack: &str, load_balancer: &str) -> String {
-    format!("{load_balancer}.{stack}.elb.localhost")
+/// A load balancer's DNS name, known once it is made. An application load
+/// balancer's is `<lb>.<stack>.elb.localhost`, which curl and browsers
+/// resolve to 127.0.0.1, where it listens, by themselves. A network load
+/// balancer listens on its own address: its name is
+/// `<lb>.<stack>.elb.internal` (a name for private use), which clients
+/// resolve through `/etc/hosts` only (curl would take any `.localhost`
+/// name to 127.0.0.1).
+pub(crate) fn dns_name(stack: &str, load_balancer: &str, kind: LoadBalancerType) -> String {
+    match kind {
+        LoadBalancerType::Application => format!("{load_balancer}.{stack}.elb.localhost"),
+        LoadBalancerType::Network => format!("{load_balancer}.{stack}.elb.internal"),
+    }
 }
 
 /// How long a started process gets to report that it runs.
@@ -259,7 +267,7 @@ impl LocalProvider {
             .map(|it| it as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|it| it.get()).unwrap_or(1));
         let target_groups = resource.dependencies.iter().map(|it| it.name.clone()).collect();
-        let dns_name = dns_name(&self.options.stack, name);
+        let dns_name = dns_name(&self.options.stack, name, lb.kind);
         let static_ip = self.static_ip(name, &lb)?;
         let certificates = crate::certificates::listener_certificates(
             &self.layout,
@@ -345,7 +353,13 @@ impl LocalProvider {
         let launched = self.launch("proxy", &self.layout.lb_dir(&config.name), &config, progress, |pid, digest| {
             self.proxy_serves(&config.name, pid, digest, &ports)
         })?;
+        self.hosts().set(&config.dns_name, config.bind_ip);
         Ok(load_balancer_applied(launched, &config))
+    }
+
+    /// The hosts file entries of this stack.
+    pub(crate) fn hosts(&self) -> crate::hosts::Hosts {
+        crate::hosts::Hosts::new(crate::hosts::HOSTS, &self.options.state_dir)
     }
 
     pub(crate) fn update_load_balancer(
@@ -367,6 +381,7 @@ impl LocalProvider {
         progress.report("reloading the proxy's configuration");
         let reconfigured = self
             .reconfigure("proxy", prior, &config, |pid, digest| self.proxy_serves(&config.name, pid, digest, &ports))?;
+        self.hosts().set(&config.dns_name, config.bind_ip);
         Ok(load_balancer_applied(reconfigured, &config))
     }
 
@@ -649,6 +664,7 @@ impl LocalProvider {
             progress.report("stopping the proxy");
             process::stop(data.pid, &marker, PROXY_STOP_GRACE);
         }
+        self.hosts().remove(&self.dns_name_of(prior));
         remove_dir(&self.layout.lb_dir(&prior.address.name))
     }
 
@@ -708,7 +724,10 @@ impl LocalProvider {
     pub(crate) fn dns_name_of(&self, resource: &ResourceState) -> String {
         match resource.computed.get("dns_name").and_then(Value::as_str) {
             Some(name) => name.to_string(),
-            None => dns_name(&self.options.stack, &resource.address.name),
+            None => {
+                let kind = lb_settings(&resource.resolved).map(|it| it.kind).unwrap_or(LoadBalancerType::Application);
+                dns_name(&self.options.stack, &resource.address.name, kind)
+            }
         }
     }
 
@@ -932,17 +951,19 @@ impl LocalProvider {
     /// The URL of each listener of a load balancer: its DNS name, or a
     /// network load balancer's static IP (`*.localhost` resolves to
     /// 127.0.0.1 only).
+    /// A load balancer's listeners' URLs: by its DNS name where the system
+    /// resolver gives its address (the hosts file has it), else by address:
+    /// a name that does not resolve is never printed as a URL.
     pub(crate) fn listener_urls(&self, resource: &ResourceState, lb: &LoadBalancer) -> Vec<String> {
         let dns = self.dns_name_of(resource);
-        let static_ip = self.static_ip_of(resource);
+        let address = self.static_ip_of(resource).unwrap_or(Ipv4Addr::LOCALHOST);
+        let host = if crate::hosts::resolves_to(&dns, address) { dns } else { address.to_string() };
         lb.listeners
             .iter()
             .map(|listener| {
                 let scheme = lbctl_spec::wire_name(&listener.protocol).to_lowercase();
-                match static_ip {
-                    Some(ip) => format!("{scheme}://{ip}:{}", listener.port),
-                    None => format!("{scheme}://{dns}:{}/", listener.port),
-                }
+                let slash = if matches!(scheme.as_str(), "http" | "https") { "/" } else { "" };
+                format!("{scheme}://{host}:{}{slash}", listener.port)
             })
             .collect()
     }

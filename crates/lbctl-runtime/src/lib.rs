@@ -103,7 +103,7 @@ pub struct ProxyConfig {
     pub stack: String,
     /// Load balancer name.
     pub name: String,
-    /// `<name>.<stack>.elb.localhost`.
+    /// `<name>.<stack>.elb.localhost` (`.elb.internal`: a network load balancer).
     pub dns_name: String,
     /// Address every listener binds (127.0.0.1 for application load balancers).
     pub bind_ip: Ipv4Addr,

@@ -20,7 +20,7 @@ use crate::duration::Duration;
 pub struct Spec {
     /// Format version; only `1` exists.
     pub version: u32,
-    /// Stack name: namespaces DNS names (`<lb>.<stack>.elb.localhost`) and runtime files.
+    /// Stack name: namespaces DNS names (`<lb>.<stack>.elb.localhost`, `.elb.internal` for network load balancers) and runtime files.
     pub name: String,
     /// Load balancers by name.
     #[serde(default)]
