@@ -66,6 +66,9 @@ mod observe;
 /// Printed names resolve for curl, Python and wrk.
 mod names;
 
+/// `lbctl console` in headless Chromium.
+mod console;
+
 /// The aws provider against moto's server: apply, drift, destroy.
 mod aws;
 

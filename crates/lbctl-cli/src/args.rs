@@ -99,6 +99,14 @@ pub enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// A live web page of the stack on loopback: topology, target health, requests, access log, groups' activity.
+    Console {
+        #[command(flatten)]
+        spec: SpecArg,
+        /// Where to listen (a loopback address, or a port on 127.0.0.1; default: a free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
     /// The outputs of the last apply (URLs, DNS names, static IPs), as `terraform output`.
     Output {
         #[command(flatten)]

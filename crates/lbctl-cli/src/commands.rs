@@ -46,6 +46,17 @@ pub fn run(args: Args) -> Result<u8> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+        Command::Console { spec, listen } => {
+            let listen = crate::console::parse_listen(&listen)?;
+            let dir = spec_dir(&spec.file)?;
+            let store = crate::console::store_of(&dir);
+            let provider_of = |state: &State| state_provider(state, &dir, &spec);
+            crate::console::serve(listen, &store, &provider_of, &|url| {
+                shell.out(&format!("lbctl console: {url} (Ctrl-C stops it)\n"))?;
+                Ok(())
+            })?;
+            Ok(0)
+        }
         Command::Logs { file, name, follow, since } => {
             logs(&shell, &SpecArg { file, provider: None }, name.as_deref(), follow, since.as_deref())
         }

@@ -7,6 +7,7 @@
 
 mod args;
 mod commands;
+mod console;
 mod logs;
 mod registry;
 mod saved_plan;
