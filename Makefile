@@ -12,7 +12,7 @@ VENV := target/venv
 PREVIOUS_COMMIT := cb837a5
 PREVIOUS := target/previous-release
 
-.PHONY: build test lint quickstart quickstart-destroy schema bench
+.PHONY: build test lint quickstart quickstart-destroy schema bench man
 
 build:
 	$(CARGO) build --workspace
@@ -65,6 +65,11 @@ quickstart: build
 
 quickstart-destroy: build
 	$(LBCTL) destroy -f $(QUICKSTART) --auto-approve
+
+# The manual page, from the command line's definitions: target/man/lbctl.1.
+man: build
+	mkdir -p target/man
+	$(LBCTL) man > target/man/lbctl.1
 
 # Regenerate the JSON Schema from the spec types.
 schema: build

@@ -119,3 +119,30 @@ impl Drop for DestroyOnDrop {
         }
     }
 }
+
+/// Shell completions load in bash and name every command; the manual page
+/// renders with every command in it.
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_line() {
+    let completion = Command::new(lbctl_exe()).args(["completion", "bash"]).output().unwrap();
+    assert!(completion.status.success());
+    let script = String::from_utf8(completion.stdout).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lbctl.bash");
+    std::fs::write(&file, &script).unwrap();
+    let loaded = Command::new("bash").args(["-c", &format!("source {} && complete -p lbctl", file.display())]).output().unwrap();
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("lbctl"), "{loaded:?}");
+    for command in ["plan", "apply", "destroy", "logs", "console", "export"] {
+        assert!(script.contains(command), "completions lack `{command}`");
+    }
+    let man = Command::new(lbctl_exe()).arg("man").output().unwrap();
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(page.starts_with(".ie") && page.contains(".TH lbctl 1"), "{page}");
+    for command in ["lbctl\\-plan", "lbctl\\-console", "lbctl\\-logs"] {
+        assert!(page.contains(command), "the manual page lacks `{command}`");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(lbctl_exe()).args(["completion", shell]).output().unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+}

@@ -135,6 +135,14 @@ pub enum Command {
     Export(ExportTarget),
     /// The spec's JSON Schema.
     Schema,
+    /// Shell completions: `lbctl completion bash > /etc/bash_completion.d/lbctl`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff): `lbctl man | man -l -`.
+    Man,
     /// A demo instance: answers with its id, serves /health, has fault switches; with --echo, a TCP and UDP echo server.
     Worker {
         /// Address to listen on (default: $LBCTL_IP:$LBCTL_PORT).

@@ -68,6 +68,19 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(0)
         }
         Command::Export(target) => export(&shell, target),
+        Command::Completion { shell: target } => {
+            let mut command = <Args as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(target, &mut command, "lbctl", &mut out);
+            shell.out(&String::from_utf8_lossy(&out))?;
+            Ok(0)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut out)?;
+            shell.out(&String::from_utf8_lossy(&out))?;
+            Ok(0)
+        }
         Command::Schema => {
             shell.out(&lbctl_spec::schema_json())?;
             Ok(0)
