@@ -10,7 +10,11 @@ response. In front of them, one at a time and in alternation, run nginx
 X-Forwarded-For, with keep-alive to the backends. wrk (pinned to the other
 core with the backends) drives each for the same time. Printed per proxy:
 requests/s, p50, p99, CPU time per request (the proxy's own processes, from
-/proc), and the ratios lbctl/nginx and lbctl/HAProxy.
+/proc), and the ratios lbctl/nginx and lbctl/HAProxy. A second lbctl ALB of
+the same stack, `lbctl+logs`, writes its access log and has its Prometheus
+metrics scraped every second while it runs: the ratio lbctl+logs/lbctl is
+what seeing the traffic costs, beside `nginx+logs`, the same nginx writing
+its combined-format access log (buffered as lbctl's is).
 
 L4, the network load balancer. One `l4load sink` (bench/l4load) on the load
 core; in alternation, the sink reached directly, through HAProxy (`mode tcp`,
@@ -216,11 +220,21 @@ def run_l7():
         pin([backend.pid, *children(backend.pid)], LOAD_CORE)
 
         upstream = " ".join(f"server 127.0.0.1:{port};" for port in backends)
-        ports = {"nginx": free_port(), "haproxy": free_port(), "lbctl": free_port()}
+        ports = {"nginx": free_port(), "nginx+logs": free_port(), "haproxy": free_port(), "lbctl": free_port(), "lbctl+logs": free_port()}
         nginx = procs.start([tool("nginx"), "-c", nginx_conf(work, "proxy", f"""
   upstream backends {{ {upstream} keepalive 128; }}
   server {{
     listen 127.0.0.1:{ports['nginx']};
+    location / {{
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+  server {{
+    listen 127.0.0.1:{ports['nginx+logs']};
+    access_log {work}/nginx-access.log combined buffer=64k flush=100ms;
     location / {{
       proxy_pass http://backends;
       proxy_http_version 1.1;
@@ -262,6 +276,12 @@ load_balancers:
     worker_threads: 1
     listeners:
       - {{ port: {ports['lbctl']}, protocol: HTTP, default_action: {{ forward: backends }} }}
+  logged:
+    type: application
+    worker_threads: 1
+    access_logs: true
+    listeners:
+      - {{ port: {ports['lbctl+logs']}, protocol: HTTP, default_action: {{ forward: backends }} }}
 target_groups:
   backends:
     target_type: ip
@@ -271,12 +291,17 @@ target_groups:
 """)
         subprocess.run([LBCTL, "apply", "-f", spec, "--auto-approve", "-q"], check=True, stdout=subprocess.DEVNULL)
         lbctl_pid = int(open(os.path.join(stack_dir, ".lbctl", "run", "lb", "front", "pid")).read())
+        logged_pid = int(open(os.path.join(stack_dir, ".lbctl", "run", "lb", "logged", "pid")).read())
+        with open(os.path.join(stack_dir, ".lbctl", "run", "lb", "logged", "status.json")) as status:
+            metrics_url = json.load(status)["metrics_url"]
         for port in ports.values():
             wait_port(port, procs)
         proxies = {
             "nginx": [nginx.pid, *children(nginx.pid)],
+            "nginx+logs": [nginx.pid, *children(nginx.pid)],
             "haproxy": [haproxy.pid],
             "lbctl": [lbctl_pid],
+            "lbctl+logs": [logged_pid],
         }
         for pids in proxies.values():
             pin(pids, PROXY_CORE)
@@ -292,7 +317,10 @@ target_groups:
                 if name == "lbctl" and os.environ.get("BENCH_PROFILE"):
                     # BENCH_PROFILE=FILE: record the proxy with perf during its runs.
                     profiler = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", os.environ["BENCH_PROFILE"], "-p", str(lbctl_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                scraper = Scraper(metrics_url) if name == "lbctl+logs" else None
                 run = wrk(port)
+                if scraper:
+                    run["scrapes"] = scraper.stop()
                 if profiler:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait()
@@ -315,9 +343,20 @@ target_groups:
             print(f"| {name} | {row['rps']:.0f} | {row['p50']:.3f} | {row['p99']:.3f} | {row['cpu_us_per_request']:.1f} | {row['errors']} |")
         print()
         for other in ("nginx", "haproxy"):
+            if other not in summary:
+                continue
             lb, them = summary["lbctl"], summary[other]
             print(f"lbctl/{other}: requests/s x{lb['rps'] / them['rps']:.2f}, p99 x{lb['p99'] / them['p99']:.2f}, "
                   f"CPU per request x{lb['cpu_us_per_request'] / them['cpu_us_per_request']:.2f}")
+        logged, plain = summary["lbctl+logs"], summary["lbctl"]
+        log_size = os.path.getsize(os.path.join(stack_dir, ".lbctl", "logs", "logged", "access.log"))
+        scrapes = sum(run.get("scrapes", 0) for run in results["lbctl+logs"])
+        nginx_logged, nginx_plain = summary["nginx+logs"], summary["nginx"]
+        print(f"access logs, nginx (combined format, buffer=64k flush=100ms): nginx+logs/nginx requests/s "
+              f"x{nginx_logged['rps'] / nginx_plain['rps']:.3f}, CPU per request x{nginx_logged['cpu_us_per_request'] / nginx_plain['cpu_us_per_request']:.3f}")
+        print(f"access logs and metrics: lbctl+logs/lbctl requests/s x{logged['rps'] / plain['rps']:.3f}, "
+              f"CPU per request x{logged['cpu_us_per_request'] / plain['cpu_us_per_request']:.3f} "
+              f"({log_size / 1e6:.0f} MB of access log, {scrapes} scrapes)")
     finally:
         subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.stop_all()
@@ -332,6 +371,30 @@ L4_WORKERS = int(os.environ.get("BENCH_L4_WORKERS", "32"))
 # HAProxy copies through user space unless told to splice; lbctl's NLB always
 # splices. BENCH_HAPROXY_SPLICE=1 measures HAProxy splicing too.
 HAPROXY_SPLICE = os.environ.get("BENCH_HAPROXY_SPLICE") == "1"
+
+
+class Scraper:
+    """Fetches a metrics URL every second on a thread until stopped."""
+
+    def __init__(self, url):
+        import threading
+        import urllib.request
+        self.count = 0
+        self.done = threading.Event()
+
+        def scrape():
+            while not self.done.wait(1.0):
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    response.read()
+                self.count += 1
+
+        self.thread = threading.Thread(target=scrape, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(timeout=10)
+        return self.count
 
 
 def duration_seconds(text):

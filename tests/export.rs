@@ -26,6 +26,7 @@ load_balancers:
   public:
     type: application
     idle_timeout: 120s
+    access_logs: true
     listeners:
       - port: 18080
         protocol: HTTP
@@ -368,6 +369,8 @@ fn a_spec_with_every_feature_exports_with_references_and_every_argument() {
     assert_eq!(public["load_balancer_type"], "application");
     assert_eq!(public["subnets"], "${var.subnets}");
     assert_eq!(public["idle_timeout"], 120);
+    let logs = first(&public["access_logs"]);
+    assert_eq!((&logs["bucket"], &logs["enabled"]), (&Value::from("${var.access_logs_bucket}"), &Value::Bool(true)));
     let edge = resource(&all, "aws_lb", "edge");
     assert_eq!(edge["load_balancer_type"], "network");
     let mappings = edge["subnet_mapping"].as_array().unwrap();

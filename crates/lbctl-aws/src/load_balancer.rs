@@ -65,6 +65,13 @@ pub(crate) struct ListenerPrivate {
 /// Plan-time checks: certificate files must be there.
 pub(crate) fn check_spec(base: &str, resource: &Resource, working_dir: &Path, found: &mut Vec<Finding>) {
     let Ok(lb) = settings::<LoadBalancer>(&resource.resolved, &[]) else { return };
+    if lb.access_logs == Some(true) {
+        found.push(Finding {
+            path: format!("{base}.access_logs"),
+            message: "AWS writes access logs to an S3 bucket, which the aws provider does not set up yet".to_string(),
+            severity: Severity::Unsupported,
+        });
+    }
     let written = !resource.attributes["idle_timeout"].is_null();
     if let (LoadBalancerType::Network, Some(idle), true) = (lb.kind, lb.idle_timeout, written) {
         // AWS sets the idle timeout of TCP listeners; UDP and TLS ones keep

@@ -179,9 +179,16 @@ impl Template<'_> {
         if let Some(groups) = &lb.security_groups {
             properties["SecurityGroups"] = self.value(groups);
         }
+        let mut attributes = Vec::new();
         if let Some(idle) = lb.idle_timeout {
-            properties["LoadBalancerAttributes"] =
-                json!([{ "Key": "idle_timeout.timeout_seconds", "Value": idle.to_string() }]);
+            attributes.push(json!({ "Key": "idle_timeout.timeout_seconds", "Value": idle.to_string() }));
+        }
+        if let Some(bucket) = &lb.access_logs {
+            attributes.push(json!({ "Key": "access_logs.s3.enabled", "Value": "true" }));
+            attributes.push(json!({ "Key": "access_logs.s3.bucket", "Value": self.value(bucket) }));
+        }
+        if !attributes.is_empty() {
+            properties["LoadBalancerAttributes"] = json!(attributes);
         }
         self.add(&lb.id, "AWS::ElasticLoadBalancingV2::LoadBalancer", properties, &[]);
     }

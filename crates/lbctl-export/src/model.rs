@@ -113,6 +113,8 @@ pub struct LoadBalancer {
     pub security_groups: Option<Value>,
     /// Idle timeout, seconds (application load balancers).
     pub idle_timeout: Option<i64>,
+    /// The S3 bucket of its access logs, when it has them.
+    pub access_logs: Option<Value>,
 }
 
 /// An Elastic IP of a network load balancer.
@@ -584,6 +586,13 @@ pub fn build(spec: &Spec) -> Stack {
             stack.notes.push(format!("{base}: worker_threads and max_connections are local settings; not exported"));
         }
         let aws_name = aws_name(&spec.name, name, &base, &mut stack.notes);
+        let access_logs = lb.access_logs.unwrap_or(false).then(|| {
+            stack.notes.push(format!(
+                "{base}.access_logs: AWS writes access logs to an S3 bucket (the AccessLogsBucket parameter){}",
+                if lb.kind == LoadBalancerType::Network { ", for TLS listeners only" } else { "" }
+            ));
+            stack.parameter("AccessLogsBucket", "S3 bucket the load balancers' access logs go to", ParameterKind::Text, None)
+        });
         stack.load_balancers.push(LoadBalancer {
             id: id.clone(),
             name: name.clone(),
@@ -592,6 +601,7 @@ pub fn build(spec: &Spec) -> Stack {
             subnets: subnets.clone(),
             subnet_mappings,
             security_groups: (lb.kind == LoadBalancerType::Application).then(|| security_groups.clone()).flatten(),
+            access_logs,
             idle_timeout: (lb.kind == LoadBalancerType::Application)
                 .then(|| seconds(lb.idle_timeout(), 1, 4000, &format!("{base}.idle_timeout"), &mut stack.notes)),
         });

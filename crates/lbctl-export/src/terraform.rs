@@ -285,6 +285,14 @@ impl<'a> Config<'a> {
         if let Some(idle) = lb.idle_timeout {
             block = block.add_attribute(("idle_timeout", idle));
         }
+        if let Some(bucket) = &lb.access_logs {
+            block = block.add_block(
+                Block::builder("access_logs")
+                    .add_attribute(("bucket", self.value(bucket)))
+                    .add_attribute(("enabled", true))
+                    .build(),
+            );
+        }
         block.add_attribute(tags("lbctl:load-balancer", &lb.name)).build()
     }
 

@@ -3,26 +3,39 @@
 //! (the ALB access-log entry, fields in AWS's order), one per connection or
 //! UDP flow for network ones (the NLB entry, the target appended).
 //!
-//! Lines are formatted on the request's task and handed to one writer
-//! thread per proxy through a bounded queue: a request never waits on the
-//! disk. Should the disk fall behind by a whole queue, lines are dropped
-//! and counted (`lbctl_access_log_dropped_lines_total`), never blocking
-//! traffic.
+//! Lines are formatted on the request's task, straight into a small buffer
+//! (no string per field), and appended to the log's shared buffer under a
+//! lock held for a copy. One writer thread per proxy takes the buffer ten
+//! times a second and writes it in one call: a request never waits on the
+//! disk and never wakes another thread. Should the disk fall behind by
+//! `MAX_PENDING` bytes, lines are dropped and counted
+//! (`lbctl_access_log_dropped_lines_total`), never blocking traffic.
 
+use std::fmt::Display;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
-/// Lines waiting for the writer at most.
-const QUEUE: usize = 16 * 1024;
+/// Bytes waiting for the writer at most.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// How often the writer writes.
+const WRITE_EVERY: Duration = Duration::from_millis(100);
+
+struct Shared {
+    pending: Mutex<Vec<u8>>,
+    closed: AtomicBool,
+}
 
 /// A load balancer's access log.
 pub struct AccessLog {
-    lines: SyncSender<String>,
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
 }
 
 impl AccessLog {
@@ -32,87 +45,132 @@ impl AccessLog {
         if let Some(dir) = path.parent() {
             lbctl_files::create_private_dir(dir)?;
         }
-        let file = lbctl_files::open_private_append(path).with_context(|| format!("opening {}", path.display()))?;
-        let (lines, queue) = mpsc::sync_channel::<String>(QUEUE);
-        std::thread::Builder::new()
+        let mut file =
+            lbctl_files::open_private_append(path).with_context(|| format!("opening {}", path.display()))?;
+        let shared = Arc::new(Shared { pending: Mutex::new(Vec::with_capacity(256 * 1024)), closed: AtomicBool::new(false) });
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
             .name("access-log".to_string())
             .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
+                let mut spare = Vec::with_capacity(256 * 1024);
                 loop {
-                    match queue.recv_timeout(Duration::from_millis(200)) {
-                        Ok(line) => {
-                            let _ = out.write_all(line.as_bytes());
-                            // Whatever else is queued goes in the same write.
-                            while let Ok(line) = queue.try_recv() {
-                                let _ = out.write_all(line.as_bytes());
-                            }
-                            let _ = out.flush();
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => {
-                            let _ = out.flush();
-                            return;
-                        }
+                    let closed = writer_shared.closed.load(Ordering::Acquire);
+                    if !closed {
+                        std::thread::park_timeout(WRITE_EVERY);
+                    }
+                    std::mem::swap(&mut *writer_shared.pending.lock().unwrap_or_else(|it| it.into_inner()), &mut spare);
+                    if !spare.is_empty() {
+                        let _ = file.write_all(&spare);
+                        spare.clear();
+                    }
+                    if closed {
+                        return;
                     }
                 }
             })
             .context("starting the access log writer")?;
-        Ok(AccessLog { lines })
+        Ok(AccessLog { shared, writer: Some(writer) })
     }
 
-    /// Queues one line (ending in a newline); false when it was dropped
-    /// because the writer fell a whole queue behind.
-    pub fn write(&self, line: String) -> bool {
-        !matches!(self.lines.try_send(line), Err(TrySendError::Full(_) | TrySendError::Disconnected(_)))
+    /// Appends formatted lines; false when they were dropped because the
+    /// writer is `MAX_PENDING` bytes behind.
+    pub fn append(&self, lines: &[u8]) -> bool {
+        let mut pending = self.shared.pending.lock().unwrap_or_else(|it| it.into_inner());
+        if pending.len() + lines.len() > MAX_PENDING {
+            return false;
+        }
+        pending.extend_from_slice(lines);
+        true
+    }
+}
+
+impl Drop for AccessLog {
+    /// Everything appended is written before the log closes.
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        if let Some(writer) = self.writer.take() {
+            writer.thread().unpark();
+            let _ = writer.join();
+        }
     }
 }
 
 /// `2026-12-02T10:00:00.123456Z`.
-pub fn iso_time(time: SystemTime) -> String {
-    humantime::format_rfc3339_micros(time).to_string()
+pub fn iso_time(time: SystemTime) -> impl Display {
+    humantime::format_rfc3339_micros(time)
 }
 
-/// Seconds with AWS's precision, or `-1` when the step did not happen.
-fn seconds(value: Option<Duration>) -> String {
+thread_local! {
+    /// The second last written and its `2026-12-02T10:00:00` text: lines of
+    /// the same second share the date arithmetic.
+    static SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// Writes `time` as `iso_time` does.
+fn write_time(out: &mut Vec<u8>, time: SystemTime) {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != since.as_secs() {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+            text.copy_from_slice(&formatted.as_bytes()[..19]);
+            *second = since.as_secs();
+        }
+        out.extend_from_slice(&text[..]);
+    });
+    let _ = write!(out, ".{:06}Z", since.subsec_micros());
+}
+
+/// Writes seconds with AWS's precision, or `-1` when the step did not happen.
+fn seconds(out: &mut Vec<u8>, value: Option<Duration>) {
     match value {
-        Some(it) => format!("{:.6}", it.as_secs_f64()),
-        None => "-1".to_string(),
+        Some(it) => {
+            let _ = write!(out, "{}.{:06}", it.as_secs(), it.subsec_micros());
+        }
+        None => out.extend_from_slice(b"-1"),
     }
 }
 
-/// A quoted field: `"text"`, `"-"` when empty, quotes and control
+/// Writes a quoted field: `"text"`, `"-"` when empty, quotes and control
 /// characters escaped.
-fn quoted(text: &str) -> String {
+fn quoted(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
     if text.is_empty() {
-        return "\"-\"".to_string();
+        out.push(b'-');
     }
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
+    for byte in text.bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            byte if byte < 0x20 || byte == 0x7f => {
+                let _ = write!(out, "\\x{byte:02x}");
+            }
+            byte => out.push(byte),
         }
     }
-    out.push('"');
-    out
+    out.push(b'"');
 }
 
-fn or_dash(value: Option<impl ToString>) -> String {
-    value.map(|it| it.to_string()).unwrap_or_else(|| "-".to_string())
+/// Writes a value, or `-`.
+fn or_dash(out: &mut Vec<u8>, value: Option<impl Display>) {
+    match value {
+        Some(it) => {
+            let _ = write!(out, "{it}");
+        }
+        None => out.push(b'-'),
+    }
 }
 
-/// One request of an application load balancer, as AWS logs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+/// One request of an application load balancer, as AWS logs it; the
+/// texts are the caller's, borrowed.
+#[derive(Clone, Copy)]
+pub struct Entry<'a> {
     /// `http`, `https`, `h2` (HTTP/2 over TLS), `grpcs`.
     pub kind: &'static str,
     /// When the response was sent.
     pub time: SystemTime,
     /// `app/<name>/<id>`.
-    pub elb: String,
+    pub elb: &'a str,
     /// The client.
     pub client: SocketAddr,
     /// The target that answered, if one did.
@@ -132,21 +190,19 @@ pub struct Entry {
     /// Bytes sent to the client.
     pub sent_bytes: u64,
     /// `GET http://host:80/path?query HTTP/1.1`.
-    pub request: String,
+    pub request: &'a dyn Display,
     /// The client's User-Agent.
-    pub user_agent: String,
-    /// TLS cipher (OpenSSL's name), HTTPS only.
-    pub ssl_cipher: Option<String>,
-    /// TLS protocol (`TLSv1.3`), HTTPS only.
-    pub ssl_protocol: Option<&'static str>,
+    pub user_agent: &'a str,
+    /// TLS cipher (OpenSSL's name) and protocol (`TLSv1.3`), HTTPS only.
+    pub tls: Option<(&'a str, &'static str)>,
     /// The target group's ARN.
-    pub target_group_arn: Option<String>,
+    pub target_group_arn: Option<&'a dyn Display>,
     /// `X-Amzn-Trace-Id`'s value.
-    pub trace_id: String,
+    pub trace_id: &'a dyn Display,
     /// The SNI name, HTTPS only.
-    pub domain: Option<String>,
+    pub domain: Option<&'a str>,
     /// The certificate presented, HTTPS only.
-    pub chosen_cert: Option<String>,
+    pub chosen_cert: Option<&'a dyn Display>,
     /// The rule that matched (0: the default action); `None` when no
     /// routing happened.
     pub matched_rule_priority: Option<u32>,
@@ -155,53 +211,83 @@ pub struct Entry {
     /// `forward`, `redirect`, `fixed-response`.
     pub actions: &'static str,
     /// A redirect's `Location`.
-    pub redirect_url: Option<String>,
+    pub redirect_url: Option<&'a str>,
     /// Why the request failed, AWS's code where it has one.
     pub error_reason: Option<&'static str>,
     /// The connection's trace id.
-    pub conn_trace_id: String,
+    pub conn_trace_id: &'a str,
 }
 
-impl Entry {
+impl Entry<'_> {
+    /// Writes the log line, newline included, to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.kind.as_bytes());
+        out.push(b' ');
+        write_time(out, self.time);
+        let _ = write!(out, " {} {} ", self.elb, self.client);
+        or_dash(out, self.target);
+        out.push(b' ');
+        seconds(out, self.request_processing);
+        out.push(b' ');
+        seconds(out, self.target_processing);
+        out.push(b' ');
+        seconds(out, self.response_processing);
+        let _ = write!(out, " {} ", self.elb_status);
+        or_dash(out, self.target_status);
+        let _ = write!(out, " {} {} ", self.received_bytes, self.sent_bytes);
+        let mut request = Vec::with_capacity(128);
+        let _ = write!(request, "{}", self.request);
+        quoted(out, &String::from_utf8_lossy(&request));
+        out.push(b' ');
+        quoted(out, self.user_agent);
+        out.push(b' ');
+        or_dash(out, self.tls.map(|it| it.0));
+        out.push(b' ');
+        or_dash(out, self.tls.map(|it| it.1));
+        out.push(b' ');
+        or_dash(out, self.target_group_arn);
+        let _ = write!(out, " \"{}\" ", self.trace_id);
+        quoted(out, self.domain.unwrap_or(""));
+        out.push(b' ');
+        match self.chosen_cert {
+            Some(cert) => {
+                let _ = write!(out, "\"{cert}\"");
+            }
+            None => out.extend_from_slice(b"\"-\""),
+        }
+        out.push(b' ');
+        or_dash(out, self.matched_rule_priority);
+        out.push(b' ');
+        write_time(out, self.request_creation_time);
+        out.push(b' ');
+        quoted(out, self.actions);
+        out.push(b' ');
+        quoted(out, self.redirect_url.unwrap_or(""));
+        out.push(b' ');
+        quoted(out, self.error_reason.unwrap_or(""));
+        out.push(b' ');
+        match self.target {
+            Some(target) => {
+                let _ = write!(out, "\"{target}\"");
+            }
+            None => out.extend_from_slice(b"\"-\""),
+        }
+        out.push(b' ');
+        match self.target_status {
+            Some(status) => {
+                let _ = write!(out, "\"{status}\"");
+            }
+            None => out.extend_from_slice(b"\"-\""),
+        }
+        let _ = writeln!(out, " \"-\" \"-\" {}", self.conn_trace_id);
+    }
+
     /// The log line, newline included.
+    #[cfg(test)]
     pub fn line(&self) -> String {
-        let target = or_dash(self.target);
-        let target_status = or_dash(self.target_status);
-        let fields = [
-            self.kind.to_string(),
-            iso_time(self.time),
-            self.elb.clone(),
-            self.client.to_string(),
-            target.clone(),
-            seconds(self.request_processing),
-            seconds(self.target_processing),
-            seconds(self.response_processing),
-            self.elb_status.to_string(),
-            target_status.clone(),
-            self.received_bytes.to_string(),
-            self.sent_bytes.to_string(),
-            quoted(&self.request),
-            quoted(&self.user_agent),
-            or_dash(self.ssl_cipher.as_ref()),
-            or_dash(self.ssl_protocol),
-            or_dash(self.target_group_arn.as_ref()),
-            quoted(&self.trace_id),
-            quoted(self.domain.as_deref().unwrap_or("")),
-            quoted(self.chosen_cert.as_deref().unwrap_or("")),
-            or_dash(self.matched_rule_priority),
-            iso_time(self.request_creation_time),
-            quoted(self.actions),
-            quoted(self.redirect_url.as_deref().unwrap_or("")),
-            quoted(self.error_reason.unwrap_or("")),
-            quoted(if self.target.is_some() { &target } else { "" }),
-            quoted(if self.target_status.is_some() { &target_status } else { "" }),
-            quoted(""),
-            quoted(""),
-            self.conn_trace_id.clone(),
-        ];
-        let mut line = fields.join(" ");
-        line.push('\n');
-        line
+        let mut out = Vec::with_capacity(512);
+        self.write_to(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
@@ -242,53 +328,75 @@ pub struct ConnectionEntry {
 }
 
 impl ConnectionEntry {
-    /// The log line, newline included.
-    pub fn line(&self) -> String {
-        let millis = |it: Duration| it.as_millis().to_string();
-        let fields = [
-            self.kind.to_string(),
-            "2.0".to_string(),
+    /// Writes the log line, newline included, to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let _ = write!(
+            out,
+            "{} 2.0 {} {} {} {} {} {} ",
+            self.kind,
             iso_time(self.time),
-            self.elb.clone(),
-            self.listener.clone(),
-            self.client.to_string(),
-            self.destination.to_string(),
-            millis(self.duration),
-            self.tls_handshake.map(millis).unwrap_or_else(|| "-".to_string()),
-            self.received_bytes.to_string(),
-            self.sent_bytes.to_string(),
-            "-".to_string(),
-            or_dash(self.tls_cipher.as_ref().map(|_| "-")),
-            "-".to_string(),
-            or_dash(self.tls_cipher.as_ref()),
-            or_dash(self.tls_protocol),
-            "-".to_string(),
-            or_dash(self.domain.as_ref()),
-            "-".to_string(),
-            "-".to_string(),
-            "-".to_string(),
-            iso_time(self.started),
-            or_dash(self.target),
-        ];
-        let mut line = fields.join(" ");
-        line.push('\n');
-        line
+            self.elb,
+            self.listener,
+            self.client,
+            self.destination,
+            self.duration.as_millis()
+        );
+        or_dash(out, self.tls_handshake.map(|it| it.as_millis()));
+        let _ = write!(out, " {} {} - ", self.received_bytes, self.sent_bytes);
+        or_dash(out, self.tls_cipher.as_ref().map(|_| "-"));
+        out.extend_from_slice(b" - ");
+        or_dash(out, self.tls_cipher.as_ref());
+        out.push(b' ');
+        or_dash(out, self.tls_protocol);
+        out.extend_from_slice(b" - ");
+        or_dash(out, self.domain.as_ref());
+        let _ = write!(out, " - - - {} ", iso_time(self.started));
+        or_dash(out, self.target);
+        out.push(b'\n');
+    }
+
+    /// The log line, newline included.
+    #[cfg(test)]
+    pub fn line(&self) -> String {
+        let mut out = Vec::with_capacity(256);
+        self.write_to(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
 /// A stable resource id for a load balancer's log lines: 16 hex digits of
 /// its stack and name.
 pub fn resource_id(stack: &str, name: &str) -> String {
-    let hash = format!("{stack}/{name}")
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
-    format!("{hash:016x}")
+    format!("{:016x}", resource_hash(stack, name))
+}
+
+/// The hash `resource_id` writes.
+pub fn resource_hash(stack: &str, name: &str) -> u64 {
+    let fold = |hash: u64, bytes: &[u8]| {
+        bytes.iter().fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
+    };
+    fold(fold(fold(0xcbf2_9ce4_8422_2325, stack.as_bytes()), b"/"), name.as_bytes())
 }
 
 /// `Root=1-<epoch hex>-<24 hex>`, as AWS's `X-Amzn-Trace-Id`.
-pub fn trace_id(now: SystemTime) -> String {
-    let epoch = now.duration_since(SystemTime::UNIX_EPOCH).map(|it| it.as_secs()).unwrap_or_default();
-    format!("Root=1-{epoch:08x}-{:024x}", rand::random::<u128>() & ((1u128 << 96) - 1))
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId {
+    epoch: u64,
+    random: u128,
+}
+
+impl TraceId {
+    /// A new id for a request that arrived at `now`.
+    pub fn new(now: SystemTime) -> TraceId {
+        let epoch = now.duration_since(SystemTime::UNIX_EPOCH).map(|it| it.as_secs()).unwrap_or_default();
+        TraceId { epoch, random: rand::random::<u128>() & ((1u128 << 96) - 1) }
+    }
+}
+
+impl Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Root=1-{:08x}-{:024x}", self.epoch, self.random)
+    }
 }
 
 #[cfg(test)]
@@ -304,7 +412,7 @@ mod tests {
         let entry = Entry {
             kind: "http",
             time: at(1_764_633_600, 250),
-            elb: "app/public/0123456789abcdef".to_string(),
+            elb: "app/public/0123456789abcdef",
             client: "127.0.0.1:50000".parse().unwrap(),
             target: Some("127.16.0.2:8080".parse().unwrap()),
             request_processing: Some(Duration::from_micros(120)),
@@ -314,12 +422,11 @@ mod tests {
             target_status: Some(200),
             received_bytes: 80,
             sent_bytes: 160,
-            request: "GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1".to_string(),
-            user_agent: "curl/8.0 \"quoted\"".to_string(),
-            ssl_cipher: None,
-            ssl_protocol: None,
-            target_group_arn: Some("arn:aws:elasticloadbalancing:local:000000000000:targetgroup/web/00".to_string()),
-            trace_id: "Root=1-692e0000-000000000000000000000001".to_string(),
+            request: &"GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1",
+            user_agent: "curl/8.0 \"quoted\"",
+            tls: None,
+            target_group_arn: Some(&"arn:aws:elasticloadbalancing:local:000000000000:targetgroup/web/00"),
+            trace_id: &"Root=1-692e0000-000000000000000000000001",
             domain: None,
             chosen_cert: None,
             matched_rule_priority: Some(10),
@@ -327,7 +434,7 @@ mod tests {
             actions: "forward",
             redirect_url: None,
             error_reason: None,
-            conn_trace_id: "TID_0000000000000001".to_string(),
+            conn_trace_id: "TID_0000000000000001",
         };
         assert_eq!(
             entry.line(),
@@ -369,7 +476,7 @@ mod tests {
 
     #[test]
     fn trace_ids_look_like_aws_ones() {
-        let id = trace_id(at(1_764_633_600, 0));
+        let id = TraceId::new(at(1_764_633_600, 0)).to_string();
         assert!(id.starts_with("Root=1-692e2c00-") && id.len() == "Root=1-692e2c00-".len() + 24, "{id}");
         assert_eq!(resource_id("shop", "public").len(), 16);
     }
@@ -379,8 +486,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/public/access.log");
         let log = AccessLog::open(&path).unwrap();
-        log.write("one\n".to_string());
-        log.write("two\n".to_string());
+        assert!(log.append(b"one\n"));
+        assert!(log.append(b"two\n"));
+        assert!(!log.append(&vec![b'x'; MAX_PENDING]), "past the pending bound: dropped");
         drop(log);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::read_to_string(&path).unwrap_or_default() != "one\ntwo\n" {

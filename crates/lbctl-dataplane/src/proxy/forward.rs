@@ -157,7 +157,7 @@ pub async fn handle(
     frontend: &Frontend,
     request: Request<Incoming>,
     peer: SocketAddr,
-    connection: &ConnectionInfo,
+    connection: &Arc<ConnectionInfo>,
 ) -> Response<ProxyBody> {
     let arrived = Instant::now();
     let observe = frontend.context.load().observe.clone();
@@ -173,60 +173,43 @@ pub async fn handle(
     body.received = received + head_bytes;
     if let (Some(log), Some(head)) = (observe.log.clone(), head) {
         let now = Instant::now();
-        let since = |at: Option<Instant>, to: Instant| at.map(|at| to.saturating_duration_since(at));
-        let wall = SystemTime::now();
-        let entry = access_log::Entry {
-            kind: head.kind,
-            time: wall,
-            elb: observe.elb.clone(),
+        let answered = trace.answered;
+        body.log = Some(Box::new(PendingLine {
+            log,
+            observe: observe.clone(),
+            connection: connection.clone(),
+            head,
             client: peer,
             target: trace.target,
             request_processing: Some(trace.sent.unwrap_or(now).saturating_duration_since(arrived)),
-            target_processing: trace
-                .sent
-                .and(since(trace.sent, trace.answered.unwrap_or(now)))
-                .filter(|_| trace.answered.is_some()),
-            response_processing: Some(now.saturating_duration_since(trace.answered.unwrap_or(now))),
+            target_processing: trace.sent.zip(answered).map(|(sent, answered)| answered.saturating_duration_since(sent)),
+            response_processing: Some(now.saturating_duration_since(answered.unwrap_or(now))),
             elb_status: status,
             target_status: trace.target_status,
-            received_bytes: received,
-            sent_bytes: head_bytes,
-            request: head.request,
-            user_agent: head.user_agent,
-            ssl_cipher: head.tls.as_ref().map(|it| it.0.clone()),
-            ssl_protocol: head.tls.as_ref().map(|it| it.1),
-            target_group_arn: trace.group.as_ref().map(|group| {
-                format!(
-                    "arn:aws:elasticloadbalancing:local:000000000000:targetgroup/{}/{}",
-                    group.name,
-                    access_log::resource_id(&observe.stack, &group.name)
-                )
-            }),
-            trace_id: head.trace_id,
-            domain: head.tls.as_ref().and_then(|it| it.2.clone()),
-            chosen_cert: head
-                .tls
-                .as_ref()
-                .map(|_| format!("arn:aws:acm:local:000000000000:certificate/{}", observe.elb.replace('/', "-"))),
-            matched_rule_priority: trace.priority,
-            request_creation_time: wall - now.saturating_duration_since(arrived),
+            received,
+            head_bytes,
+            group: trace.group.take(),
+            priority: trace.priority,
             actions: if trace.actions.is_empty() { "-" } else { trace.actions },
-            redirect_url: trace.redirect.take(),
+            redirect: trace.redirect.take(),
             error_reason: trace.error_reason,
-            conn_trace_id: connection.trace_id.clone(),
-        };
-        response.body_mut().log = Some((log, Box::new(entry)));
+        }));
     }
     response
 }
 
-/// What a log line needs of a request before it is forwarded.
+/// What a log line needs of a request, taken before it is forwarded:
+/// reference-counted parts, no copies.
 struct RequestHead {
     kind: &'static str,
-    request: String,
-    user_agent: String,
-    trace_id: String,
-    tls: Option<(String, &'static str, Option<String>)>,
+    method: hyper::Method,
+    host: Option<HeaderValue>,
+    path: Option<PathAndQuery>,
+    version: Version,
+    tls: bool,
+    user_agent: Option<HeaderValue>,
+    trace_id: access_log::TraceId,
+    arrived_at: SystemTime,
 }
 
 impl RequestHead {
@@ -241,23 +224,124 @@ impl RequestHead {
         let host = request
             .headers()
             .get(HOST)
-            .and_then(|it| it.to_str().ok())
-            .or(request.uri().authority().map(|it| it.as_str()))
-            .unwrap_or("-");
-        let scheme = if tls { "https" } else { "http" };
-        let path = request.uri().path_and_query().map_or("/", |it| it.as_str());
-        let version = match request.version() {
+            .cloned()
+            .or_else(|| request.uri().authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()));
+        let arrived_at = SystemTime::now();
+        RequestHead {
+            kind,
+            method: request.method().clone(),
+            host,
+            path: request.uri().path_and_query().cloned(),
+            version: request.version(),
+            tls,
+            user_agent: request.headers().get(USER_AGENT).cloned(),
+            trace_id: access_log::TraceId::new(arrived_at),
+            arrived_at,
+        }
+    }
+}
+
+impl std::fmt::Display for RequestHead {
+    /// `GET http://host:port/path?query HTTP/1.1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = self.host.as_ref().and_then(|it| it.to_str().ok()).unwrap_or("-");
+        let path = self.path.as_ref().map_or("/", PathAndQuery::as_str);
+        let version = match self.version {
             Version::HTTP_2 => "HTTP/2.0",
             Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         };
-        RequestHead {
-            kind,
-            request: format!("{} {scheme}://{host}{path} {version}", request.method()),
-            user_agent: request.headers().get(USER_AGENT).and_then(|it| it.to_str().ok()).unwrap_or("").to_string(),
-            trace_id: access_log::trace_id(SystemTime::now()),
-            tls: connection.tls.clone(),
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{} {scheme}://{host}{path} {version}", self.method)
+    }
+}
+
+/// An access-log line waiting for its response to be sent.
+struct PendingLine {
+    log: Arc<AccessLog>,
+    observe: Arc<Observe>,
+    connection: Arc<ConnectionInfo>,
+    head: RequestHead,
+    client: SocketAddr,
+    target: Option<SocketAddr>,
+    request_processing: Option<Duration>,
+    target_processing: Option<Duration>,
+    response_processing: Option<Duration>,
+    elb_status: u16,
+    target_status: Option<u16>,
+    received: u64,
+    head_bytes: u64,
+    group: Option<Arc<TargetGroup>>,
+    priority: Option<u32>,
+    actions: &'static str,
+    redirect: Option<String>,
+    error_reason: Option<&'static str>,
+}
+
+/// `arn:aws:elasticloadbalancing:local:000000000000:targetgroup/<name>/<id>`.
+struct GroupArn<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for GroupArn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (stack, name) = (self.0, self.1);
+        let id = access_log::resource_hash(stack, name);
+        write!(f, "arn:aws:elasticloadbalancing:local:000000000000:targetgroup/{name}/{id:016x}")
+    }
+}
+
+/// `arn:aws:acm:local:000000000000:certificate/<elb>` (slashes as dashes).
+struct CertificateArn<'a>(&'a str);
+
+impl std::fmt::Display for CertificateArn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("arn:aws:acm:local:000000000000:certificate/")?;
+        for part in self.0.split('/').enumerate() {
+            if part.0 > 0 {
+                f.write_str("-")?;
+            }
+            f.write_str(part.1)?;
         }
+        Ok(())
+    }
+}
+
+impl PendingLine {
+    /// Writes the line for a response whose body was `sent` bytes.
+    fn write(&self, sent: u64) -> bool {
+        let now = SystemTime::now();
+        let group = self.group.as_ref().map(|it| GroupArn(&self.observe.stack, &it.name));
+        let certificate = CertificateArn(&self.observe.elb);
+        let tls = self.connection.tls.as_ref();
+        let entry = access_log::Entry {
+            kind: self.head.kind,
+            time: now,
+            elb: &self.observe.elb,
+            client: self.client,
+            target: self.target,
+            request_processing: self.request_processing,
+            target_processing: self.target_processing,
+            response_processing: self.response_processing,
+            elb_status: self.elb_status,
+            target_status: self.target_status,
+            received_bytes: self.received,
+            sent_bytes: self.head_bytes + sent,
+            request: &self.head,
+            user_agent: self.head.user_agent.as_ref().and_then(|it| it.to_str().ok()).unwrap_or(""),
+            tls: tls.map(|it| (it.0.as_str(), it.1)),
+            target_group_arn: group.as_ref().map(|it| it as &dyn std::fmt::Display),
+            trace_id: &self.head.trace_id,
+            domain: tls.and_then(|it| it.2.as_deref()),
+            chosen_cert: tls.map(|_| &certificate as &dyn std::fmt::Display),
+            matched_rule_priority: self.priority,
+            request_creation_time: self.head.arrived_at,
+            actions: self.actions,
+            redirect_url: self.redirect.as_deref(),
+            error_reason: self.error_reason,
+            conn_trace_id: &self.connection.trace_id,
+        };
+        let mut line = Vec::with_capacity(512);
+        entry.write_to(&mut line);
+        self.log.append(&line)
     }
 }
 
@@ -560,7 +644,7 @@ pub struct ProxyBody {
     sent: u64,
     /// The access-log line, written once the body is sent (with its size
     /// and time).
-    log: Option<(Arc<AccessLog>, Box<access_log::Entry>)>,
+    log: Option<Box<PendingLine>>,
 }
 
 enum BodyKind {
@@ -611,10 +695,8 @@ impl Drop for ProxyBody {
         if let Some(stats) = &self.stats {
             stats.bytes(self.received + self.sent);
         }
-        if let Some((log, mut entry)) = self.log.take() {
-            entry.sent_bytes += self.sent;
-            entry.time = SystemTime::now();
-            if !log.write(entry.line()) {
+        if let Some(line) = self.log.take() {
+            if !line.write(self.sent) {
                 if let Some(stats) = &self.stats {
                     stats.log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }

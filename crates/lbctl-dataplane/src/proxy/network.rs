@@ -103,7 +103,9 @@ impl Observe {
             started: started.1,
             target,
         };
-        if !log.write(entry.line()) {
+        let mut line = Vec::with_capacity(256);
+        entry.write_to(&mut line);
+        if !log.append(&line) {
             self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
