@@ -130,7 +130,8 @@ fn completions_and_the_manual_page_come_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lbctl.bash");
     std::fs::write(&file, &script).unwrap();
-    let loaded = Command::new("bash").args(["-c", &format!("source {} && complete -p lbctl", file.display())]).output().unwrap();
+    let loaded =
+        Command::new("bash").args(["-c", &format!("source {} && complete -p lbctl", file.display())]).output().unwrap();
     assert!(String::from_utf8_lossy(&loaded.stdout).contains("lbctl"), "{loaded:?}");
     for command in ["plan", "apply", "destroy", "logs", "console", "export"] {
         assert!(script.contains(command), "completions lack `{command}`");

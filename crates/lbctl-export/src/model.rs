@@ -591,7 +591,12 @@ pub fn build(spec: &Spec) -> Stack {
                 "{base}.access_logs: AWS writes access logs to an S3 bucket (the AccessLogsBucket parameter){}",
                 if lb.kind == LoadBalancerType::Network { ", for TLS listeners only" } else { "" }
             ));
-            stack.parameter("AccessLogsBucket", "S3 bucket the load balancers' access logs go to", ParameterKind::Text, None)
+            stack.parameter(
+                "AccessLogsBucket",
+                "S3 bucket the load balancers' access logs go to",
+                ParameterKind::Text,
+                None,
+            )
         });
         stack.load_balancers.push(LoadBalancer {
             id: id.clone(),

@@ -3,15 +3,15 @@
 //! (the ALB access-log entry, fields in AWS's order), one per connection or
 //! UDP flow for network ones (the NLB entry, the target appended).
 //!
-//! Lines are formatted on the request's task, straight into a small buffer
-//! (no string per field), and appended to the log's shared buffer under a
-//! lock held for a copy. One writer thread per proxy takes the buffer ten
-//! times a second and writes it in one call: a request never waits on the
-//! disk and never wakes another thread. Should the disk fall behind by
-//! `MAX_PENDING` bytes, lines are dropped and counted
-//! (`lbctl_access_log_dropped_lines_total`), never blocking traffic.
+//! Lines are formatted on the request's task straight into the log's
+//! buffer (no string per field, no copy per line), under a lock held that
+//! long. Whoever fills the buffer past `WRITE_AT` writes it to the file in
+//! one call, as nginx's buffered `access_log` does; one thread per proxy
+//! writes what a quiet load balancer left in it ten times a second. A
+//! request never waits for another thread, and never wakes one.
 
 use std::fmt::Display;
+use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,14 +22,23 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
-/// Bytes waiting for the writer at most.
-const MAX_PENDING: usize = 8 * 1024 * 1024;
-/// How often the writer writes.
+/// The buffer is written once it holds this much.
+const WRITE_AT: usize = 64 * 1024;
+/// How often the writer thread writes what is left.
 const WRITE_EVERY: Duration = Duration::from_millis(100);
 
 struct Shared {
     pending: Mutex<Vec<u8>>,
+    file: File,
     closed: AtomicBool,
+}
+
+impl Shared {
+    /// Writes `bytes` at the end of the file (`O_APPEND`: whole writes
+    /// from several threads do not interleave inside each other).
+    fn write(&self, bytes: &[u8]) {
+        let _ = (&self.file).write_all(bytes);
+    }
 }
 
 /// A load balancer's access log.
@@ -45,42 +54,46 @@ impl AccessLog {
         if let Some(dir) = path.parent() {
             lbctl_files::create_private_dir(dir)?;
         }
-        let mut file =
-            lbctl_files::open_private_append(path).with_context(|| format!("opening {}", path.display()))?;
-        let shared = Arc::new(Shared { pending: Mutex::new(Vec::with_capacity(256 * 1024)), closed: AtomicBool::new(false) });
+        let file = lbctl_files::open_private_append(path).with_context(|| format!("opening {}", path.display()))?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::with_capacity(WRITE_AT * 2)),
+            file,
+            closed: AtomicBool::new(false),
+        });
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("access-log".to_string())
-            .spawn(move || {
-                let mut spare = Vec::with_capacity(256 * 1024);
-                loop {
-                    let closed = writer_shared.closed.load(Ordering::Acquire);
-                    if !closed {
-                        std::thread::park_timeout(WRITE_EVERY);
-                    }
-                    std::mem::swap(&mut *writer_shared.pending.lock().unwrap_or_else(|it| it.into_inner()), &mut spare);
-                    if !spare.is_empty() {
-                        let _ = file.write_all(&spare);
-                        spare.clear();
-                    }
-                    if closed {
-                        return;
-                    }
+            .spawn(move || loop {
+                let closed = writer_shared.closed.load(Ordering::Acquire);
+                if !closed {
+                    std::thread::park_timeout(WRITE_EVERY);
+                }
+                let left = {
+                    let mut pending = writer_shared.pending.lock().unwrap_or_else(|it| it.into_inner());
+                    std::mem::replace(&mut *pending, Vec::with_capacity(WRITE_AT * 2))
+                };
+                if !left.is_empty() {
+                    writer_shared.write(&left);
+                }
+                if closed {
+                    return;
                 }
             })
             .context("starting the access log writer")?;
         Ok(AccessLog { shared, writer: Some(writer) })
     }
 
-    /// Appends formatted lines; false when they were dropped because the
-    /// writer is `MAX_PENDING` bytes behind.
-    pub fn append(&self, lines: &[u8]) -> bool {
-        let mut pending = self.shared.pending.lock().unwrap_or_else(|it| it.into_inner());
-        if pending.len() + lines.len() > MAX_PENDING {
-            return false;
-        }
-        pending.extend_from_slice(lines);
-        true
+    /// Appends what `format` writes (whole lines).
+    pub fn append_with(&self, format: impl FnOnce(&mut Vec<u8>)) {
+        let full = {
+            let mut pending = self.shared.pending.lock().unwrap_or_else(|it| it.into_inner());
+            format(&mut pending);
+            if pending.len() < WRITE_AT {
+                return;
+            }
+            std::mem::replace(&mut *pending, Vec::with_capacity(WRITE_AT * 2))
+        };
+        self.shared.write(&full);
     }
 }
 
@@ -486,9 +499,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/public/access.log");
         let log = AccessLog::open(&path).unwrap();
-        assert!(log.append(b"one\n"));
-        assert!(log.append(b"two\n"));
-        assert!(!log.append(&vec![b'x'; MAX_PENDING]), "past the pending bound: dropped");
+        log.append_with(|out| out.extend_from_slice(b"one\n"));
+        log.append_with(|out| out.extend_from_slice(b"two\n"));
         drop(log);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::read_to_string(&path).unwrap_or_default() != "one\ntwo\n" {

@@ -182,7 +182,10 @@ pub async fn handle(
             client: peer,
             target: trace.target,
             request_processing: Some(trace.sent.unwrap_or(now).saturating_duration_since(arrived)),
-            target_processing: trace.sent.zip(answered).map(|(sent, answered)| answered.saturating_duration_since(sent)),
+            target_processing: trace
+                .sent
+                .zip(answered)
+                .map(|(sent, answered)| answered.saturating_duration_since(sent)),
             response_processing: Some(now.saturating_duration_since(answered.unwrap_or(now))),
             elb_status: status,
             target_status: trace.target_status,
@@ -307,7 +310,7 @@ impl std::fmt::Display for CertificateArn<'_> {
 
 impl PendingLine {
     /// Writes the line for a response whose body was `sent` bytes.
-    fn write(&self, sent: u64) -> bool {
+    fn write(&self, sent: u64) {
         let now = SystemTime::now();
         let group = self.group.as_ref().map(|it| GroupArn(&self.observe.stack, &it.name));
         let certificate = CertificateArn(&self.observe.elb);
@@ -339,9 +342,7 @@ impl PendingLine {
             error_reason: self.error_reason,
             conn_trace_id: &self.connection.trace_id,
         };
-        let mut line = Vec::with_capacity(512);
-        entry.write_to(&mut line);
-        self.log.append(&line)
+        self.log.append_with(|out| entry.write_to(out))
     }
 }
 
@@ -696,11 +697,7 @@ impl Drop for ProxyBody {
             stats.bytes(self.received + self.sent);
         }
         if let Some(line) = self.log.take() {
-            if !line.write(self.sent) {
-                if let Some(stats) = &self.stats {
-                    stats.log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
+            line.write(self.sent);
         }
     }
 }

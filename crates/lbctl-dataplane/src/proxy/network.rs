@@ -103,11 +103,7 @@ impl Observe {
             started: started.1,
             target,
         };
-        let mut line = Vec::with_capacity(256);
-        entry.write_to(&mut line);
-        if !log.append(&line) {
-            self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        log.append_with(|out| entry.write_to(out));
     }
 }
 

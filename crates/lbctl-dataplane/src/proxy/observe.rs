@@ -39,8 +39,6 @@ pub struct LbStats {
     pub new_connections: AtomicU64,
     /// Connections to targets reset or refused: `TCP_Target_Reset_Count`.
     pub target_resets: AtomicU64,
-    /// Access-log lines dropped because the disk fell behind.
-    pub log_dropped: AtomicU64,
 }
 
 impl LbStats {
@@ -125,12 +123,6 @@ pub fn exposition(
     }
     out.family("lbctl_processed_bytes_total", "counter", "Bytes received from and sent to clients: ProcessedBytes.");
     out.sample("lbctl_processed_bytes_total", &at_lb, load(&stats.processed_bytes));
-    out.family(
-        "lbctl_access_log_dropped_lines_total",
-        "counter",
-        "Access-log lines dropped because the disk fell behind.",
-    );
-    out.sample("lbctl_access_log_dropped_lines_total", &at_lb, load(&stats.log_dropped));
     out.family(
         "lbctl_rejected_connections_total",
         "counter",
