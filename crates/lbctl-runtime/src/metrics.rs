@@ -33,6 +33,19 @@ impl Exposition {
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
+    /// A family of one sample: `kind` `name`, its help, its value at `pairs`.
+    pub fn single(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        pairs: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
+        self.family(name, kind, help);
+        self.sample(name, pairs, value);
+    }
+
     /// One sample.
     pub fn sample(&mut self, name: &str, pairs: &[(&str, &str)], value: impl std::fmt::Display) {
         let _ = writeln!(self.text, "{name}{} {value}", labels(pairs));

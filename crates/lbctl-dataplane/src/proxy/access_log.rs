@@ -164,6 +164,16 @@ fn quoted(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+/// Writes a value quoted, or `"-"`.
+fn quoted_or_dash(out: &mut Vec<u8>, value: Option<impl Display>) {
+    match value {
+        Some(it) => {
+            let _ = write!(out, "\"{it}\"");
+        }
+        None => out.extend_from_slice(b"\"-\""),
+    }
+}
+
 /// Writes a value, or `-`.
 fn or_dash(out: &mut Vec<u8>, value: Option<impl Display>) {
     match value {
@@ -262,12 +272,7 @@ impl Entry<'_> {
         let _ = write!(out, " \"{}\" ", self.trace_id);
         quoted(out, self.domain.unwrap_or(""));
         out.push(b' ');
-        match self.chosen_cert {
-            Some(cert) => {
-                let _ = write!(out, "\"{cert}\"");
-            }
-            None => out.extend_from_slice(b"\"-\""),
-        }
+        quoted_or_dash(out, self.chosen_cert);
         out.push(b' ');
         or_dash(out, self.matched_rule_priority);
         out.push(b' ');
@@ -279,19 +284,9 @@ impl Entry<'_> {
         out.push(b' ');
         quoted(out, self.error_reason.unwrap_or(""));
         out.push(b' ');
-        match self.target {
-            Some(target) => {
-                let _ = write!(out, "\"{target}\"");
-            }
-            None => out.extend_from_slice(b"\"-\""),
-        }
+        quoted_or_dash(out, self.target);
         out.push(b' ');
-        match self.target_status {
-            Some(status) => {
-                let _ = write!(out, "\"{status}\"");
-            }
-            None => out.extend_from_slice(b"\"-\""),
-        }
+        quoted_or_dash(out, self.target_status);
         let _ = writeln!(out, " \"-\" \"-\" {}", self.conn_trace_id);
     }
 

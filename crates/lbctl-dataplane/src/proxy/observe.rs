@@ -121,31 +121,58 @@ pub fn exposition(
         let unhealthy = targets.iter().filter(|it| it.state == HealthState::Unhealthy).count();
         out.sample("lbctl_unhealthy_hosts", &[("load_balancer", lb), ("target_group", group)], unhealthy);
     }
-    out.family("lbctl_processed_bytes_total", "counter", "Bytes received from and sent to clients: ProcessedBytes.");
-    out.sample("lbctl_processed_bytes_total", &at_lb, load(&stats.processed_bytes));
-    out.family(
+    out.single(
+        "lbctl_processed_bytes_total",
+        "counter",
+        "Bytes received from and sent to clients: ProcessedBytes.",
+        &at_lb,
+        load(&stats.processed_bytes),
+    );
+    out.single(
         "lbctl_rejected_connections_total",
         "counter",
         "Connections and flows refused at the limit: RejectedConnectionCount.",
+        &at_lb,
+        status.rejected_connections,
     );
-    out.sample("lbctl_rejected_connections_total", &at_lb, status.rejected_connections);
     if network {
-        out.family("lbctl_active_flows", "gauge", "TCP connections and UDP flows open: ActiveFlowCount.");
-        out.sample("lbctl_active_flows", &at_lb, status.connections);
-        out.family("lbctl_new_flows_total", "counter", "TCP connections and UDP flows opened: NewFlowCount.");
-        out.sample("lbctl_new_flows_total", &at_lb, load(&stats.new_connections));
-        out.family(
+        out.single(
+            "lbctl_active_flows",
+            "gauge",
+            "TCP connections and UDP flows open: ActiveFlowCount.",
+            &at_lb,
+            status.connections,
+        );
+        out.single(
+            "lbctl_new_flows_total",
+            "counter",
+            "TCP connections and UDP flows opened: NewFlowCount.",
+            &at_lb,
+            load(&stats.new_connections),
+        );
+        out.single(
             "lbctl_tcp_target_resets_total",
             "counter",
             "Connections to targets refused or reset: TCP_Target_Reset_Count.",
+            &at_lb,
+            load(&stats.target_resets),
         );
-        out.sample("lbctl_tcp_target_resets_total", &at_lb, load(&stats.target_resets));
         return out.finish();
     }
-    out.family("lbctl_active_connections", "gauge", "Client connections open: ActiveConnectionCount.");
-    out.sample("lbctl_active_connections", &at_lb, status.connections);
-    out.family("lbctl_new_connections_total", "counter", "Client connections accepted: NewConnectionCount.");
-    out.sample("lbctl_new_connections_total", &at_lb, load(&stats.new_connections));
+    out.single(
+        "lbctl_active_connections",
+        "gauge",
+        "Client connections open: ActiveConnectionCount.",
+        &at_lb,
+        status.connections,
+    );
+    out.single(
+        "lbctl_new_connections_total",
+        "counter",
+        "Client connections accepted: NewConnectionCount.",
+        &at_lb,
+        load(&stats.new_connections),
+    );
     out.family(
         "lbctl_httpcode_elb_total",
         "counter",
