@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: lbctl's load balancers beside nginx and HAProxy.
 
-Two parts, in this order (BENCH_PART=l7|l4|all, default all):
+Three parts, in this order (BENCH_PART=l7|l4|plan|all, default all):
 
 L7, the application load balancer. Two nginx backends serve a small
 response. In front of them, one at a time and in alternation, run nginx
@@ -24,6 +24,12 @@ connections) and a connection-rate run (`l4load connect`, many short
 connections). Printed per path: GB/s (1 GB = 1e9 bytes), connections/s,
 the proxy's CPU time per GB and per connection, the ratios lbctl/HAProxy, and
 whether the sink received every byte and request the clients counted.
+
+Plan, the planner. Generated specs of 1,000, 10,000 and 50,000 resources
+(half application load balancers with a listener each, half target groups
+with an ip target), each in an empty directory: `lbctl validate` and
+`lbctl plan`, their time and peak memory, and the growth exponent of each
+(time ~ resources^k; 1 is linear).
 
 BENCH_DURATION, BENCH_ROUNDS and BENCH_CONNECTIONS (L7) change the load;
 BENCH_L4_STREAMS and BENCH_L4_WORKERS set the L4 concurrency, and
@@ -187,8 +193,13 @@ def wrk(port):
 
 def main():
     part = os.environ.get("BENCH_PART", "all")
-    if part not in ("l7", "l4", "all"):
-        raise SystemExit(f"BENCH_PART={part}: expected l7, l4 or all")
+    if part not in ("l7", "l4", "plan", "all"):
+        raise SystemExit(f"BENCH_PART={part}: expected l7, l4, plan or all")
+    if part == "plan":
+        if os.environ.get("BENCH_SKIP_BUILD") != "1" or not os.path.exists(LBCTL):
+            subprocess.run(["cargo", "build", "--release", "-p", "lbctl"], cwd=ROOT, check=True)
+        run_plan()
+        return 0
     ensure_tools()
     if os.environ.get("BENCH_SKIP_BUILD") != "1" or not os.path.exists(L4LOAD) or not os.path.exists(LBCTL):
         packages = ["-p", "l4load"] if os.environ.get("BENCH_LBCTL") else ["-p", "lbctl", "-p", "l4load"]
@@ -200,7 +211,63 @@ def main():
         if part == "all":
             print()
         status = run_l4()
+    if part == "all":
+        print()
+        run_plan()
     return status
+
+
+def measured(args, cwd):
+    """Runs a command; its wall time in seconds and peak memory in MB."""
+    started = time.monotonic()
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(args)} failed in {cwd}: {process.stderr.read().decode()}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def plan_spec(resources):
+    """A spec of `resources` resources: load balancers and target groups."""
+    half = resources // 2
+    lines = ["version: 1", "name: big", "load_balancers:"]
+    for idx in range(half):
+        lines.append(f"  lb{idx}:\n    type: application\n    listeners: [{{ port: {20000 + idx}, protocol: HTTP, default_action: {{ forward: tg{idx} }} }}]")
+    lines.append("target_groups:")
+    for idx in range(half):
+        lines.append(f"  tg{idx}: {{ port: 8080, target_type: ip, targets: [{{ ip: 127.0.0.1 }}] }}")
+    return "\n".join(lines) + "\n"
+
+
+def run_plan():
+    import math
+    work = tempfile.mkdtemp(prefix="lbctl-bench-plan-")
+    try:
+        rows = []
+        for resources in (1_000, 10_000, 50_000):
+            directory = os.path.join(work, str(resources))
+            os.makedirs(directory)
+            with open(os.path.join(directory, "lbctl.yaml"), "w") as out:
+                out.write(plan_spec(resources))
+            validate = min(measured([LBCTL, "validate"], directory) for _ in range(3))
+            plan = min(measured([LBCTL, "plan"], directory) for _ in range(3))
+            rows.append((resources, validate, plan))
+            print(f"{resources:>6} resources: validate {validate[0]:.3f} s {validate[1]:.0f} MB, plan {plan[0]:.3f} s {plan[1]:.0f} MB", flush=True)
+        print()
+        print(f"machine: {os.cpu_count()} cores, {platform_line()}")
+        print()
+        print("| resources | validate (s) | validate peak (MB) | plan (s) | plan peak (MB) |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for resources, validate, plan in rows:
+            print(f"| {resources} | {validate[0]:.3f} | {validate[1]:.0f} | {plan[0]:.3f} | {plan[1]:.0f} |")
+        print()
+        (small, v_small, p_small), (large, v_large, p_large) = rows[0], rows[-1]
+        growth = lambda a, b: math.log(b / a) / math.log(large / small)
+        print(f"growth exponent 1k -> 50k: validate time {growth(v_small[0], v_large[0]):.2f}, plan time {growth(p_small[0], p_large[0]):.2f}, "
+              f"plan memory {growth(p_small[1], p_large[1]):.2f} (1.00 is linear)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_l7():
