@@ -15,6 +15,7 @@
 //! `(known after apply)`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -88,8 +89,9 @@ pub struct PlannedAction {
     pub reason: String,
     /// Attribute changes (all attributes for a create or delete).
     pub changes: Vec<Change>,
-    /// The desired resource (create, update, replace).
-    pub desired: Option<Resource>,
+    /// The desired resource (create, update, replace), shared with
+    /// `Plan::desired`.
+    pub desired: Option<Arc<Resource>>,
     /// The state before (update, replace, delete).
     pub prior: Option<ResourceState>,
 }
@@ -105,7 +107,7 @@ pub struct Plan {
     /// provider manages at run time).
     pub notes: Vec<String>,
     /// Every desired resource (to wait for readiness and compute outputs).
-    pub desired: Vec<Resource>,
+    pub desired: Vec<Arc<Resource>>,
     /// The state's serial when planned.
     pub serial: u64,
     /// The state's lineage when planned.
@@ -158,6 +160,7 @@ pub fn plan(
     observed: &BTreeMap<Address, Observed>,
     unsupported: Vec<Finding>,
 ) -> Plan {
+    let desired: Vec<Arc<Resource>> = desired.into_iter().map(Arc::new).collect();
     let mut actions = Vec::new();
     let mut notes = Vec::new();
     for resource in &desired {
@@ -175,7 +178,7 @@ pub fn plan(
             kind: ActionKind::Create,
             reason,
             changes: creation_changes(resource, &provider.computed(resource)),
-            desired: Some(resource.clone()),
+            desired: Some(Arc::clone(resource)),
             prior,
         };
         let Some(prior) = state.get(&resource.address) else {
@@ -219,7 +222,7 @@ pub fn plan(
             kind,
             reason,
             changes,
-            desired: Some(resource.clone()),
+            desired: Some(Arc::clone(resource)),
             prior: Some(prior.clone()),
         });
     }

@@ -4,8 +4,7 @@
 //! second time as a stream of marked events to record the position of every
 //! key and value under its path (`load_balancers.public.listeners[0].port`).
 
-use std::collections::HashMap;
-
+use rustc_hash::FxHashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
@@ -23,11 +22,13 @@ impl Location {
     pub const START: Location = Location { line: 1, column: 1 };
 }
 
-/// Positions of the document's nodes by path.
+/// Positions of the document's nodes by path. Keyed with rustc-hash's
+/// hasher: a spec is the user's own file, and SipHash was 5% of planning
+/// 10,000 resources.
 #[derive(Debug, Clone, Default)]
 pub struct SourceMap {
-    values: HashMap<String, Location>,
-    keys: HashMap<String, Location>,
+    values: FxHashMap<String, Location>,
+    keys: FxHashMap<String, Location>,
 }
 
 impl SourceMap {
