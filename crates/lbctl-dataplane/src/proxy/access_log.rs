@@ -131,14 +131,51 @@ fn write_time(out: &mut Vec<u8>, time: SystemTime) {
         }
         out.extend_from_slice(&text[..]);
     });
-    let _ = write!(out, ".{:06}Z", since.subsec_micros());
+    out.push(b'.');
+    padded(out, since.subsec_micros(), 6);
+    out.push(b'Z');
+}
+
+/// Writes a number in decimal.
+fn number(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Writes `value` in decimal, zero-padded to `width` digits.
+fn padded(out: &mut Vec<u8>, value: u32, width: usize) {
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
+    out.extend_from_slice(digits);
+}
+
+/// Writes `ip:port` (`[ip]:port` for IPv6), as `SocketAddr`'s `Display`
+/// does, without the formatting machinery for the common IPv4 case.
+fn address(out: &mut Vec<u8>, address: SocketAddr) {
+    match address {
+        SocketAddr::V4(v4) => {
+            for (idx, octet) in v4.ip().octets().into_iter().enumerate() {
+                if idx > 0 {
+                    out.push(b'.');
+                }
+                number(out, octet);
+            }
+            out.push(b':');
+            number(out, v4.port());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{address}");
+        }
+    }
 }
 
 /// Writes seconds with AWS's precision, or `-1` when the step did not happen.
 fn seconds(out: &mut Vec<u8>, value: Option<Duration>) {
     match value {
         Some(it) => {
-            let _ = write!(out, "{}.{:06}", it.as_secs(), it.subsec_micros());
+            number(out, it.as_secs());
+            out.push(b'.');
+            padded(out, it.subsec_micros(), 6);
         }
         None => out.extend_from_slice(b"-1"),
     }
@@ -151,15 +188,42 @@ fn quoted(out: &mut Vec<u8>, text: &str) {
     if text.is_empty() {
         out.push(b'-');
     }
-    for byte in text.bytes() {
-        match byte {
+    escaped(out, text);
+    out.push(b'"');
+}
+
+/// Writes `text` with quotes, backslashes and control characters escaped.
+fn escaped(out: &mut Vec<u8>, text: &str) {
+    let mut rest = text.as_bytes();
+    while let Some(at) = rest.iter().position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20 || byte == 0x7f) {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            byte if byte < 0x20 || byte == 0x7f => {
+            byte => {
                 let _ = write!(out, "\\x{byte:02x}");
             }
-            byte => out.push(byte),
         }
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Writes what `value` displays as `quoted` does, without a string of it.
+fn quoted_display(out: &mut Vec<u8>, value: &dyn Display) {
+    struct Escaping<'a>(&'a mut Vec<u8>, bool);
+    impl std::fmt::Write for Escaping<'_> {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            self.1 |= !text.is_empty();
+            escaped(self.0, text);
+            Ok(())
+        }
+    }
+    out.push(b'"');
+    let mut escaping = Escaping(out, false);
+    let _ = std::fmt::write(&mut escaping, format_args!("{value}"));
+    if !escaping.1 {
+        out.push(b'-');
     }
     out.push(b'"');
 }
@@ -244,50 +308,84 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Writes the log line, newline included, to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        let space = |out: &mut Vec<u8>| out.push(b' ');
         out.extend_from_slice(self.kind.as_bytes());
-        out.push(b' ');
+        space(out);
         write_time(out, self.time);
-        let _ = write!(out, " {} {} ", self.elb, self.client);
-        or_dash(out, self.target);
-        out.push(b' ');
-        seconds(out, self.request_processing);
-        out.push(b' ');
-        seconds(out, self.target_processing);
-        out.push(b' ');
-        seconds(out, self.response_processing);
-        let _ = write!(out, " {} ", self.elb_status);
-        or_dash(out, self.target_status);
-        let _ = write!(out, " {} {} ", self.received_bytes, self.sent_bytes);
-        let mut request = Vec::with_capacity(128);
-        let _ = write!(request, "{}", self.request);
-        quoted(out, &String::from_utf8_lossy(&request));
-        out.push(b' ');
+        space(out);
+        out.extend_from_slice(self.elb.as_bytes());
+        space(out);
+        address(out, self.client);
+        space(out);
+        match self.target {
+            Some(target) => address(out, target),
+            None => out.push(b'-'),
+        }
+        for step in [self.request_processing, self.target_processing, self.response_processing] {
+            space(out);
+            seconds(out, step);
+        }
+        space(out);
+        number(out, self.elb_status);
+        space(out);
+        match self.target_status {
+            Some(status) => number(out, status),
+            None => out.push(b'-'),
+        }
+        space(out);
+        number(out, self.received_bytes);
+        space(out);
+        number(out, self.sent_bytes);
+        space(out);
+        quoted_display(out, self.request);
+        space(out);
         quoted(out, self.user_agent);
-        out.push(b' ');
+        space(out);
         or_dash(out, self.tls.map(|it| it.0));
-        out.push(b' ');
+        space(out);
         or_dash(out, self.tls.map(|it| it.1));
-        out.push(b' ');
+        space(out);
         or_dash(out, self.target_group_arn);
-        let _ = write!(out, " \"{}\" ", self.trace_id);
+        space(out);
+        quoted_display(out, self.trace_id);
+        space(out);
         quoted(out, self.domain.unwrap_or(""));
-        out.push(b' ');
+        space(out);
         quoted_or_dash(out, self.chosen_cert);
-        out.push(b' ');
-        or_dash(out, self.matched_rule_priority);
-        out.push(b' ');
+        space(out);
+        match self.matched_rule_priority {
+            Some(priority) => number(out, priority),
+            None => out.push(b'-'),
+        }
+        space(out);
         write_time(out, self.request_creation_time);
-        out.push(b' ');
+        space(out);
         quoted(out, self.actions);
-        out.push(b' ');
+        space(out);
         quoted(out, self.redirect_url.unwrap_or(""));
-        out.push(b' ');
+        space(out);
         quoted(out, self.error_reason.unwrap_or(""));
-        out.push(b' ');
-        quoted_or_dash(out, self.target);
-        out.push(b' ');
-        quoted_or_dash(out, self.target_status);
-        let _ = writeln!(out, " \"-\" \"-\" {}", self.conn_trace_id);
+        space(out);
+        match self.target {
+            Some(target) => {
+                out.push(b'"');
+                address(out, target);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"\"-\""),
+        }
+        space(out);
+        match self.target_status {
+            Some(status) => {
+                out.push(b'"');
+                number(out, status);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"\"-\""),
+        }
+        out.extend_from_slice(b" \"-\" \"-\" ");
+        out.extend_from_slice(self.conn_trace_id.as_bytes());
+        out.push(b'\n');
     }
 
     /// The log line, newline included.
@@ -403,7 +501,19 @@ impl TraceId {
 
 impl Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Root=1-{:08x}-{:024x}", self.epoch, self.random)
+        let mut text = *b"Root=1-00000000-000000000000000000000000";
+        hex_into(&mut text[7..15], u128::from(self.epoch));
+        hex_into(&mut text[16..], self.random);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// Writes the low digits of `value` in lowercase hex, zero-padded, filling
+/// `out` (what `{:0width$x}` writes, without the formatting machinery).
+pub fn hex_into(out: &mut [u8], mut value: u128) {
+    for byte in out.iter_mut().rev() {
+        *byte = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -456,6 +566,21 @@ mod tests {
     }
 
     #[test]
+    fn fields_are_escaped_and_ipv6_addresses_bracketed() {
+        let mut out = Vec::new();
+        quoted_display(&mut out, &"GET /a\\b\u{1}\"c HTTP/1.1");
+        quoted_display(&mut out, &"");
+        quoted(&mut out, "x\x7f");
+        address(&mut out, "[::1]:8080".parse().unwrap());
+        address(&mut out, "10.0.0.255:65535".parse().unwrap());
+        seconds(&mut out, Some(Duration::from_micros(12_000_034)));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"GET /a\\\\b\\x01\\\"c HTTP/1.1\"\"-\"\"x\\x7f\"[::1]:808010.0.0.255:6553512.000034"
+        );
+    }
+
+    #[test]
     fn an_nlb_line_is_aws_nlb_format_with_the_target() {
         let entry = ConnectionEntry {
             kind: "tcp",
@@ -487,6 +612,11 @@ mod tests {
         let id = TraceId::new(at(1_764_633_600, 0)).to_string();
         assert!(id.starts_with("Root=1-692e2c00-") && id.len() == "Root=1-692e2c00-".len() + 24, "{id}");
         assert_eq!(resource_id("shop", "public").len(), 16);
+        let id = TraceId { epoch: 0x692e_2c00, random: 0xabc_0000_0000_0000_0000_0001 };
+        assert_eq!(id.to_string(), format!("Root=1-{:08x}-{:024x}", id.epoch, id.random));
+        let mut hex = [0; 16];
+        hex_into(&mut hex, u128::from(u64::MAX - 5));
+        assert_eq!(std::str::from_utf8(&hex).unwrap(), format!("{:016x}", u64::MAX - 5));
     }
 
     #[test]

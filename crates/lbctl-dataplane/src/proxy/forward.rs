@@ -255,7 +255,10 @@ impl std::fmt::Display for RequestHead {
             _ => "HTTP/1.1",
         };
         let scheme = if self.tls { "https" } else { "http" };
-        write!(f, "{} {scheme}://{host}{path} {version}", self.method)
+        for part in [self.method.as_str(), " ", scheme, "://", host, path, " ", version] {
+            f.write_str(part)?;
+        }
+        Ok(())
     }
 }
 
@@ -287,8 +290,12 @@ struct GroupArn<'a>(&'a str, &'a str);
 impl std::fmt::Display for GroupArn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (stack, name) = (self.0, self.1);
-        let id = access_log::resource_hash(stack, name);
-        write!(f, "arn:aws:elasticloadbalancing:local:000000000000:targetgroup/{name}/{id:016x}")
+        let mut id = [0; 16];
+        access_log::hex_into(&mut id, u128::from(access_log::resource_hash(stack, name)));
+        f.write_str("arn:aws:elasticloadbalancing:local:000000000000:targetgroup/")?;
+        f.write_str(name)?;
+        f.write_str("/")?;
+        f.write_str(std::str::from_utf8(&id).map_err(|_| std::fmt::Error)?)
     }
 }
 
