@@ -19,9 +19,10 @@ its combined-format access log (buffered as lbctl's is).
 L4, the network load balancer. One `l4load sink` (bench/l4load) on the load
 core; in alternation, the sink reached directly, through HAProxy (`mode tcp`,
 `nbthread 1`) and through an lbctl NLB (`worker_threads: 1`), both pinned to
-the proxy core. Each gets a throughput run (`l4load stream`, a few long
-connections) and a connection-rate run (`l4load connect`, many short
-connections). Printed per path: GB/s (1 GB = 1e9 bytes), connections/s,
+the proxy core. Each gets two throughput runs (`l4load stream`, a few long
+connections, then one alone, as iperf3 does) and a connection-rate run
+(`l4load connect`, many short connections). Printed per path: GB/s (1 GB =
+1e9 bytes) of each throughput run, connections/s and connect p99,
 the proxy's CPU time per GB and per connection, the ratios lbctl/HAProxy, and
 whether the sink received every byte and request the clients counted.
 
@@ -575,21 +576,25 @@ def measure_l4(address, pids, own_pids, sink_port, seconds):
     foreign_before, started = foreign_cpu(own_pids), time.time()
     sink_before, cpu_before = sink_counters(sink_port), cpu_seconds(pids)
     stream = l4load("stream", "--to", address, "--conns", str(L4_STREAMS), seconds=seconds)
+    sink_one, cpu_one = sink_counters(sink_port), cpu_seconds(pids)
+    single = l4load("stream", "--to", address, "--conns", "1", seconds=seconds)
     sink_mid, cpu_mid = sink_counters(sink_port), cpu_seconds(pids)
     connect = l4load("connect", "--to", address, "--workers", str(L4_WORKERS), seconds=seconds)
     sink_after, cpu_after = sink_counters(sink_port), cpu_seconds(pids)
-    received = sink_mid["stream_bytes"] - sink_before["stream_bytes"]
+    received = sink_one["stream_bytes"] - sink_before["stream_bytes"]
+    received_single = sink_mid["stream_bytes"] - sink_one["stream_bytes"]
     answered = sink_after["answered"] - sink_mid["answered"]
     run = {
         # Clock-tick rounding can make it slightly negative on a quiet machine.
         "foreign": max(0.0, (foreign_cpu(own_pids) - foreign_before) / ((time.time() - started) * (os.cpu_count() or 1))),
         "gbps": stream["gb_per_sec"],
+        "gbps_single": single["gb_per_sec"],
         "cps": connect["conns_per_sec"],
         "p99_ms": connect["p99_ms"] or 0.0,
-        "failures": connect["failures"] + stream["errors"],
-        "cpu_s_per_gb": (cpu_mid - cpu_before) / max(stream["bytes"] / 1e9, 1e-9) if pids else None,
+        "failures": connect["failures"] + stream["errors"] + single["errors"],
+        "cpu_s_per_gb": (cpu_one - cpu_before) / max(stream["bytes"] / 1e9, 1e-9) if pids else None,
         "cpu_us_per_conn": (cpu_after - cpu_mid) / max(connect["completed"], 1) * 1e6 if pids else None,
-        "delivered": received / max(stream["bytes"], 1),
+        "delivered": (received + received_single) / max(stream["bytes"] + single["bytes"], 1),
         "problems": [],
     }
     # What the clients counted must have reached the sink: every byte (a
@@ -597,9 +602,11 @@ def measure_l4(address, pids, own_pids, sink_port, seconds):
     # request per completed connection.
     if received != stream["bytes"] or not stream["drained"]:
         run["problems"].append(f"clients sent {stream['bytes']} bytes, the sink received {received} (drained: {stream['drained']})")
+    if received_single != single["bytes"] or not single["drained"]:
+        run["problems"].append(f"one stream sent {single['bytes']} bytes, the sink received {received_single} (drained: {single['drained']})")
     if answered < connect["completed"]:
         run["problems"].append(f"{connect['completed']} connections completed, the sink answered {answered}")
-    for report in (stream, connect):
+    for report in (stream, single, connect):
         if report.get("first_error"):
             run["problems"].append(f"{report['mode']}: {report['first_error']}")
     return run
@@ -671,7 +678,7 @@ backend sink
                 mismatches.extend(f"round {round_idx + 1} {name}: {problem}" for problem in run["problems"])
                 results[name].append(run)
                 cpu = "" if not pids else f"cpu {run['cpu_s_per_gb']:.3f} s/GB, {run['cpu_us_per_conn']:.1f} us/conn  "
-                print(f"round {round_idx + 1} {name:8} {run['gbps']:>6.2f} GB/s  {run['cps']:>8.0f} conn/s  p99 {run['p99_ms']:.3f} ms  "
+                print(f"round {round_idx + 1} {name:8} {run['gbps']:>6.2f} GB/s  one stream {run['gbps_single']:>5.2f} GB/s  {run['cps']:>8.0f} conn/s  p99 {run['p99_ms']:.3f} ms  "
                       f"{cpu}sink got {run['delivered']:.0%} of bytes  failures {run['failures']}  other processes {run['foreign']:.0%} CPU", flush=True)
 
         summary = {}
@@ -679,28 +686,29 @@ backend sink
             # Medians over the quiet runs when there are any.
             quiet = [run for run in runs if run["foreign"] <= FOREIGN_LIMIT]
             summary[name] = {key: (None if runs[0][key] is None else statistics.median(run[key] for run in quiet or runs))
-                             for key in ("gbps", "cps", "p99_ms", "cpu_s_per_gb", "cpu_us_per_conn")}
+                             for key in ("gbps", "gbps_single", "cps", "p99_ms", "cpu_s_per_gb", "cpu_us_per_conn")}
             summary[name]["failures"] = sum(run["failures"] for run in runs)
             summary[name]["quiet"] = f"{len(quiet)}/{len(runs)}"
         foreign = max(run["foreign"] for runs in results.values() for run in runs)
         print()
         print(f"machine: {os.cpu_count()} cores, {platform_line()}")
-        print(f"load: l4load stream --conns {L4_STREAMS} and connect --workers {L4_WORKERS}, {DURATION} each x {ROUNDS} rounds; "
+        print(f"load: l4load stream --conns {L4_STREAMS}, stream --conns 1 and connect --workers {L4_WORKERS}, {DURATION} each x {ROUNDS} rounds; "
               f"proxies pinned to core {PROXY_CORE}, l4load and the sink to core {LOAD_CORE}; HAProxy {'splices' if HAPROXY_SPLICE else 'copies (no splice)'}")
         print(f"other processes used up to {foreign:.0%} of the machine's CPU during a run; medians are over the quiet runs "
               f"(others under {FOREIGN_LIMIT:.0%}), or over all runs of a path that had none")
         print()
-        print("| path | GB/s | CPU per GB (s) | connections/s | connect p99 (ms) | CPU per connection (us) | failures | quiet runs |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"| path | GB/s, {L4_STREAMS} streams | CPU per GB (s) | GB/s, one stream | connections/s | connect p99 (ms) | CPU per connection (us) | failures | quiet runs |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, row in summary.items():
             label = "direct (no proxy)" if name == "direct" else name
             per_gb = "-" if row["cpu_s_per_gb"] is None else f"{row['cpu_s_per_gb']:.3f}"
             per_conn = "-" if row["cpu_us_per_conn"] is None else f"{row['cpu_us_per_conn']:.1f}"
-            print(f"| {label} | {row['gbps']:.2f} | {per_gb} | {row['cps']:.0f} | {row['p99_ms']:.3f} | {per_conn} | {row['failures']} | {row['quiet']} |")
+            print(f"| {label} | {row['gbps']:.2f} | {per_gb} | {row['gbps_single']:.2f} | {row['cps']:.0f} | {row['p99_ms']:.3f} | {per_conn} | {row['failures']} | {row['quiet']} |")
         print()
         if "lbctl" in summary:
             lb, them = summary["lbctl"], summary["haproxy"]
-            print(f"lbctl/haproxy: GB/s x{lb['gbps'] / them['gbps']:.2f}, connections/s x{lb['cps'] / them['cps']:.2f}, "
+            print(f"lbctl/haproxy: GB/s x{lb['gbps'] / them['gbps']:.2f}, one stream x{lb['gbps_single'] / them['gbps_single']:.2f}, "
+                  f"connections/s x{lb['cps'] / them['cps']:.2f}, connect p99 x{lb['p99_ms'] / max(them['p99_ms'], 1e-9):.2f}, "
                   f"CPU per GB x{lb['cpu_s_per_gb'] / them['cpu_s_per_gb']:.2f}, CPU per connection x{lb['cpu_us_per_conn'] / them['cpu_us_per_conn']:.2f}")
         else:
             print("lbctl/haproxy: not measured (no lbctl NLB)")
