@@ -229,12 +229,31 @@ def measured(args, cwd):
     return elapsed, usage.ru_maxrss / 1024
 
 
+def free_listener_ports(count):
+    """`count` ports free on 127.0.0.1 below the kernel's ephemeral range
+    (so no client socket takes one between this check and `lbctl plan`'s)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        ephemeral = int(ports.read().split()[0])
+    found = []
+    for port in range(1024, ephemeral):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise SystemExit(f"fewer than {count} free ports below {ephemeral} on 127.0.0.1")
+
+
 def plan_spec(resources):
     """A spec of `resources` resources: load balancers and target groups."""
     half = resources // 2
+    ports = free_listener_ports(half)
     lines = ["version: 1", "name: big", "load_balancers:"]
     for idx in range(half):
-        lines.append(f"  lb{idx}:\n    type: application\n    listeners: [{{ port: {20000 + idx}, protocol: HTTP, default_action: {{ forward: tg{idx} }} }}]")
+        lines.append(f"  lb{idx}:\n    type: application\n    listeners: [{{ port: {ports[idx]}, protocol: HTTP, default_action: {{ forward: tg{idx} }} }}]")
     lines.append("target_groups:")
     for idx in range(half):
         lines.append(f"  tg{idx}: {{ port: 8080, target_type: ip, targets: [{{ ip: 127.0.0.1 }}] }}")
