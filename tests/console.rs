@@ -91,7 +91,8 @@ impl Browser {
 fn state_of(text: &str, id: &str) -> Option<&'static str> {
     let at = text.find(id)?;
     let after = &text[at + id.len()..];
-    let after = &after[..after.len().min(200)];
+    // The next 200 characters (the page has multi-byte ones, such as `·`).
+    let after = &after[..after.char_indices().nth(200).map_or(after.len(), |(end, _)| end)];
     ["unhealthy", "healthy", "initial", "draining", "unused"]
         .into_iter()
         .filter_map(|state| after.find(state).map(|position| (position, state)))
