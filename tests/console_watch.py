@@ -83,9 +83,13 @@ def main():
                     return
                 if command.startswith("shot "):
                     shot = page.call("Page.captureScreenshot", format="png")
-                    with open(command[5:].strip(), "wb") as out:
+                    path = command[5:].strip()
+                    # Written aside and renamed: the test waits for the path
+                    # to exist and must find the whole image there.
+                    with open(path + ".part", "wb") as out:
                         out.write(base64.b64decode(shot["data"]))
-                    print(json.dumps({"shot": command[5:].strip()}), flush=True)
+                    os.replace(path + ".part", path)
+                    print(json.dumps({"shot": path}), flush=True)
     finally:
         browser.terminate()
         try:
