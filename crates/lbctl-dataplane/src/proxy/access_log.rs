@@ -149,6 +149,22 @@ fn padded(out: &mut Vec<u8>, value: u32, width: usize) {
     out.extend_from_slice(digits);
 }
 
+/// Writes a number in decimal, or `-`.
+fn number_or_dash(out: &mut Vec<u8>, value: Option<impl itoa::Integer>) {
+    match value {
+        Some(it) => number(out, it),
+        None => out.push(b'-'),
+    }
+}
+
+/// Writes an address as `address` does, or `-`.
+fn address_or_dash(out: &mut Vec<u8>, value: Option<SocketAddr>) {
+    match value {
+        Some(it) => address(out, it),
+        None => out.push(b'-'),
+    }
+}
+
 /// Writes `ip:port` (`[ip]:port` for IPv6), as `SocketAddr`'s `Display`
 /// does, without the formatting machinery for the common IPv4 case.
 fn address(out: &mut Vec<u8>, address: SocketAddr) {
@@ -317,10 +333,7 @@ impl Entry<'_> {
         space(out);
         address(out, self.client);
         space(out);
-        match self.target {
-            Some(target) => address(out, target),
-            None => out.push(b'-'),
-        }
+        address_or_dash(out, self.target);
         for step in [self.request_processing, self.target_processing, self.response_processing] {
             space(out);
             seconds(out, step);
@@ -328,10 +341,7 @@ impl Entry<'_> {
         space(out);
         number(out, self.elb_status);
         space(out);
-        match self.target_status {
-            Some(status) => number(out, status),
-            None => out.push(b'-'),
-        }
+        number_or_dash(out, self.target_status);
         space(out);
         number(out, self.received_bytes);
         space(out);
@@ -353,10 +363,7 @@ impl Entry<'_> {
         space(out);
         quoted_or_dash(out, self.chosen_cert);
         space(out);
-        match self.matched_rule_priority {
-            Some(priority) => number(out, priority),
-            None => out.push(b'-'),
-        }
+        number_or_dash(out, self.matched_rule_priority);
         space(out);
         write_time(out, self.request_creation_time);
         space(out);
@@ -366,23 +373,11 @@ impl Entry<'_> {
         space(out);
         quoted(out, self.error_reason.unwrap_or(""));
         space(out);
-        match self.target {
-            Some(target) => {
-                out.push(b'"');
-                address(out, target);
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"\"-\""),
-        }
-        space(out);
-        match self.target_status {
-            Some(status) => {
-                out.push(b'"');
-                number(out, status);
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"\"-\""),
-        }
+        out.push(b'"');
+        address_or_dash(out, self.target);
+        out.extend_from_slice(b"\" \"");
+        number_or_dash(out, self.target_status);
+        out.push(b'"');
         out.extend_from_slice(b" \"-\" \"-\" ");
         out.extend_from_slice(self.conn_trace_id.as_bytes());
         out.push(b'\n');
