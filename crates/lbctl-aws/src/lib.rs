@@ -229,16 +229,6 @@ impl Provider for AwsProvider {
         }
     }
 
-    fn ignored_changes(&self, resource: &Resource) -> &'static [&'static str] {
-        // A scaling policy sets the desired capacity on AWS, too.
-        let scaled = resource.address.kind == Kind::AutoscalingGroup && !resource.attributes["scaling"].is_null();
-        if scaled {
-            &["desired_capacity"]
-        } else {
-            &[]
-        }
-    }
-
     fn update_notes(&self, desired: &Resource, changed: &[&str]) -> Vec<String> {
         autoscaling::update_notes(desired, changed)
     }

@@ -139,9 +139,22 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// What an access log says of a client's TLS session: the cipher suite
+/// (OpenSSL's name), the protocol and the SNI name.
+pub type SessionSummary = (String, &'static str, Option<String>);
+
+/// The `SessionSummary` of `session`.
+pub fn session_summary(session: &rustls::ServerConnection) -> SessionSummary {
+    (
+        session.negotiated_cipher_suite().map(|it| openssl_name(it.suite())).unwrap_or_default(),
+        protocol_name(session.protocol_version()),
+        session.server_name().map(str::to_string),
+    )
+}
+
 /// A TLS 1.2 or 1.3 cipher suite by its OpenSSL name, as AWS's access
 /// logs write it (`ECDHE-RSA-AES128-GCM-SHA256`, `TLS_AES_128_GCM_SHA256`).
-pub fn openssl_name(suite: rustls::CipherSuite) -> String {
+fn openssl_name(suite: rustls::CipherSuite) -> String {
     use rustls::CipherSuite as S;
     let name = match suite {
         S::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
@@ -159,7 +172,7 @@ pub fn openssl_name(suite: rustls::CipherSuite) -> String {
 }
 
 /// `TLSv1.2`, `TLSv1.3`: a protocol version as AWS's access logs write it.
-pub fn protocol_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
+fn protocol_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
     match version {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",

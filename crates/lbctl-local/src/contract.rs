@@ -54,17 +54,6 @@ impl Provider for LocalProvider {
         }
     }
 
-    fn ignored_changes(&self, resource: &Resource) -> &'static [&'static str] {
-        // Under a scaling policy the supervisor sets the desired capacity;
-        // the spec's value is only where it starts.
-        let scaled = resource.address.kind == Kind::AutoscalingGroup && !resource.attributes["scaling"].is_null();
-        if scaled {
-            &["desired_capacity"]
-        } else {
-            &[]
-        }
-    }
-
     fn update_notes(&self, desired: &Resource, changed: &[&str]) -> Vec<String> {
         let template_changed = changed.iter().any(|it| it.starts_with("launch_template"));
         if desired.address.kind != Kind::AutoscalingGroup || !template_changed {

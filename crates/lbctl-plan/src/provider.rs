@@ -199,11 +199,17 @@ pub trait Provider: Sync {
     fn replace_triggers(&self, kind: Kind) -> &'static [&'static str];
 
     /// Attribute paths of a resource whose changes the plan leaves alone,
-    /// because the provider manages them at run time (an auto-scaling
-    /// group's desired capacity under a scaling policy, as Terraform's
-    /// `ignore_changes`). Default: none.
-    fn ignored_changes(&self, _resource: &Resource) -> &'static [&'static str] {
-        &[]
+    /// because the provider manages them at run time, as Terraform's
+    /// `ignore_changes`. Default: an auto-scaling group's desired capacity
+    /// under a scaling policy (the policy sets it; the spec's value is only
+    /// where it starts), as on AWS.
+    fn ignored_changes(&self, resource: &Resource) -> &'static [&'static str] {
+        let scaled = resource.address.kind == Kind::AutoscalingGroup && !resource.attributes["scaling"].is_null();
+        if scaled {
+            &["desired_capacity"]
+        } else {
+            &[]
+        }
     }
 
     /// What an update of `desired` changing the attributes at `changed`

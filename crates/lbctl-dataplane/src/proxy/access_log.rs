@@ -108,18 +108,13 @@ impl Drop for AccessLog {
     }
 }
 
-/// `2026-12-02T10:00:00.123456Z`.
-pub fn iso_time(time: SystemTime) -> impl Display {
-    humantime::format_rfc3339_micros(time)
-}
-
 thread_local! {
     /// The second last written and its `2026-12-02T10:00:00` text: lines of
     /// the same second share the date arithmetic.
     static SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
 }
 
-/// Writes `time` as `iso_time` does.
+/// Writes `time` as `2026-12-02T10:00:00.123456Z`.
 fn write_time(out: &mut Vec<u8>, time: SystemTime) {
     let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     SECOND.with_borrow_mut(|(second, text)| {
@@ -431,19 +426,24 @@ pub struct ConnectionEntry {
 impl ConnectionEntry {
     /// Writes the log line, newline included, to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let _ = write!(
-            out,
-            "{} 2.0 {} {} {} {} {} {} ",
-            self.kind,
-            iso_time(self.time),
-            self.elb,
-            self.listener,
-            self.client,
-            self.destination,
-            self.duration.as_millis()
-        );
-        or_dash(out, self.tls_handshake.map(|it| it.as_millis()));
-        let _ = write!(out, " {} {} - ", self.received_bytes, self.sent_bytes);
+        out.extend_from_slice(self.kind.as_bytes());
+        out.extend_from_slice(b" 2.0 ");
+        write_time(out, self.time);
+        for text in [" ", &self.elb, " ", &self.listener, " "] {
+            out.extend_from_slice(text.as_bytes());
+        }
+        address(out, self.client);
+        out.push(b' ');
+        address(out, self.destination);
+        out.push(b' ');
+        number(out, self.duration.as_millis());
+        out.push(b' ');
+        number_or_dash(out, self.tls_handshake.map(|it| it.as_millis()));
+        out.push(b' ');
+        number(out, self.received_bytes);
+        out.push(b' ');
+        number(out, self.sent_bytes);
+        out.extend_from_slice(b" - ");
         or_dash(out, self.tls_cipher.as_ref().map(|_| "-"));
         out.extend_from_slice(b" - ");
         or_dash(out, self.tls_cipher.as_ref());
@@ -451,8 +451,10 @@ impl ConnectionEntry {
         or_dash(out, self.tls_protocol);
         out.extend_from_slice(b" - ");
         or_dash(out, self.domain.as_ref());
-        let _ = write!(out, " - - - {} ", iso_time(self.started));
-        or_dash(out, self.target);
+        out.extend_from_slice(b" - - - ");
+        write_time(out, self.started);
+        out.push(b' ');
+        address_or_dash(out, self.target);
         out.push(b'\n');
     }
 

@@ -123,7 +123,7 @@ pub struct Frontend {
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionInfo {
     /// TLS cipher (OpenSSL's name), protocol and SNI name, on HTTPS.
-    pub tls: Option<(String, &'static str, Option<String>)>,
+    pub tls: Option<crate::tls::SessionSummary>,
     /// `TID_<hex>`: the connection in log lines.
     pub trace_id: String,
 }
@@ -148,6 +148,19 @@ struct Trace {
     redirect: Option<String>,
     /// Why it failed, AWS's code where it has one.
     error_reason: Option<&'static str>,
+}
+
+impl Trace {
+    /// The target's answer came now; `status` is its own status code when
+    /// it gave one, counted in its group's metrics with the time it took.
+    fn answered(&mut self, group: &TargetGroup, status: Option<u16>) {
+        let now = Instant::now();
+        self.answered = Some(now);
+        if let Some(status) = status {
+            self.target_status = Some(status);
+            group.stats.answer(status, now.saturating_duration_since(self.sent.unwrap_or(now)));
+        }
+    }
 }
 
 /// Answers one request from `peer`: routes and forwards it (`route`), then
@@ -454,15 +467,8 @@ async fn route(
         trace.sent = Some(Instant::now());
         let (response, failed) = lambda::invoke(function, parts, body).await;
         let response = response.map(ProxyBody::full);
-        trace.answered = Some(Instant::now());
+        trace.answered(&group, failed.is_none().then(|| response.status().as_u16()));
         trace.error_reason = failed;
-        if failed.is_none() {
-            trace.target_status = Some(response.status().as_u16());
-            group.stats.answer(
-                response.status().as_u16(),
-                trace.answered.unwrap_or_else(Instant::now) - trace.sent.unwrap_or_else(Instant::now),
-            );
-        }
         return with_sticky_cookie(response, sticky_cookie);
     }
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -505,11 +511,7 @@ async fn route(
         }
         Ok(Err(err)) => failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
         Ok(Ok(exchange)) => {
-            let answered = Instant::now();
-            let status = exchange.response.status().as_u16();
-            group.stats.answer(status, answered.saturating_duration_since(trace.sent.unwrap_or(answered)));
-            trace.answered = Some(answered);
-            trace.target_status = Some(status);
+            trace.answered(&group, Some(exchange.response.status().as_u16()));
             let (mut parts, body) = exchange.response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
             let body = ProxyBody::upstream(body, in_flight, exchange.connection);
@@ -694,6 +696,26 @@ impl ProxyBody {
         };
         ProxyBody::new(BodyKind::Upstream { body, in_flight, connection })
     }
+
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.kind {
+            BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|it| Ok(Frame::data(it)))),
+            BodyKind::Upstream { body, in_flight, connection } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                let ended = match &frame {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
+                    if let Some(connection) = connection.take() {
+                        in_flight.h1.release(connection);
+                    }
+                }
+                frame
+            }
+        }
+    }
 }
 
 impl Drop for ProxyBody {
@@ -735,28 +757,6 @@ impl Body for ProxyBody {
         match &self.kind {
             BodyKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |it| it.len() as u64)),
             BodyKind::Upstream { body, .. } => body.size_hint(),
-        }
-    }
-}
-
-impl ProxyBody {
-    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.kind {
-            BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|it| Ok(Frame::data(it)))),
-            BodyKind::Upstream { body, in_flight, connection } => {
-                let frame = Pin::new(&mut *body).poll_frame(cx);
-                let ended = match &frame {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    _ => false,
-                };
-                if ended {
-                    if let Some(connection) = connection.take() {
-                        in_flight.h1.release(connection);
-                    }
-                }
-                frame
-            }
         }
     }
 }

@@ -706,15 +706,7 @@ async fn serve_connection(
         None => serve_http(stream, peer, frontend, ConnectionInfo { tls: None, trace_id }, shutdown).await,
         Some(acceptor) => {
             if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                let session = stream.get_ref().1;
-                let tls = Some((
-                    session
-                        .negotiated_cipher_suite()
-                        .map(|it| crate::tls::openssl_name(it.suite()))
-                        .unwrap_or_default(),
-                    crate::tls::protocol_name(session.protocol_version()),
-                    session.server_name().map(str::to_string),
-                ));
+                let tls = Some(crate::tls::session_summary(stream.get_ref().1));
                 serve_http(stream, peer, frontend, ConnectionInfo { tls, trace_id }, shutdown).await;
             }
         }

@@ -79,28 +79,29 @@ impl Observe {
         client: SocketAddr,
         listener: SocketAddr,
         target: Option<SocketAddr>,
-        started: (Instant, SystemTime),
+        started: Instant,
         handshake: Option<Duration>,
         (received, sent): (u64, u64),
-        tls: Option<(String, &'static str, Option<String>)>,
+        tls: Option<crate::tls::SessionSummary>,
     ) {
         self.stats.bytes(received + sent);
         let Some((log, elb)) = &self.log else { return };
+        let (time, duration) = (SystemTime::now(), started.elapsed());
         let entry = access_log::ConnectionEntry {
             kind,
-            time: SystemTime::now(),
+            time,
             elb: elb.clone(),
             listener: format!("listener/{elb}/{}", listener.port()),
             client,
             destination: listener,
-            duration: started.0.elapsed(),
+            duration,
             tls_handshake: handshake,
             received_bytes: received,
             sent_bytes: sent,
             tls_cipher: tls.as_ref().map(|it| it.0.clone()),
             tls_protocol: tls.as_ref().map(|it| it.1),
             domain: tls.and_then(|it| it.2),
-            started: started.1,
+            started: time.checked_sub(duration).unwrap_or(time),
             target,
         };
         log.append_with(|out| entry.write_to(out));
@@ -167,7 +168,7 @@ pub async fn accept_streams(
 
 /// Relays one plain TCP client connection to its target.
 async fn serve_plain(client: TcpStream, peer: SocketAddr, context: Arc<StreamContext>, _admitted: Admitted) {
-    let started = (Instant::now(), SystemTime::now());
+    let started = Instant::now();
     context.observe.stats.new_connections.fetch_add(1, Ordering::Relaxed);
     let Some((backend, target)) = open_target(&context, peer).await else {
         context.observe.ended("tcp", peer, context.address, None, started, None, (0, 0), None);
@@ -192,16 +193,11 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     _admitted: Admitted,
 ) {
-    let started = (Instant::now(), SystemTime::now());
+    let started = Instant::now();
     context.observe.stats.new_connections.fetch_add(1, Ordering::Relaxed);
     let Ok(Ok(client)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await else { return };
-    let handshake = Some(started.0.elapsed());
-    let session = client.get_ref().1;
-    let tls = Some((
-        session.negotiated_cipher_suite().map(|it| crate::tls::openssl_name(it.suite())).unwrap_or_default(),
-        crate::tls::protocol_name(session.protocol_version()),
-        session.server_name().map(str::to_string),
-    ));
+    let handshake = Some(started.elapsed());
+    let tls = Some(crate::tls::session_summary(client.get_ref().1));
     let Some((backend, target)) = open_target(&context, peer).await else {
         context.observe.ended("tls", peer, context.address, None, started, handshake, (0, 0), tls);
         return;
@@ -372,7 +368,7 @@ async fn open_flow(
         observe: context.observe.clone(),
         peer,
         listener: local,
-        started: (epoch, SystemTime::now()),
+        started: epoch,
         received: received.clone(),
     };
     let replies =
@@ -385,7 +381,7 @@ struct FlowEnds {
     observe: Arc<Observe>,
     peer: SocketAddr,
     listener: SocketAddr,
-    started: (Instant, SystemTime),
+    started: Instant,
     received: Arc<AtomicU64>,
 }
 
