@@ -26,7 +26,15 @@ pub struct Line {
 /// The time a line says it was written at, by the kind of its file.
 fn time_of(kind: LogKind, line: &str) -> Option<SystemTime> {
     let field = match kind {
-        LogKind::Access => line.split(' ').nth(1)?,
+        // An ALB line's time is its second field; an NLB line's its third,
+        // after the format version (`tcp 2.0 <time> ...`).
+        LogKind::Access => {
+            let mut fields = line.split(' ').skip(1);
+            match fields.next()? {
+                "2.0" => fields.next()?,
+                time => time,
+            }
+        }
         LogKind::Events => line.split(' ').next()?,
         LogKind::Output => return None,
     };
@@ -166,6 +174,15 @@ mod tests {
         let since = humantime::parse_rfc3339("2026-12-02T10:00:02Z").unwrap();
         let mut fresh = vec![Reader::new(file("web", LogKind::Events, &events))];
         assert_eq!(gather(&mut fresh, Some(since)).len(), 2, "the 10:00:03 line and the one after it");
+
+        let network = dir.path().join("edge.log");
+        std::fs::write(&network, "tcp 2.0 2026-12-02T10:00:05.000000Z net/edge/00 listener/net/edge/00/9000\n")
+            .unwrap();
+        let mut network_reader = vec![Reader::new(file("edge", LogKind::Access, &network))];
+        assert_eq!(
+            gather(&mut network_reader, Some(since))[0].time,
+            humantime::parse_rfc3339("2026-12-02T10:00:05Z").unwrap()
+        );
 
         let mut output_reader = vec![Reader::new(file("i-1", LogKind::Output, &output))];
         assert_eq!(gather(&mut output_reader, None)[0].text, "[i-1] worker i-1 listening");
