@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<u8> {
         Command::Console { spec, listen } => {
             let listen = crate::console::parse_listen(&listen)?;
             let dir = spec_dir(&spec.file)?;
-            let store = crate::console::store_of(&dir);
+            let store = store_of(&dir);
             let provider_of = |state: &State| state_provider(state, &dir, &spec);
             crate::console::serve(listen, &store, &provider_of, &|url| {
                 shell.out(&format!("lbctl console: {url} (Ctrl-C stops it)\n"))?;
@@ -124,6 +124,11 @@ fn provider_for(file: &SpecFile, dir: &Path, chosen: Option<&str>) -> Result<Box
     registry::provider(name, &registry::Stack::new(&file.spec, dir))
 }
 
+/// Where the state of the stack in `dir` is.
+pub(crate) fn store_of(dir: &Path) -> StateStore {
+    StateStore::new(dir.join(".lbctl"))
+}
+
 /// The provider that made `state`, for the stack in `dir` (with the spec's
 /// `aws:` section when the spec still loads).
 fn state_provider(state: &State, dir: &Path, spec: &SpecArg) -> Result<Box<dyn Provider>> {
@@ -157,7 +162,7 @@ fn inputs(spec: &SpecArg) -> Result<Inputs> {
 fn inputs_from(file: SpecFile, dir: PathBuf, chosen: Option<&str>) -> Result<Inputs> {
     let provider_name = registry::chosen(&file.spec, chosen)?;
     let provider = provider_for(&file, &dir, chosen)?;
-    let store = StateStore::new(dir.join(".lbctl"));
+    let store = store_of(&dir);
     Ok(Inputs { file, dir, store, provider, provider_name })
 }
 
@@ -367,7 +372,7 @@ fn place_failures(file: &SpecFile, err: anyhow::Error) -> anyhow::Error {
 /// Destroy needs only the state: it works even when the spec no longer parses.
 fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
-    let store = StateStore::new(dir.join(".lbctl"));
+    let store = store_of(&dir);
     let _lock = store.lock("lbctl destroy")?;
     let mut state = store.load()?;
     let provider = state_provider(&state, &dir, spec)?;
@@ -401,7 +406,7 @@ fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
 /// `lbctl logs`: what the provider logs, from the state's resources.
 fn logs(shell: &Shell, spec: &SpecArg, name: Option<&str>, follow: bool, since: Option<&str>) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
-    let store = StateStore::new(dir.join(".lbctl"));
+    let store = store_of(&dir);
     let state = store.load()?;
     if state.resources.is_empty() {
         bail!("nothing is applied in {}: no logs", store.dir().display());
@@ -466,7 +471,7 @@ fn wrap(text: &str, width: usize) -> String {
 
 fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
-    let state = StateStore::new(dir.join(".lbctl")).load()?;
+    let state = store_of(&dir).load()?;
     let provider = state_provider(&state, &dir, spec)?;
     let mut text = String::new();
     let mut values = Vec::new();
@@ -508,7 +513,7 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
 /// `lbctl output`: the outputs of the last apply, from the state.
 fn output(shell: &Shell, spec: &SpecArg, name: Option<&str>, json: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
-    let state = StateStore::new(dir.join(".lbctl")).load()?;
+    let state = store_of(&dir).load()?;
     let describe = |value: &String| json!({ "sensitive": false, "type": "string", "value": value });
     match name {
         Some(name) => {
@@ -548,7 +553,7 @@ fn output(shell: &Shell, spec: &SpecArg, name: Option<&str>, json: bool) -> Resu
 /// learned when it made it; `--json` gives the written attributes apart.
 fn show(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
-    let state = StateStore::new(dir.join(".lbctl")).load()?;
+    let state = store_of(&dir).load()?;
     if json {
         let resources: Vec<_> = state
             .resources

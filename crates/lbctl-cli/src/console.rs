@@ -10,7 +10,7 @@
 //! another site cannot rebind a name to it and read the state).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use lbctl_plan::{LogKind, Provider, State, StateStore};
@@ -143,11 +143,6 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr> {
     bail!("--listen {text}: expected ADDRESS:PORT (127.0.0.1:8900) or a port")
 }
 
-/// Where the state of the stack in `dir` is.
-pub fn store_of(dir: &Path) -> StateStore {
-    StateStore::new(PathBuf::from(dir).join(".lbctl"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,7 +153,7 @@ mod tests {
         assert_eq!(parse_listen("127.0.0.2:0").unwrap(), "127.0.0.2:0".parse().unwrap());
         assert!(parse_listen("all").is_err());
         let dir = tempfile::tempdir().unwrap();
-        let store = store_of(dir.path());
+        let store = crate::commands::store_of(dir.path());
         let err = serve("0.0.0.0:0".parse().unwrap(), &store, &|_| bail!("unused"), &|_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("loopback only"), "{err}");
     }

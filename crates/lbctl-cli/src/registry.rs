@@ -25,12 +25,18 @@ impl Stack {
     }
 }
 
+/// Every provider this binary has.
+const PROVIDERS: [ProviderName; 2] = [ProviderName::Local, ProviderName::Aws];
+
+fn by_name(name: &str) -> Option<ProviderName> {
+    PROVIDERS.into_iter().find(|it| it.as_str() == name)
+}
+
 /// `--provider NAME`.
 pub fn chosen_name(name: &str) -> Result<ProviderName> {
-    match name {
-        "local" => Ok(ProviderName::Local),
-        "aws" => Ok(ProviderName::Aws),
-        other => bail!("there is no provider `{other}`: `local` or `aws`"),
+    match by_name(name) {
+        Some(found) => Ok(found),
+        None => bail!("there is no provider `{name}`: `local` or `aws`"),
     }
 }
 
@@ -58,10 +64,9 @@ pub fn provider(name: ProviderName, context: &Stack) -> Result<Box<dyn Provider>
 
 /// The provider a state was made with, by the name it records.
 pub fn name_of(state: &State) -> Result<ProviderName> {
-    match state.provider.as_str() {
-        "local" => Ok(ProviderName::Local),
-        "aws" => Ok(ProviderName::Aws),
-        other => bail!("the state was made by a provider this lbctl does not know: `{other}`"),
+    match by_name(&state.provider) {
+        Some(found) => Ok(found),
+        None => bail!("the state was made by a provider this lbctl does not know: `{}`", state.provider),
     }
 }
 

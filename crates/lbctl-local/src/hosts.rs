@@ -8,7 +8,7 @@
 //! is one line, marked with the stack's state directory:
 //!
 //! ```text
-//! 127.251.0.1 edge.network.elb.localhost # lbctl /home/me/shop/.lbctl
+//! 127.251.0.1 edge.shop.elb.internal # lbctl /home/me/shop/.lbctl
 //! ```
 //!
 //! added when its load balancer is made, removed when it is deleted or
