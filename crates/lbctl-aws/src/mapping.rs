@@ -183,28 +183,11 @@ pub fn group_settings(name: &str, group: &settings::TargetGroup) -> GroupSetting
     model::group_settings(group, &format!("target_groups.{name}"), &mut Vec::new())
 }
 
-/// A target group's attributes as `ModifyTargetGroupAttributes` takes them.
+/// A target group's attributes as `ModifyTargetGroupAttributes` takes them,
+/// with what resets an existing group's earlier values.
 pub fn group_attributes(settings: &GroupSettings) -> Vec<TargetGroupAttribute> {
-    let mut found = Vec::new();
-    let mut add = |key: &str, value: String| found.push(TargetGroupAttribute::builder().key(key).value(value).build());
-    if let Some(delay) = settings.deregistration_delay {
-        add("deregistration_delay.timeout_seconds", delay.to_string());
-    }
-    if let Some(seconds) = settings.slow_start.or(settings.algorithm.map(|_| 0)) {
-        add("slow_start.duration_seconds", seconds.to_string());
-    }
-    if let Some((enabled, duration)) = settings.stickiness {
-        add("stickiness.enabled", enabled.to_string());
-        add("stickiness.type", "lb_cookie".to_string());
-        add("stickiness.lb_cookie.duration_seconds", duration.to_string());
-    }
-    if let Some(algorithm) = settings.algorithm {
-        add("load_balancing.algorithm.type", algorithm.to_string());
-    }
-    if let Some(on) = settings.proxy_protocol_v2 {
-        add("proxy_protocol_v2.enabled", on.to_string());
-    }
-    found
+    let attribute = |(key, value): (&str, String)| TargetGroupAttribute::builder().key(key).value(value).build();
+    settings.attributes(true).into_iter().map(attribute).collect()
 }
 
 /// The attribute values of `found` that differ from what `wanted` sets:

@@ -194,7 +194,7 @@ impl Template<'_> {
     }
 
     fn target_group(&mut self, group: &TargetGroup) {
-        let check = &group.health_check;
+        let check = &group.settings.health_check;
         let lambda = group.target_type == "lambda";
         let mut properties = json!({
             "TargetType": group.target_type,
@@ -233,27 +233,12 @@ impl Template<'_> {
         if let Some(vpc) = &group.vpc {
             properties["VpcId"] = self.value(vpc);
         }
-        let mut attributes = Vec::new();
-        let mut attribute = |key: &str, value: String| attributes.push(json!({ "Key": key, "Value": value }));
-        if let Some(delay) = group.deregistration_delay {
-            attribute("deregistration_delay.timeout_seconds", delay.to_string());
-        }
-        if let Some(slow) = group.slow_start {
-            attribute("slow_start.duration_seconds", slow.to_string());
-        }
-        if let Some((enabled, duration)) = group.stickiness {
-            attribute("stickiness.enabled", enabled.to_string());
-            if enabled {
-                attribute("stickiness.type", "lb_cookie".to_string());
-                attribute("stickiness.lb_cookie.duration_seconds", duration.to_string());
-            }
-        }
-        if let Some(algorithm) = group.algorithm {
-            attribute("load_balancing.algorithm.type", algorithm.to_string());
-        }
-        if let Some(on) = group.proxy_protocol_v2 {
-            attribute("proxy_protocol_v2.enabled", on.to_string());
-        }
+        let attributes: Vec<_> = group
+            .settings
+            .attributes(false)
+            .into_iter()
+            .map(|(key, value)| json!({ "Key": key, "Value": value }))
+            .collect();
         if !attributes.is_empty() {
             properties["TargetGroupAttributes"] = json!(attributes);
         }

@@ -147,19 +147,8 @@ pub struct TargetGroup {
     pub target_type: String,
     /// The VPC (not for lambda groups).
     pub vpc: Option<Value>,
-    /// Health checks.
-    pub health_check: HealthCheck,
-    /// Seconds a deregistered target keeps its connections (not lambda).
-    pub deregistration_delay: Option<i64>,
-    /// Slow start seconds, when on (application groups).
-    pub slow_start: Option<i64>,
-    /// Cookie stickiness: on, and its seconds (application groups).
-    pub stickiness: Option<(bool, i64)>,
-    /// `round_robin`, `least_outstanding_requests`, `weighted_random`
-    /// (application groups).
-    pub algorithm: Option<&'static str>,
-    /// PROXY protocol v2 to targets (TCP groups).
-    pub proxy_protocol_v2: Option<bool>,
+    /// Health check and attributes.
+    pub settings: GroupSettings,
     /// Registered targets: (id, port).
     pub targets: Vec<(Value, Option<i64>)>,
     /// Resources that must exist first (Lambda permissions; the listeners
@@ -501,8 +490,7 @@ pub fn build(spec: &Spec) -> Stack {
         let base = format!("target_groups.{name}");
         let lambda = group.target_type == TargetType::Lambda;
         let mut notes = Vec::new();
-        let GroupSettings { health_check, deregistration_delay, slow_start, stickiness, algorithm, proxy_protocol_v2 } =
-            group_settings(&group, &base, &mut notes);
+        let settings = group_settings(&group, &base, &mut notes);
         let mut targets = Vec::new();
         let mut depends_on = Vec::new();
         for (idx, target) in group.targets.iter().enumerate() {
@@ -546,12 +534,7 @@ pub fn build(spec: &Spec) -> Stack {
             port: if lambda { None } else { group.port.map(i64::from) },
             target_type: wire_name(&group.target_type),
             vpc: (!lambda).then(|| vpc.clone()),
-            health_check,
-            deregistration_delay,
-            slow_start,
-            stickiness,
-            algorithm,
-            proxy_protocol_v2,
+            settings,
             targets,
             depends_on,
         });
@@ -786,10 +769,43 @@ pub struct GroupSettings {
     pub slow_start: Option<i64>,
     /// Cookie stickiness: on, and its seconds (application groups).
     pub stickiness: Option<(bool, i64)>,
-    /// The algorithm (application groups).
+    /// `round_robin`, `least_outstanding_requests`, `weighted_random`
+    /// (application groups).
     pub algorithm: Option<&'static str>,
     /// PROXY protocol v2 (TCP groups).
     pub proxy_protocol_v2: Option<bool>,
+}
+
+impl GroupSettings {
+    /// The attributes as AWS's keys and values (CloudFormation's
+    /// `TargetGroupAttributes`, `ModifyTargetGroupAttributes`). `converge`
+    /// also writes what resets an existing group's earlier values: slow
+    /// start off under an algorithm (AWS refuses both), and stickiness's
+    /// type and duration while it is off.
+    pub fn attributes(&self, converge: bool) -> Vec<(&'static str, String)> {
+        let mut found = Vec::new();
+        if let Some(delay) = self.deregistration_delay {
+            found.push(("deregistration_delay.timeout_seconds", delay.to_string()));
+        }
+        let slow_start = if converge { self.slow_start.or(self.algorithm.map(|_| 0)) } else { self.slow_start };
+        if let Some(seconds) = slow_start {
+            found.push(("slow_start.duration_seconds", seconds.to_string()));
+        }
+        if let Some((enabled, duration)) = self.stickiness {
+            found.push(("stickiness.enabled", enabled.to_string()));
+            if enabled || converge {
+                found.push(("stickiness.type", "lb_cookie".to_string()));
+                found.push(("stickiness.lb_cookie.duration_seconds", duration.to_string()));
+            }
+        }
+        if let Some(algorithm) = self.algorithm {
+            found.push(("load_balancing.algorithm.type", algorithm.to_string()));
+        }
+        if let Some(on) = self.proxy_protocol_v2 {
+            found.push(("proxy_protocol_v2.enabled", on.to_string()));
+        }
+        found
+    }
 }
 
 /// The health check and attributes of `group` within AWS's ranges (whole

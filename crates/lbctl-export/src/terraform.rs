@@ -297,7 +297,7 @@ impl<'a> Config<'a> {
     }
 
     fn target_group(&self, group: &TargetGroup) -> Block {
-        let check = &group.health_check;
+        let check = &group.settings.health_check;
         let lambda = group.target_type == "lambda";
         let mut block = self.resource(&group.id).add_attribute(("target_type", group.target_type.as_str()));
         if let Some(name) = &group.aws_name {
@@ -315,16 +315,16 @@ impl<'a> Config<'a> {
         if let Some(vpc) = &group.vpc {
             block = block.add_attribute(("vpc_id", self.value(vpc)));
         }
-        if let Some(delay) = group.deregistration_delay {
+        if let Some(delay) = group.settings.deregistration_delay {
             block = block.add_attribute(("deregistration_delay", delay));
         }
-        if let Some(slow) = group.slow_start {
+        if let Some(slow) = group.settings.slow_start {
             block = block.add_attribute(("slow_start", slow));
         }
-        if let Some(algorithm) = group.algorithm {
+        if let Some(algorithm) = group.settings.algorithm {
             block = block.add_attribute(("load_balancing_algorithm_type", algorithm));
         }
-        if let Some(on) = group.proxy_protocol_v2 {
+        if let Some(on) = group.settings.proxy_protocol_v2 {
             block = block.add_attribute(("proxy_protocol_v2", on));
         }
         let mut health = Block::builder("health_check")
@@ -345,7 +345,7 @@ impl<'a> Config<'a> {
             health = health.add_attribute(("matcher", codes.as_str()));
         }
         block = block.add_block(health.build());
-        if let Some((enabled, duration)) = group.stickiness {
+        if let Some((enabled, duration)) = group.settings.stickiness {
             block = block.add_block(
                 Block::builder("stickiness")
                     .add_attribute(("type", "lb_cookie"))
