@@ -43,7 +43,7 @@ $(PREVIOUS)/lbctl:
 	rm -rf $(PREVIOUS)/src && mkdir -p $(PREVIOUS)/src
 	@git cat-file -e $(PREVIOUS_COMMIT)^{commit} 2>/dev/null || git fetch --quiet --unshallow
 	git archive $(PREVIOUS_COMMIT) | tar -x -C $(PREVIOUS)/src
-	$(CARGO) build --quiet --manifest-path $(PREVIOUS)/src/Cargo.toml --target-dir $(PREVIOUS)/target -p lbctl
+	CARGO_PROFILE_DEV_DEBUG=0 $(CARGO) build --quiet --manifest-path $(PREVIOUS)/src/Cargo.toml --target-dir $(PREVIOUS)/target -p lbctl
 	cp $(PREVIOUS)/target/debug/lbctl $@
 
 lint:

@@ -24,19 +24,37 @@ impl Drop for Running {
 }
 
 /// The page's text as the browser shows it, line by line of the watcher.
+/// Dropped, it asks the watcher to quit (which stops Chromium), kills it by
+/// PID if it has not within a deadline, then removes Chromium's profile.
 struct Browser {
-    _child: Running,
-    commands: ChildStdin,
+    child: Child,
+    commands: Option<ChildStdin>,
     texts: Receiver<String>,
     last: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(mut commands) = self.commands.take() {
+            let _ = writeln!(commands, "quit");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Browser {
     fn open(url: &str) -> Browser {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/console_watch.py");
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python3");
+        let profile = tempfile::Builder::new().prefix("lbctl-chromium-").tempdir().unwrap();
         let mut child = Command::new(python)
-            .args([script.to_str().unwrap(), url, "180"])
+            .args([script.to_str().unwrap(), url, "180", profile.path().to_str().unwrap()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -55,7 +73,7 @@ impl Browser {
                 }
             }
         });
-        Browser { _child: Running(child), commands, texts, last: String::new() }
+        Browser { child, commands: Some(commands), texts, last: String::new(), _profile: profile }
     }
 
     /// Waits until the page's text satisfies `condition`.
@@ -77,7 +95,7 @@ impl Browser {
     }
 
     fn screenshot(&mut self, path: &Path) {
-        writeln!(self.commands, "shot {}", path.display()).unwrap();
+        writeln!(self.commands.as_mut().unwrap(), "shot {}", path.display()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !path.exists() {
             assert!(Instant::now() < deadline, "no screenshot at {}", path.display());
@@ -156,5 +174,4 @@ fn the_console_shows_targets_live_in_a_real_browser() {
             .map(str::to_string)
     });
     assert_ne!(replacement, victim);
-    writeln!(browser.commands, "quit").unwrap();
 }

@@ -2,9 +2,10 @@
 DevTools protocol: prints the page's visible text as a JSON line four
 times a second, for at most SECONDS; `shot PATH` on stdin saves a
 screenshot, `quit` (or end of stdin) stops. The page is never reloaded:
-what it shows later, it shows by itself.
+what it shows later, it shows by itself. Chromium's profile goes in
+PROFILE, an empty folder the caller made and removes.
 
-Usage: console_watch.py URL SECONDS
+Usage: console_watch.py URL SECONDS PROFILE
 """
 
 import base64
@@ -15,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -45,16 +45,18 @@ class Page:
 
 
 def main():
-    url, seconds = sys.argv[1], float(sys.argv[2])
+    # The profile folder is the caller's, which removes it.
+    url, seconds, profile = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not chromium:
         sys.exit("chromium is missing: install Debian's `chromium` package (.ci/run does)")
     port = free_port()
-    profile = tempfile.mkdtemp(prefix="lbctl-chromium-")
     browser = subprocess.Popen(
         [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
          "--window-size=1440,1000", f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # Chromium's own temporary files go in the profile folder too.
+        env={**os.environ, "TMPDIR": profile})
     try:
         deadline = time.time() + 60
         while True:
@@ -96,7 +98,6 @@ def main():
             browser.wait(timeout=10)
         except subprocess.TimeoutExpired:
             browser.kill()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":
