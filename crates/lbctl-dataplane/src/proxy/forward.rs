@@ -39,9 +39,8 @@ use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
 use super::selection::InFlight;
 use super::target_group::TargetGroup;
-use super::upstream::{self, Upstream, UpstreamBody};
+use super::upstream::{self, BoxError, TargetBody, Upstream};
 use crate::runtime::ProxyConfig;
-use hyper::client::conn::http1;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -514,7 +513,7 @@ async fn route(
             trace.answered(&group, Some(exchange.response.status().as_u16()));
             let (mut parts, body) = exchange.response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
-            let body = ProxyBody::upstream(body, in_flight, exchange.connection);
+            let body = ProxyBody::upstream(body, in_flight);
             with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }
     }
@@ -659,12 +658,11 @@ pub struct ProxyBody {
 
 enum BodyKind {
     Full(Option<Bytes>),
-    /// A target's body; `connection` goes back to the target's pool once
-    /// the last frame is read (a body dropped early closes it instead).
+    /// A target's body; its connection goes back to the target's pool
+    /// once the last frame is read (a body dropped early closes it instead).
     Upstream {
-        body: Incoming,
+        body: TargetBody,
         in_flight: InFlight,
-        connection: Option<http1::SendRequest<UpstreamBody>>,
     },
 }
 
@@ -681,26 +679,18 @@ impl ProxyBody {
         ProxyBody::new(BodyKind::Full(None))
     }
 
-    fn upstream(
-        body: Incoming,
-        in_flight: InFlight,
-        connection: Option<http1::SendRequest<UpstreamBody>>,
-    ) -> ProxyBody {
+    fn upstream(mut body: TargetBody, in_flight: InFlight) -> ProxyBody {
         // An empty body (204, HEAD) may never be polled: its connection is free now.
-        let connection = match connection {
-            Some(connection) if body.is_end_stream() => {
-                in_flight.h1.release(connection);
-                None
-            }
-            other => other,
-        };
-        ProxyBody::new(BodyKind::Upstream { body, in_flight, connection })
+        if body.is_end_stream() {
+            body.release_to(&in_flight.h1);
+        }
+        ProxyBody::new(BodyKind::Upstream { body, in_flight })
     }
 
-    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|it| Ok(Frame::data(it)))),
-            BodyKind::Upstream { body, in_flight, connection } => {
+            BodyKind::Upstream { body, in_flight } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 let ended = match &frame {
                     Poll::Ready(None) => true,
@@ -708,9 +698,7 @@ impl ProxyBody {
                     _ => false,
                 };
                 if ended {
-                    if let Some(connection) = connection.take() {
-                        in_flight.h1.release(connection);
-                    }
+                    body.release_to(&in_flight.h1);
                 }
                 frame
             }
@@ -733,9 +721,9 @@ impl Drop for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = this.poll_kind(cx);
         if let Poll::Ready(Some(Ok(frame))) = &frame {

@@ -24,6 +24,7 @@
 //! | `retry` | a request whose target died, once more on another target |
 //! | `status` | the status file |
 //! | `upstream` | connections to targets: HTTP/1.1 or HTTP/2, plain or TLS |
+//! | `h1_client` | HTTP/1.1 to a plain target for a bodiless request, driven by the request's own task |
 //!
 //! The same process serves both kinds of load balancer: HTTP and HTTPS
 //! listeners (application), TCP, TLS and UDP listeners (network), all bound
@@ -37,6 +38,7 @@ mod action;
 mod connection;
 mod discovery;
 mod forward;
+mod h1_client;
 mod head_guard;
 mod health_check;
 mod lambda;

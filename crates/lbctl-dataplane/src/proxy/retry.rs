@@ -51,12 +51,8 @@ impl Replay {
         if !body.is_end_stream() {
             return None;
         }
-        let idempotent = matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-        );
         Some(Replay {
-            idempotent,
+            idempotent: is_idempotent(&parts.method),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
@@ -76,6 +72,11 @@ impl Replay {
         *request.headers_mut() = self.headers;
         request
     }
+}
+
+/// Whether a request with `method` may be sent twice (RFC 9110 9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
 /// How forwarding a request failed, as far as retrying goes.
@@ -248,11 +249,12 @@ mod tests {
                 let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
                 let outcome = match upstream.send(Default::default(), backend.endpoint(), request).await {
                     Ok(exchange) => {
-                        exchange.response.into_body().collect().await.unwrap();
-                        // Back to the pool, as the request path does after the body.
-                        if let Some(connection) = exchange.connection {
-                            backend.h1.release(connection);
+                        let mut body = exchange.response.into_body();
+                        while let Some(frame) = body.frame().await {
+                            frame.unwrap();
                         }
+                        // Back to the pool, as the request path does after the body.
+                        body.release_to(&backend.h1);
                         "answered".to_string()
                     }
                     Err(err) => format!("{:?}", Failure::of(&err)),

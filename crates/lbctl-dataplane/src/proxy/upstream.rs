@@ -3,7 +3,7 @@
 //!
 //! | group `protocol` / `protocol_version` | transport | connections |
 //! | --- | --- | --- |
-//! | `HTTP` / `HTTP1` | HTTP/1.1 | pooled per target (`Http1Pool`), several per target |
+//! | `HTTP` / `HTTP1` | HTTP/1.1: `h1_client` for bodiless requests, hyper's for the rest | pooled per target (`Http1Pool`), several per target |
 //! | `HTTPS` / `HTTP1` | HTTP/1.1 over TLS, ALPN `http/1.1` | pooled the same way |
 //! | `HTTP` / `HTTP2`, `GRPC` | h2c (HTTP/2 with prior knowledge) | one per target, multiplexed |
 //! | `HTTPS` / `HTTP2`, `GRPC` | HTTP/2 over TLS, ALPN `h2` | one per target, multiplexed |
@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::{h1_client, retry};
 use crate::tls::{self, ClientAlpn};
 
 /// How long connecting to a target may take (AWS: 10 seconds).
@@ -48,7 +49,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// a bodiless request is sent again to another target (`retry`).
 pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// How the load balancer talks to a target group's targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,13 +177,13 @@ impl Upstream {
             Transport { http2: false, tls: false, .. } => target.h1.send(target, request).await,
             Transport { http2: false, tls: true, .. } => {
                 let response = self.http1_tls.request(request).await.map_err(UpstreamError::from_client)?;
-                Ok(Exchange { response, connection: None })
+                Ok(Exchange::hyper(response, None))
             }
             Transport { http2: true, tls, .. } => {
                 // Boxed: the HTTP/2 path's state (connecting, TLS, handshake)
                 // would otherwise enlarge every request's future.
                 let response = Box::pin(target.h2.send(target.address, tls, into_http2(request, tls))).await?;
-                Ok(Exchange { response, connection: None })
+                Ok(Exchange::hyper(response, None))
             }
         }
     }
@@ -202,13 +203,74 @@ pub struct Endpoint<'a> {
     pub h2: &'a Http2Connection,
 }
 
-/// A target's answer, and the HTTP/1.1 connection it came on when that
-/// connection goes back to the target's pool once the body is read.
+/// A target's answer: the response head; the body streams on.
 pub struct Exchange {
-    /// The response head; the body streams on.
-    pub response: Response<Incoming>,
-    /// Give this back with `Http1Pool::release` after the body's last frame.
-    pub connection: Option<http1::SendRequest<UpstreamBody>>,
+    pub response: Response<TargetBody>,
+}
+
+impl Exchange {
+    fn hyper(response: Response<Incoming>, connection: Option<http1::SendRequest<UpstreamBody>>) -> Exchange {
+        Exchange { response: response.map(|body| TargetBody::Hyper { body, connection }) }
+    }
+}
+
+/// A target's response body, and the HTTP/1.1 connection it comes on,
+/// which goes back to the target's pool (`release_to`) once the body has
+/// ended. A body dropped early closes its connection instead.
+pub enum TargetBody {
+    /// From hyper's client: HTTP/2, TLS, or a request with a body.
+    Hyper { body: Incoming, connection: Option<http1::SendRequest<UpstreamBody>> },
+    /// From `h1_client`.
+    Inline(h1_client::ResponseBody),
+    /// Given back already.
+    Released,
+}
+
+impl TargetBody {
+    /// Gives the connection back to `pool`; call once the body has ended.
+    pub fn release_to(&mut self, pool: &Http1Pool) {
+        match std::mem::replace(self, TargetBody::Released) {
+            TargetBody::Hyper { connection: Some(connection), .. } => pool.release(connection),
+            TargetBody::Inline(body) => {
+                if let Some(connection) = body.into_idle() {
+                    pool.release_inline(connection);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl hyper::body::Body for TargetBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            TargetBody::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            TargetBody::Inline(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            TargetBody::Released => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            TargetBody::Hyper { body, .. } => body.is_end_stream(),
+            TargetBody::Inline(body) => body.is_end_stream(),
+            TargetBody::Released => true,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            TargetBody::Hyper { body, .. } => body.size_hint(),
+            TargetBody::Inline(body) => body.size_hint(),
+            TargetBody::Released => hyper::body::SizeHint::with_exact(0),
+        }
+    }
 }
 
 impl fmt::Debug for Exchange {
@@ -222,13 +284,24 @@ impl fmt::Debug for Exchange {
 /// The request path takes an idle connection (or makes one), sends, and
 /// gives the connection back when the response body has been read to its
 /// end, so a connection is never shared by two requests and a slow body
-/// never holds up another request. A connection the target closed shows as
-/// not ready and is dropped. Lighter than hyper-util's pooled client: no
+/// never holds up another request. A connection the target closed is
+/// dropped when next taken. Lighter than hyper-util's pooled client: no
 /// pool keys to hash, no background task per request, and the lock is never
 /// contended on a one-thread proxy and never held across an await.
+///
+/// A request without a body (most of them) goes out on an `h1_client`
+/// connection, which its own task drives; one with a body streams it
+/// through hyper's client, whose connection task reads the answer while
+/// the body is still being sent. Each kind is kept apart.
 #[derive(Default)]
 pub struct Http1Pool {
-    idle: std::sync::Mutex<Vec<http1::SendRequest<UpstreamBody>>>,
+    idle: std::sync::Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    hyper: Vec<http1::SendRequest<UpstreamBody>>,
+    inline: Vec<h1_client::Connection>,
 }
 
 /// Idle connections kept per target; more are closed when released.
@@ -241,33 +314,47 @@ impl fmt::Debug for Http1Pool {
 }
 
 impl Http1Pool {
-    /// Gives a connection back after its response body ended.
-    pub fn release(&self, connection: http1::SendRequest<UpstreamBody>) {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|it| it.into_inner())
+    }
+
+    /// Gives a hyper connection back after its response body ended.
+    fn release(&self, connection: http1::SendRequest<UpstreamBody>) {
         if connection.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|it| it.into_inner());
-        if idle.len() < MAX_IDLE_PER_TARGET {
-            idle.push(connection);
+        let mut idle = self.idle();
+        if idle.hyper.len() < MAX_IDLE_PER_TARGET {
+            idle.hyper.push(connection);
         }
     }
 
-    fn take(&self) -> Option<http1::SendRequest<UpstreamBody>> {
-        self.idle.lock().unwrap_or_else(|it| it.into_inner()).pop()
+    /// Gives an `h1_client` connection back after its response body ended.
+    fn release_inline(&self, connection: h1_client::Connection) {
+        let mut idle = self.idle();
+        if idle.inline.len() < MAX_IDLE_PER_TARGET {
+            idle.inline.push(connection);
+        }
     }
 
-    /// Sends on an idle connection, or a new one. A request an idle
-    /// connection could not take (the target closed it) goes out on a new
-    /// connection; it was never written, so that is always safe.
+    /// Sends on an idle connection, or a new one.
     async fn send(&self, target: Endpoint<'_>, mut request: Request<UpstreamBody>) -> Result<Exchange, UpstreamError> {
         to_origin_form(&mut request, target.authority);
-        while let Some(mut connection) = self.take() {
+        if hyper::body::Body::is_end_stream(request.body()) {
+            let (parts, _) = request.into_parts();
+            return self.send_inline(target, parts).await;
+        }
+        // A request an idle connection could not take (the target closed
+        // it) goes out on a new connection; it was never written, so that
+        // is always safe.
+        loop {
+            let Some(mut connection) = self.idle().hyper.pop() else { break };
             // Ready once the connection has finished its previous exchange.
             if connection.ready().await.is_err() {
                 continue;
             }
             match connection.try_send_request(request).await {
-                Ok(response) => return Ok(Exchange { response, connection: Some(connection) }),
+                Ok(response) => return Ok(Exchange::hyper(response, Some(connection))),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(UpstreamError::exchange(err.into_error())),
@@ -276,7 +363,36 @@ impl Http1Pool {
         }
         let mut connection = connect_http1(target.address).await?;
         let response = connection.send_request(request).await.map_err(UpstreamError::exchange)?;
-        Ok(Exchange { response, connection: Some(connection) })
+        Ok(Exchange::hyper(response, Some(connection)))
+    }
+
+    /// Sends a bodiless request with `h1_client`. An idle connection found
+    /// closed is dropped unused; one the target closed or reset under the
+    /// request before any byte of an answer (it let go of the idle
+    /// connection as the request went out) is followed by a new one, when
+    /// the method is idempotent.
+    async fn send_inline(
+        &self,
+        target: Endpoint<'_>,
+        parts: hyper::http::request::Parts,
+    ) -> Result<Exchange, UpstreamError> {
+        let idempotent = retry::is_idempotent(&parts.method);
+        loop {
+            let Some(mut connection) = self.idle().inline.pop() else { break };
+            if !connection.is_usable() {
+                continue;
+            }
+            match connection.send(&parts).await {
+                Ok(response) => return Ok(Exchange { response: response.map(TargetBody::Inline) }),
+                Err(failed) if failed.unanswered && idempotent => {}
+                Err(failed) => return Err(UpstreamError::exchange(failed.error)),
+            }
+        }
+        let connection = h1_client::Connection::new(connect_tcp(target.address).await?);
+        match connection.send(&parts).await {
+            Ok(response) => Ok(Exchange { response: response.map(TargetBody::Inline) }),
+            Err(failed) => Err(UpstreamError::exchange(failed.error)),
+        }
     }
 }
 
@@ -294,14 +410,20 @@ fn to_origin_form(request: &mut Request<UpstreamBody>, authority: &Authority) {
     }
 }
 
-/// A new HTTP/1.1 connection to `addr`, its connection task spawned.
-async fn connect_http1(addr: SocketAddr) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+/// A new TCP connection to `addr`, without Nagle's delay.
+async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let timed_out = || UpstreamError::connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| timed_out())?
         .map_err(UpstreamError::connect)?;
     stream.set_nodelay(true).ok();
+    Ok(stream)
+}
+
+/// A new HTTP/1.1 connection to `addr`, its connection task spawned.
+async fn connect_http1(addr: SocketAddr) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    let stream = connect_tcp(addr).await?;
     let (sender, connection) =
         http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::connect)?;
     tokio::spawn(async move {

@@ -1,0 +1,515 @@
+//! HTTP/1.1 to a plain-HTTP target for a request without a body, driven
+//! by the request's own task (as pingora does, rather than hyper's client):
+//! the request head is written in one call from a buffer the connection
+//! keeps, the response head is parsed with `httparse`, and the response
+//! body is read straight from the target's socket by whoever polls it (the
+//! client connection's task). No connection task, no channel between tasks.
+//!
+//! It owns the wire format only: which requests come here, where idle
+//! connections are kept and what a failure means for retries is
+//! `upstream`'s and `retry`'s.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::http::request::Parts;
+use hyper::{HeaderMap, Method, Response, StatusCode, Version};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+/// Most header fields in a response head (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Most bytes in a response head.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most bytes of a chunk-size line, and of a chunked body's trailer
+/// section (read and dropped: HTTP/1.1 trailers are not forwarded).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 64 * 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// An HTTP/1.1 connection to a target, idle or carrying one exchange.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    /// Bytes read from the target and not yet used.
+    buf: BytesMut,
+    /// The request head being written; its allocation serves the next.
+    out: Vec<u8>,
+    /// The response head's fields as parsed: name, and where the value is.
+    fields: Vec<(HeaderName, std::ops::Range<usize>)>,
+}
+
+/// Why an exchange failed, and whether the target sent nothing at all
+/// (the connection was found closed or reset before any byte of an answer:
+/// an idle connection the target had let go of).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: io::Error,
+    pub unanswered: bool,
+}
+
+impl Connection {
+    /// A connection on a connected socket.
+    pub fn new(stream: TcpStream) -> Connection {
+        Connection { stream, buf: BytesMut::new(), out: Vec::new(), fields: Vec::new() }
+    }
+
+    /// Whether an idle connection can carry a request: the target has not
+    /// closed it or sent anything unasked. Costs a system call only when
+    /// the reactor has seen the socket readable since it was last read to
+    /// its end.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `request` (its head only: it has no body) and reads the
+    /// response head; the body streams on in the returned response.
+    pub async fn send(mut self, request: &Parts) -> Result<Response<ResponseBody>, Failed> {
+        write_head(&mut self.out, request);
+        if let Err(error) = self.stream.write_all(&self.out).await {
+            return Err(Failed { unanswered: true, error });
+        }
+        loop {
+            if let Some((response, framing, reusable)) = self.parse_head(&request.method)? {
+                return Ok(response.map(|()| ResponseBody { connection: Some(self), framing, reusable }));
+            }
+            self.buf.reserve(READ_SIZE);
+            let read = std::future::poll_fn(|cx| poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)).await;
+            match read {
+                Ok(0) => {
+                    let unanswered = self.buf.is_empty();
+                    let error = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the target closed the connection before its response head ended",
+                    );
+                    return Err(Failed { error, unanswered });
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let unanswered = self.buf.is_empty()
+                        && matches!(error.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted);
+                    return Err(Failed { error, unanswered });
+                }
+            }
+        }
+    }
+
+    /// The response head, once the buffer holds all of it: interim (1xx)
+    /// answers are skipped, as hyper's client does.
+    #[allow(clippy::type_complexity)]
+    fn parse_head(&mut self, method: &Method) -> Result<Option<(Response<()>, Framing, bool)>, Failed> {
+        let invalid =
+            |what: String| Failed { error: io::Error::new(io::ErrorKind::InvalidData, what), unanswered: false };
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut fields);
+            let len = match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => return Ok(None),
+                Ok(httparse::Status::Partial) => {
+                    return Err(invalid(format!("the target's response head is over {MAX_HEAD} bytes")))
+                }
+                Err(err) => return Err(invalid(format!("the target's response head is not HTTP/1.1: {err}"))),
+            };
+            let code = parsed.code.unwrap_or_default();
+            if (100..200).contains(&code) && code != 101 {
+                self.buf.advance(len);
+                continue;
+            }
+            let status = StatusCode::from_u16(code).map_err(|err| invalid(format!("the target's status: {err}")))?;
+            let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+            let base = self.buf.as_ptr() as usize;
+            let mut fields = std::mem::take(&mut self.fields);
+            fields.clear();
+            let mut framing = Framing::Length(0);
+            let mut length: Option<u64> = None;
+            let mut chunked = false;
+            let mut encoded = false;
+            let mut keep_alive = version == Version::HTTP_11;
+            for field in parsed.headers.iter() {
+                let name = HeaderName::from_bytes(field.name.as_bytes())
+                    .map_err(|_| invalid(format!("the target sent a bad header name {:?}", field.name)))?;
+                // Where the value is in the buffer: the map shares the
+                // head's bytes instead of copying each value.
+                let start = field.value.as_ptr() as usize - base;
+                if name == CONTENT_LENGTH {
+                    let this = std::str::from_utf8(field.value).ok().and_then(|it| it.trim().parse::<u64>().ok());
+                    match (this, length) {
+                        (Some(this), None) => length = Some(this),
+                        (Some(this), Some(before)) if this == before => {}
+                        _ => return Err(invalid("the target sent a bad or conflicting content-length".to_string())),
+                    }
+                } else if name == TRANSFER_ENCODING {
+                    encoded = true;
+                    chunked = field
+                        .value
+                        .rsplit(|it| *it == b',')
+                        .next()
+                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                } else if name == CONNECTION {
+                    for token in field.value.split(|it| *it == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            keep_alive = false;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                            keep_alive = true;
+                        }
+                    }
+                }
+                fields.push((name, start..start + field.value.len()));
+            }
+            let head = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(fields.len());
+            for (name, value) in fields.drain(..) {
+                let value = HeaderValue::from_maybe_shared(head.slice(value))
+                    .map_err(|_| invalid(format!("the target sent a bad value of {name}")))?;
+                headers.append(name, value);
+            }
+            self.fields = fields;
+            let bodiless = *method == Method::HEAD
+                || matches!(
+                    status,
+                    StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS
+                );
+            if !bodiless {
+                framing = match (encoded, chunked, length) {
+                    (true, true, _) => Framing::Chunked(Chunk::Size),
+                    (true, false, _) | (false, _, None) => Framing::UntilClose,
+                    (false, _, Some(length)) => Framing::Length(length),
+                };
+            }
+            // A switched protocol, a body that ends with the connection, or
+            // both framings at once (RFC 9112 6.3): the connection is not reused.
+            let reusable = keep_alive
+                && status != StatusCode::SWITCHING_PROTOCOLS
+                && !matches!(framing, Framing::UntilClose)
+                && !(encoded && length.is_some());
+            if let Framing::Length(0) = framing {
+                framing = Framing::Done;
+            }
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            *response.version_mut() = version;
+            *response.headers_mut() = headers;
+            return Ok(Some((response, framing, reusable)));
+        }
+    }
+}
+
+/// The request head in HTTP/1.1's origin form. A bodiless request whose
+/// method carries a body says so with `content-length: 0`, as hyper's
+/// client does.
+fn write_head(out: &mut Vec<u8>, request: &Parts) {
+    out.clear();
+    out.extend_from_slice(request.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(request.uri.path_and_query().map_or("/", |it| it.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &request.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let carries_body = !matches!(
+        request.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE | Method::CONNECT
+    );
+    if carries_body && !request.headers.contains_key(CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How much of the response body is left, by its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line comes next.
+    Size,
+    /// This many bytes of chunk data.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section (this many bytes of it so far), up to an empty line.
+    Trailers(usize),
+}
+
+/// A target's response body, read from its connection as it is polled.
+#[derive(Debug)]
+pub struct ResponseBody {
+    /// `None` once the body failed: the connection is dropped.
+    connection: Option<Connection>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// The connection, when the body has ended and it can carry another request.
+    pub fn into_idle(mut self) -> Option<Connection> {
+        let connection = self.connection.take()?;
+        (self.framing == Framing::Done && self.reusable && connection.buf.is_empty()).then_some(connection)
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.connection = None;
+        self.framing = Framing::Done;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("the target's chunked body: {what}"))
+}
+
+/// What the body does next with the bytes it has.
+enum Step {
+    /// Hand these bytes on; the framing is then the second.
+    Data(Bytes, Framing),
+    /// Framing consumed, nothing to hand on.
+    Next(Framing),
+    /// Read more from the target.
+    Read,
+    Fail(io::Error),
+}
+
+/// One step of reading the body framed as `framing` from `buf`.
+fn step(framing: Framing, buf: &mut BytesMut) -> Step {
+    match framing {
+        Framing::Done => Step::Next(Framing::Done),
+        Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
+            let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let left = left - take as u64;
+            let next = match framing {
+                Framing::Chunked(_) if left == 0 => Framing::Chunked(Chunk::DataEnd),
+                Framing::Chunked(_) => Framing::Chunked(Chunk::Data(left)),
+                _ if left == 0 => Framing::Done,
+                _ => Framing::Length(left),
+            };
+            Step::Data(buf.split_to(take).freeze(), next)
+        }
+        Framing::UntilClose if !buf.is_empty() => Step::Data(buf.split().freeze(), Framing::UntilClose),
+        Framing::Chunked(Chunk::Size) if !buf.is_empty() => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                Step::Next(Framing::Chunked(if size == 0 { Chunk::Trailers(0) } else { Chunk::Data(size) }))
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => Step::Read,
+            _ => Step::Fail(invalid("a bad chunk-size line")),
+        },
+        Framing::Chunked(Chunk::DataEnd) if buf.len() >= 2 => {
+            if &buf[..2] != b"\r\n" {
+                return Step::Fail(invalid("no CRLF after a chunk"));
+            }
+            buf.advance(2);
+            Step::Next(Framing::Chunked(Chunk::Size))
+        }
+        Framing::Chunked(Chunk::Trailers(seen)) => match buf.windows(2).position(|it| it == b"\r\n") {
+            Some(0) => {
+                buf.advance(2);
+                Step::Next(Framing::Done)
+            }
+            Some(end) if seen + end + 2 <= MAX_TRAILERS => {
+                buf.advance(end + 2);
+                Step::Next(Framing::Chunked(Chunk::Trailers(seen + end + 2)))
+            }
+            Some(_) => Step::Fail(invalid("a trailer section over 64 KiB")),
+            None if seen + buf.len() > MAX_TRAILERS => Step::Fail(invalid("a trailer section over 64 KiB")),
+            None => Step::Read,
+        },
+        _ => Step::Read,
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match step(this.framing, &mut connection.buf) {
+                Step::Data(data, next) => {
+                    this.framing = next;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Step::Next(Framing::Done) => {
+                    this.framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Step::Next(next) => this.framing = next,
+                Step::Fail(error) => return this.fail(error),
+                Step::Read => {
+                    connection.buf.reserve(READ_SIZE);
+                    match ready!(poll_read_buf(Pin::new(&mut connection.stream), cx, &mut connection.buf)) {
+                        Ok(0) if this.framing == Framing::UntilClose => {
+                            this.framing = Framing::Done;
+                            this.reusable = false;
+                        }
+                        Ok(0) => {
+                            let error = io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the target closed the connection mid-body",
+                            );
+                            return this.fail(error);
+                        }
+                        Ok(_) => {}
+                        Err(error) => return this.fail(error),
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+
+    /// Sends a GET (or `method`) to a target that answers `answer` (in
+    /// pieces, to cross read boundaries) and returns the response, its
+    /// body, and whether the connection could be reused.
+    async fn exchange(
+        method: Method,
+        answer: &'static [&'static [u8]],
+    ) -> Result<(Response<()>, Vec<u8>, bool), String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            for piece in answer {
+                stream.write_all(piece).await.unwrap();
+                stream.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            String::from_utf8(head).unwrap()
+        });
+        let connection = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let (parts, ()) = hyper::Request::builder()
+            .method(method)
+            .uri("/a?b=c")
+            .header("host", "shop.example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let response = connection.send(&parts).await.map_err(|it| it.error.to_string())?;
+        let (head, mut body) = response.into_parts();
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            bytes.extend_from_slice(&frame.map_err(|it| it.to_string())?.into_data().unwrap());
+        }
+        let request = target.await.unwrap();
+        assert!(request.starts_with(&format!("{} /a?b=c HTTP/1.1\r\nhost: shop.example.com\r\n", parts.method)));
+        Ok((Response::from_parts(head, ()), bytes, body.into_idle().is_some()))
+    }
+
+    fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+    }
+
+    #[test]
+    fn bodies_by_their_framing() {
+        run(async {
+            let (response, body, reusable) =
+                exchange(Method::GET, &[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhel", b"lo"])
+                    .await
+                    .unwrap();
+            assert_eq!((response.status(), &body[..], reusable), (StatusCode::OK, &b"hello"[..], true));
+            assert_eq!(response.headers()["x-a"], "1");
+
+            let chunked: &[&[u8]] = &[
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhel",
+                b"lo\r\n1",
+                b"0\r\n0123456789abcdef\r\n0\r\nx-trailer: 1\r",
+                b"\n\r\n",
+            ];
+            let (_, body, reusable) = exchange(Method::GET, chunked).await.unwrap();
+            assert_eq!((&body[..], reusable), (&b"hello0123456789abcdef"[..], true));
+
+            let until_close: &[&[u8]] = &[b"HTTP/1.0 200 OK\r\n\r\nall of ", b"it"];
+            let (response, body, reusable) = exchange(Method::GET, until_close).await.unwrap();
+            assert_eq!((response.version(), &body[..], reusable), (Version::HTTP_10, &b"all of it"[..], false));
+
+            // Interim answers are skipped; HEAD and 304 have no body whatever their length says.
+            let interim: &[&[u8]] = &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"];
+            let (response, body, reusable) = exchange(Method::POST, interim).await.unwrap();
+            assert_eq!((response.status(), body.len(), reusable), (StatusCode::NO_CONTENT, 0, true));
+            let head: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n"];
+            let (_, body, reusable) = exchange(Method::HEAD, head).await.unwrap();
+            assert_eq!((body.len(), reusable), (0, true));
+
+            let close: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"];
+            let (_, body, reusable) = exchange(Method::GET, close).await.unwrap();
+            assert_eq!((&body[..], reusable), (&b"ok"[..], false));
+        });
+    }
+
+    #[test]
+    fn broken_answers_are_errors() {
+        run(async {
+            let conflicting: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"];
+            assert!(exchange(Method::GET, conflicting).await.unwrap_err().contains("content-length"));
+            let short: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nok"];
+            assert!(exchange(Method::GET, short).await.unwrap_err().contains("mid-body"));
+            let bad_chunk: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"];
+            assert!(exchange(Method::GET, bad_chunk).await.unwrap_err().contains("chunk-size"));
+            let not_http: &[&[u8]] = &[b"SSH-2.0-OpenSSH\r\n\r\n"];
+            assert!(exchange(Method::GET, not_http).await.unwrap_err().contains("not HTTP/1.1"));
+        });
+    }
+
+    #[test]
+    fn a_bodiless_post_says_its_length() {
+        let (parts, ()) = hyper::Request::post("/x").header("host", "h").body(()).unwrap().into_parts();
+        let mut out = Vec::new();
+        write_head(&mut out, &parts);
+        assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
+        let (parts, ()) = hyper::Request::get("/").body(()).unwrap().into_parts();
+        write_head(&mut out, &parts);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+}
