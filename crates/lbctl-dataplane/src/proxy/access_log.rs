@@ -13,7 +13,7 @@
 use std::fmt::Display;
 use std::fs::File;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -165,17 +165,30 @@ fn address_or_dash(out: &mut Vec<u8>, value: Option<SocketAddr>) {
 fn address(out: &mut Vec<u8>, address: SocketAddr) {
     match address {
         SocketAddr::V4(v4) => {
-            for (idx, octet) in v4.ip().octets().into_iter().enumerate() {
-                if idx > 0 {
-                    out.push(b'.');
-                }
-                number(out, octet);
-            }
+            ip(out, IpAddr::V4(*v4.ip()));
             out.push(b':');
             number(out, v4.port());
         }
         SocketAddr::V6(_) => {
             let _ = write!(out, "{address}");
+        }
+    }
+}
+
+/// Writes an address as `IpAddr`'s `Display` does, by hand for IPv4
+/// (also used for `X-Forwarded-For` on every request).
+pub(super) fn ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (idx, octet) in v4.octets().into_iter().enumerate() {
+                if idx > 0 {
+                    out.push(b'.');
+                }
+                number(out, octet);
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
         }
     }
 }

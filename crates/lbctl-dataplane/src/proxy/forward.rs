@@ -544,18 +544,13 @@ fn prepare_request_headers(
         }
     }
     let forwarded_for = {
-        let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-        if previous.peek().is_none() {
-            HeaderValue::try_from(client_ip.to_string())
-        } else {
-            let mut value = Vec::with_capacity(64);
-            for item in previous {
-                value.extend_from_slice(item.as_bytes());
-                value.extend_from_slice(b", ");
-            }
-            value.extend_from_slice(client_ip.to_string().as_bytes());
-            HeaderValue::from_bytes(&value)
+        let mut value = Vec::with_capacity(48);
+        for item in headers.get_all(&X_FORWARDED_FOR) {
+            value.extend_from_slice(item.as_bytes());
+            value.extend_from_slice(b", ");
         }
+        access_log::ip(&mut value, client_ip);
+        HeaderValue::from_maybe_shared(Bytes::from(value))
     };
     if let Ok(forwarded_for) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
@@ -567,6 +562,13 @@ fn prepare_request_headers(
 /// Removes the headers that only concern one connection, including those
 /// the `Connection` header names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP_BY_HOP: [&HeaderName; 7] =
+        [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE];
+    // Most messages have none: one pass over the names instead of a
+    // lookup of each.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     let mut named = Vec::new();
     for value in headers.get_all(CONNECTION) {
         for token in value.to_str().unwrap_or("").split(',') {
@@ -581,7 +583,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }

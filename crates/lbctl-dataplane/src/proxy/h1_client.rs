@@ -115,9 +115,14 @@ impl Connection {
         let invalid =
             |what: String| Failed { error: io::Error::new(io::ErrorKind::InvalidData, what), unanswered: false };
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut fields);
-            let len = match parsed.parse(&self.buf) {
+            // Left uninitialised: httparse writes the fields it finds.
+            let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                &self.buf,
+                &mut fields,
+            ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => return Ok(None),
                 Ok(httparse::Status::Partial) => {
