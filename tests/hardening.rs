@@ -138,6 +138,23 @@ fn malformed_requests_get_their_status_and_the_proxy_serves_on() {
     // Within the limit is fine.
     let fine = format!("X-Fine: {}", "b".repeat(32 * 1024));
     assert_eq!(curl(&url, &[&fine]).unwrap().status, 200);
+    // At most 100 header fields (hyper's default): the 101st gets 431.
+    // `fields(n)` is a request of exactly n fields, sent to the fixed
+    // response, so that the limit seen is the load balancer's own (a target
+    // has its own, and the forwarding headers add three).
+    let fields = |count: usize| {
+        let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for idx in 2..count {
+            head.extend_from_slice(format!("X-Field-{idx}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"Connection: close\r\n\r\n");
+        head
+    };
+    let answer = exchange(brief_port, &fields(100));
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200 "), "{:?}", status_line(&answer));
+    let answer = exchange(brief_port, &fields(101));
+    assert!(status_line(&answer).starts_with("HTTP/1.1 431 "), "{:?}", status_line(&answer));
+    serves("101 header fields");
 
     // Request smuggling: both framing headers, in either order, and two lengths.
     for framing in [

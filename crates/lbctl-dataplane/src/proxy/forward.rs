@@ -464,43 +464,63 @@ async fn route(
     }
     if let Some(function) = &in_flight.function {
         trace.sent = Some(Instant::now());
-        let (response, failed) = lambda::invoke(function, parts, body).await;
+        // Boxed, as every path but the common one: the request's future is
+        // moved whole into hyper's connection, so its size is paid per request.
+        let (response, failed) = Box::pin(lambda::invoke(function, parts, body)).await;
         let response = response.map(ProxyBody::full);
         trace.answered(&group, failed.is_none().then(|| response.status().as_u16()));
         trace.error_reason = failed;
         return with_sticky_cookie(response, sticky_cookie);
     }
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(in_flight.authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(uri) => uri,
-        Err(_) => return error(StatusCode::BAD_REQUEST),
-    };
     parts.version = Version::HTTP_11;
-
     // What an error answer's log line names; cheap (reference counts).
     let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
-    let replay = Replay::capture(&parts, &body);
     let deadline = Instant::now() + idle_timeout;
     trace.sent = Some(Instant::now());
     trace.target = Some(in_flight.address());
-    let sent = frontend.upstream.send(transport, in_flight.endpoint(), Request::from_parts(parts, Either::Left(body)));
-    let mut answer = tokio::time::timeout_at(deadline, sent).await;
-    // A target that died under the request: once more on another one (`retry`).
-    if let Ok(Err(err)) = &answer {
-        if let Some((other, request)) = retry::second_attempt(&group, &in_flight, err, replay) {
-            in_flight = other;
-            trace.target = Some(in_flight.address());
-            sticky_cookie = sticky_cookie.and_then(|_| group.sticky_cookie_for(&in_flight));
-            answer =
-                tokio::time::timeout_at(deadline, frontend.upstream.send(transport, in_flight.endpoint(), request))
-                    .await;
+    let answer = if !transport.tls && !transport.http2 && body.is_end_stream() {
+        // The common case, a bodiless request to a plain HTTP/1.1 target:
+        // the head is lent to each attempt, so a retry needs no copy of it.
+        let mut answer =
+            tokio::time::timeout_at(deadline, frontend.upstream.send_head(in_flight.endpoint(), &parts)).await;
+        // A target that died under the request: once more on another one (`retry`).
+        if let Ok(Err(err)) = &answer {
+            let idempotent = Some(retry::is_idempotent(&parts.method));
+            if let Some(other) = retry::second_target(&group, &in_flight, err, idempotent) {
+                retarget(&group, &mut in_flight, other, trace, &mut sticky_cookie);
+                let again = frontend.upstream.send_head(in_flight.endpoint(), &parts);
+                answer = tokio::time::timeout_at(deadline, again).await;
+            }
         }
-    }
+        answer
+    } else {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(in_flight.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(uri) => uri,
+            Err(_) => return error(StatusCode::BAD_REQUEST),
+        };
+        // Every other request hands its head over, a copy kept for a retry
+        // when it has no body. Its futures are boxed: they are larger than
+        // the common case's, whose future would otherwise be as large (and
+        // hyper moves a request's future whole, per request).
+        let replay = Replay::capture(&parts, &body);
+        let request = Request::from_parts(parts, Either::Left(body));
+        let sent = frontend.upstream.send(transport, in_flight.endpoint(), request);
+        let mut answer = Box::pin(tokio::time::timeout_at(deadline, sent)).await;
+        if let Ok(Err(err)) = &answer {
+            if let Some((other, request)) = retry::second_attempt(&group, &in_flight, err, replay) {
+                retarget(&group, &mut in_flight, other, trace, &mut sticky_cookie);
+                let again = frontend.upstream.send(transport, in_flight.endpoint(), request);
+                answer = Box::pin(tokio::time::timeout_at(deadline, again)).await;
+            }
+        }
+        answer
+    };
     let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
     match answer {
         Err(_) => {
@@ -517,6 +537,20 @@ async fn route(
             with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }
     }
+}
+
+/// A second attempt goes to `other`: the log line names it, and a
+/// stickiness cookie (when one is set) sticks to it.
+fn retarget(
+    group: &TargetGroup,
+    in_flight: &mut InFlight,
+    other: InFlight,
+    trace: &mut Trace,
+    sticky_cookie: &mut Option<HeaderValue>,
+) {
+    *in_flight = other;
+    trace.target = Some(in_flight.address());
+    *sticky_cookie = sticky_cookie.take().and_then(|_| group.sticky_cookie_for(in_flight));
 }
 
 /// Adds the stickiness cookie (when the target group has stickiness on) to
@@ -564,27 +598,37 @@ fn prepare_request_headers(
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     const HOP_BY_HOP: [&HeaderName; 7] =
         [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE];
-    // Most messages have none: one pass over the names instead of a
-    // lookup of each.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
-        return;
+    // One pass over the names finds the few present (most messages have
+    // none, or a `Connection: keep-alive` alone): only those are looked up.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(idx) = HOP_BY_HOP.iter().position(|it| *it == name) {
+            present[idx] = true;
+        }
     }
-    let mut named = Vec::new();
-    for value in headers.get_all(CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if !token.is_empty() && !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive") {
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
+    if present[0] {
+        let mut named = Vec::new();
+        for value in headers.get_all(CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                if !token.is_empty()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !token.eq_ignore_ascii_case("keep-alive")
+                {
+                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                        named.push(name);
+                    }
                 }
             }
         }
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.into_iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 

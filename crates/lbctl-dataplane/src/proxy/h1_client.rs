@@ -15,8 +15,9 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use hyper::http::request::Parts;
+use hyper::http::uri::Authority;
 use hyper::{HeaderMap, Method, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -76,10 +77,11 @@ impl Connection {
         matches!(self.stream.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends `request` (its head only: it has no body) and reads the
-    /// response head; the body streams on in the returned response.
-    pub async fn send(mut self, request: &Parts) -> Result<Response<ResponseBody>, Failed> {
-        write_head(&mut self.out, request);
+    /// Sends `request` (its head only: it has no body; its Host, or
+    /// `authority` when it has none) and reads the response head; the body
+    /// streams on in the returned response.
+    pub async fn send(mut self, request: &Parts, authority: &Authority) -> Result<Response<ResponseBody>, Failed> {
+        write_head(&mut self.out, request, authority);
         if let Err(error) = self.stream.write_all(&self.out).await {
             return Err(Failed { unanswered: true, error });
         }
@@ -215,15 +217,21 @@ impl Connection {
     }
 }
 
-/// The request head in HTTP/1.1's origin form. A bodiless request whose
-/// method carries a body says so with `content-length: 0`, as hyper's
-/// client does.
-fn write_head(out: &mut Vec<u8>, request: &Parts) {
+/// The request head in HTTP/1.1's origin form, with a Host always (the
+/// target's `authority` when the request has none). A bodiless request
+/// whose method carries a body says so with `content-length: 0`, as
+/// hyper's client does.
+fn write_head(out: &mut Vec<u8>, request: &Parts, authority: &Authority) {
     out.clear();
     out.extend_from_slice(request.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(request.uri.path_and_query().map_or("/", |it| it.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !request.headers.contains_key(HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &request.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -441,7 +449,8 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let response = connection.send(&parts).await.map_err(|it| it.error.to_string())?;
+        let authority = Authority::from_static("127.0.0.9:80");
+        let response = connection.send(&parts, &authority).await.map_err(|it| it.error.to_string())?;
         let (head, mut body) = response.into_parts();
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -509,12 +518,14 @@ mod tests {
 
     #[test]
     fn a_bodiless_post_says_its_length() {
+        let authority = Authority::from_static("127.0.0.9:80");
         let (parts, ()) = hyper::Request::post("/x").header("host", "h").body(()).unwrap().into_parts();
         let mut out = Vec::new();
-        write_head(&mut out, &parts);
+        write_head(&mut out, &parts, &authority);
         assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
-        let (parts, ()) = hyper::Request::get("/").body(()).unwrap().into_parts();
-        write_head(&mut out, &parts);
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        // No Host: the target's address is the Host; an absolute URI goes out in origin form.
+        let (parts, ()) = hyper::Request::get("http://127.0.0.9:80/a?b").body(()).unwrap().into_parts();
+        write_head(&mut out, &parts, &authority);
+        assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: 127.0.0.9:80\r\n\r\n");
     }
 }

@@ -136,30 +136,41 @@ impl Failure {
 }
 
 /// After forwarding to `failed` went wrong with `err`: reports a refused
-/// connection to the group, and returns the second attempt (the target's
-/// in-flight count and the request) when the request may be retried and
-/// another target is routable.
+/// connection to the group, and returns the target of a second attempt
+/// (its in-flight count) when the request may be sent again and another
+/// target is routable. `idempotent` is `None` for a request that cannot be
+/// sent again (its body is gone).
+pub fn second_target(
+    group: &TargetGroup,
+    failed: &Backend,
+    err: &UpstreamError,
+    idempotent: Option<bool>,
+) -> Option<InFlight> {
+    let failure = Failure::of(err);
+    if let Failure::NotSent { refused: Some(error) } = &failure {
+        group.report_connection_failure(failed, error);
+    }
+    let retry = match failure {
+        Failure::NotSent { .. } => idempotent.is_some(),
+        Failure::Lost => idempotent == Some(true),
+        Failure::Other => false,
+    };
+    if !retry {
+        return None;
+    }
+    Some(InFlight::start(group.select_other(failed)?))
+}
+
+/// `second_target` for a request whose head was handed over: the second
+/// attempt's target and the request again, from `replay`.
 pub fn second_attempt(
     group: &TargetGroup,
     failed: &Backend,
     err: &UpstreamError,
     replay: Option<Replay>,
 ) -> Option<(InFlight, Request<UpstreamBody>)> {
-    let failure = Failure::of(err);
-    if let Failure::NotSent { refused: Some(error) } = &failure {
-        group.report_connection_failure(failed, error);
-    }
-    let replay = replay?;
-    let retry = match failure {
-        Failure::NotSent { .. } => true,
-        Failure::Lost => replay.idempotent,
-        Failure::Other => false,
-    };
-    if !retry {
-        return None;
-    }
-    let other = InFlight::start(group.select_other(failed)?);
-    let request = replay.request(&other.authority);
+    let other = second_target(group, failed, err, replay.as_ref().map(|it| it.idempotent))?;
+    let request = replay?.request(&other.authority);
     Some((other, request))
 }
 

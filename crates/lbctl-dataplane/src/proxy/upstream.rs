@@ -28,6 +28,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderValue, HOST};
+use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -163,6 +164,14 @@ impl Upstream {
         Upstream { http1_tls: pooled_client(tls) }
     }
 
+    /// Sends a request without a body to a plain HTTP/1.1 target: the
+    /// common case, in which the head is lent rather than handed over (a
+    /// retry sends the same head again, without a copy kept for it) and the
+    /// request's own task drives the connection (`h1_client`).
+    pub async fn send_head(&self, target: Endpoint<'_>, head: &Parts) -> Result<Exchange, UpstreamError> {
+        target.h1.send_inline(target, head).await
+    }
+
     /// Sends `request` to `target` over `transport` and returns the
     /// response head (its body streams on). The request's URI is absolute
     /// (`http://<target ip:port>/path`) and its version HTTP/1.1, as the
@@ -175,13 +184,14 @@ impl Upstream {
     ) -> Result<Exchange, UpstreamError> {
         match transport {
             Transport { http2: false, tls: false, .. } => target.h1.send(target, request).await,
+            // The other paths are boxed: their state (hyper's client, TLS,
+            // handshakes) would otherwise enlarge every request's future,
+            // which is moved whole into hyper's connection per request.
             Transport { http2: false, tls: true, .. } => {
-                let response = self.http1_tls.request(request).await.map_err(UpstreamError::from_client)?;
+                let response = Box::pin(self.http1_tls.request(request)).await.map_err(UpstreamError::from_client)?;
                 Ok(Exchange::hyper(response, None))
             }
             Transport { http2: true, tls, .. } => {
-                // Boxed: the HTTP/2 path's state (connecting, TLS, handshake)
-                // would otherwise enlarge every request's future.
                 let response = Box::pin(target.h2.send(target.address, tls, into_http2(request, tls))).await?;
                 Ok(Exchange::hyper(response, None))
             }
@@ -342,8 +352,18 @@ impl Http1Pool {
         to_origin_form(&mut request, target.authority);
         if hyper::body::Body::is_end_stream(request.body()) {
             let (parts, _) = request.into_parts();
-            return self.send_inline(target, parts).await;
+            return self.send_inline(target, &parts).await;
         }
+        // Boxed: see `Upstream::send`.
+        Box::pin(self.send_hyper(target, request)).await
+    }
+
+    /// Sends a request with a body through hyper's client.
+    async fn send_hyper(
+        &self,
+        target: Endpoint<'_>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Exchange, UpstreamError> {
         // A request an idle connection could not take (the target closed
         // it) goes out on a new connection; it was never written, so that
         // is always safe.
@@ -371,25 +391,23 @@ impl Http1Pool {
     /// request before any byte of an answer (it let go of the idle
     /// connection as the request went out) is followed by a new one, when
     /// the method is idempotent.
-    async fn send_inline(
-        &self,
-        target: Endpoint<'_>,
-        parts: hyper::http::request::Parts,
-    ) -> Result<Exchange, UpstreamError> {
+    async fn send_inline(&self, target: Endpoint<'_>, parts: &Parts) -> Result<Exchange, UpstreamError> {
         let idempotent = retry::is_idempotent(&parts.method);
         loop {
             let Some(mut connection) = self.idle().inline.pop() else { break };
             if !connection.is_usable() {
                 continue;
             }
-            match connection.send(&parts).await {
+            match connection.send(parts, target.authority).await {
                 Ok(response) => return Ok(Exchange { response: response.map(TargetBody::Inline) }),
                 Err(failed) if failed.unanswered && idempotent => {}
                 Err(failed) => return Err(UpstreamError::exchange(failed.error)),
             }
         }
-        let connection = h1_client::Connection::new(connect_tcp(target.address).await?);
-        match connection.send(&parts).await {
+        // Boxed: connecting is rare (connections are pooled), and its state
+        // would otherwise enlarge every request's future.
+        let connection = h1_client::Connection::new(Box::pin(connect_tcp(target.address)).await?);
+        match connection.send(parts, target.authority).await {
             Ok(response) => Ok(Exchange { response: response.map(TargetBody::Inline) }),
             Err(failed) => Err(UpstreamError::exchange(failed.error)),
         }
