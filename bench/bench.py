@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: lbctl's load balancers beside nginx and HAProxy.
 
-Three parts, in this order (BENCH_PART=l7|l4|plan|all, default all):
+Four parts, in this order (BENCH_PART=l7|instr|l4|plan|all, default all):
 
 L7, the application load balancer. Two nginx backends serve a small
 response. In front of them, one at a time and in alternation, run nginx
@@ -15,6 +15,16 @@ the same stack, `lbctl+logs`, writes its access log and has its Prometheus
 metrics scraped every second while it runs: the ratio lbctl+logs/lbctl is
 what seeing the traffic costs, beside `nginx+logs`, the same nginx writing
 its combined-format access log (buffered as lbctl's is).
+
+Instructions, the ALB's user-space work per request, the one figure a noisy
+machine cannot blur: each proxy (nginx, HAProxy, an lbctl ALB; one worker
+each, forwarding to one nginx backend as in L7) runs under valgrind's
+callgrind, which counts the instructions it executes (its own code and its
+libraries', not the kernel's). Counting is switched on after a warm-up, for
+a bounded wrk run (8 connections, BENCH_INSTR_DURATION, default 5s).
+Printed: requests, instructions per request, and lbctl's ratio to each.
+Repeatable to a fraction of a percent run to run, whatever else the machine
+is doing; it leaves out system calls (L7's CPU time has them).
 
 L4, the network load balancer. One `l4load sink` (bench/l4load) on the load
 core; in alternation, the sink reached directly, through HAProxy (`mode tcp`,
@@ -55,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
@@ -87,7 +98,7 @@ def wait_port(port, procs=None, timeout=20.0, host="127.0.0.1"):
 
 
 def ensure_tools():
-    missing = [pkg for tool, pkg in (("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("taskset", "util-linux")) if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}")]
+    missing = [pkg for tool, pkg in (("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("taskset", "util-linux"), ("valgrind", "valgrind")) if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}")]
     if missing:
         print(f"installing {' '.join(missing)} with apt", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=True)
@@ -194,8 +205,8 @@ def wrk(port):
 
 def main():
     part = os.environ.get("BENCH_PART", "all")
-    if part not in ("l7", "l4", "plan", "all"):
-        raise SystemExit(f"BENCH_PART={part}: expected l7, l4, plan or all")
+    if part not in ("l7", "instr", "l4", "plan", "all"):
+        raise SystemExit(f"BENCH_PART={part}: expected l7, instr, l4, plan or all")
     if part == "plan":
         if os.environ.get("BENCH_SKIP_BUILD") != "1" or not os.path.exists(LBCTL):
             subprocess.run(["cargo", "build", "--release", "-p", "lbctl"], cwd=ROOT, check=True)
@@ -208,6 +219,10 @@ def main():
     status = 0
     if part in ("l7", "all"):
         run_l7()
+    if part in ("instr", "all"):
+        if part == "all":
+            print()
+        run_instructions()
     if part in ("l4", "all"):
         if part == "all":
             print()
@@ -446,6 +461,144 @@ target_groups:
               f"({log_size / 1e6:.0f} MB of access log, {scrapes} scrapes)")
     finally:
         subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# Instructions per request, counted by callgrind.
+
+INSTR_DURATION = os.environ.get("BENCH_INSTR_DURATION", "5s")
+
+
+def counted(procs, work, name, command, port):
+    """Runs `command` (a proxy listening on `port`) under callgrind, and
+    returns the requests a wrk run made and the instructions the proxy
+    executed for them."""
+    out = os.path.join(work, f"{name}.callgrind")
+    proxy = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *command])
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status == 200:
+                break
+        except OSError:
+            pass
+        if proxy.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{name} under valgrind did not answer on {port}\n{procs.logs()}")
+        time.sleep(0.5)
+    load = ["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", "-c8"]
+    subprocess.run([*load, "-d2s", f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "--instr=on", str(proxy.pid)], check=True, capture_output=True)
+    result = subprocess.run([*load, f"-d{INSTR_DURATION}", f"http://127.0.0.1:{port}/"], check=True, capture_output=True, text=True).stdout
+    subprocess.run(["callgrind_control", "--instr=off", str(proxy.pid)], check=True, capture_output=True)
+    requests = int(re.search(r"(\d+) requests in", result).group(1))
+    proxy.send_signal(signal.SIGTERM)
+    proxy.wait(timeout=60)
+    instructions = 0
+    for path in glob.glob(out + "*"):
+        for line in open(path):
+            if line.startswith(("summary:", "totals:")):
+                instructions = max(instructions, int(line.split()[1]))
+    return requests, instructions
+
+
+def run_instructions():
+    work = tempfile.mkdtemp(prefix="lbctl-bench-instr-")
+    procs = Processes(work)
+    stack_dir = os.path.join(work, "stack")
+    os.makedirs(stack_dir)
+    spec = os.path.join(stack_dir, "lbctl.yaml")
+    try:
+        backend_port = free_port()
+        server = f"server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 'ok from {backend_port}\\n'; }} }}"
+        backend = procs.start([tool("nginx"), "-c", nginx_conf(work, "backend", server), "-p", work])
+        wait_port(backend_port, procs)
+        pin([backend.pid, *children(backend.pid)], LOAD_CORE)
+        ports = {"nginx": free_port(), "haproxy": free_port(), "lbctl": free_port()}
+        # nginx in one process (no master), so that callgrind sees its worker.
+        nginx_cfg = nginx_conf(work, "proxy", f"""
+  upstream backends {{ server 127.0.0.1:{backend_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{ports['nginx']};
+    location / {{
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}""")
+        with open(nginx_cfg) as conf:
+            text = conf.read().replace("master_process on;", "master_process off;")
+        with open(nginx_cfg, "w") as conf:
+            conf.write(text)
+        haproxy_cfg = os.path.join(work, "haproxy.cfg")
+        with open(haproxy_cfg, "w") as cfg:
+            cfg.write(f"""global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend front
+  bind 127.0.0.1:{ports['haproxy']}
+  default_backend backends
+backend backends
+  server b0 127.0.0.1:{backend_port}
+""")
+        # lbctl: the proxy of an applied stack, run again under valgrind on
+        # its own port and under its own name (its own status file), reading
+        # the same target group.
+        apply_port = free_port()
+        with open(spec, "w") as out:
+            out.write(f"""version: 1
+name: bench-instr
+load_balancers:
+  front:
+    type: application
+    worker_threads: 1
+    listeners:
+      - {{ port: {apply_port}, protocol: HTTP, default_action: {{ forward: backends }} }}
+target_groups:
+  backends:
+    target_type: ip
+    port: 80
+    targets: [{{ ip: 127.0.0.1, port: {backend_port} }}]
+    health_check: {{ path: /, interval: 1s, timeout: 500ms, healthy_threshold: 2 }}
+""")
+        subprocess.run([LBCTL, "apply", "-f", spec, "--auto-approve", "-q"], check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(stack_dir, ".lbctl", "run", "lb", "front", "config.json")) as config:
+            lbctl_config = json.load(config)
+        lbctl_config["name"] = "front-counted"
+        lbctl_config["listeners"][0]["port"] = ports["lbctl"]
+        lbctl_cfg = os.path.join(work, "lbctl-proxy.json")
+        with open(lbctl_cfg, "w") as out:
+            json.dump(lbctl_config, out)
+        commands = {
+            "nginx": [tool("nginx"), "-c", nginx_cfg, "-p", work],
+            "haproxy": [tool("haproxy"), "-f", haproxy_cfg, "-db"],
+            "lbctl": [LBCTL, "internal", "proxy", "--config", lbctl_cfg],
+        }
+        results = {}
+        for name, command in commands.items():
+            requests, instructions = counted(procs, work, name, command, ports[name])
+            results[name] = instructions / max(requests, 1)
+            print(f"{name:8} {requests:>8} requests  {instructions / 1e6:>9.1f} M instructions  {results[name]:>8.0f} per request", flush=True)
+        print()
+        print(f"load: wrk -t1 -c8 -d{INSTR_DURATION} after a 2 s warm-up, each proxy alone under callgrind (user space only)")
+        print()
+        print("| proxy | instructions per request |")
+        print("| --- | ---: |")
+        for name, value in results.items():
+            print(f"| {name} | {value:.0f} |")
+        print()
+        for other in ("nginx", "haproxy"):
+            print(f"lbctl/{other}: instructions per request x{results['lbctl'] / results[other]:.2f}")
+    finally:
+        subprocess.run([LBCTL, "destroy", "-f", spec, "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
