@@ -47,6 +47,13 @@ fn quickstart_routes_scales_heals_and_destroys() {
     assert_eq!(response.headers["x-seen-forwarded-proto"], "http");
     assert_eq!(response.headers["x-seen-forwarded-port"], port.to_string());
     assert_eq!(response.headers["x-seen-host"], format!("{}:{port}", url_host(&outputs, "public", "127.0.0.1")));
+    // The client's own X-Forwarded-For is kept and appended to; its
+    // X-Forwarded-Proto and -Port are the listener's.
+    let spoofed = ["X-Forwarded-For: 203.0.113.7", "X-Forwarded-Proto: https", "X-Forwarded-Port: 1"];
+    let response = curl(&url, &spoofed).unwrap();
+    assert_eq!(response.headers["x-seen-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(response.headers["x-seen-forwarded-proto"], "http");
+    assert_eq!(response.headers["x-seen-forwarded-port"], port.to_string());
 
     // Nothing to do right after an apply.
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);

@@ -13,7 +13,7 @@
 //! same headers. When the group has stickiness on, the response carries the
 //! `AWSALB` cookie naming the target that answered (`selection`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,16 +23,14 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE, USER_AGENT,
-};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, USER_AGENT};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
 use super::access_log::{self, AccessLog};
 use super::action::{Action, RedirectSource};
+use super::forwarding::{self, Forwarding};
 use super::lambda;
 use super::observe::LbStats;
 use super::retry::{self, Replay};
@@ -42,11 +40,6 @@ use super::target_group::TargetGroup;
 use super::upstream::{self, BoxError, TargetBody, Upstream};
 use crate::runtime::ProxyConfig;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// The User-Agent of load balancers' health checks (AWS's, and lbctl's).
 const HEALTH_CHECKER: &[u8] = super::health_check::USER_AGENT_VALUE.as_bytes();
 
@@ -456,11 +449,19 @@ async fn route(
     let mut in_flight = InFlight::start_request(backend, health_check);
 
     let (mut parts, body) = request.into_parts();
-    // HTTP/2 targets get `te: trailers` through when the client sent it (gRPC requires it).
-    let te_trailers = transport.http2 && upstream::asks_for_trailers(parts.headers.get(TE));
-    prepare_request_headers(&mut parts.headers, &parts.uri, client_ip, forwarded_port, protocol);
-    if te_trailers {
-        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+    let forwarding = Forwarding { client_ip, protocol, port: forwarded_port };
+    // The common case, a bodiless request to a plain HTTP/1.1 target: its
+    // head is lent to each attempt (a retry needs no copy of it) and the
+    // forwarding headers are written as it goes out; the map stays as the
+    // client sent it.
+    let lent = !transport.tls && !transport.http2 && in_flight.function.is_none() && body.is_end_stream();
+    if !lent {
+        // HTTP/2 targets get `te: trailers` through when the client sent it (gRPC requires it).
+        let te_trailers = transport.http2 && upstream::asks_for_trailers(parts.headers.get(TE));
+        forwarding::prepare(&mut parts.headers, &parts.uri, &forwarding);
+        if te_trailers {
+            parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
     if let Some(function) = &in_flight.function {
         trace.sent = Some(Instant::now());
@@ -478,17 +479,15 @@ async fn route(
     let deadline = Instant::now() + idle_timeout;
     trace.sent = Some(Instant::now());
     trace.target = Some(in_flight.address());
-    let answer = if !transport.tls && !transport.http2 && body.is_end_stream() {
-        // The common case, a bodiless request to a plain HTTP/1.1 target:
-        // the head is lent to each attempt, so a retry needs no copy of it.
-        let mut answer =
-            tokio::time::timeout_at(deadline, frontend.upstream.send_head(in_flight.endpoint(), &parts)).await;
+    let answer = if lent {
+        let sent = frontend.upstream.send_head(in_flight.endpoint(), &parts, &forwarding);
+        let mut answer = tokio::time::timeout_at(deadline, sent).await;
         // A target that died under the request: once more on another one (`retry`).
         if let Ok(Err(err)) = &answer {
             let idempotent = Some(retry::is_idempotent(&parts.method));
             if let Some(other) = retry::second_target(&group, &in_flight, err, idempotent) {
                 retarget(&group, &mut in_flight, other, trace, &mut sticky_cookie);
-                let again = frontend.upstream.send_head(in_flight.endpoint(), &parts);
+                let again = frontend.upstream.send_head(in_flight.endpoint(), &parts, &forwarding);
                 answer = tokio::time::timeout_at(deadline, again).await;
             }
         }
@@ -532,7 +531,7 @@ async fn route(
         Ok(Ok(exchange)) => {
             trace.answered(&group, Some(exchange.response.status().as_u16()));
             let (mut parts, body) = exchange.response.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
+            forwarding::remove_hop_by_hop(&mut parts.headers);
             let body = ProxyBody::upstream(body, in_flight);
             with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }
@@ -560,76 +559,6 @@ fn with_sticky_cookie(mut response: Response<ProxyBody>, cookie: Option<HeaderVa
         response.headers_mut().append(SET_COOKIE, cookie);
     }
     response
-}
-
-/// Drops hop-by-hop headers, adds the forwarding headers, and keeps the Host
-/// the client sent (from the HTTP/2 authority when it sent no header).
-fn prepare_request_headers(
-    headers: &mut HeaderMap,
-    uri: &Uri,
-    client_ip: IpAddr,
-    forwarded_port: HeaderValue,
-    protocol: &'static str,
-) {
-    remove_hop_by_hop(headers);
-    if !headers.contains_key(HOST) {
-        if let Some(host) = uri.authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()) {
-            headers.insert(HOST, host);
-        }
-    }
-    let forwarded_for = {
-        let mut value = Vec::with_capacity(48);
-        for item in headers.get_all(&X_FORWARDED_FOR) {
-            value.extend_from_slice(item.as_bytes());
-            value.extend_from_slice(b", ");
-        }
-        access_log::ip(&mut value, client_ip);
-        HeaderValue::from_maybe_shared(Bytes::from(value))
-    };
-    if let Ok(forwarded_for) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(protocol));
-    headers.insert(X_FORWARDED_PORT.clone(), forwarded_port);
-}
-
-/// Removes the headers that only concern one connection, including those
-/// the `Connection` header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    const HOP_BY_HOP: [&HeaderName; 7] =
-        [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE];
-    // One pass over the names finds the few present (most messages have
-    // none, or a `Connection: keep-alive` alone): only those are looked up.
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(idx) = HOP_BY_HOP.iter().position(|it| *it == name) {
-            present[idx] = true;
-        }
-    }
-    if present[0] {
-        let mut named = Vec::new();
-        for value in headers.get_all(CONNECTION) {
-            for token in value.to_str().unwrap_or("").split(',') {
-                let token = token.trim();
-                if !token.is_empty()
-                    && !token.eq_ignore_ascii_case("close")
-                    && !token.eq_ignore_ascii_case("keep-alive")
-                {
-                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                        named.push(name);
-                    }
-                }
-            }
-        }
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (name, present) in HOP_BY_HOP.into_iter().zip(present) {
-        if present {
-            headers.remove(name);
-        }
-    }
 }
 
 /// A request the load balancer answers with an error of its own (502, 503,
@@ -798,44 +727,6 @@ impl Body for ProxyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_headers_for_the_target() {
-        fn check(headers: &[(&str, &str)], expect: &[(&str, &str)]) {
-            let mut map = HeaderMap::new();
-            for (name, value) in headers {
-                map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
-            }
-            let uri: Uri = "/x".parse().unwrap();
-            prepare_request_headers(&mut map, &uri, "10.0.0.9".parse().unwrap(), HeaderValue::from(8080u16), "http");
-            let mut got: Vec<(String, String)> =
-                map.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
-            got.sort();
-            let mut expect: Vec<(String, String)> =
-                expect.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            expect.sort();
-            assert_eq!(got, expect, "{headers:?}");
-        }
-        let added = [("x-forwarded-proto", "http"), ("x-forwarded-port", "8080")];
-        check(
-            &[("host", "shop.example.com")],
-            &[&[("host", "shop.example.com"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
-        );
-        check(
-            &[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8"), ("x-forwarded-proto", "https")],
-            &[&[("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.0.0.9")][..], &added].concat(),
-        );
-        check(
-            &[
-                ("connection", "keep-alive, x-secret"),
-                ("x-secret", "1"),
-                ("keep-alive", "timeout=5"),
-                ("te", "trailers"),
-                ("accept", "*/*"),
-            ],
-            &[&[("accept", "*/*"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
-        );
-    }
 
     #[test]
     fn error_answers() {

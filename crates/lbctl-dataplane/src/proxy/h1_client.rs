@@ -15,13 +15,15 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::http::request::Parts;
 use hyper::http::uri::Authority;
 use hyper::{HeaderMap, Method, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
+
+use super::forwarding::{self, Forwarding};
 
 /// Most header fields in a response head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -77,11 +79,16 @@ impl Connection {
         matches!(self.stream.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends `request` (its head only: it has no body; its Host, or
-    /// `authority` when it has none) and reads the response head; the body
-    /// streams on in the returned response.
-    pub async fn send(mut self, request: &Parts, authority: &Authority) -> Result<Response<ResponseBody>, Failed> {
-        write_head(&mut self.out, request, authority);
+    /// Sends `request` (its head only: it has no body), with the
+    /// `forwarding` headers when given (`write_head`), and reads the
+    /// response head; the body streams on in the returned response.
+    pub async fn send(
+        mut self,
+        request: &Parts,
+        authority: &Authority,
+        forwarding: Option<&Forwarding>,
+    ) -> Result<Response<ResponseBody>, Failed> {
+        write_head(&mut self.out, request, authority, forwarding);
         if let Err(error) = self.stream.write_all(&self.out).await {
             return Err(Failed { unanswered: true, error });
         }
@@ -182,8 +189,13 @@ impl Connection {
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(fields.len());
             for (name, value) in fields.drain(..) {
-                let value = HeaderValue::from_maybe_shared(head.slice(value))
-                    .map_err(|_| invalid(format!("the target sent a bad value of {name}")))?;
+                let value = head.slice(value);
+                debug_assert!(HeaderValue::from_maybe_shared(value.clone()).is_ok());
+                // SAFETY: httparse accepted these bytes as a field value
+                // (HTAB, SP, visible ASCII and bytes 0x80 and up: no other
+                // control byte, no DEL), exactly what a `HeaderValue` may
+                // hold; hyper builds its own header maps the same way.
+                let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
                 headers.append(name, value);
             }
             self.fields = fields;
@@ -218,25 +230,26 @@ impl Connection {
 }
 
 /// The request head in HTTP/1.1's origin form, with a Host always (the
-/// target's `authority` when the request has none). A bodiless request
-/// whose method carries a body says so with `content-length: 0`, as
-/// hyper's client does.
-fn write_head(out: &mut Vec<u8>, request: &Parts, authority: &Authority) {
+/// target's `authority` when the request has none): with `forwarding`, its
+/// header section as the load balancer changes it (`forwarding`), else as
+/// it is. A bodiless request whose method carries a body says so with
+/// `content-length: 0`, as hyper's client does.
+fn write_head(out: &mut Vec<u8>, request: &Parts, authority: &Authority, forwarding: Option<&Forwarding>) {
     out.clear();
     out.extend_from_slice(request.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(request.uri.path_and_query().map_or("/", |it| it.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !request.headers.contains_key(HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in &request.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    match forwarding {
+        Some(forwarding) => forwarding::write_fields(out, &request.headers, &request.uri, authority, forwarding),
+        None => {
+            if !request.headers.contains_key(hyper::header::HOST) {
+                forwarding::field(out, b"host", authority.as_str().as_bytes());
+            }
+            for (name, value) in &request.headers {
+                forwarding::field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
     }
     let carries_body = !matches!(
         request.method,
@@ -450,7 +463,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let authority = Authority::from_static("127.0.0.9:80");
-        let response = connection.send(&parts, &authority).await.map_err(|it| it.error.to_string())?;
+        let response = connection.send(&parts, &authority, None).await.map_err(|it| it.error.to_string())?;
         let (head, mut body) = response.into_parts();
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -521,11 +534,22 @@ mod tests {
         let authority = Authority::from_static("127.0.0.9:80");
         let (parts, ()) = hyper::Request::post("/x").header("host", "h").body(()).unwrap().into_parts();
         let mut out = Vec::new();
-        write_head(&mut out, &parts, &authority);
+        write_head(&mut out, &parts, &authority, None);
         assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
         // No Host: the target's address is the Host; an absolute URI goes out in origin form.
         let (parts, ()) = hyper::Request::get("http://127.0.0.9:80/a?b").body(()).unwrap().into_parts();
-        write_head(&mut out, &parts, &authority);
+        write_head(&mut out, &parts, &authority, None);
         assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: 127.0.0.9:80\r\n\r\n");
+        // With forwarding: the fields as the load balancer changes them.
+        let (parts, ()) = hyper::Request::get("/").header("connection", "close").body(()).unwrap().into_parts();
+        let forwarding = Forwarding {
+            client_ip: "10.0.0.9".parse().unwrap(),
+            protocol: "https",
+            port: HeaderValue::from_static("443"),
+        };
+        write_head(&mut out, &parts, &authority, Some(&forwarding));
+        let expect = "GET / HTTP/1.1\r\nhost: 127.0.0.9:80\r\nx-forwarded-for: 10.0.0.9\r\n\
+            x-forwarded-proto: https\r\nx-forwarded-port: 443\r\n\r\n";
+        assert_eq!(String::from_utf8(out).unwrap(), expect);
     }
 }

@@ -13,6 +13,7 @@
 //! | `router` | rules compiled per configuration, request matching |
 //! | `action` | forward, weighted forward, redirect and fixed-response actions |
 //! | `forward` | the request path: routing, forwarding, error answers |
+//! | `forwarding` | the headers changed on the way to a target: hop-by-hop out, `X-Forwarded-*` in |
 //! | `target_group` | one group's manager: discovery, health and selection together |
 //! | `discovery` | reading a group's registry files |
 //! | `health_check` | probes and the per-target health state machine |
@@ -38,6 +39,7 @@ mod action;
 mod connection;
 mod discovery;
 mod forward;
+mod forwarding;
 mod h1_client;
 mod head_guard;
 mod health_check;

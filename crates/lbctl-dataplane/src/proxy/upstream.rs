@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::forwarding::Forwarding;
 use super::{h1_client, retry};
 use crate::tls::{self, ClientAlpn};
 
@@ -168,8 +169,15 @@ impl Upstream {
     /// common case, in which the head is lent rather than handed over (a
     /// retry sends the same head again, without a copy kept for it) and the
     /// request's own task drives the connection (`h1_client`).
-    pub async fn send_head(&self, target: Endpoint<'_>, head: &Parts) -> Result<Exchange, UpstreamError> {
-        target.h1.send_inline(target, head).await
+    /// The forwarding headers are written as the head goes out
+    /// (`forwarding::write_fields`); the head itself is left as it is.
+    pub async fn send_head(
+        &self,
+        target: Endpoint<'_>,
+        head: &Parts,
+        forwarding: &Forwarding,
+    ) -> Result<Exchange, UpstreamError> {
+        target.h1.send_inline(target, head, Some(forwarding)).await
     }
 
     /// Sends `request` to `target` over `transport` and returns the
@@ -352,7 +360,7 @@ impl Http1Pool {
         to_origin_form(&mut request, target.authority);
         if hyper::body::Body::is_end_stream(request.body()) {
             let (parts, _) = request.into_parts();
-            return self.send_inline(target, &parts).await;
+            return self.send_inline(target, &parts, None).await;
         }
         // Boxed: see `Upstream::send`.
         Box::pin(self.send_hyper(target, request)).await
@@ -391,14 +399,19 @@ impl Http1Pool {
     /// request before any byte of an answer (it let go of the idle
     /// connection as the request went out) is followed by a new one, when
     /// the method is idempotent.
-    async fn send_inline(&self, target: Endpoint<'_>, parts: &Parts) -> Result<Exchange, UpstreamError> {
+    async fn send_inline(
+        &self,
+        target: Endpoint<'_>,
+        parts: &Parts,
+        forwarding: Option<&Forwarding>,
+    ) -> Result<Exchange, UpstreamError> {
         let idempotent = retry::is_idempotent(&parts.method);
         loop {
             let Some(mut connection) = self.idle().inline.pop() else { break };
             if !connection.is_usable() {
                 continue;
             }
-            match connection.send(parts, target.authority).await {
+            match connection.send(parts, target.authority, forwarding).await {
                 Ok(response) => return Ok(Exchange { response: response.map(TargetBody::Inline) }),
                 Err(failed) if failed.unanswered && idempotent => {}
                 Err(failed) => return Err(UpstreamError::exchange(failed.error)),
@@ -407,7 +420,7 @@ impl Http1Pool {
         // Boxed: connecting is rare (connections are pooled), and its state
         // would otherwise enlarge every request's future.
         let connection = h1_client::Connection::new(Box::pin(connect_tcp(target.address)).await?);
-        match connection.send(parts, target.authority).await {
+        match connection.send(parts, target.authority, forwarding).await {
             Ok(response) => Ok(Exchange { response: response.map(TargetBody::Inline) }),
             Err(failed) => Err(UpstreamError::exchange(failed.error)),
         }
