@@ -23,8 +23,9 @@ callgrind, which counts the instructions it executes (its own code and its
 libraries', not the kernel's). Counting is switched on after a warm-up, for
 a bounded wrk run (8 connections, BENCH_INSTR_DURATION, default 5s).
 Printed: requests, instructions per request, and lbctl's ratio to each.
-Repeatable to a fraction of a percent run to run, whatever else the machine
-is doing; it leaves out system calls (L7's CPU time has them).
+Repeatable within about 2% run to run (how requests batch per wake-up moves
+it a little), whatever else the machine is doing, where L7's ratios move by
+10%; it leaves out system calls and the kernel (L7's CPU time has them).
 
 L4, the network load balancer. One `l4load sink` (bench/l4load) on the load
 core; in alternation, the sink reached directly, through HAProxy (`mode tcp`,

@@ -93,7 +93,8 @@ impl Connection {
             return Err(Failed { unanswered: true, error });
         }
         loop {
-            if let Some((response, framing, reusable)) = self.parse_head(&request.method)? {
+            let parsed = if self.buf.is_empty() { None } else { self.parse_head(&request.method)? };
+            if let Some((response, framing, reusable)) = parsed {
                 return Ok(response.map(|()| ResponseBody { connection: Some(self), framing, reusable }));
             }
             self.buf.reserve(READ_SIZE);
