@@ -426,7 +426,7 @@ impl Body for ResponseBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use tokio::io::AsyncReadExt;
@@ -442,12 +442,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let target = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap();
-                head.extend_from_slice(&buf[..n]);
-            }
+            let head = read_request_head(&mut stream).await;
             for piece in answer {
                 stream.write_all(piece).await.unwrap();
                 stream.flush().await.unwrap();
@@ -473,6 +468,18 @@ mod tests {
         let request = target.await.unwrap();
         assert!(request.starts_with(&format!("{} /a?b=c HTTP/1.1\r\nhost: shop.example.com\r\n", parts.method)));
         Ok((Response::from_parts(head, ()), bytes, body.into_idle().is_some()))
+    }
+
+    /// What a test target reads of a request: its head, to the empty line.
+    pub(in crate::proxy) async fn read_request_head(stream: &mut TcpStream) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before the request head ended");
+            head.extend_from_slice(&buf[..n]);
+        }
+        head
     }
 
     fn run<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -527,6 +534,10 @@ mod tests {
             assert!(exchange(Method::GET, bad_chunk).await.unwrap_err().contains("chunk-size"));
             let not_http: &[&[u8]] = &[b"SSH-2.0-OpenSSH\r\n\r\n"];
             assert!(exchange(Method::GET, not_http).await.unwrap_err().contains("not HTTP/1.1"));
+            // A head that never ends within the limit: refused, not buffered on.
+            let endless: &'static [u8] = [&b"HTTP/1.1 200 OK\r\nx-big: "[..], &[b'a'; MAX_HEAD]].concat().leak();
+            let endless: &'static [&'static [u8]] = vec![endless].leak();
+            assert!(exchange(Method::GET, endless).await.unwrap_err().contains("over 65536 bytes"));
         });
     }
 

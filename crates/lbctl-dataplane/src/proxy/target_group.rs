@@ -41,6 +41,9 @@ use crate::runtime::{HealthState, Layout, RegisteredTarget, TargetHealth};
 
 /// How often a group's registry is re-read.
 const DISCOVERY_INTERVAL: Duration = Duration::from_millis(200);
+/// How often idle connections to targets are looked at, and those the
+/// targets closed meanwhile dropped (in discovery ticks: every 5 s).
+const SWEEP_EVERY_TICKS: u32 = 25;
 /// How long a target that refused a connection stays out of rotation at
 /// most when no passing health check clears it first.
 const PASSIVE_HOLD: Duration = Duration::from_secs(5);
@@ -172,9 +175,14 @@ pub async fn manage(group: Arc<TargetGroup>, layout: Layout, on_change: impl Fn(
     let (results_tx, mut results) = unbounded_channel::<CheckResult>();
     let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
     loop {
         let changed = tokio::select! {
             _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
+                    table.close_stale_connections();
+                }
                 let now = Instant::now();
                 let mut changed = match registry.poll() {
                     Some(Ok(discovered)) => {
@@ -554,6 +562,14 @@ impl Table {
     }
 
     /// Publishes the routable set and the health records.
+    /// Drops the idle connections the targets have closed, which would
+    /// otherwise wait (in CLOSE_WAIT) for a request to find them.
+    fn close_stale_connections(&self) {
+        for entry in self.entries.values() {
+            entry.backend.h1.close_stale();
+        }
+    }
+
     fn publish(&self, group: &TargetGroup) {
         let routing = self.settings.as_ref().map(|it| it.routing).unwrap_or_default();
         let targets = self.entries.values().map(|it| (&it.backend, it.state(), it.slow_start_since));

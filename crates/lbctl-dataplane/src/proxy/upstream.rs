@@ -347,6 +347,14 @@ impl Http1Pool {
         }
     }
 
+    /// Drops the idle connections the target has closed (a request would
+    /// drop them too, when it next takes one).
+    pub fn close_stale(&self) {
+        let mut idle = self.idle();
+        idle.inline.retain_mut(h1_client::Connection::is_usable);
+        idle.hyper.retain(|it| !it.is_closed());
+    }
+
     /// Gives an `h1_client` connection back after its response body ended.
     fn release_inline(&self, connection: h1_client::Connection) {
         let mut idle = self.idle();
@@ -688,6 +696,45 @@ mod tests {
         check(Some("api.example.com:8443"), true, ("https://api.example.com:8443/pkg.Service/Method?x=1", None));
         check(None, false, ("http://127.0.0.9:50051/pkg.Service/Method?x=1", None));
         check(Some("bad host"), false, ("http://127.0.0.9:50051/pkg.Service/Method?x=1", Some("bad host")));
+    }
+
+    /// An idle connection stays pooled while the target keeps it open, and
+    /// the sweep drops it once the target has closed it.
+    #[test]
+    fn idle_connections_the_target_closed_are_swept() {
+        use http_body_util::{BodyExt, Either, Empty};
+        use tokio::io::AsyncWriteExt;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (close, closed) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                h1_client::tests::read_request_head(&mut stream).await;
+                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                let _ = closed.await;
+            });
+            let backend = super::super::selection::Backend::new("t", Ipv4Addr::LOCALHOST, addr.port());
+            let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
+            let exchange = Upstream::new().send(Transport::default(), backend.endpoint(), request).await.unwrap();
+            let mut body = exchange.response.into_body();
+            while let Some(frame) = body.frame().await {
+                frame.unwrap();
+            }
+            body.release_to(&backend.h1);
+            let idle = || backend.h1.idle().inline.len();
+            assert_eq!(idle(), 1);
+            backend.h1.close_stale();
+            assert_eq!(idle(), 1, "a connection the target keeps open stays");
+            close.send(()).unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while idle() > 0 {
+                assert!(tokio::time::Instant::now() < deadline, "the closed connection was never swept");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                backend.h1.close_stale();
+            }
+        });
     }
 
     #[test]
