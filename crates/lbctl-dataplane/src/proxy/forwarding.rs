@@ -79,11 +79,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `X-Forwarded-For` value: the addresses the client sent, then its own.
-fn forwarded_for(out: &mut Vec<u8>, headers: &HeaderMap, client_ip: IpAddr) {
-    for item in headers.get_all(&X_FORWARDED_FOR) {
-        out.extend_from_slice(item.as_bytes());
-        out.extend_from_slice(b", ");
+/// The `X-Forwarded-For` value: the addresses the client sent (unless
+/// `Connection` named the header, making it hop-by-hop), then its own.
+fn forwarded_for(out: &mut Vec<u8>, headers: &HeaderMap, previous: bool, client_ip: IpAddr) {
+    if previous {
+        for item in headers.get_all(&X_FORWARDED_FOR) {
+            out.extend_from_slice(item.as_bytes());
+            out.extend_from_slice(b", ");
+        }
     }
     access_log::ip(out, client_ip);
 }
@@ -99,7 +102,9 @@ pub fn prepare(headers: &mut HeaderMap, uri: &Uri, forwarding: &Forwarding) {
         }
     }
     let mut value = Vec::with_capacity(48);
-    forwarded_for(&mut value, headers, forwarding.client_ip);
+    // Hop-by-hop headers are gone already, an `X-Forwarded-For` that
+    // `Connection` named among them.
+    forwarded_for(&mut value, headers, true, forwarding.client_ip);
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -127,7 +132,7 @@ pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, uri: &Uri, target: &
         field(out, b"host", authority.as_str().as_bytes());
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    forwarded_for(out, headers, forwarding.client_ip);
+    forwarded_for(out, headers, !named.contains(&X_FORWARDED_FOR), forwarding.client_ip);
     out.extend_from_slice(b"\r\n");
     field(out, b"x-forwarded-proto", forwarding.protocol.as_bytes());
     field(out, b"x-forwarded-port", forwarding.port.as_bytes());
@@ -227,6 +232,12 @@ mod tests {
                 &added,
             ]
             .concat(),
+        );
+        // `Connection` can make even X-Forwarded-For hop-by-hop.
+        check(
+            &[("connection", "x-forwarded-for"), ("x-forwarded-for", "1.2.3.4")],
+            "/x",
+            &[&[("host", "127.0.0.9:80"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
         );
         // HTTP/2: the authority is the Host.
         check(

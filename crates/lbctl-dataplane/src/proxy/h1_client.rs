@@ -46,6 +46,8 @@ pub struct Connection {
     out: Vec<u8>,
     /// The response head's fields as parsed: name, and where the value is.
     fields: Vec<(HeaderName, std::ops::Range<usize>)>,
+    /// An interim (1xx) answer to the current request was read.
+    interim: bool,
 }
 
 /// Why an exchange failed, and whether the target sent nothing at all
@@ -60,7 +62,7 @@ pub struct Failed {
 impl Connection {
     /// A connection on a connected socket.
     pub fn new(stream: TcpStream) -> Connection {
-        Connection { stream, buf: BytesMut::new(), out: Vec::new(), fields: Vec::new() }
+        Connection { stream, buf: BytesMut::new(), out: Vec::new(), fields: Vec::new(), interim: false }
     }
 
     /// Whether an idle connection can carry a request: the target has not
@@ -89,6 +91,7 @@ impl Connection {
         forwarding: Option<&Forwarding>,
     ) -> Result<Response<ResponseBody>, Failed> {
         write_head(&mut self.out, request, authority, forwarding);
+        self.interim = false;
         if let Err(error) = self.stream.write_all(&self.out).await {
             return Err(Failed { unanswered: true, error });
         }
@@ -101,7 +104,7 @@ impl Connection {
             let read = std::future::poll_fn(|cx| poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)).await;
             match read {
                 Ok(0) => {
-                    let unanswered = self.buf.is_empty();
+                    let unanswered = self.buf.is_empty() && !self.interim;
                     let error = io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the target closed the connection before its response head ended",
@@ -111,6 +114,7 @@ impl Connection {
                 Ok(_) => {}
                 Err(error) => {
                     let unanswered = self.buf.is_empty()
+                        && !self.interim
                         && matches!(error.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted);
                     return Err(Failed { error, unanswered });
                 }
@@ -119,7 +123,8 @@ impl Connection {
     }
 
     /// The response head, once the buffer holds all of it: interim (1xx)
-    /// answers are skipped, as hyper's client does.
+    /// answers are skipped, as hyper's client does (after one, the request
+    /// is no longer `unanswered`).
     #[allow(clippy::type_complexity)]
     fn parse_head(&mut self, method: &Method) -> Result<Option<(Response<()>, Framing, bool)>, Failed> {
         let invalid =
@@ -142,6 +147,7 @@ impl Connection {
             };
             let code = parsed.code.unwrap_or_default();
             if (100..200).contains(&code) && code != 101 {
+                self.interim = true;
                 self.buf.advance(len);
                 continue;
             }
@@ -162,11 +168,16 @@ impl Connection {
                 // head's bytes instead of copying each value.
                 let start = field.value.as_ptr() as usize - base;
                 if name == CONTENT_LENGTH {
-                    let this = std::str::from_utf8(field.value).ok().and_then(|it| it.trim().parse::<u64>().ok());
-                    match (this, length) {
-                        (Some(this), None) => length = Some(this),
-                        (Some(this), Some(before)) if this == before => {}
-                        _ => return Err(invalid("the target sent a bad or conflicting content-length".to_string())),
+                    // Digits only (a list of one repeated value at most):
+                    // no sign, no other whitespace, no disagreement.
+                    for item in field.value.split(|it| *it == b',') {
+                        match (decimal(item.trim_ascii()), length) {
+                            (Some(this), None) => length = Some(this),
+                            (Some(this), Some(before)) if this == before => {}
+                            _ => {
+                                return Err(invalid("the target sent a bad or conflicting content-length".to_string()))
+                            }
+                        }
                     }
                 } else if name == TRANSFER_ENCODING {
                     encoded = true;
@@ -187,9 +198,18 @@ impl Connection {
                 }
                 fields.push((name, start..start + field.value.len()));
             }
+            // Transfer-Encoding is HTTP/1.1's (RFC 9112 6.1).
+            if encoded && version == Version::HTTP_10 {
+                return Err(invalid("the target sent Transfer-Encoding in an HTTP/1.0 response".to_string()));
+            }
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(fields.len());
             for (name, value) in fields.drain(..) {
+                // With Transfer-Encoding, a Content-Length is wrong and an
+                // intermediary must drop it (RFC 9112 6.3).
+                if encoded && name == CONTENT_LENGTH {
+                    continue;
+                }
                 let value = head.slice(value);
                 debug_assert!(HeaderValue::from_maybe_shared(value.clone()).is_ok());
                 // SAFETY: httparse accepted these bytes as a field value
@@ -230,6 +250,45 @@ impl Connection {
     }
 }
 
+/// A run of ASCII digits as a number; `None` for anything else (empty,
+/// signed, spaced, too large).
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |value, digit| {
+        let digit = digit.is_ascii_digit().then(|| u64::from(digit - b'0'))?;
+        value.checked_mul(10)?.checked_add(digit)
+    })
+}
+
+/// A chunk-size line (`hex [BWS ; extensions] CRLF`), strictly: at least
+/// one hex digit, CRLF and no bare CR or LF. `Ok(None)`: not all here yet.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, ()> {
+    let Some(end) = buf.windows(2).position(|it| it == b"\r\n") else {
+        return if buf.contains(&b'\n') || buf.len() >= MAX_CHUNK_LINE { Err(()) } else { Ok(None) };
+    };
+    let line = &buf[..end];
+    if end >= MAX_CHUNK_LINE || line.iter().any(|it| *it == b'\r' || *it == b'\n') {
+        return Err(());
+    }
+    let digits = line.iter().take_while(|it| it.is_ascii_hexdigit()).count();
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(());
+    }
+    let size = line[..digits].iter().fold(0u64, |value, digit| (value << 4) | u64::from(hex_value(*digit)));
+    Ok(Some((end + 2, size)))
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
+
 /// The request head in HTTP/1.1's origin form, with a Host always (the
 /// target's `authority` when the request has none): with `forwarding`, its
 /// header section as the load balancer changes it (`forwarding`), else as
@@ -239,7 +298,14 @@ fn write_head(out: &mut Vec<u8>, request: &Parts, authority: &Authority, forward
     out.clear();
     out.extend_from_slice(request.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(request.uri.path_and_query().map_or("/", |it| it.as_str()).as_bytes());
+    // The origin form: a path always ("/" for an empty one, as in
+    // `http://a.example?x`), then the query.
+    let path = request.uri.path();
+    out.extend_from_slice(if path.is_empty() { b"/" } else { path.as_bytes() });
+    if let Some(query) = request.uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     match forwarding {
         Some(forwarding) => forwarding::write_fields(out, &request.headers, &request.uri, authority, forwarding),
@@ -337,13 +403,13 @@ fn step(framing: Framing, buf: &mut BytesMut) -> Step {
             Step::Data(buf.split_to(take).freeze(), next)
         }
         Framing::UntilClose if !buf.is_empty() => Step::Data(buf.split().freeze(), Framing::UntilClose),
-        Framing::Chunked(Chunk::Size) if !buf.is_empty() => match httparse::parse_chunk_size(buf) {
-            Ok(httparse::Status::Complete((used, size))) => {
+        Framing::Chunked(Chunk::Size) if !buf.is_empty() => match chunk_size(buf) {
+            Ok(Some((used, size))) => {
                 buf.advance(used);
                 Step::Next(Framing::Chunked(if size == 0 { Chunk::Trailers(0) } else { Chunk::Data(size) }))
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => Step::Read,
-            _ => Step::Fail(invalid("a bad chunk-size line")),
+            Ok(None) => Step::Read,
+            Err(()) => Step::Fail(invalid("a bad chunk-size line")),
         },
         Framing::Chunked(Chunk::DataEnd) if buf.len() >= 2 => {
             if &buf[..2] != b"\r\n" {
@@ -504,6 +570,13 @@ pub(super) mod tests {
             ];
             let (_, body, reusable) = exchange(Method::GET, chunked).await.unwrap();
             assert_eq!((&body[..], reusable), (&b"hello0123456789abcdef"[..], true));
+            // Both framings: the chunks count, the length is dropped, the
+            // connection is not reused.
+            let both: &[&[u8]] =
+                &[b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"];
+            let (response, body, reusable) = exchange(Method::GET, both).await.unwrap();
+            assert_eq!((&body[..], reusable), (&b"ok"[..], false));
+            assert!(!response.headers().contains_key(CONTENT_LENGTH));
 
             let until_close: &[&[u8]] = &[b"HTTP/1.0 200 OK\r\n\r\nall of ", b"it"];
             let (response, body, reusable) = exchange(Method::GET, until_close).await.unwrap();
@@ -532,6 +605,18 @@ pub(super) mod tests {
             assert!(exchange(Method::GET, short).await.unwrap_err().contains("mid-body"));
             let bad_chunk: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"];
             assert!(exchange(Method::GET, bad_chunk).await.unwrap_err().contains("chunk-size"));
+            // Content-Length is digits, nothing else.
+            let signed: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"];
+            assert!(exchange(Method::GET, signed).await.unwrap_err().contains("content-length"));
+            // A chunk-size line needs a hex digit, and CRLF.
+            let no_digit: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n"];
+            assert!(exchange(Method::GET, no_digit).await.unwrap_err().contains("chunk-size"));
+            let bare_lf: &[&[u8]] =
+                &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n"];
+            assert!(exchange(Method::GET, bare_lf).await.unwrap_err().contains("chunk-size"));
+            // Transfer-Encoding is not HTTP/1.0's.
+            let old: &[&[u8]] = &[b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"];
+            assert!(exchange(Method::GET, old).await.unwrap_err().contains("HTTP/1.0"));
             let not_http: &[&[u8]] = &[b"SSH-2.0-OpenSSH\r\n\r\n"];
             assert!(exchange(Method::GET, not_http).await.unwrap_err().contains("not HTTP/1.1"));
             // A head that never ends within the limit: refused, not buffered on.
@@ -552,6 +637,10 @@ pub(super) mod tests {
         let (parts, ()) = hyper::Request::get("http://127.0.0.9:80/a?b").body(()).unwrap().into_parts();
         write_head(&mut out, &parts, &authority, None);
         assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: 127.0.0.9:80\r\n\r\n");
+        // A query with no path: the path is "/".
+        let (parts, ()) = hyper::Request::get("http://127.0.0.9:80?b").body(()).unwrap().into_parts();
+        write_head(&mut out, &parts, &authority, None);
+        assert_eq!(out, b"GET /?b HTTP/1.1\r\nhost: 127.0.0.9:80\r\n\r\n");
         // With forwarding: the fields as the load balancer changes them.
         let (parts, ()) = hyper::Request::get("/").header("connection", "close").body(()).unwrap().into_parts();
         let forwarding = Forwarding {

@@ -402,26 +402,29 @@ impl Http1Pool {
         Ok(Exchange::hyper(response, Some(connection)))
     }
 
-    /// Sends a bodiless request with `h1_client`. An idle connection found
-    /// closed is dropped unused; one the target closed or reset under the
-    /// request before any byte of an answer (it let go of the idle
-    /// connection as the request went out) is followed by a new one, when
-    /// the method is idempotent.
+    /// Sends a bodiless request with `h1_client`, on an idle connection
+    /// (those found closed are dropped unused) or a new one. When the idle
+    /// connection it went out on was closed or reset before any byte of an
+    /// answer (the target let go of it as the request went out), an
+    /// idempotent request is sent once more, on a new connection: never
+    /// twice on pooled ones, so a target that drops a request is sent it at
+    /// most twice here.
     async fn send_inline(
         &self,
         target: Endpoint<'_>,
         parts: &Parts,
         forwarding: Option<&Forwarding>,
     ) -> Result<Exchange, UpstreamError> {
-        let idempotent = retry::is_idempotent(&parts.method);
-        loop {
-            let Some(mut connection) = self.idle().inline.pop() else { break };
-            if !connection.is_usable() {
-                continue;
+        let idle = loop {
+            let Some(mut connection) = self.idle().inline.pop() else { break None };
+            if connection.is_usable() {
+                break Some(connection);
             }
+        };
+        if let Some(connection) = idle {
             match connection.send(parts, target.authority, forwarding).await {
                 Ok(response) => return Ok(Exchange { response: response.map(TargetBody::Inline) }),
-                Err(failed) if failed.unanswered && idempotent => {}
+                Err(failed) if failed.unanswered && retry::is_idempotent(&parts.method) => {}
                 Err(failed) => return Err(UpstreamError::exchange(failed.error)),
             }
         }
@@ -735,6 +738,63 @@ mod tests {
                 backend.h1.close_stale();
             }
         });
+    }
+
+    /// A target that reads a request and closes without answering is sent
+    /// it at most twice (once on a pooled connection, once on a new one),
+    /// however many idle connections the pool holds.
+    #[test]
+    fn a_dropped_request_is_sent_at_most_twice() {
+        use http_body_util::{BodyExt, Either, Empty};
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::AsyncWriteExt;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+            let counted = dropped.clone();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let counted = counted.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let head = h1_client::tests::read_request_head(&mut stream).await;
+                            if head.starts_with(b"GET /drop ") {
+                                counted.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                        }
+                    });
+                }
+            });
+            let backend = super::super::selection::Backend::new("t", Ipv4Addr::LOCALHOST, addr.port());
+            let upstream = Upstream::new();
+            let send = |path: &str| {
+                let request = Request::get(format!("http://{addr}{path}")).body(Either::Right(Empty::new())).unwrap();
+                upstream.send(Transport::default(), backend.endpoint(), request)
+            };
+            // Four idle connections in the pool.
+            let answers = futures_join4(send("/ok"), send("/ok"), send("/ok"), send("/ok")).await;
+            for exchange in answers {
+                let mut body = exchange.unwrap().response.into_body();
+                while let Some(frame) = body.frame().await {
+                    frame.unwrap();
+                }
+                body.release_to(&backend.h1);
+            }
+            assert_eq!(backend.h1.idle().inline.len(), 4);
+            assert!(send("/drop").await.is_err());
+            assert_eq!(dropped.load(Ordering::Relaxed), 2);
+        });
+    }
+
+    /// Four futures driven together (the test's way to hold four
+    /// connections open at once).
+    async fn futures_join4<F: Future>(a: F, b: F, c: F, d: F) -> [F::Output; 4] {
+        let (ab, cd) = tokio::join!(async { tokio::join!(a, b) }, async { tokio::join!(c, d) });
+        [ab.0, ab.1, cd.0, cd.1]
     }
 
     #[test]
