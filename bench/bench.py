@@ -161,11 +161,13 @@ class Processes:
                 process.kill()
 
 
-def nginx_conf(work, name, body):
+def nginx_conf(work, name, body, master=True):
+    """An nginx configuration of one worker; `master=False` runs it in one
+    process (no master), as callgrind needs."""
     path = os.path.join(work, f"{name}.conf")
     with open(path, "w") as conf:
         conf.write(f"""daemon off;
-master_process on;
+master_process {'on' if master else 'off'};
 worker_processes 1;
 pid {work}/{name}.pid;
 error_log {work}/{name}.error.log warn;
@@ -180,6 +182,47 @@ http {{
   keepalive_requests 1000000;
   {body}
 }}
+""")
+    return path
+
+
+def nginx_proxy_server(port, extra=""):
+    """An nginx `server` proxying to upstream `backends` with keep-alive and
+    X-Forwarded-For, as lbctl and HAProxy do."""
+    return f"""
+  server {{
+    listen 127.0.0.1:{port};{extra}
+    location / {{
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}"""
+
+
+def haproxy_http_cfg(work, port, backend_ports):
+    """An HAProxy `mode http` configuration (one thread, connection reuse,
+    X-Forwarded-For) balancing over `backend_ports`; its path."""
+    path = os.path.join(work, "haproxy.cfg")
+    servers = "\n".join(f"  server b{idx} 127.0.0.1:{backend}" for idx, backend in enumerate(backend_ports))
+    with open(path, "w") as cfg:
+        cfg.write(f"""global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend front
+  bind 127.0.0.1:{port}
+  default_backend backends
+backend backends
+  balance roundrobin
+{servers}
 """)
     return path
 
@@ -324,49 +367,10 @@ def run_l7():
 
         upstream = " ".join(f"server 127.0.0.1:{port};" for port in backends)
         ports = {"nginx": free_port(), "nginx+logs": free_port(), "haproxy": free_port(), "lbctl": free_port(), "lbctl+logs": free_port()}
+        logged = f"\n    access_log {work}/nginx-access.log combined buffer=64k flush=100ms;"
         nginx = procs.start([tool("nginx"), "-c", nginx_conf(work, "proxy", f"""
-  upstream backends {{ {upstream} keepalive 128; }}
-  server {{
-    listen 127.0.0.1:{ports['nginx']};
-    location / {{
-      proxy_pass http://backends;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-  }}
-  server {{
-    listen 127.0.0.1:{ports['nginx+logs']};
-    access_log {work}/nginx-access.log combined buffer=64k flush=100ms;
-    location / {{
-      proxy_pass http://backends;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-  }}"""), "-p", work])
-
-        haproxy_cfg = os.path.join(work, "haproxy.cfg")
-        with open(haproxy_cfg, "w") as cfg:
-            servers = "\n".join(f"  server b{idx} 127.0.0.1:{port}" for idx, port in enumerate(backends))
-            cfg.write(f"""global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option forwardfor
-  http-reuse always
-frontend front
-  bind 127.0.0.1:{ports['haproxy']}
-  default_backend backends
-backend backends
-  balance roundrobin
-{servers}
-""")
-        haproxy = procs.start([tool("haproxy"), "-f", haproxy_cfg, "-db"])
+  upstream backends {{ {upstream} keepalive 128; }}{nginx_proxy_server(ports['nginx'])}{nginx_proxy_server(ports['nginx+logs'], logged)}"""), "-p", work])
+        haproxy = procs.start([tool("haproxy"), "-f", haproxy_http_cfg(work, ports["haproxy"], backends), "-db"])
 
         spec = os.path.join(stack_dir, "lbctl.yaml")
         targets = ", ".join(f"{{ ip: 127.0.0.1, port: {port} }}" for port in backends)
@@ -518,38 +522,8 @@ def run_instructions():
         ports = {"nginx": free_port(), "haproxy": free_port(), "lbctl": free_port()}
         # nginx in one process (no master), so that callgrind sees its worker.
         nginx_cfg = nginx_conf(work, "proxy", f"""
-  upstream backends {{ server 127.0.0.1:{backend_port}; keepalive 128; }}
-  server {{
-    listen 127.0.0.1:{ports['nginx']};
-    location / {{
-      proxy_pass http://backends;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
-  }}""")
-        with open(nginx_cfg) as conf:
-            text = conf.read().replace("master_process on;", "master_process off;")
-        with open(nginx_cfg, "w") as conf:
-            conf.write(text)
-        haproxy_cfg = os.path.join(work, "haproxy.cfg")
-        with open(haproxy_cfg, "w") as cfg:
-            cfg.write(f"""global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option forwardfor
-  http-reuse always
-frontend front
-  bind 127.0.0.1:{ports['haproxy']}
-  default_backend backends
-backend backends
-  server b0 127.0.0.1:{backend_port}
-""")
+  upstream backends {{ server 127.0.0.1:{backend_port}; keepalive 128; }}{nginx_proxy_server(ports['nginx'])}""", master=False)
+        haproxy_cfg = haproxy_http_cfg(work, ports["haproxy"], [backend_port])
         # lbctl: the proxy of an applied stack, run again under valgrind on
         # its own port and under its own name (its own status file), reading
         # the same target group.

@@ -476,8 +476,9 @@ async fn route(
     parts.version = Version::HTTP_11;
     // What an error answer's log line names; cheap (reference counts).
     let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
-    let deadline = Instant::now() + idle_timeout;
-    trace.sent = Some(Instant::now());
+    let sent_at = Instant::now();
+    let deadline = sent_at + idle_timeout;
+    trace.sent = Some(sent_at);
     trace.target = Some(in_flight.address());
     let answer = if lent {
         let sent = frontend.upstream.send_head(in_flight.endpoint(), &parts, &forwarding);
