@@ -94,7 +94,7 @@ impl SpecFile {
     pub fn diagnostic(&self, path: &str, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             file: self.file.clone(),
-            location: self.source_map.locate(path),
+            location: Some(self.source_map.locate(path)),
             path: path.to_string(),
             message: message.into(),
         }
@@ -141,12 +141,7 @@ pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagn
         let location = if at_key { source_map.locate_key(path) } else { source_map.locate(path) };
         // An unknown field is shown under its parent, at the field's key.
         let shown = if at_key { source_map::parent(path).unwrap_or("") } else { path };
-        Diagnostic {
-            file: file.to_string(),
-            location: Some(location.unwrap_or(Location::START)),
-            path: shown.to_string(),
-            message,
-        }
+        Diagnostic { file: file.to_string(), location: Some(location), path: shown.to_string(), message }
     };
     let mut diagnostics: Vec<Diagnostic> =
         problems.into_iter().map(|it| place(&it.path, it.at_key, it.message)).collect();

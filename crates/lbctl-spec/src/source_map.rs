@@ -41,17 +41,21 @@ impl SourceMap {
         builder.map
     }
 
-    /// The location of the value at `path`, or of its nearest recorded ancestor.
-    pub fn locate(&self, path: &str) -> Option<Location> {
+    /// The location of the value at `path`, or of its nearest recorded
+    /// ancestor, or else the start of the file. A path can have no recorded
+    /// ancestor although the typed parse read it: this reader stops at text
+    /// it cannot scan that the YAML parser accepts (a flow mapping continued
+    /// on a line indented less than its key), and records nothing after it.
+    pub fn locate(&self, path: &str) -> Location {
         let mut path = path;
         loop {
-            if let Some(location) = self.values.get(path) {
-                return Some(*location);
+            if let Some(location) = self.values.get(path).or_else(|| self.keys.get(path)) {
+                return *location;
             }
-            if let Some(location) = self.keys.get(path) {
-                return Some(*location);
+            match parent(path) {
+                Some(up) => path = up,
+                None => return Location::START,
             }
-            path = parent(path)?;
         }
     }
 
@@ -79,8 +83,8 @@ impl SourceMap {
     }
 
     /// The location of the key that introduces `path` (falls back to `locate`).
-    pub fn locate_key(&self, path: &str) -> Option<Location> {
-        self.keys.get(path).copied().or_else(|| self.locate(path))
+    pub fn locate_key(&self, path: &str) -> Location {
+        self.keys.get(path).copied().unwrap_or_else(|| self.locate(path))
     }
 }
 
@@ -182,9 +186,10 @@ impl MarkedEventReceiver for Builder {
 mod tests {
     use super::*;
 
-    fn check(source: &str, path: &str, expect: Option<(usize, usize)>) {
+    fn check(source: &str, path: &str, expect: (usize, usize)) {
         let map = SourceMap::build(source);
-        let got = map.locate(path).map(|it| (it.line, it.column));
+        let got = map.locate(path);
+        let got = (got.line, got.column);
         assert_eq!(got, expect, "locating {path}");
     }
 
@@ -192,14 +197,25 @@ mod tests {
 
     #[test]
     fn locates_values_by_path() {
-        check(DOC, "name", Some((2, 7)));
-        check(DOC, "load_balancers.public.listeners[0].port", Some((6, 15)));
-        check(DOC, "load_balancers.public.listeners[0].default_action.forward", Some((7, 36)));
+        check(DOC, "name", (2, 7));
+        check(DOC, "load_balancers.public.listeners[0].port", (6, 15));
+        check(DOC, "load_balancers.public.listeners[0].default_action.forward", (7, 36));
     }
 
     #[test]
     fn falls_back_to_the_nearest_ancestor() {
-        check(DOC, "load_balancers.public.listeners[0].rules[3]", Some((6, 9)));
-        check(DOC, "target_groups.web", None);
+        check(DOC, "load_balancers.public.listeners[0].rules[3]", (6, 9));
+        check(DOC, "target_groups.web", (1, 1));
+    }
+
+    #[test]
+    fn text_it_cannot_scan_leaves_what_follows_at_the_start_of_the_file() {
+        // libyaml (the typed parse) accepts a flow mapping continued at a
+        // lower indent; this reader stops there.
+        let doc =
+            "version: 1\ntarget_groups:\n  web:\n    health_check: {\n  path: /h }\nautoscaling_groups:\n  web: {}\n";
+        assert!(serde_yaml::from_str::<serde_yaml::Value>(doc).is_ok());
+        check(doc, "target_groups.web", (4, 5));
+        check(doc, "autoscaling_groups.web.target_groups[0]", (1, 1));
     }
 }

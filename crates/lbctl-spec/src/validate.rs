@@ -144,7 +144,7 @@ impl Checker<'_> {
                 if !is_dns_label(name) {
                     let message = format!("name `{name}` must be a DNS label: a-z, 0-9 and `-`, at most 63");
                     self.found.push(Diagnostic {
-                        location: self.file.source_map.locate_key(&format!("{kind}.{name}")),
+                        location: Some(self.file.source_map.locate_key(&format!("{kind}.{name}"))),
                         ..self.file.diagnostic(&format!("{kind}.{name}"), message)
                     });
                 }
