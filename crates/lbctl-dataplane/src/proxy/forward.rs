@@ -531,8 +531,7 @@ async fn route(
         Ok(Err(err)) => failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
         Ok(Ok(exchange)) => {
             trace.answered(&group, Some(exchange.response.status().as_u16()));
-            let (mut parts, body) = exchange.response.into_parts();
-            forwarding::remove_hop_by_hop(&mut parts.headers);
+            let (parts, body) = exchange.response.into_parts();
             let body = ProxyBody::upstream(body, in_flight);
             with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }

@@ -161,6 +161,8 @@ impl Connection {
             let mut chunked = false;
             let mut encoded = false;
             let mut keep_alive = version == Version::HTTP_11;
+            // Other headers `Connection` names: hop-by-hop too (rare).
+            let mut connection_named: Vec<HeaderName> = Vec::new();
             for field in parsed.headers.iter() {
                 let name = HeaderName::from_bytes(field.name.as_bytes())
                     .map_err(|_| invalid(format!("the target sent a bad header name {:?}", field.name)))?;
@@ -191,8 +193,10 @@ impl Connection {
                         let token = token.trim_ascii();
                         if token.eq_ignore_ascii_case(b"close") {
                             keep_alive = false;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                            keep_alive = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            keep_alive |= version == Version::HTTP_10;
+                        } else if let Ok(named) = HeaderName::from_bytes(token) {
+                            connection_named.push(named);
                         }
                     }
                 }
@@ -205,9 +209,11 @@ impl Connection {
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(fields.len());
             for (name, value) in fields.drain(..) {
-                // With Transfer-Encoding, a Content-Length is wrong and an
+                // The hop-by-hop headers go here rather than from the map
+                // later (the framing is known already); with
+                // Transfer-Encoding, a Content-Length is wrong and an
                 // intermediary must drop it (RFC 9112 6.3).
-                if encoded && name == CONTENT_LENGTH {
+                if forwarding::is_hop_by_hop(&name) || (encoded && name == CONTENT_LENGTH) {
                     continue;
                 }
                 let value = head.slice(value);
@@ -218,6 +224,9 @@ impl Connection {
                 // hold; hyper builds its own header maps the same way.
                 let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
                 headers.append(name, value);
+            }
+            for name in &connection_named {
+                headers.remove(name);
             }
             self.fields = fields;
             let bodiless = *method == Method::HEAD
@@ -593,6 +602,28 @@ pub(super) mod tests {
             let close: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"];
             let (_, body, reusable) = exchange(Method::GET, close).await.unwrap();
             assert_eq!((&body[..], reusable), (&b"ok"[..], false));
+        });
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_with_the_connection() {
+        run(async {
+            // The standard ones, and those `Connection` names (before or
+            // after it); the framing they gave still counts.
+            let answer: &[&[u8]] =
+                &[b"HTTP/1.1 200 OK\r\nx-private: 1\r\nconnection: keep-alive, X-Private, x-later\r\n\
+                keep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nx-later: 2\r\nx-kept: 3\r\nupgrade: h2c\r\n\r\n\
+                2\r\nok\r\n0\r\n\r\n"];
+            let (response, body, reusable) = exchange(Method::GET, answer).await.unwrap();
+            assert_eq!((&body[..], reusable), (&b"ok"[..], true));
+            let names: Vec<&str> = response.headers().keys().map(|it| it.as_str()).collect();
+            assert_eq!(names, ["x-kept"]);
+            // `close` among the options still ends the connection.
+            let close: &[&[u8]] =
+                &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-a, close\r\nx-a: 1\r\n\r\nok"];
+            let (response, body, reusable) = exchange(Method::GET, close).await.unwrap();
+            assert_eq!((&body[..], reusable), (&b"ok"[..], false));
+            assert_eq!(response.headers().keys().map(|it| it.as_str()).collect::<Vec<_>>(), ["content-length"]);
         });
     }
 

@@ -752,7 +752,7 @@ async fn serve_http<I>(
         let connection = connection.clone();
         let request_guard = requests.request();
         async move {
-            let response = forward::handle(&frontend, request, peer, &connection).await;
+            let response = Box::pin(forward::handle(&frontend, request, peer, &connection)).await;
             drop(request_guard);
             Ok::<_, Infallible>(response)
         }

@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::forwarding::Forwarding;
+use super::forwarding::{self, Forwarding};
 use super::{h1_client, retry};
 use crate::tls::{self, ClientAlpn};
 
@@ -221,13 +221,15 @@ pub struct Endpoint<'a> {
     pub h2: &'a Http2Connection,
 }
 
-/// A target's answer: the response head; the body streams on.
+/// A target's answer: the response head, without the headers that only
+/// concerned the target's connection (hop-by-hop); the body streams on.
 pub struct Exchange {
     pub response: Response<TargetBody>,
 }
 
 impl Exchange {
-    fn hyper(response: Response<Incoming>, connection: Option<http1::SendRequest<UpstreamBody>>) -> Exchange {
+    fn hyper(mut response: Response<Incoming>, connection: Option<http1::SendRequest<UpstreamBody>>) -> Exchange {
+        forwarding::remove_hop_by_hop(response.headers_mut());
         Exchange { response: response.map(|body| TargetBody::Hyper { body, connection }) }
     }
 }
