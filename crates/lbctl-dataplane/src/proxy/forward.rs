@@ -249,21 +249,22 @@ impl RequestHead {
     }
 }
 
-impl std::fmt::Display for RequestHead {
-    /// `GET http://host:port/path?query HTTP/1.1`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl access_log::Field for RequestHead {
+    /// `GET http://host:port/path?query HTTP/1.1`, the client's parts escaped.
+    fn write_field(&self, out: &mut Vec<u8>) {
         let host = self.host.as_ref().and_then(|it| it.to_str().ok()).unwrap_or("-");
         let path = self.path.as_ref().map_or("/", PathAndQuery::as_str);
-        let version = match self.version {
-            Version::HTTP_2 => "HTTP/2.0",
-            Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
+        let version: &[u8] = match self.version {
+            Version::HTTP_2 => b" HTTP/2.0",
+            Version::HTTP_10 => b" HTTP/1.0",
+            _ => b" HTTP/1.1",
         };
-        let scheme = if self.tls { "https" } else { "http" };
-        for part in [self.method.as_str(), " ", scheme, "://", host, path, " ", version] {
-            f.write_str(part)?;
-        }
-        Ok(())
+        let scheme: &[u8] = if self.tls { b" https://" } else { b" http://" };
+        access_log::escaped(out, self.method.as_str());
+        out.extend_from_slice(scheme);
+        access_log::escaped(out, host);
+        access_log::escaped(out, path);
+        out.extend_from_slice(version);
     }
 }
 
@@ -292,31 +293,25 @@ struct PendingLine {
 /// `arn:aws:elasticloadbalancing:local:000000000000:targetgroup/<name>/<id>`.
 struct GroupArn<'a>(&'a str, &'a str);
 
-impl std::fmt::Display for GroupArn<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl access_log::Field for GroupArn<'_> {
+    fn write_field(&self, out: &mut Vec<u8>) {
         let (stack, name) = (self.0, self.1);
         let mut id = [0; 16];
         access_log::hex_into(&mut id, u128::from(access_log::resource_hash(stack, name)));
-        f.write_str("arn:aws:elasticloadbalancing:local:000000000000:targetgroup/")?;
-        f.write_str(name)?;
-        f.write_str("/")?;
-        f.write_str(std::str::from_utf8(&id).map_err(|_| std::fmt::Error)?)
+        out.extend_from_slice(b"arn:aws:elasticloadbalancing:local:000000000000:targetgroup/");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(&id);
     }
 }
 
 /// `arn:aws:acm:local:000000000000:certificate/<elb>` (slashes as dashes).
 struct CertificateArn<'a>(&'a str);
 
-impl std::fmt::Display for CertificateArn<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("arn:aws:acm:local:000000000000:certificate/")?;
-        for part in self.0.split('/').enumerate() {
-            if part.0 > 0 {
-                f.write_str("-")?;
-            }
-            f.write_str(part.1)?;
-        }
-        Ok(())
+impl access_log::Field for CertificateArn<'_> {
+    fn write_field(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"arn:aws:acm:local:000000000000:certificate/");
+        out.extend(self.0.bytes().map(|byte| if byte == b'/' { b'-' } else { byte }));
     }
 }
 
@@ -343,10 +338,10 @@ impl PendingLine {
             request: &self.head,
             user_agent: self.head.user_agent.as_ref().and_then(|it| it.to_str().ok()).unwrap_or(""),
             tls: tls.map(|it| (it.0.as_str(), it.1)),
-            target_group_arn: group.as_ref().map(|it| it as &dyn std::fmt::Display),
+            target_group_arn: group.as_ref().map(|it| it as &dyn access_log::Field),
             trace_id: &self.head.trace_id,
             domain: tls.and_then(|it| it.2.as_deref()),
-            chosen_cert: tls.map(|_| &certificate as &dyn std::fmt::Display),
+            chosen_cert: tls.map(|_| &certificate as &dyn access_log::Field),
             matched_rule_priority: self.priority,
             request_creation_time: self.head.arrived_at,
             actions: self.actions,
@@ -727,6 +722,21 @@ impl Body for ProxyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_logged_request_line_escapes_what_the_client_wrote() {
+        use access_log::Field;
+        let line = |request: Request<()>| {
+            let mut out = Vec::new();
+            RequestHead::of(&request, &ConnectionInfo::default()).write_field(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        // A path cannot hold a quote or a backslash (hyper refuses them); a Host can.
+        let request = Request::get("/a?b=c").header(HOST, "\"shop\\x:8080").body(()).unwrap();
+        assert_eq!(line(request), "GET http://\\\"shop\\\\x:8080/a?b=c HTTP/1.1");
+        let request = Request::get("http://h2.example:443").version(Version::HTTP_2).body(()).unwrap();
+        assert_eq!(line(request), "GET http://h2.example:443/ HTTP/2.0");
+    }
 
     #[test]
     fn error_answers() {
