@@ -21,8 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Either;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, USER_AGENT};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
@@ -37,7 +36,7 @@ use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
 use super::selection::InFlight;
 use super::target_group::TargetGroup;
-use super::upstream::{self, BoxError, TargetBody, Upstream};
+use super::upstream::{self, BoxError, TargetBody, Upstream, UpstreamBody};
 use crate::runtime::ProxyConfig;
 
 /// The User-Agent of load balancers' health checks (AWS's, and lbctl's).
@@ -160,7 +159,7 @@ impl Trace {
 /// body write its access-log line once it is sent.
 pub async fn handle(
     frontend: &Frontend,
-    request: Request<Incoming>,
+    request: Request<UpstreamBody>,
     peer: SocketAddr,
     connection: &Arc<ConnectionInfo>,
 ) -> Response<ProxyBody> {
@@ -380,7 +379,7 @@ fn response_head_bytes(response: &Response<ProxyBody>) -> u64 {
 /// happened.
 async fn route(
     frontend: &Frontend,
-    request: Request<Incoming>,
+    request: Request<UpstreamBody>,
     peer: SocketAddr,
     trace: &mut Trace,
 ) -> Response<ProxyBody> {
@@ -504,7 +503,7 @@ async fn route(
         // the common case's, whose future would otherwise be as large (and
         // hyper moves a request's future whole, per request).
         let replay = Replay::capture(&parts, &body);
-        let request = Request::from_parts(parts, Either::Left(body));
+        let request = Request::from_parts(parts, body);
         let sent = frontend.upstream.send(transport, in_flight.endpoint(), request);
         let mut answer = Box::pin(tokio::time::timeout_at(deadline, sent)).await;
         if let Ok(Err(err)) = &answer {

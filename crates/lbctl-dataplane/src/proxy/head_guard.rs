@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -55,6 +56,8 @@ pub struct HeadGuard<S> {
     /// The connection's activity, told of late heads and of HTTP/2, so
     /// that its watchdog closes a connection whose head stopped arriving.
     activity: Arc<Activity>,
+    /// Bytes read (and scanned) already, to be read again first (`unread`).
+    unread: Bytes,
 }
 
 impl<S> HeadGuard<S> {
@@ -67,13 +70,25 @@ impl<S> HeadGuard<S> {
             header_read_timeout: HEADER_READ_TIMEOUT,
             head_started: None,
             activity,
+            unread: Bytes::new(),
         }
+    }
+
+    /// Gives back `bytes`, the last read from this stream and not used: the
+    /// next reads return them first (a server hands a connection over).
+    pub fn unread(&mut self, bytes: Bytes) {
+        self.unread = bytes;
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if this.scanner.state == State::Off || buf.filled().len() == before {

@@ -26,6 +26,7 @@
 //! | `status` | the status file |
 //! | `upstream` | connections to targets: HTTP/1.1 or HTTP/2, plain or TLS |
 //! | `h1_client` | HTTP/1.1 to a plain target for a bodiless request, driven by the request's own task |
+//! | `h1_server` | HTTP/1.1 from clients for bodiless requests; hands anything else to hyper's server |
 //!
 //! The same process serves both kinds of load balancer: HTTP and HTTPS
 //! listeners (application), TCP, TLS and UDP listeners (network), all bound
@@ -41,6 +42,7 @@ mod discovery;
 mod forward;
 mod forwarding;
 mod h1_client;
+mod h1_server;
 mod head_guard;
 mod health_check;
 mod lambda;
@@ -745,21 +747,60 @@ async fn serve_http<I>(
         .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
         .max_concurrent_streams(connection::MAX_CONCURRENT_STREAMS);
     let activity = Activity::new();
-    let requests = activity.clone();
     let connection = Arc::new(connection);
-    let service = service_fn(move |request| {
+    let closing = CancellationToken::new();
+    let io = head_guard::HeadGuard::new(io, activity.clone());
+    let serving = async {
+        let shared = h1_server::Shared {
+            frontend: &frontend,
+            peer,
+            connection: &connection,
+            activity: &activity,
+            closing: &closing,
+        };
+        let io = match h1_server::serve(io, shared).await {
+            h1_server::Served::Closed => return,
+            h1_server::Served::Handover(mut io, read) => {
+                io.unread(read);
+                io
+            }
+        };
+        let io = TokioIo::new(io);
+        let connection = builder.serve_connection(io, hyper_service(&frontend, peer, &connection, &activity));
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = closing.cancelled() => connection.as_mut().graceful_shutdown(),
+        }
+        let _ = connection.await;
+    };
+    connection::watch(serving, |_| closing.cancel(), &activity, idle_timeout, shutdown).await;
+}
+
+/// The request path as hyper's server calls it.
+fn hyper_service(
+    frontend: &Arc<Frontend>,
+    peer: SocketAddr,
+    connection: &Arc<ConnectionInfo>,
+    activity: &Arc<Activity>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<forward::ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<forward::ProxyBody>, Infallible>> + Send,
+> + Clone {
+    let (frontend, connection, requests) = (frontend.clone(), connection.clone(), activity.clone());
+    service_fn(move |request| {
         let frontend = frontend.clone();
         let connection = connection.clone();
         let request_guard = requests.request();
         async move {
+            let request = request.map(http_body_util::Either::Left);
             let response = Box::pin(forward::handle(&frontend, request, peer, &connection)).await;
             drop(request_guard);
             Ok::<_, Infallible>(response)
         }
-    });
-    let io = TokioIo::new(head_guard::HeadGuard::new(io, activity.clone()));
-    let connection = builder.serve_connection(io, service);
-    connection::watch(connection, |it| it.graceful_shutdown(), &activity, idle_timeout, shutdown).await;
+    })
 }
 
 #[cfg(test)]
@@ -1041,6 +1082,188 @@ mod tests {
             let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
             assert!(closed.is_ok(), "the idle connection is still open after 10 s");
             assert!(started.elapsed() >= Duration::from_millis(500), "closed after {:?}", started.elapsed());
+
+            stop_proxy.send(()).unwrap();
+            proxy.await.unwrap().unwrap();
+        });
+    }
+
+    /// A target that answers by path, on every connection it accepts:
+    /// `/chunked` in two chunks with a pause between, `/until-close` with a
+    /// body that ends when it closes, anything else (health checks) `ok`.
+    async fn start_raw_target() -> RegisteredTarget {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    loop {
+                        head.clear();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(byte[0]);
+                        }
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        if head.starts_with("GET /chunked ") {
+                            let first = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                            stream.write_all(first).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            stream.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+                        } else if head.starts_with("GET /until-close ") {
+                            stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it").await.unwrap();
+                            return;
+                        } else {
+                            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        RegisteredTarget { id: "raw".into(), ip: Ipv4Addr::LOCALHOST, port }
+    }
+
+    /// Reads one response from `stream` (`buf` keeps what follows it):
+    /// its head, and its body by its framing (content-length or chunked).
+    async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, Vec<(String, String)>, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut fields);
+            if let httparse::Status::Complete(len) = response.parse(buf).unwrap() {
+                let code = response.code.unwrap();
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|it| (it.name.to_ascii_lowercase(), String::from_utf8_lossy(it.value).into_owned()))
+                    .collect();
+                buf.drain(..len);
+                let header = |name: &str| headers.iter().find(|it| it.0 == name).map(|it| it.1.clone());
+                let mut body = Vec::new();
+                if header("transfer-encoding").as_deref() == Some("chunked") {
+                    loop {
+                        let mut size = None;
+                        while size.is_none() {
+                            if let Some(end) = buf.windows(2).position(|it| it == b"\r\n") {
+                                let digits = std::str::from_utf8(&buf[..end]).unwrap();
+                                let length = usize::from_str_radix(digits, 16).unwrap();
+                                if buf.len() >= end + 2 + length + 2 {
+                                    body.extend_from_slice(&buf[end + 2..end + 2 + length]);
+                                    buf.drain(..end + 2 + length + 2);
+                                    size = Some(length);
+                                    continue;
+                                }
+                            }
+                            fill(stream, buf, deadline).await;
+                        }
+                        if size == Some(0) {
+                            break;
+                        }
+                    }
+                } else {
+                    let length: usize = header("content-length").expect("a length").parse().unwrap();
+                    while buf.len() < length {
+                        fill(stream, buf, deadline).await;
+                    }
+                    body.extend(buf.drain(..length));
+                }
+                return (code, headers, String::from_utf8(body).unwrap());
+            }
+            fill(stream, buf, deadline).await;
+        }
+    }
+
+    /// Reads more of `stream` into `buf`.
+    async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let read =
+            tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await.expect("a response in 10 s").unwrap();
+        assert!(read > 0, "the connection closed mid-response");
+        buf.extend_from_slice(&chunk[..read]);
+    }
+
+    /// One connection carries pipelined requests, a request with a body
+    /// (which hyper's server then serves, on the same connection), and
+    /// `Connection: close`; bodies of unknown length go out chunked.
+    #[test]
+    fn requests_on_one_connection_whoever_serves_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = Layout::new(dir.path().join("run"));
+            write_group(&layout, &[start_raw_target().await]);
+            let port = free_port();
+            let listeners = format!(
+                r#"
+- port: {port}
+  protocol: HTTP
+  default_action: {{ forward: web }}
+  rules:
+    - priority: 10
+      conditions: {{ path_pattern: ["/teapot"] }}
+      action: {{ fixed_response: {{ status_code: 418, body: "short and stout" }} }}
+"#
+            );
+            let config_path = layout.lb_dir("public").join("config.json");
+            runtime::write_json(&config_path, &proxy_config(&layout, &listeners)).unwrap();
+            let (stop_proxy, proxy) = start_proxy(&config_path);
+            wait_for(&layout.lb_dir("public").join("status.json"), "the target healthy", |it| {
+                states(it, "web") == vec![("raw".into(), HealthState::Healthy)]
+            })
+            .await;
+
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut buf = Vec::new();
+            // Three requests in one write.
+            stream
+                .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /teapot HTTP/1.1\r\nhost: x\r\n\r\nGET /chunked HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let (code, headers, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (200, "ok\n"));
+            assert!(headers.iter().any(|it| it.0 == "date"), "{headers:?}");
+            let (code, _, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (418, "short and stout"));
+            let (code, headers, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (200, "hello world"), "{headers:?}");
+            // A body of unknown length goes out chunked, and the connection stays.
+            stream.write_all(b"GET /until-close HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            let (code, headers, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (200, "all of it"));
+            assert!(headers.contains(&("transfer-encoding".into(), "chunked".into())), "{headers:?}");
+            // A request with a body: hyper's server from here on.
+            stream.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc").await.unwrap();
+            assert_eq!(read_response(&mut stream, &mut buf).await.0, 200);
+            stream.write_all(b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+            let (code, headers, _) = read_response(&mut stream, &mut buf).await;
+            assert_eq!(code, 200);
+            assert!(headers.contains(&("connection".into(), "close".into())), "{headers:?}");
+            assert_eq!(stream.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after Connection: close");
+            assert!(buf.is_empty());
+
+            // Served here, `Connection: close` closes too.
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.write_all(b"GET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+            let (code, headers, _) = read_response(&mut stream, &mut buf).await;
+            assert_eq!(code, 200);
+            assert!(headers.contains(&("connection".into(), "close".into())), "{headers:?}");
+            assert_eq!(stream.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after Connection: close");
+
+            // What hyper answers, it still does: a bad head, HTTP/1.0.
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.write_all(b"GET /a HTTP/1.1\r\nbad header\r\n\r\n").await.unwrap();
+            assert_eq!(read_response(&mut stream, &mut buf).await.0, 400);
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            buf.clear();
+            stream.write_all(b"GET /a HTTP/1.0\r\n\r\n").await.unwrap();
+            let (code, _, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (200, "ok\n"));
 
             stop_proxy.send(()).unwrap();
             proxy.await.unwrap().unwrap();

@@ -26,7 +26,7 @@ use std::io;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::http::request::Parts;
 use hyper::http::uri::Authority;
 use hyper::{HeaderMap, Method, Request, Uri, Version};
@@ -47,7 +47,7 @@ pub struct Replay {
 impl Replay {
     /// A copy of the head of a request about to be forwarded (`parts` as
     /// sent, `body` its body), or `None` when the request has a body.
-    pub fn capture(parts: &Parts, body: &Incoming) -> Option<Replay> {
+    pub fn capture(parts: &Parts, body: &impl Body) -> Option<Replay> {
         if !body.is_end_stream() {
             return None;
         }

@@ -1,0 +1,403 @@
+//! The HTTP/1.1 server of a client connection's common case: requests
+//! without a body, read with httparse from a buffer the connection keeps,
+//! answered with the response head and the start of its body in one write,
+//! one after the other on the connection's own task (keep-alive and
+//! pipelining).
+//!
+//! Whatever it does not serve itself it hands over, with every byte it has
+//! read, to hyper's server for the rest of the connection, which then
+//! answers as it always did: a head that does not parse or is too large
+//! (400, 431), HTTP/1.0, a request with a body, `Expect` or `Upgrade`,
+//! `HEAD` and `CONNECT`, and HTTP/2 (its preface is not an HTTP/1.1 head).
+//! Either way a request goes through the same request path (`forward`).
+//!
+//! Not this module's: routing and forwarding (`forward`), the connection's
+//! watchdog and its graceful close (`connection`; `closing` tells this
+//! server), the head checks (`head_guard` wraps the stream read here).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{Either, Empty};
+use hyper::body::Body;
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::Activity;
+use super::forward::{self, ConnectionInfo, Frontend, ProxyBody};
+use super::upstream::UpstreamBody;
+use super::MAX_REQUEST_HEAD_BYTES;
+
+/// Header fields a head may have: hyper's default, so that a head this
+/// server hands over for having more gets hyper's 431 as before.
+const MAX_HEADERS: usize = 100;
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 8 * 1024;
+/// Response bytes gathered before they are written.
+const WRITE_AT: usize = 64 * 1024;
+
+/// How a connection left this server.
+pub enum Served<I> {
+    /// It closed, or was closed.
+    Closed,
+    /// Its next request is not one this server serves: the stream, and the
+    /// bytes read from it that nothing has used (that request's first).
+    Handover(I, Bytes),
+}
+
+/// What the connection's requests share.
+pub struct Shared<'a> {
+    pub frontend: &'a Arc<Frontend>,
+    pub peer: SocketAddr,
+    pub connection: &'a Arc<ConnectionInfo>,
+    pub activity: &'a Arc<Activity>,
+    /// Cancelled when the connection is to close once its request in
+    /// flight, if any, is answered.
+    pub closing: &'a CancellationToken,
+}
+
+/// Serves the connection's requests until it closes or one is to be
+/// handed over.
+pub async fn serve<I>(mut io: I, shared: Shared<'_>) -> Served<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut fields = Vec::new();
+    let mut closing = pin!(shared.closing.cancelled());
+    loop {
+        // A whole head.
+        let head = loop {
+            if !buf.is_empty() {
+                match parse(&buf, &mut fields) {
+                    Parse::Head(head) => break head,
+                    Parse::Partial if buf.len() < MAX_REQUEST_HEAD_BYTES => {}
+                    Parse::Partial | Parse::Other => return Served::Handover(io, buf.freeze()),
+                }
+            }
+            buf.reserve(READ_SIZE);
+            let read = std::future::poll_fn(|cx| match poll_read_buf(Pin::new(&mut io), cx, &mut buf) {
+                // Between requests, a graceful close closes at once.
+                Poll::Pending if buf.is_empty() => closing.as_mut().poll(cx).map(|()| Ok(0)),
+                other => other,
+            })
+            .await;
+            if !matches!(read, Ok(read) if read > 0) {
+                return Served::Closed;
+            }
+        };
+        let request = match head.request(&mut buf, &fields) {
+            Ok(request) => request,
+            Err(unused) => return Served::Handover(io, unused),
+        };
+        let guard = shared.activity.request();
+        let response = forward::handle(shared.frontend, request, shared.peer, shared.connection).await;
+        drop(guard);
+        let close = head.close || shared.closing.is_cancelled();
+        if respond(&mut io, &mut out, response, close).await.is_err() || close {
+            return Served::Closed;
+        }
+    }
+}
+
+/// A parsed head this server serves.
+struct Head {
+    method: Method,
+    /// Where the request target is in the buffer.
+    target: Range<usize>,
+    /// The head's length.
+    len: usize,
+    /// The client asked to close after this request.
+    close: bool,
+}
+
+enum Parse {
+    Head(Head),
+    Partial,
+    /// Not a request this server serves (or not one at all): hyper's.
+    Other,
+}
+
+/// Reads the head at the start of `buf`, its fields' names and where their
+/// values are into `fields`.
+fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Other,
+    };
+    let method = match parsed.method.map(|it| Method::from_bytes(it.as_bytes())) {
+        Some(Ok(method)) if method != Method::HEAD && method != Method::CONNECT => method,
+        _ => return Parse::Other,
+    };
+    let (Some(1), Some(target)) = (parsed.version, parsed.path) else {
+        return Parse::Other;
+    };
+    let base = buf.as_ptr() as usize;
+    let at = |text: &[u8]| {
+        let start = text.as_ptr() as usize - base;
+        start..start + text.len()
+    };
+    let mut close = false;
+    fields.clear();
+    for field in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+            return Parse::Other;
+        };
+        if name == CONTENT_LENGTH {
+            // A body, or a length hyper will judge.
+            if field.value != b"0" {
+                return Parse::Other;
+            }
+        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            return Parse::Other;
+        } else if name == CONNECTION {
+            close |= field.value.split(|it| *it == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        fields.push((name, at(field.value)));
+    }
+    Parse::Head(Head { method, target: at(target.as_bytes()), len, close })
+}
+
+impl Head {
+    /// The request, its head taken from `buf`; or, when its target is not
+    /// a URI, every byte not used, for hyper (which answers 400).
+    fn request(
+        &self,
+        buf: &mut BytesMut,
+        fields: &[(HeaderName, Range<usize>)],
+    ) -> Result<Request<UpstreamBody>, Bytes> {
+        let head = buf.split_to(self.len).freeze();
+        let uri = match Uri::from_maybe_shared(head.slice(self.target.clone())) {
+            Ok(uri) => uri,
+            Err(_) => {
+                let mut unused = BytesMut::with_capacity(head.len() + buf.len());
+                unused.extend_from_slice(&head);
+                unused.extend_from_slice(buf);
+                return Err(unused.freeze());
+            }
+        };
+        let mut request = Request::new(Either::Right(Empty::new()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        let headers = request.headers_mut();
+        headers.reserve(fields.len());
+        for (name, value) in fields {
+            let value = head.slice(value.clone());
+            debug_assert!(HeaderValue::from_maybe_shared(value.clone()).is_ok());
+            // SAFETY: httparse accepted these bytes as a field value (HTAB,
+            // SP, visible ASCII and bytes 0x80 and up: no other control
+            // byte, no DEL), exactly what a `HeaderValue` may hold; hyper's
+            // server builds its header maps the same way.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
+            headers.append(name.clone(), value);
+        }
+        Ok(request)
+    }
+}
+
+/// How a response body is framed on the wire.
+enum Framing {
+    /// This many bytes left.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response` (its head, then its body as it comes; `close` adds
+/// `Connection: close`), as hyper's server would for the same request.
+async fn respond<I>(io: &mut I, out: &mut Vec<u8>, response: Response<ProxyBody>, close: bool) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    out.clear();
+    let status = parts.status;
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    if status == StatusCode::OK && reason.is_none() {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        match reason {
+            Some(reason) => out.extend_from_slice(reason.as_bytes()),
+            None => out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    // No body for 1xx, 204 and 304 (HEAD is not served here).
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let mut length = None;
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && (bodiless || length.is_some())) {
+            continue;
+        }
+        if *name == CONTENT_LENGTH {
+            let Some(declared) = std::str::from_utf8(value.as_bytes()).ok().and_then(|it| it.parse().ok()) else {
+                continue;
+            };
+            length = Some(declared);
+        }
+        if *name == CONNECTION && close {
+            continue;
+        }
+        dated |= *name == DATE;
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let mut framing = Framing::Length(0);
+    if !bodiless {
+        framing = match length {
+            Some(length) => Framing::Length(length),
+            None if body.is_end_stream() => {
+                field(out, b"content-length", b"0");
+                Framing::Length(0)
+            }
+            None => match body.size_hint().exact() {
+                Some(exact) => {
+                    field(out, b"content-length", itoa::Buffer::new().format(exact).as_bytes());
+                    Framing::Length(exact)
+                }
+                None => {
+                    field(out, b"transfer-encoding", b"chunked");
+                    Framing::Chunked
+                }
+            },
+        };
+    }
+    if close {
+        field(out, b"connection", b"close");
+    }
+    if !dated {
+        field(out, b"date", &DATE_NOW.with(CachedDate::now));
+    }
+    out.extend_from_slice(b"\r\n");
+    if !bodiless {
+        write_body(io, out, &mut body, framing).await?;
+    }
+    io.write_all(out).await?;
+    io.flush().await
+}
+
+/// Appends the body to `out` as it comes, writing `out` whenever the body
+/// makes the connection wait and whenever `WRITE_AT` bytes are gathered; a
+/// body that ends short of its length, or errs, is an error (the
+/// connection closes, as hyper's does).
+async fn write_body<I>(io: &mut I, out: &mut Vec<u8>, body: &mut ProxyBody, mut framing: Framing) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    loop {
+        let frame =
+            match std::future::poll_fn(|cx: &mut Context<'_>| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    io.write_all(out).await?;
+                    io.flush().await?;
+                    out.clear();
+                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+                }
+            };
+        let data = match frame {
+            None => break,
+            Some(Err(err)) => return Err(io::Error::other(err)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: HTTP/1.1 clients get none, as from hyper.
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match &mut framing {
+            Framing::Length(left) => {
+                if data.len() as u64 > *left {
+                    return Err(io::Error::other("the response body is longer than its length"));
+                }
+                *left -= data.len() as u64;
+                out.extend_from_slice(&data);
+            }
+            Framing::Chunked => {
+                let mut size = [0u8; 16];
+                let digits = hex(&mut size, data.len());
+                out.extend_from_slice(digits);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if out.len() >= WRITE_AT {
+            io.write_all(out).await?;
+            out.clear();
+        }
+    }
+    match framing {
+        Framing::Length(0) => Ok(()),
+        Framing::Length(_) => Err(io::Error::other("the response body ended short of its length")),
+        Framing::Chunked => {
+            out.extend_from_slice(b"0\r\n\r\n");
+            Ok(())
+        }
+    }
+}
+
+/// `value` in lowercase hex, written at the end of `buf`.
+fn hex(buf: &mut [u8; 16], mut value: usize) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[value & 0xf];
+        value >>= 4;
+        if value == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` header's value, formatted once a second per thread.
+struct CachedDate {
+    second: Cell<u64>,
+    text: Cell<[u8; 29]>,
+}
+
+thread_local! {
+    static DATE_NOW: CachedDate = const { CachedDate { second: Cell::new(u64::MAX), text: Cell::new([0; 29]) } };
+}
+
+impl CachedDate {
+    fn now(&self) -> [u8; 29] {
+        let now = SystemTime::now();
+        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |it| it.as_secs());
+        if second != self.second.get() {
+            let mut text = [0; 29];
+            text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
+            self.text.set(text);
+            self.second.set(second);
+        }
+        self.text.get()
+    }
+}
