@@ -22,9 +22,11 @@
 //!   backlog, so bursts of connections queue in the kernel rather than
 //!   being refused.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -259,8 +261,10 @@ impl Drop for RequestGuard {
 /// what is in flight, then close; HTTP/2 `GOAWAY`) when its `activity` says
 /// it is due (see the module's documentation) or when `shutdown` is
 /// cancelled, and dropping it when a graceful close takes longer than
-/// `CLOSE_GRACE`.
-pub async fn watch<C: std::future::Future>(
+/// `CLOSE_GRACE`. `close` runs on the connection's own task, and the
+/// connection is polled again right after it (a flag it sets is seen
+/// without a wake-up).
+pub async fn watch<C: Future>(
     connection: C,
     close: impl Fn(std::pin::Pin<&mut C>),
     activity: &Activity,
@@ -271,33 +275,49 @@ pub async fn watch<C: std::future::Future>(
     let look_every = idle_timeout.min(LOOK_EVERY);
     let timer = tokio::time::sleep(look_every);
     tokio::pin!(timer);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            () = shutdown.cancelled(), if !closing => {
-                close(connection.as_mut());
-                closing = true;
-                timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
-            }
-            () = &mut timer => {
-                if closing {
-                    return;
-                }
-                let now = Instant::now();
-                match activity.deadline(idle_timeout) {
-                    Some(due) if due <= now => {
-                        close(connection.as_mut());
-                        closing = true;
-                        timer.as_mut().reset(now + CLOSE_GRACE);
-                    }
-                    Some(due) => timer.as_mut().reset(due.min(now + look_every)),
-                    // Busy: look again in a while (a request's own time is bounded elsewhere).
-                    None => timer.as_mut().reset(now + look_every),
-                }
-            }
+    // The timer and `shutdown`, once polled, wake the task when due; on its
+    // other wake-ups (the connection's I/O, a few per request) only the
+    // connection is polled, and they are read as flags: polling them again
+    // cost a lock each time.
+    let mut armed = false;
+    std::future::poll_fn(|cx| loop {
+        if connection.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
         }
-    }
+        if armed && !(timer.is_elapsed() || (!closing && shutdown.is_cancelled())) {
+            return Poll::Pending;
+        }
+        armed = false;
+        if !closing && cancelled.as_mut().poll(cx).is_ready() {
+            close(connection.as_mut());
+            closing = true;
+            timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+            continue;
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            if closing {
+                return Poll::Ready(());
+            }
+            let now = Instant::now();
+            match activity.deadline(idle_timeout) {
+                Some(due) if due <= now => {
+                    close(connection.as_mut());
+                    closing = true;
+                    timer.as_mut().reset(now + CLOSE_GRACE);
+                }
+                Some(due) => timer.as_mut().reset(due.min(now + look_every)),
+                // Busy: look again in a while (a request's own time is bounded elsewhere).
+                None => timer.as_mut().reset(now + look_every),
+            }
+            continue;
+        }
+        armed = true;
+        return Poll::Pending;
+    })
+    .await
 }
 
 #[cfg(test)]

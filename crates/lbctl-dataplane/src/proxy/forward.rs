@@ -640,7 +640,7 @@ impl ProxyBody {
         ProxyBody { kind, stats: None, received: 0, sent: 0, log: None }
     }
 
-    fn full(bytes: Bytes) -> ProxyBody {
+    pub(super) fn full(bytes: Bytes) -> ProxyBody {
         ProxyBody::new(BodyKind::Full(if bytes.is_empty() { None } else { Some(bytes) }))
     }
 

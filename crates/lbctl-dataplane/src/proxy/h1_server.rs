@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{Either, Empty};
 use hyper::body::Body;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
@@ -64,7 +64,10 @@ pub struct Shared<'a> {
     pub connection: &'a Arc<ConnectionInfo>,
     pub activity: &'a Arc<Activity>,
     /// Cancelled when the connection is to close once its request in
-    /// flight, if any, is answered.
+    /// flight, if any, is answered. The watchdog cancels it on the
+    /// connection's own task and polls the connection right after
+    /// (`connection::watch`), so `serve` reads it as a flag where it would
+    /// wait, and needs no wake-up for it (waiting on it cost a lock per read).
     pub closing: &'a CancellationToken,
 }
 
@@ -77,26 +80,35 @@ where
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut fields = Vec::new();
-    let mut closing = pin!(shared.closing.cancelled());
     loop {
-        // A whole head.
+        // A whole head. After a first look, it is parsed again only when
+        // the bytes read since could end it (`ends_a_head`): a head
+        // trickling in a byte at a time would otherwise be parsed from its
+        // start on every read.
+        let mut looked = None;
         let head = loop {
-            if !buf.is_empty() {
+            // Blank lines before a request line are skipped, as hyper does.
+            let blank = buf.iter().take_while(|it| matches!(it, b'\r' | b'\n')).count();
+            buf.advance(blank);
+            if !buf.is_empty() && looked.is_none_or(|looked| ends_a_head(&buf, looked)) {
                 match parse(&buf, &mut fields) {
                     Parse::Head(head) => break head,
-                    Parse::Partial if buf.len() < MAX_REQUEST_HEAD_BYTES => {}
+                    Parse::Partial if buf.len() < MAX_REQUEST_HEAD_BYTES => looked = Some(buf.len()),
                     Parse::Partial | Parse::Other => return Served::Handover(io, buf.freeze()),
                 }
             }
+            looked = looked.map(|_| buf.len());
             buf.reserve(READ_SIZE);
             let read = std::future::poll_fn(|cx| match poll_read_buf(Pin::new(&mut io), cx, &mut buf) {
                 // Between requests, a graceful close closes at once.
-                Poll::Pending if buf.is_empty() => closing.as_mut().poll(cx).map(|()| Ok(0)),
+                Poll::Pending if buf.is_empty() && shared.closing.is_cancelled() => Poll::Ready(Ok(0)),
                 other => other,
             })
             .await;
-            if !matches!(read, Ok(read) if read > 0) {
-                return Served::Closed;
+            match read {
+                Ok(0) if buf.is_empty() => return closed(io).await,
+                Ok(0) | Err(_) => return Served::Closed,
+                Ok(_) => {}
             }
         };
         let request = match head.request(&mut buf, &fields) {
@@ -104,13 +116,61 @@ where
             Err(unused) => return Served::Handover(io, unused),
         };
         let guard = shared.activity.request();
-        let response = forward::handle(shared.frontend, request, shared.peer, shared.connection).await;
+        let response = {
+            // While the request is answered, a client that closes (or
+            // fails) ends it, as with hyper's server; bytes that come
+            // instead are the next request's, kept.
+            let mut answer = pin!(forward::handle(shared.frontend, request, shared.peer, shared.connection));
+            let mut watch = buf.is_empty();
+            buf.reserve(READ_SIZE);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+                if watch {
+                    match poll_read_buf(Pin::new(&mut io), cx, &mut buf) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                        Poll::Ready(Ok(_)) => watch = false,
+                        Poll::Pending => {}
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
         drop(guard);
-        let close = head.close || shared.closing.is_cancelled();
-        if respond(&mut io, &mut out, response, close).await.is_err() || close {
-            return Served::Closed;
+        let Some(response) = response else {
+            return closed(io).await;
+        };
+        // An interim status is no final answer (hyper's server refuses it
+        // the same way); a switched protocol ends the connection.
+        let interim = response.status().is_informational();
+        let close = head.close || interim || shared.closing.is_cancelled();
+        let written = respond(&mut io, &mut out, response, close).await;
+        // A large body's buffer is not kept by an idle connection.
+        if out.capacity() > 2 * WRITE_AT {
+            out = Vec::new();
+        }
+        match written {
+            Err(_) => return Served::Closed,
+            Ok(()) if close => return closed(io).await,
+            Ok(()) => {}
         }
     }
+}
+
+/// Closes the connection's sending side (on TLS, `close_notify`), as hyper's
+/// server does before it lets a connection go.
+async fn closed<I: AsyncWrite + Unpin>(mut io: I) -> Served<I> {
+    let _ = io.shutdown().await;
+    Served::Closed
+}
+
+/// Whether the bytes of `buf` after its first `looked` (those read since a
+/// head was last found incomplete) could end a head: a blank line.
+fn ends_a_head(buf: &[u8], looked: usize) -> bool {
+    let new = &buf[looked.min(buf.len()).saturating_sub(3)..];
+    new.windows(2).any(|it| it == b"\n\n") || new.windows(3).any(|it| it == b"\n\r\n")
 }
 
 /// A parsed head this server serves.
@@ -137,9 +197,10 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
+        // A head over the limit is hyper's to refuse (431).
+        Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => len,
+        Ok(httparse::Status::Complete(_)) | Err(_) => return Parse::Other,
         Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(_) => return Parse::Other,
     };
     let method = match parsed.method.map(|it| Method::from_bytes(it.as_bytes())) {
         Some(Ok(method)) if method != Method::HEAD && method != Method::CONNECT => method,
@@ -225,8 +286,13 @@ async fn respond<I>(io: &mut I, out: &mut Vec<u8>, response: Response<ProxyBody>
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     out.clear();
+    if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        parts = Response::new(()).into_parts().0;
+        parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+        body = ProxyBody::full(Bytes::new());
+    }
     let status = parts.status;
     let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
     if status == StatusCode::OK && reason.is_none() {
@@ -250,7 +316,7 @@ where
             continue;
         }
         if *name == CONTENT_LENGTH {
-            let Some(declared) = std::str::from_utf8(value.as_bytes()).ok().and_then(|it| it.parse().ok()) else {
+            let Some(declared) = decimal(value.as_bytes()) else {
                 continue;
             };
             length = Some(declared);
@@ -333,6 +399,10 @@ where
                 }
                 *left -= data.len() as u64;
                 out.extend_from_slice(&data);
+                if *left == 0 {
+                    // All of it: what follows (an end, trailers) is not waited for.
+                    break;
+                }
             }
             Framing::Chunked => {
                 let mut size = [0u8; 16];
@@ -356,6 +426,14 @@ where
             Ok(())
         }
     }
+}
+
+/// A run of ASCII digits as a number; `None` for anything else.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// `value` in lowercase hex, written at the end of `buf`.
@@ -399,5 +477,86 @@ impl CachedDate {
             self.second.set(second);
         }
         self.text.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(head: &[u8]) -> &'static str {
+        match parse(head, &mut Vec::new()) {
+            Parse::Head(_) => "served",
+            Parse::Partial => "partial",
+            Parse::Other => "hyper's",
+        }
+    }
+
+    #[test]
+    fn only_bodiless_http11_requests_are_served_here() {
+        assert_eq!(kind(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"), "served");
+        assert_eq!(kind(b"DELETE /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n"), "served");
+        assert_eq!(kind(b"GET / HTTP/1.1\r\nhost: x\r\n"), "partial");
+        for other in [
+            &b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert_eq!(kind(other), "hyper's", "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn a_head_is_parsed_again_only_when_new_bytes_may_end_it() {
+        let head = b"GET / HTTP/1.1\r\nx: 1\r\n\r\n";
+        // Looked at up to each point: could what came after end the head?
+        assert!(!ends_a_head(&head[..20], 10));
+        assert!(ends_a_head(head, head.len() - 1));
+        assert!(ends_a_head(head, head.len() - 2));
+        assert!(ends_a_head(b"GET / HTTP/1.1\n\n", 15));
+        assert!(!ends_a_head(b"GET / HTTP/1.1\r\nx: 1\r\n", 5));
+    }
+
+    async fn written(response: Response<ProxyBody>, close: bool) -> String {
+        let mut out = Vec::new();
+        let mut wire = Vec::new();
+        respond(&mut wire, &mut out, response, close).await.unwrap();
+        let text = String::from_utf8(wire).unwrap();
+        // The date moves; the rest is exact.
+        let date = text.find("date: ").unwrap();
+        text[..date].to_string() + &text[date + "date: ".len() + 29..]
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_as_hyper_frames_them() {
+        let mut response = Response::new(ProxyBody::full(Bytes::from_static(b"short")));
+        *response.status_mut() = StatusCode::IM_A_TEAPOT;
+        assert_eq!(written(response, false).await, "HTTP/1.1 418 I'm a teapot\r\ncontent-length: 5\r\n\r\n\r\nshort");
+        let response = Response::new(ProxyBody::full(Bytes::new()));
+        assert_eq!(
+            written(response, true).await,
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n\r\n"
+        );
+        let mut response = Response::new(ProxyBody::full(Bytes::from_static(b"ignored")));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        assert_eq!(written(response, false).await, "HTTP/1.1 204 No Content\r\n\r\n\r\n");
+        // An interim status as a final answer: hyper's 500.
+        let mut response = Response::new(ProxyBody::full(Bytes::from_static(b"x")));
+        *response.status_mut() = StatusCode::from_u16(103).unwrap();
+        assert_eq!(
+            written(response, true).await,
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n\r\n"
+        );
+        let mut response = Response::new(ProxyBody::full(Bytes::from_static(b"x")));
+        response.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b"Fine"));
+        assert_eq!(written(response, false).await, "HTTP/1.1 200 Fine\r\ncontent-length: 1\r\n\r\n\r\nx");
     }
 }

@@ -84,7 +84,7 @@ impl<S> HeadGuard<S> {
 impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.unread.is_empty() {
+        if !this.unread.is_empty() && buf.remaining() > 0 {
             let n = this.unread.len().min(buf.remaining());
             buf.put_slice(&this.unread.split_to(n));
             return Poll::Ready(Ok(()));

@@ -765,12 +765,22 @@ async fn serve_http<I>(
                 io
             }
         };
+        // Closing already: one more answer (the request handed over), then
+        // close; a graceful shutdown now could cancel hyper's look at the
+        // protocol and lose that request.
+        let closed_already = closing.is_cancelled();
+        if closed_already {
+            builder.http1().keep_alive(false);
+        }
         let io = TokioIo::new(io);
         let connection = builder.serve_connection(io, hyper_service(&frontend, peer, &connection, &activity));
         tokio::pin!(connection);
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            () = closing.cancelled() => connection.as_mut().graceful_shutdown(),
+        if !closed_already {
+            tokio::select! {
+                biased;
+                _ = connection.as_mut() => return,
+                () = closing.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
         }
         let _ = connection.await;
     };
@@ -1228,7 +1238,7 @@ mod tests {
             let (code, headers, body) = read_response(&mut stream, &mut buf).await;
             assert_eq!((code, body.as_str()), (200, "ok\n"));
             assert!(headers.iter().any(|it| it.0 == "date"), "{headers:?}");
-            let (code, _, body) = read_response(&mut stream, &mut buf).await;
+            let (code, fast_teapot, body) = read_response(&mut stream, &mut buf).await;
             assert_eq!((code, body.as_str()), (418, "short and stout"));
             let (code, headers, body) = read_response(&mut stream, &mut buf).await;
             assert_eq!((code, body.as_str()), (200, "hello world"), "{headers:?}");
@@ -1237,9 +1247,28 @@ mod tests {
             let (code, headers, body) = read_response(&mut stream, &mut buf).await;
             assert_eq!((code, body.as_str()), (200, "all of it"));
             assert!(headers.contains(&("transfer-encoding".into(), "chunked".into())), "{headers:?}");
-            // A request with a body: hyper's server from here on.
-            stream.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc").await.unwrap();
+            // A head split across reads, after a blank line.
+            stream.write_all(b"\r\nGET /split HT").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stream.write_all(b"TP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
             assert_eq!(read_response(&mut stream, &mut buf).await.0, 200);
+            // A request with a body, between two others in one write: hyper's
+            // server from it on, with every byte after it.
+            stream
+                .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /teapot HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut stream, &mut buf).await.0, 200);
+            assert_eq!(read_response(&mut stream, &mut buf).await.0, 200);
+            let (code, hyper_teapot, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (418, "short and stout"));
+            // Both servers write the same fields (the date aside).
+            let fields = |headers: Vec<(String, String)>| {
+                let mut fields: Vec<_> = headers.into_iter().filter(|it| it.0 != "date").collect();
+                fields.sort();
+                fields
+            };
+            assert_eq!(fields(fast_teapot), fields(hyper_teapot));
             stream.write_all(b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
             let (code, headers, _) = read_response(&mut stream, &mut buf).await;
             assert_eq!(code, 200);
@@ -1255,10 +1284,21 @@ mod tests {
             assert!(headers.contains(&("connection".into(), "close".into())), "{headers:?}");
             assert_eq!(stream.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after Connection: close");
 
+            // An idle keep-alive connection is closed at the idle timeout (1 s
+            // here), not held until the watchdog gives up on it.
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.write_all(b"GET /d HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            assert_eq!(read_response(&mut stream, &mut buf).await.0, 200);
+            let idle = Instant::now();
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut [0u8; 16])).await;
+            assert_eq!(read.expect("closed within 5 s").unwrap(), 0);
+            assert!(idle.elapsed() >= Duration::from_millis(500), "closed after {:?}", idle.elapsed());
+
             // What hyper answers, it still does: a bad head, HTTP/1.0.
             let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             stream.write_all(b"GET /a HTTP/1.1\r\nbad header\r\n\r\n").await.unwrap();
             assert_eq!(read_response(&mut stream, &mut buf).await.0, 400);
+            assert_eq!(stream.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after a 400");
             let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             buf.clear();
             stream.write_all(b"GET /a HTTP/1.0\r\n\r\n").await.unwrap();
