@@ -1,5 +1,7 @@
 //! A guard on a client connection's bytes for the two request-head checks
-//! that hyper's HTTP/1 server does not make.
+//! that the HTTP/1 servers (`h1_server`, and hyper's, which it hands what it
+//! does not serve) do not make. A head the guard has changed does not parse,
+//! so `h1_server` hands it to hyper, which answers 400 as described below.
 //!
 //! - **Conflicting framing (request smuggling).** A head with both
 //!   `Content-Length` and `Transfer-Encoding` is how requests are smuggled
