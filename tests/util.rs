@@ -34,20 +34,40 @@ pub fn runtime_dir() -> PathBuf {
     dir
 }
 
-/// A port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 (TCP and UDP) right now, below the kernel's
+/// ephemeral range.
 ///
 /// A port is never handed out twice in one test run, so a port a test
 /// frees (a killed proxy) cannot be taken by another test meanwhile.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
-        let mut handed_out = HANDED_OUT.lock().unwrap();
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return port;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    // Below the kernel's ephemeral range: a port from it (what binding port
+    // 0 gives) can become the source port of any outgoing connection
+    // before the test's load balancer listens on it, which then fails with
+    // "address in use".
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral < LOW + 1_000 {
+        return TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+    }
+    let span = ephemeral - LOW;
+    let mut next = NEXT.lock().unwrap();
+    // Started at a place of this process's own, stepping on: never the same twice in a run.
+    let mut port = next.unwrap_or(LOW + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        let candidate = port;
+        port = if port + 1 >= ephemeral { LOW } else { port + 1 };
+        let free = TcpListener::bind((Ipv4Addr::LOCALHOST, candidate)).is_ok()
+            && std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, candidate)).is_ok();
+        if free {
+            *next = Some(port);
+            return candidate;
         }
     }
+    panic!("no free port on loopback between {LOW} and {ephemeral}");
 }
 
 /// The host lbctl prints in a load balancer's URLs: its DNS name when the
