@@ -525,7 +525,11 @@ async fn route(
         Ok(Err(err)) => failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
         Ok(Ok(exchange)) => {
             trace.answered(&group, Some(exchange.response.status().as_u16()));
-            let (parts, body) = exchange.response.into_parts();
+            let (mut parts, body) = exchange.response.into_parts();
+            // The target's HTTP version is its connection's, not the
+            // client's: both servers answer an HTTP/1.1 client in HTTP/1.1
+            // (hyper's answers an HTTP/1.0 client in HTTP/1.0 whatever this says).
+            parts.version = Version::HTTP_11;
             let body = ProxyBody::upstream(body, in_flight);
             with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }

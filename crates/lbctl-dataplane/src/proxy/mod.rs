@@ -1127,6 +1127,9 @@ mod tests {
                         } else if head.starts_with("GET /until-close ") {
                             stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it").await.unwrap();
                             return;
+                        } else if head.starts_with("GET /http10 ") {
+                            stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nold").await.unwrap();
+                            return;
                         } else {
                             stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await.unwrap();
                         }
@@ -1247,6 +1250,11 @@ mod tests {
             let (code, headers, body) = read_response(&mut stream, &mut buf).await;
             assert_eq!((code, body.as_str()), (200, "all of it"));
             assert!(headers.contains(&("transfer-encoding".into(), "chunked".into())), "{headers:?}");
+            // An HTTP/1.0 target's answer goes to an HTTP/1.1 client in HTTP/1.1.
+            stream.write_all(b"GET /http10 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            let (code, headers, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (200, "old"));
+            assert!(headers.contains(&("transfer-encoding".into(), "chunked".into())), "{headers:?}");
             // A head split across reads, after a blank line.
             stream.write_all(b"\r\nGET /split HT").await.unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1269,6 +1277,11 @@ mod tests {
                 fields
             };
             assert_eq!(fields(fast_teapot), fields(hyper_teapot));
+            // hyper's server too answers an HTTP/1.0 target's body in HTTP/1.1, chunked.
+            stream.write_all(b"GET /http10 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            let (code, headers, body) = read_response(&mut stream, &mut buf).await;
+            assert_eq!((code, body.as_str()), (200, "old"));
+            assert!(headers.contains(&("transfer-encoding".into(), "chunked".into())), "{headers:?}");
             stream.write_all(b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
             let (code, headers, _) = read_response(&mut stream, &mut buf).await;
             assert_eq!(code, 200);
