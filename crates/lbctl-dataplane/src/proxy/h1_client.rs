@@ -261,7 +261,7 @@ impl Connection {
 
 /// A run of ASCII digits as a number; `None` for anything else (empty,
 /// signed, spaced, too large).
-fn decimal(digits: &[u8]) -> Option<u64> {
+pub(super) fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }

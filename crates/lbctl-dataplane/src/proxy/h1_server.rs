@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::Activity;
 use super::forward::{self, ConnectionInfo, Frontend, ProxyBody};
+use super::forwarding::field;
+use super::h1_client;
 use super::upstream::UpstreamBody;
 use super::MAX_REQUEST_HEAD_BYTES;
 
@@ -316,7 +318,7 @@ where
             continue;
         }
         if *name == CONTENT_LENGTH {
-            let Some(declared) = decimal(value.as_bytes()) else {
+            let Some(declared) = h1_client::decimal(value.as_bytes()) else {
                 continue;
             };
             length = Some(declared);
@@ -428,14 +430,6 @@ where
     }
 }
 
-/// A run of ASCII digits as a number; `None` for anything else.
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
 /// `value` in lowercase hex, written at the end of `buf`.
 fn hex(buf: &mut [u8; 16], mut value: usize) -> &[u8] {
     let mut at = buf.len();
@@ -447,13 +441,6 @@ fn hex(buf: &mut [u8; 16], mut value: usize) -> &[u8] {
             return &buf[at..];
         }
     }
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The `Date` header's value, formatted once a second per thread.
