@@ -19,8 +19,13 @@ pub struct Config {
 }
 
 /// Bounds every blocking call, so a stalled load balancer ends a run late
-/// rather than never.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// rather than never. Not shorter: on this loopback under load the kernel
+/// retransmits segments (`nstat`: TcpRetransSegs in the hundreds per run,
+/// through HAProxy and lbctl alike), and a lost retransmission
+/// (TcpExtTCPLostRetransmit) backs the retransmission timer off, so one
+/// write can wait seconds: with 2 s, about one lbctl run in ten failed so,
+/// and HAProxy's runs showed the same retransmissions.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]

@@ -206,6 +206,8 @@ pub struct SplicePump<'a> {
     held: Vec<u8>,
     /// A read filled the copy buffer: splice from now on.
     streaming: bool,
+    /// The end of `from`'s stream was read: passed on once `held` is out.
+    read_end: bool,
     finished: bool,
     /// Bytes read from `from`.
     moved: u64,
@@ -230,9 +232,12 @@ fn recv(from: RawFd, buffer: &mut [u8]) -> io::Result<usize> {
 }
 
 /// `send(2)` without blocking; 0 when the socket has no room (EAGAIN).
-fn send(to: RawFd, bytes: &[u8]) -> io::Result<usize> {
+/// `more`: the write side is shut down next, so the bytes may wait for the
+/// FIN and leave in one segment with it (`MSG_MORE`).
+fn send(to: RawFd, bytes: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     // SAFETY: `bytes` is valid for reads of its length.
-    let sent = unsafe { libc::send(to, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+    let sent = unsafe { libc::send(to, bytes.as_ptr().cast(), bytes.len(), flags) };
     if sent >= 0 {
         return Ok(sent as usize);
     }
@@ -255,6 +260,7 @@ impl<'a> SplicePump<'a> {
             pending: 0,
             held: Vec::new(),
             streaming: false,
+            read_end: false,
             finished: false,
             moved: 0,
             one_ended: ended,
@@ -274,19 +280,32 @@ impl<'a> SplicePump<'a> {
 
     /// Reads what `from` has into the copy buffer and sends it on at once,
     /// holding what `to` has no room for; the bytes read (0: end of stream).
+    /// Sets `read_end` when the stream ended, even with bytes read.
     async fn copy(&mut self) -> io::Result<usize> {
         let (from, to) = (self.from.as_raw_fd(), self.to.as_raw_fd());
-        let held = &mut self.held;
+        // Whether the write side of `to` is shut down when this direction
+        // ends (the other has not ended yet).
+        let shuts_down = !self.one_ended.load(Ordering::Relaxed);
+        let (held, read_end) = (&mut self.held, &mut self.read_end);
         loop {
-            self.from.readable().await?;
+            let ready = self.from.ready(Interest::READABLE).await?;
+            // The peer's FIN (or reset) came before this readiness, so every
+            // byte it sent is queued before it: a read short of the buffer
+            // takes them all, and the end of stream is known without one
+            // more `recv` (which returns 0, or the reset: either way the
+            // peer sends nothing more, and the FIN passed on is what closing
+            // the socket after a failure sends too).
+            let fin_queued = ready.is_read_closed();
             let mut copied = None;
             let result = self.from.try_io(Interest::READABLE, || {
                 COPY_BUFFER.with_borrow_mut(|buffer| {
                     let read = recv(from, buffer)?;
+                    *read_end = read == 0 || (fin_queued && read < buffer.len());
                     if read > 0 {
                         // Written without waiting for `to`'s readiness: a
-                        // fresh socket's is not known yet.
-                        let sent = send(to, &buffer[..read])?;
+                        // fresh socket's is not known yet. Before a shutdown
+                        // the last bytes and the FIN go as one segment.
+                        let sent = send(to, &buffer[..read], *read_end && shuts_down)?;
                         held.extend_from_slice(&buffer[sent..read]);
                     }
                     copied = Some(read);
@@ -311,13 +330,13 @@ impl<'a> SplicePump<'a> {
         }
     }
 
-    /// Writes the held bytes out.
+    /// Writes the held bytes out, then passes on an end of stream read.
     async fn flush_held(&mut self) -> io::Result<()> {
         let to = self.to.as_raw_fd();
         while !self.held.is_empty() {
             self.to.writable().await?;
             let held = &self.held;
-            match self.to.try_io(Interest::WRITABLE, || match send(to, held)? {
+            match self.to.try_io(Interest::WRITABLE, || match send(to, held, false)? {
                 0 => Err(io::ErrorKind::WouldBlock.into()),
                 sent => Ok(sent),
             }) {
@@ -328,6 +347,9 @@ impl<'a> SplicePump<'a> {
         }
         // Back to holding nothing.
         self.held = Vec::new();
+        if self.read_end {
+            self.end();
+        }
         Ok(())
     }
 
@@ -376,9 +398,7 @@ impl Pump for SplicePump<'_> {
         if !self.streaming {
             let read = self.copy().await?;
             self.moved += read as u64;
-            if read == 0 {
-                self.end();
-            } else if read == COPY_BUFFER_SIZE {
+            if read == COPY_BUFFER_SIZE {
                 self.streaming = true;
             }
             return self.flush_held().await;
@@ -548,6 +568,39 @@ mod tests {
         let (ended, up, down) = relay.await.unwrap();
         assert!(matches!(ended, Ended::Closed));
         assert_eq!((up, down), (3_000_000, 3), "bytes counted each way");
+    }
+
+    /// A target's answer and FIN already queued when the relay first reads
+    /// them (the end of stream known from the readiness, without reading
+    /// it): the client gets both, then still sends, and the target gets that.
+    #[tokio::test]
+    async fn an_answer_with_its_fin_queued_is_passed_on_as_a_half_close() {
+        let (mut client, a) = pair().await;
+        let (b, mut target) = pair().await;
+        target.write_all(b"answer").await.unwrap();
+        target.shutdown().await.unwrap();
+        // The FIN is in `b`'s receive queue once `b` reports it.
+        b.ready(Interest::READABLE).await.unwrap();
+        while !b.ready(Interest::READABLE).await.unwrap().is_read_closed() {
+            tokio::task::yield_now().await;
+        }
+        let relay = tokio::spawn(async move {
+            let ended = AtomicBool::new(false);
+            let (mut up, mut down) = SplicePump::pair(&a, &b, &ended);
+            let ended = relay(&mut up, &mut down, Duration::from_secs(5), std::future::pending()).await;
+            (ended, up.moved(), down.moved())
+        });
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+        client.write_all(b"after the end").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        target.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, b"after the end");
+        let (ended, up, down) = relay.await.unwrap();
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        assert_eq!((up, down), (13, 6));
     }
 
     #[tokio::test]
