@@ -87,9 +87,13 @@ impl Browser {
             match self.texts.recv_timeout(left.min(Duration::from_secs(1))) {
                 Ok(text) => self.last = text,
                 Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     panic!("timed out after {timeout:?} waiting for the page to show {what}; it shows:\n{}", self.last)
                 }
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "the browser driver ended (its error is above) before the page showed {what}; it showed:\n{}",
+                    self.last
+                ),
             }
         }
     }

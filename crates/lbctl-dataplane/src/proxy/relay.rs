@@ -12,6 +12,11 @@
 //! connection is relayed through a small buffer per direction instead, as
 //! its bytes must be decrypted in user space.
 //!
+//! When a copied read finds the peer's FIN already queued behind the bytes
+//! (read-closed readiness and a read short of the buffer), the end of stream
+//! is known without reading it, and the bytes are sent with `MSG_MORE` so
+//! that they and the FIN of the half-close leave in one segment.
+//!
 //! A relay ends when both directions have seen end of stream (a half-close
 //! is passed on as a half-close), on an error, when no byte has moved either
 //! way for the idle timeout, or when `stop` resolves (its target drained).
