@@ -585,7 +585,6 @@ mod tests {
         target.write_all(b"answer").await.unwrap();
         target.shutdown().await.unwrap();
         // The FIN is in `b`'s receive queue once `b` reports it.
-        b.ready(Interest::READABLE).await.unwrap();
         while !b.ready(Interest::READABLE).await.unwrap().is_read_closed() {
             tokio::task::yield_now().await;
         }
