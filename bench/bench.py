@@ -46,7 +46,8 @@ with an ip target), each in an empty directory: `lbctl validate` and
 BENCH_DURATION, BENCH_ROUNDS and BENCH_CONNECTIONS (L7) change the load;
 BENCH_L4_STREAMS and BENCH_L4_WORKERS set the L4 concurrency, and
 BENCH_HAPROXY_SPLICE=1 lets HAProxy splice as lbctl's NLB does;
-BENCH_PROFILE=FILE records the lbctl ALB with `perf` into FILE. Binaries come
+BENCH_PROFILE=FILE records the lbctl ALB with `perf` into FILE;
+BENCH_INSTR_KEEP=DIR keeps the callgrind files in DIR. Binaries come
 from CARGO_TARGET_DIR (default target/), built first unless
 BENCH_SKIP_BUILD=1; BENCH_LBCTL=PATH uses another lbctl binary.
 
@@ -500,7 +501,10 @@ def counted(procs, work, name, command, port):
     proxy.send_signal(signal.SIGTERM)
     proxy.wait(timeout=60)
     instructions = 0
+    keep = os.environ.get("BENCH_INSTR_KEEP")
     for path in glob.glob(out + "*"):
+        if keep:
+            shutil.copy(path, keep)
         for line in open(path):
             if line.startswith(("summary:", "totals:")):
                 instructions = max(instructions, int(line.split()[1]))

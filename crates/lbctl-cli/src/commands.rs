@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use lbctl_plan::executor::{self, Options};
-use lbctl_plan::{render, Finding, Kind, Plan, Provider, Severity, State, StateStore};
+use lbctl_plan::{render, Finding, Kind, Plan, Provider, Resource, Severity, State, StateStore};
 use lbctl_spec::{Diagnostic, Diagnostics, SpecFile};
 use serde_json::json;
 
@@ -168,10 +168,9 @@ fn inputs_from(file: SpecFile, dir: PathBuf, chosen: Option<&str>) -> Result<Inp
 
 /// Splits provider findings: machine conflicts become spec diagnostics (an
 /// error), unsupported features are returned for the plan to show.
-fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
-    let desired = lbctl_plan::desired_resources(&inputs.file.spec);
-    let mut findings = inputs.provider.check_spec(&desired);
-    findings.extend(inputs.provider.check(&desired, state)?);
+fn provider_findings(inputs: &Inputs, desired: &[Resource], state: &State) -> Result<Vec<Finding>> {
+    let mut findings = inputs.provider.check_spec(desired);
+    findings.extend(inputs.provider.check(desired, state)?);
     let invalid: Vec<Diagnostic> = findings
         .iter()
         .filter(|it| it.severity == Severity::Invalid)
@@ -185,9 +184,9 @@ fn provider_findings(inputs: &Inputs, state: &State) -> Result<Vec<Finding>> {
 
 fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
     registry::check_same(state, inputs.provider_name, inputs.store.dir())?;
-    let unsupported = provider_findings(inputs, state)?;
-    let observed = lbctl_plan::refresh(inputs.provider.as_ref(), state)?;
     let desired = lbctl_plan::desired_resources(&inputs.file.spec);
+    let unsupported = provider_findings(inputs, &desired, state)?;
+    let observed = lbctl_plan::refresh(inputs.provider.as_ref(), state)?;
     Ok(lbctl_plan::plan(inputs.provider.as_ref(), desired, state, &observed, unsupported))
 }
 

@@ -42,11 +42,15 @@ pub(crate) fn conflicts(provider: &LocalProvider, desired: &[Resource]) -> anyho
     let mut found = Vec::new();
     let load_balancers: Vec<&str> =
         desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer).map(|it| it.address.name.as_str()).collect();
+    // Ports held by any of this stack's running proxies are not a clash:
+    // they may move between load balancers within one apply (deletions run
+    // first), and a proxy an interrupted apply left behind is adopted.
+    let held_by_stack: Vec<u16> = provider.all_proxy_statuses().into_iter().flat_map(|(_, it)| it.listening).collect();
     for resource in desired.iter().filter(|it| it.address.kind == Kind::LoadBalancer) {
         let base = resource.address.spec_path();
         let Ok(lb) = lb_settings(&resource.resolved) else { continue };
         static_ip_free(provider, &base, &resource.address.name, &lb, &load_balancers, &mut found)?;
-        ports_free(provider, resource, &lb, &mut found)?;
+        ports_free(provider, resource, &lb, &held_by_stack, &mut found)?;
     }
     instances_live(provider, desired, &mut found);
     Ok(found)
@@ -111,17 +115,14 @@ fn static_ip_free(
 
 /// Every listener port must be free on the machine, at the load balancer's
 /// address (127.0.0.1, or a network load balancer's static IP), unless this
-/// stack's own running proxy already holds it.
+/// stack's own running proxy already holds it (`held_by_stack`).
 fn ports_free(
     provider: &LocalProvider,
     resource: &Resource,
     lb: &LoadBalancer,
+    held_by_stack: &[u16],
     found: &mut Vec<Finding>,
 ) -> anyhow::Result<()> {
-    // Ports held by any of this stack's running proxies are not a clash:
-    // they may move between load balancers within one apply (deletions run
-    // first), and a proxy an interrupted apply left behind is adopted.
-    let held_by_stack: Vec<u16> = provider.all_proxy_statuses().into_iter().flat_map(|(_, it)| it.listening).collect();
     let ip = match lb.kind {
         LoadBalancerType::Application => Ipv4Addr::LOCALHOST,
         // A newly allocated address has nothing bound to it yet.

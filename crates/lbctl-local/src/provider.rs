@@ -97,6 +97,12 @@ struct FileData {
 /// Effective settings from a resource's resolved attributes, minus the
 /// planner's derived keys.
 pub(crate) fn settings<T: DeserializeOwned>(attributes: &Value, derived: &[&str]) -> Result<T> {
+    let has_derived = attributes.as_object().is_some_and(|map| derived.iter().any(|key| map.contains_key(*key)));
+    if !has_derived {
+        // Read in place: a copy of the attributes was most of planning's
+        // provider checks.
+        return T::deserialize(attributes).context("reading resource attributes");
+    }
     let mut value = attributes.clone();
     if let Some(map) = value.as_object_mut() {
         for key in derived {

@@ -86,7 +86,7 @@ pub struct SpecFile {
     pub source: String,
     /// The typed spec.
     pub spec: Spec,
-    source_map: SourceMap,
+    source_map: source_map::Lazy,
 }
 
 impl SpecFile {
@@ -94,10 +94,15 @@ impl SpecFile {
     pub fn diagnostic(&self, path: &str, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             file: self.file.clone(),
-            location: Some(self.source_map.locate(path)),
+            location: Some(self.source_map().locate(path)),
             path: path.to_string(),
             message: message.into(),
         }
+    }
+
+    /// Where each node of the file is (read on first use).
+    pub fn source_map(&self) -> &SourceMap {
+        self.source_map.of(&self.source)
     }
 }
 
@@ -121,7 +126,6 @@ pub fn load(path: &Path) -> Result<SpecFile, Diagnostics> {
 /// problem of the file in one run (unknown fields and values, missing
 /// fields, then the semantic checks), each placed in the file.
 pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagnostics> {
-    let mut source_map = SourceMap::build(&source);
     let mut document: serde_yaml::Value = serde_yaml::from_str(&source).map_err(|err| {
         Diagnostics(vec![Diagnostic {
             file: file.to_string(),
@@ -134,11 +138,10 @@ pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagn
     })?;
     document.apply_merge().ok();
     let (problems, renames) = shape::check(&mut document);
-    for (meant, written) in &renames {
-        source_map.alias(meant, written);
-    }
+    let source_map = source_map::Lazy::new(renames);
     let place = |path: &str, at_key: bool, message: String| {
-        let location = if at_key { source_map.locate_key(path) } else { source_map.locate(path) };
+        let map = source_map.of(&source);
+        let location = if at_key { map.locate_key(path) } else { map.locate(path) };
         // An unknown field is shown under its parent, at the field's key.
         let shown = if at_key { source_map::parent(path).unwrap_or("") } else { path };
         Diagnostic { file: file.to_string(), location: Some(location), path: shown.to_string(), message }

@@ -115,7 +115,7 @@ impl Checker<'_> {
 
     /// ` (the default)` when the file does not write `path`.
     fn default_note(&self, path: &str) -> &'static str {
-        if self.file.source_map.has(path) {
+        if self.file.source_map().has(path) {
             ""
         } else {
             " (the default)"
@@ -144,7 +144,7 @@ impl Checker<'_> {
                 if !is_dns_label(name) {
                     let message = format!("name `{name}` must be a DNS label: a-z, 0-9 and `-`, at most 63");
                     self.found.push(Diagnostic {
-                        location: Some(self.file.source_map.locate_key(&format!("{kind}.{name}"))),
+                        location: Some(self.file.source_map().locate_key(&format!("{kind}.{name}"))),
                         ..self.file.diagnostic(&format!("{kind}.{name}"), message)
                     });
                 }
@@ -394,7 +394,7 @@ impl Checker<'_> {
                     self.default_note(&interval)
                 );
                 // Shown where the user wrote something: a default has no place in the file.
-                let at = if self.file.source_map.has(&timeout) { timeout } else { interval };
+                let at = if self.file.source_map().has(&timeout) { timeout } else { interval };
                 self.error(&at, message);
             }
             if health.interval.get().is_zero() || health.timeout.get().is_zero() {
