@@ -34,40 +34,62 @@ pub fn runtime_dir() -> PathBuf {
     dir
 }
 
-/// A port free on 127.0.0.1 (TCP and UDP) right now, below the kernel's
+/// A port free on 127.0.0.1 (TCP and UDP) right now, outside the kernel's
 /// ephemeral range.
 ///
 /// A port is never handed out twice in one test run, so a port a test
 /// frees (a killed proxy) cannot be taken by another test meanwhile.
 pub fn free_port() -> u16 {
     static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
-    // Below the kernel's ephemeral range: a port from it (what binding port
-    // 0 gives) can become the source port of any outgoing connection
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    // Outside the kernel's ephemeral range: a port from it (what binding
+    // port 0 gives) can become the source port of any outgoing connection
     // before the test's load balancer listens on it, which then fails with
-    // "address in use".
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    const LOW: u16 = 10_000;
-    if ephemeral < LOW + 1_000 {
-        return TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
-    }
-    let span = ephemeral - LOW;
+    // "address in use". Below the range when there is room, else above it.
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range.split_whitespace().map(|it| it.parse::<u32>().ok());
+    let (first, last) = match (bounds.next().flatten(), bounds.next().flatten()) {
+        (Some(first), Some(last)) => (first, last),
+        _ => (32768, 60999),
+    };
+    const LOW: u32 = 10_000;
+    const ROOM: u32 = 1_000;
+    let window = if first >= LOW + ROOM {
+        Some((LOW, first))
+    } else if last + 1 + ROOM <= 65_536 {
+        Some((last.max(LOW - 1) + 1, 65_536))
+    } else {
+        None
+    };
+    let is_free = |port: u16| {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            && std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+    };
+    let Some((low, high)) = window else {
+        // No room outside the range: the kernel's choice, never the same twice.
+        let mut given = GIVEN.lock().unwrap();
+        for _ in 0..1_000 {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+            if !given.contains(&port) && is_free(port) {
+                given.push(port);
+                return port;
+            }
+        }
+        panic!("no free port on loopback that this run has not handed out already");
+    };
+    let span = high - low;
     let mut next = NEXT.lock().unwrap();
     // Started at a place of this process's own, stepping on: never the same twice in a run.
-    let mut port = next.unwrap_or(LOW + (std::process::id() % u32::from(span)) as u16);
+    let mut port = next.map_or(low + std::process::id() % span, u32::from);
     for _ in 0..span {
-        let candidate = port;
-        port = if port + 1 >= ephemeral { LOW } else { port + 1 };
-        let free = TcpListener::bind((Ipv4Addr::LOCALHOST, candidate)).is_ok()
-            && std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, candidate)).is_ok();
-        if free {
-            *next = Some(port);
+        let candidate = port as u16;
+        port = if port + 1 >= high { low } else { port + 1 };
+        if is_free(candidate) {
+            *next = Some(port as u16);
             return candidate;
         }
     }
-    panic!("no free port on loopback between {LOW} and {ephemeral}");
+    panic!("no free port on loopback between {low} and {high}");
 }
 
 /// The host lbctl prints in a load balancer's URLs: its DNS name when the
