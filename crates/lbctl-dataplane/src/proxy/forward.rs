@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use super::access_log::{self, AccessLog};
 use super::action::{Action, RedirectSource};
 use super::forwarding::{self, Forwarding};
+use super::h1_client::Fields;
 use super::lambda;
 use super::observe::LbStats;
 use super::retry::{self, Replay};
@@ -372,7 +373,12 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 /// The size of a response's status line and headers.
 fn response_head_bytes(response: &Response<ProxyBody>) -> u64 {
     let head: usize = response.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
-    (17 + head + 2) as u64
+    let fields = response.body().fields.as_ref().map_or(0, |it| {
+        // `content-length: N` CRLF, when the client server writes it.
+        let length = it.content_length.map_or(0, |length| 18 + itoa::Buffer::new().format(length).len());
+        it.lines.len() + length
+    });
+    (17 + head + fields + 2) as u64
 }
 
 /// Routes a request and forwards or answers it, noting in `trace` what
@@ -627,6 +633,10 @@ pub struct ProxyBody {
     /// The access-log line, written once the body is sent (with its size
     /// and time).
     log: Option<Box<PendingLine>>,
+    /// A target's response fields as it wrote them, when `h1_client` read
+    /// the response: they go out after the response's header map (which
+    /// then holds only what the load balancer adds).
+    fields: Option<Fields>,
 }
 
 enum BodyKind {
@@ -641,7 +651,7 @@ enum BodyKind {
 
 impl ProxyBody {
     fn new(kind: BodyKind) -> ProxyBody {
-        ProxyBody { kind, stats: None, received: 0, sent: 0, log: None }
+        ProxyBody { kind, stats: None, received: 0, sent: 0, log: None, fields: None }
     }
 
     pub(super) fn full(bytes: Bytes) -> ProxyBody {
@@ -653,11 +663,20 @@ impl ProxyBody {
     }
 
     fn upstream(mut body: TargetBody, in_flight: InFlight) -> ProxyBody {
+        let fields = body.take_fields();
         // An empty body (204, HEAD) may never be polled: its connection is free now.
         if body.is_end_stream() {
             body.release_to(&in_flight.h1);
         }
-        ProxyBody::new(BodyKind::Upstream { body, in_flight })
+        let mut proxied = ProxyBody::new(BodyKind::Upstream { body, in_flight });
+        proxied.fields = fields;
+        proxied
+    }
+
+    /// The target's response fields, when they are not in the response's
+    /// header map (once).
+    pub(super) fn take_fields(&mut self) -> Option<Fields> {
+        self.fields.take()
     }
 
     fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {

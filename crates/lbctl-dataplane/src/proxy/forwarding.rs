@@ -56,12 +56,6 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     named
 }
 
-/// Whether `name` is one of the headers that only concern one connection
-/// (besides those a `Connection` header names).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
-}
-
 /// Removes the headers that only concern one connection, including those
 /// the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {

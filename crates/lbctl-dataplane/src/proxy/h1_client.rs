@@ -1,9 +1,11 @@
 //! HTTP/1.1 to a plain-HTTP target for a request without a body, driven
 //! by the request's own task (as pingora does, rather than hyper's client):
 //! the request head is written in one call from a buffer the connection
-//! keeps, the response head is parsed with `httparse`, and the response
-//! body is read straight from the target's socket by whoever polls it (the
-//! client connection's task). No connection task, no channel between tasks.
+//! keeps, the response head is parsed with `httparse` and its field lines
+//! are passed on as the target wrote them (`Fields`, no header map), and
+//! the response body is read straight from the target's socket by whoever
+//! polls it (the client connection's task). No connection task, no channel
+//! between tasks.
 //!
 //! It owns the wire format only: which requests come here, where idle
 //! connections are kept and what a failure means for retries is
@@ -15,7 +17,7 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use hyper::http::request::Parts;
 use hyper::http::uri::Authority;
 use hyper::{HeaderMap, Method, Response, StatusCode, Version};
@@ -44,8 +46,8 @@ pub struct Connection {
     buf: BytesMut,
     /// The request head being written; its allocation serves the next.
     out: Vec<u8>,
-    /// The response head's fields as parsed: name, and where the value is.
-    fields: Vec<(HeaderName, std::ops::Range<usize>)>,
+    /// Where the response head's passed-on lines are in `buf`.
+    runs: Vec<std::ops::Range<usize>>,
     /// An interim (1xx) answer to the current request was read.
     interim: bool,
 }
@@ -62,7 +64,7 @@ pub struct Failed {
 impl Connection {
     /// A connection on a connected socket.
     pub fn new(stream: TcpStream) -> Connection {
-        Connection { stream, buf: BytesMut::new(), out: Vec::new(), fields: Vec::new(), interim: false }
+        Connection { stream, buf: BytesMut::new(), out: Vec::new(), runs: Vec::new(), interim: false }
     }
 
     /// Whether an idle connection can carry a request: the target has not
@@ -97,8 +99,13 @@ impl Connection {
         }
         loop {
             let parsed = if self.buf.is_empty() { None } else { self.parse_head(&request.method)? };
-            if let Some((response, framing, reusable)) = parsed {
-                return Ok(response.map(|()| ResponseBody { connection: Some(self), framing, reusable }));
+            if let Some((response, fields, framing, reusable)) = parsed {
+                return Ok(response.map(|()| ResponseBody {
+                    connection: Some(self),
+                    fields: Some(fields),
+                    framing,
+                    reusable,
+                }));
             }
             self.buf.reserve(READ_SIZE);
             let read = std::future::poll_fn(|cx| poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)).await;
@@ -126,7 +133,7 @@ impl Connection {
     /// answers are skipped, as hyper's client does (after one, the request
     /// is no longer `unanswered`).
     #[allow(clippy::type_complexity)]
-    fn parse_head(&mut self, method: &Method) -> Result<Option<(Response<()>, Framing, bool)>, Failed> {
+    fn parse_head(&mut self, method: &Method) -> Result<Option<(Response<()>, Fields, Framing, bool)>, Failed> {
         let invalid =
             |what: String| Failed { error: io::Error::new(io::ErrorKind::InvalidData, what), unanswered: false };
         loop {
@@ -154,81 +161,105 @@ impl Connection {
             let status = StatusCode::from_u16(code).map_err(|err| invalid(format!("the target's status: {err}")))?;
             let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
             let base = self.buf.as_ptr() as usize;
-            let mut fields = std::mem::take(&mut self.fields);
-            fields.clear();
             let mut framing = Framing::Length(0);
             let mut length: Option<u64> = None;
             let mut chunked = false;
             let mut encoded = false;
+            let mut dated = false;
             let mut keep_alive = version == Version::HTTP_11;
-            // Other headers `Connection` names: hop-by-hop too (rare).
-            let mut connection_named: Vec<HeaderName> = Vec::new();
+            // Other fields `Connection` names: hop-by-hop too (rare).
+            let mut connection_named: Vec<&[u8]> = Vec::new();
             for field in parsed.headers.iter() {
-                let name = HeaderName::from_bytes(field.name.as_bytes())
-                    .map_err(|_| invalid(format!("the target sent a bad header name {:?}", field.name)))?;
-                // Where the value is in the buffer: the map shares the
-                // head's bytes instead of copying each value.
-                let start = field.value.as_ptr() as usize - base;
-                if name == CONTENT_LENGTH {
-                    // Digits only (a list of one repeated value at most):
-                    // no sign, no other whitespace, no disagreement.
-                    for item in field.value.split(|it| *it == b',') {
-                        match (decimal(item.trim_ascii()), length) {
-                            (Some(this), None) => length = Some(this),
-                            (Some(this), Some(before)) if this == before => {}
-                            _ => {
-                                return Err(invalid("the target sent a bad or conflicting content-length".to_string()))
+                match Role::of(field.name.as_bytes()) {
+                    Role::ContentLength => {
+                        // Digits only (a list of one repeated value at most):
+                        // no sign, no other whitespace, no disagreement.
+                        for item in field.value.split(|it| *it == b',') {
+                            match (decimal(item.trim_ascii()), length) {
+                                (Some(this), None) => length = Some(this),
+                                (Some(this), Some(before)) if this == before => {}
+                                _ => {
+                                    return Err(invalid(
+                                        "the target sent a bad or conflicting content-length".to_string(),
+                                    ))
+                                }
                             }
                         }
                     }
-                } else if name == TRANSFER_ENCODING {
-                    encoded = true;
-                    chunked = field
-                        .value
-                        .rsplit(|it| *it == b',')
-                        .next()
-                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                } else if name == CONNECTION {
-                    for token in field.value.split(|it| *it == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            keep_alive = false;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive |= version == Version::HTTP_10;
-                        } else if let Ok(named) = HeaderName::from_bytes(token) {
-                            connection_named.push(named);
+                    Role::TransferEncoding => {
+                        encoded = true;
+                        chunked = field
+                            .value
+                            .rsplit(|it| *it == b',')
+                            .next()
+                            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    }
+                    Role::Connection => {
+                        for token in field.value.split(|it| *it == b',') {
+                            let token = token.trim_ascii();
+                            if token.eq_ignore_ascii_case(b"close") {
+                                keep_alive = false;
+                            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                                keep_alive |= version == Version::HTTP_10;
+                            } else if !token.is_empty() {
+                                connection_named.push(token);
+                            }
                         }
                     }
+                    Role::Date => dated = true,
+                    Role::HopByHop | Role::Other => {}
                 }
-                fields.push((name, start..start + field.value.len()));
             }
             // Transfer-Encoding is HTTP/1.1's (RFC 9112 6.1).
             if encoded && version == Version::HTTP_10 {
                 return Err(invalid("the target sent Transfer-Encoding in an HTTP/1.0 response".to_string()));
             }
-            let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(fields.len());
-            for (name, value) in fields.drain(..) {
-                // The hop-by-hop headers go here rather than from the map
-                // later (the framing is known already); with
-                // Transfer-Encoding, a Content-Length is wrong and an
-                // intermediary must drop it (RFC 9112 6.3).
-                if forwarding::is_hop_by_hop(&name) || (encoded && name == CONTENT_LENGTH) {
+            // The lines passed on, as runs of the head's bytes: every field
+            // but the hop-by-hop ones (with those `Connection` names) and
+            // the framing ones (the client's framing is the client
+            // server's), each line as the target wrote it when it ends in
+            // CRLF; a line that ends in a bare LF is written again.
+            let mut runs = std::mem::take(&mut self.runs);
+            runs.clear();
+            let mut rewritten: Option<Vec<u8>> = None;
+            for field in parsed.headers.iter() {
+                let name = field.name.as_bytes();
+                let passed = matches!(Role::of(name), Role::Other | Role::Date)
+                    && !connection_named.iter().any(|it| it.eq_ignore_ascii_case(name));
+                if !passed {
                     continue;
                 }
-                let value = head.slice(value);
-                debug_assert!(HeaderValue::from_maybe_shared(value.clone()).is_ok());
-                // SAFETY: httparse accepted these bytes as a field value
-                // (HTAB, SP, visible ASCII and bytes 0x80 and up: no other
-                // control byte, no DEL), exactly what a `HeaderValue` may
-                // hold; hyper builds its own header maps the same way.
-                let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
-                headers.append(name, value);
+                let start = name.as_ptr() as usize - base;
+                let value_end = field.value.as_ptr() as usize - base + field.value.len();
+                let crlf = self.buf.get(value_end..value_end + 2) == Some(b"\r\n".as_slice());
+                match (&mut rewritten, runs.last_mut()) {
+                    (None, Some(run)) if crlf && run.end == start => run.end = value_end + 2,
+                    (None, _) if crlf => runs.push(start..value_end + 2),
+                    (Some(out), _) => line(out, name, field.value),
+                    (None, _) => {
+                        let mut out = Vec::new();
+                        for run in runs.drain(..) {
+                            out.extend_from_slice(&self.buf[run]);
+                        }
+                        line(&mut out, name, field.value);
+                        rewritten = Some(out);
+                    }
+                }
             }
-            for name in &connection_named {
-                headers.remove(name);
-            }
-            self.fields = fields;
+            let head = self.buf.split_to(len).freeze();
+            let lines = match (rewritten, &runs[..]) {
+                (Some(out), _) => Bytes::from(out),
+                (None, []) => Bytes::new(),
+                (None, [run]) => head.slice(run.clone()),
+                (None, runs) => {
+                    let mut out = Vec::with_capacity(runs.iter().map(|it| it.len()).sum());
+                    for run in runs {
+                        out.extend_from_slice(&head[run.clone()]);
+                    }
+                    Bytes::from(out)
+                }
+            };
+            self.runs = runs;
             let bodiless = *method == Method::HEAD
                 || matches!(
                     status,
@@ -253,10 +284,88 @@ impl Connection {
             let mut response = Response::new(());
             *response.status_mut() = status;
             *response.version_mut() = version;
-            *response.headers_mut() = headers;
-            return Ok(Some((response, framing, reusable)));
+            // With Transfer-Encoding, a Content-Length is wrong and an
+            // intermediary must drop it (RFC 9112 6.3).
+            let fields = Fields { lines, content_length: length.filter(|_| !encoded), dated };
+            return Ok(Some((response, fields, framing, reusable)));
         }
     }
+}
+
+/// A target's response fields as a client gets them: the lines passed on,
+/// as the target wrote them, without building a header map (building one
+/// and writing it out again was a fifth of the proxy's own work per
+/// request).
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    /// `name: value` lines, each ending in CRLF: every field but the
+    /// hop-by-hop ones, those `Connection` names, `Content-Length` and
+    /// `Transfer-Encoding`.
+    pub lines: Bytes,
+    /// The length the target declared (not when it sent Transfer-Encoding).
+    pub content_length: Option<u64>,
+    /// The lines include a `Date`.
+    pub dated: bool,
+}
+
+impl Fields {
+    /// Adds the fields to `headers` (for hyper's server, which needs a map).
+    pub fn add_to(&self, headers: &mut HeaderMap) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut head = Vec::with_capacity(self.lines.len() + 2);
+        head.extend_from_slice(&self.lines);
+        head.extend_from_slice(b"\r\n");
+        if let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(&head, &mut slots) {
+            for field in parsed {
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::from_bytes(field.name.as_bytes()), HeaderValue::from_bytes(field.value))
+                {
+                    headers.append(name, value);
+                }
+            }
+        }
+        if let Some(length) = self.content_length {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        }
+    }
+}
+
+/// What a response field means to the framing and the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another hop-by-hop field.
+    HopByHop,
+    Date,
+    Other,
+}
+
+impl Role {
+    /// The role of the field `name` (any case).
+    fn of(name: &[u8]) -> Role {
+        let is = |it: &[u8]| name.eq_ignore_ascii_case(it);
+        match name.len() {
+            2 if is(b"te") => Role::HopByHop,
+            4 if is(b"date") => Role::Date,
+            7 if is(b"trailer") || is(b"upgrade") => Role::HopByHop,
+            10 if is(b"connection") => Role::Connection,
+            10 if is(b"keep-alive") => Role::HopByHop,
+            14 if is(b"content-length") => Role::ContentLength,
+            16 if is(b"proxy-connection") => Role::HopByHop,
+            17 if is(b"transfer-encoding") => Role::TransferEncoding,
+            _ => Role::Other,
+        }
+    }
+}
+
+/// Appends `name: value` CRLF.
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A run of ASCII digits as a number; `None` for anything else (empty,
@@ -363,11 +472,18 @@ enum Chunk {
 pub struct ResponseBody {
     /// `None` once the body failed: the connection is dropped.
     connection: Option<Connection>,
+    /// The response head's fields, until taken.
+    fields: Option<Fields>,
     framing: Framing,
     reusable: bool,
 }
 
 impl ResponseBody {
+    /// The response head's fields (once).
+    pub fn take_fields(&mut self) -> Option<Fields> {
+        self.fields.take()
+    }
+
     /// The connection, when the body has ended and it can carry another request.
     pub fn into_idle(mut self) -> Option<Connection> {
         let connection = self.connection.take()?;
@@ -512,7 +628,7 @@ pub(super) mod tests {
     async fn exchange(
         method: Method,
         answer: &'static [&'static [u8]],
-    ) -> Result<(Response<()>, Vec<u8>, bool), String> {
+    ) -> Result<(Response<Fields>, Vec<u8>, bool), String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let target = tokio::spawn(async move {
@@ -535,14 +651,17 @@ pub(super) mod tests {
             .into_parts();
         let authority = Authority::from_static("127.0.0.9:80");
         let response = connection.send(&parts, &authority, None).await.map_err(|it| it.error.to_string())?;
-        let (head, mut body) = response.into_parts();
+        let (mut head, mut body) = response.into_parts();
+        // The fields as a map, as hyper's server gets them; the lines as they are.
+        let fields = body.take_fields().expect("an answer's fields");
+        fields.add_to(&mut head.headers);
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
             bytes.extend_from_slice(&frame.map_err(|it| it.to_string())?.into_data().unwrap());
         }
         let request = target.await.unwrap();
         assert!(request.starts_with(&format!("{} /a?b=c HTTP/1.1\r\nhost: shop.example.com\r\n", parts.method)));
-        Ok((Response::from_parts(head, ()), bytes, body.into_idle().is_some()))
+        Ok((Response::from_parts(head, fields), bytes, body.into_idle().is_some()))
     }
 
     /// What a test target reads of a request: its head, to the empty line.
@@ -618,12 +737,37 @@ pub(super) mod tests {
             assert_eq!((&body[..], reusable), (&b"ok"[..], true));
             let names: Vec<&str> = response.headers().keys().map(|it| it.as_str()).collect();
             assert_eq!(names, ["x-kept"]);
+            assert_eq!(response.body().lines, "x-kept: 3\r\n");
             // `close` among the options still ends the connection.
             let close: &[&[u8]] =
                 &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-a, close\r\nx-a: 1\r\n\r\nok"];
             let (response, body, reusable) = exchange(Method::GET, close).await.unwrap();
             assert_eq!((&body[..], reusable), (&b"ok"[..], false));
             assert_eq!(response.headers().keys().map(|it| it.as_str()).collect::<Vec<_>>(), ["content-length"]);
+        });
+    }
+
+    #[test]
+    fn fields_pass_on_as_the_target_wrote_them() {
+        run(async {
+            // Runs of lines around the dropped ones, the target's spelling
+            // and spacing kept; a line ending in a bare LF written again.
+            let answer: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nServer: t\r\nDate: Wed, 02 Dec 2026 13:00:00 GMT\r\n\
+                Content-Length: 2\r\nConnection: keep-alive\r\nX-A:  1\r\nx-b: 2\nx-c: 3\r\n\r\nok"];
+            let (response, body, reusable) = exchange(Method::GET, answer).await.unwrap();
+            assert_eq!((&body[..], reusable), (&b"ok"[..], true));
+            let fields = response.body();
+            assert_eq!(
+                fields.lines,
+                "Server: t\r\nDate: Wed, 02 Dec 2026 13:00:00 GMT\r\nX-A:  1\r\nx-b: 2\r\nx-c: 3\r\n"
+            );
+            assert_eq!((fields.content_length, fields.dated), (Some(2), true));
+            assert_eq!(response.headers()["x-a"], "1");
+            assert_eq!(response.headers()[CONTENT_LENGTH], "2");
+            // No fields at all.
+            let bare: &[&[u8]] = &[b"HTTP/1.1 204 No Content\r\n\r\n"];
+            let (response, _, _) = exchange(Method::GET, bare).await.unwrap();
+            assert_eq!((&response.body().lines[..], response.body().dated), (&b""[..], false));
         });
     }
 

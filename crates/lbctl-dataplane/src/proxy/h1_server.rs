@@ -311,17 +311,18 @@ where
     }
     // No body for 1xx, 204 and 304 (HEAD is not served here).
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let mut length = None;
-    let mut dated = false;
+    // A target's fields as it wrote them (`h1_client`), after the map.
+    let fields = body.take_fields();
+    let mut length = fields.as_ref().and_then(|it| it.content_length);
+    let mut dated = fields.as_ref().is_some_and(|it| it.dated);
     for (name, value) in &parts.headers {
-        if *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && (bodiless || length.is_some())) {
+        if *name == TRANSFER_ENCODING {
             continue;
         }
         if *name == CONTENT_LENGTH {
-            let Some(declared) = h1_client::decimal(value.as_bytes()) else {
-                continue;
-            };
-            length = Some(declared);
+            // The first valid one, written with the framing below.
+            length = length.or_else(|| h1_client::decimal(value.as_bytes()));
+            continue;
         }
         if *name == CONNECTION && close {
             continue;
@@ -329,10 +330,16 @@ where
         dated |= *name == DATE;
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    if let Some(fields) = &fields {
+        out.extend_from_slice(&fields.lines);
+    }
     let mut framing = Framing::Length(0);
     if !bodiless {
         framing = match length {
-            Some(length) => Framing::Length(length),
+            Some(length) => {
+                field(out, b"content-length", itoa::Buffer::new().format(length).as_bytes());
+                Framing::Length(length)
+            }
             None if body.is_end_stream() => {
                 field(out, b"content-length", b"0");
                 Framing::Length(0)

@@ -806,8 +806,12 @@ fn hyper_service(
         let request_guard = requests.request();
         async move {
             let request = request.map(http_body_util::Either::Left);
-            let response = Box::pin(forward::handle(&frontend, request, peer, &connection)).await;
+            let mut response = Box::pin(forward::handle(&frontend, request, peer, &connection)).await;
             drop(request_guard);
+            // hyper's server writes the header map only.
+            if let Some(fields) = response.body_mut().take_fields() {
+                fields.add_to(response.headers_mut());
+            }
             Ok::<_, Infallible>(response)
         }
     })

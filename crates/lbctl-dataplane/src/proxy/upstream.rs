@@ -247,6 +247,15 @@ pub enum TargetBody {
 }
 
 impl TargetBody {
+    /// The response head's fields as `h1_client` read them (its responses'
+    /// header maps are empty); `None` from hyper's client.
+    pub fn take_fields(&mut self) -> Option<h1_client::Fields> {
+        match self {
+            TargetBody::Inline(body) => body.take_fields(),
+            _ => None,
+        }
+    }
+
     /// Gives the connection back to `pool`; call once the body has ended.
     pub fn release_to(&mut self, pool: &Http1Pool) {
         match std::mem::replace(self, TargetBody::Released) {
