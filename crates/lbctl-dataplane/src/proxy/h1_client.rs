@@ -169,8 +169,11 @@ impl Connection {
             let mut keep_alive = version == Version::HTTP_11;
             // Other fields `Connection` names: hop-by-hop too (rare).
             let mut connection_named: Vec<&[u8]> = Vec::new();
-            for field in parsed.headers.iter() {
-                match Role::of(field.name.as_bytes()) {
+            // Each field's role, read once for both passes.
+            let mut roles = [Role::Other; MAX_HEADERS];
+            for (field, role) in parsed.headers.iter().zip(&mut roles) {
+                *role = Role::of(field.name.as_bytes());
+                match *role {
                     Role::ContentLength => {
                         // Digits only (a list of one repeated value at most):
                         // no sign, no other whitespace, no disagreement.
@@ -222,9 +225,9 @@ impl Connection {
             let mut runs = std::mem::take(&mut self.runs);
             runs.clear();
             let mut rewritten: Option<Vec<u8>> = None;
-            for field in parsed.headers.iter() {
+            for (field, role) in parsed.headers.iter().zip(roles) {
                 let name = field.name.as_bytes();
-                let passed = matches!(Role::of(name), Role::Other | Role::Date)
+                let passed = matches!(role, Role::Other | Role::Date)
                     && !connection_named.iter().any(|it| it.eq_ignore_ascii_case(name));
                 if !passed {
                     continue;
