@@ -756,17 +756,22 @@ pub(super) mod tests {
             // Runs of lines around the dropped ones, the target's spelling
             // and spacing kept; a line ending in a bare LF written again.
             let answer: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nServer: t\r\nDate: Wed, 02 Dec 2026 13:00:00 GMT\r\n\
-                Content-Length: 2\r\nConnection: keep-alive\r\nX-A:  1\r\nx-b: 2\nx-c: 3\r\n\r\nok"];
+                Content-Length: 2\r\nConnection: keep-alive\r\nX-A:  1\r\nx-b: 2\nx-c: 3\r\nx-e:\r\nx-f: \r\n\r\nok"];
             let (response, body, reusable) = exchange(Method::GET, answer).await.unwrap();
             assert_eq!((&body[..], reusable), (&b"ok"[..], true));
             let fields = response.body();
             assert_eq!(
                 fields.lines,
-                "Server: t\r\nDate: Wed, 02 Dec 2026 13:00:00 GMT\r\nX-A:  1\r\nx-b: 2\r\nx-c: 3\r\n"
+                "Server: t\r\nDate: Wed, 02 Dec 2026 13:00:00 GMT\r\nX-A:  1\r\nx-b: 2\r\nx-c: 3\r\nx-e: \r\nx-f: \r\n"
             );
             assert_eq!((fields.content_length, fields.dated), (Some(2), true));
             assert_eq!(response.headers()["x-a"], "1");
             assert_eq!(response.headers()[CONTENT_LENGTH], "2");
+            // Empty values, as written.
+            let empty: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nx-e:\r\nx-f: \r\ncontent-length: 0\r\n\r\n"];
+            let (response, _, _) = exchange(Method::GET, empty).await.unwrap();
+            assert_eq!(response.body().lines, "x-e:\r\nx-f: \r\n");
+            assert_eq!(response.headers()["x-e"], "");
             // No fields at all.
             let bare: &[&[u8]] = &[b"HTTP/1.1 204 No Content\r\n\r\n"];
             let (response, _, _) = exchange(Method::GET, bare).await.unwrap();
