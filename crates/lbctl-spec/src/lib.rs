@@ -101,7 +101,7 @@ impl SpecFile {
     }
 
     /// Where each node of the file is (read on first use).
-    pub fn source_map(&self) -> &SourceMap {
+    pub(crate) fn source_map(&self) -> &SourceMap {
         self.source_map.of(&self.source)
     }
 }

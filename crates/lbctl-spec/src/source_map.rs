@@ -94,7 +94,7 @@ impl SourceMap {
 /// A file's source map, read the first time a diagnostic needs a place:
 /// a valid spec is never read a second time (that second read was a
 /// third of planning 10,000 resources, and most of its memory).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Lazy {
     /// Near-miss keys read as the ones meant: (meant, written).
     renames: Vec<(String, String)>,

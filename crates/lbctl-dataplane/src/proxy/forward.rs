@@ -536,7 +536,7 @@ async fn route(
             // client's: both servers answer an HTTP/1.1 client in HTTP/1.1
             // (hyper's answers an HTTP/1.0 client in HTTP/1.0 whatever this says).
             parts.version = Version::HTTP_11;
-            let body = ProxyBody::upstream(body, in_flight);
+            let body = ProxyBody::upstream(body, in_flight, exchange.fields);
             with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }
     }
@@ -662,8 +662,7 @@ impl ProxyBody {
         ProxyBody::new(BodyKind::Full(None))
     }
 
-    fn upstream(mut body: TargetBody, in_flight: InFlight) -> ProxyBody {
-        let fields = body.take_fields();
+    fn upstream(mut body: TargetBody, in_flight: InFlight, fields: Option<Fields>) -> ProxyBody {
         // An empty body (204, HEAD) may never be polled: its connection is free now.
         if body.is_end_stream() {
             body.release_to(&in_flight.h1);

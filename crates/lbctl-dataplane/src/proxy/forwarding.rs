@@ -26,7 +26,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The headers that only concern one connection.
-const HOP_BY_HOP: [&HeaderName; 7] =
+pub(super) const HOP_BY_HOP: [&HeaderName; 7] =
     [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE];
 
 /// Where a request came from, as the forwarding headers say it.

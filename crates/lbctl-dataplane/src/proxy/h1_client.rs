@@ -85,13 +85,14 @@ impl Connection {
 
     /// Sends `request` (its head only: it has no body), with the
     /// `forwarding` headers when given (`write_head`), and reads the
-    /// response head; the body streams on in the returned response.
+    /// response head: the response (its header map empty; the body streams
+    /// on in it) and its fields.
     pub async fn send(
         mut self,
         request: &Parts,
         authority: &Authority,
         forwarding: Option<&Forwarding>,
-    ) -> Result<Response<ResponseBody>, Failed> {
+    ) -> Result<(Response<ResponseBody>, Fields), Failed> {
         write_head(&mut self.out, request, authority, forwarding);
         self.interim = false;
         if let Err(error) = self.stream.write_all(&self.out).await {
@@ -100,12 +101,7 @@ impl Connection {
         loop {
             let parsed = if self.buf.is_empty() { None } else { self.parse_head(&request.method)? };
             if let Some((response, fields, framing, reusable)) = parsed {
-                return Ok(response.map(|()| ResponseBody {
-                    connection: Some(self),
-                    fields: Some(fields),
-                    framing,
-                    reusable,
-                }));
+                return Ok((response.map(|()| ResponseBody { connection: Some(self), framing, reusable }), fields));
             }
             self.buf.reserve(READ_SIZE);
             let read = std::future::poll_fn(|cx| poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)).await;
@@ -299,7 +295,7 @@ impl Connection {
 /// as the target wrote them, without building a header map (building one
 /// and writing it out again was a fifth of the proxy's own work per
 /// request).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Fields {
     /// `name: value` lines, each ending in CRLF: every field but the
     /// hop-by-hop ones, those `Connection` names, `Content-Length` and
@@ -475,18 +471,11 @@ enum Chunk {
 pub struct ResponseBody {
     /// `None` once the body failed: the connection is dropped.
     connection: Option<Connection>,
-    /// The response head's fields, until taken.
-    fields: Option<Fields>,
     framing: Framing,
     reusable: bool,
 }
 
 impl ResponseBody {
-    /// The response head's fields (once).
-    pub fn take_fields(&mut self) -> Option<Fields> {
-        self.fields.take()
-    }
-
     /// The connection, when the body has ended and it can carry another request.
     pub fn into_idle(mut self) -> Option<Connection> {
         let connection = self.connection.take()?;
@@ -653,10 +642,9 @@ pub(super) mod tests {
             .unwrap()
             .into_parts();
         let authority = Authority::from_static("127.0.0.9:80");
-        let response = connection.send(&parts, &authority, None).await.map_err(|it| it.error.to_string())?;
+        let (response, fields) = connection.send(&parts, &authority, None).await.map_err(|it| it.error.to_string())?;
         let (mut head, mut body) = response.into_parts();
         // The fields as a map, as hyper's server gets them; the lines as they are.
-        let fields = body.take_fields().expect("an answer's fields");
         fields.add_to(&mut head.headers);
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -777,6 +765,16 @@ pub(super) mod tests {
             let (response, _, _) = exchange(Method::GET, bare).await.unwrap();
             assert_eq!((&response.body().lines[..], response.body().dated), (&b""[..], false));
         });
+    }
+
+    #[test]
+    fn the_hop_by_hop_fields_are_the_forwarding_ones() {
+        // `Role::of` reads the bytes; `forwarding` lists the same names.
+        for name in forwarding::HOP_BY_HOP {
+            assert!(!matches!(Role::of(name.as_str().as_bytes()), Role::Other | Role::Date), "{name}");
+            assert_eq!(Role::of(name.as_str().to_uppercase().as_bytes()), Role::of(name.as_str().as_bytes()));
+        }
+        assert_eq!(Role::of(b"X-Kept"), Role::Other);
     }
 
     #[test]

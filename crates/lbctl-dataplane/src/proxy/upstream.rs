@@ -225,12 +225,19 @@ pub struct Endpoint<'a> {
 /// concerned the target's connection (hop-by-hop); the body streams on.
 pub struct Exchange {
     pub response: Response<TargetBody>,
+    /// From `h1_client`, the head's fields as the target wrote them (the
+    /// response's header map is then empty); from hyper's client, `None`.
+    pub fields: Option<h1_client::Fields>,
 }
 
 impl Exchange {
     fn hyper(mut response: Response<Incoming>, connection: Option<http1::SendRequest<UpstreamBody>>) -> Exchange {
         forwarding::remove_hop_by_hop(response.headers_mut());
-        Exchange { response: response.map(|body| TargetBody::Hyper { body, connection }) }
+        Exchange { response: response.map(|body| TargetBody::Hyper { body, connection }), fields: None }
+    }
+
+    fn inline((response, fields): (Response<h1_client::ResponseBody>, h1_client::Fields)) -> Exchange {
+        Exchange { response: response.map(TargetBody::Inline), fields: Some(fields) }
     }
 }
 
@@ -247,15 +254,6 @@ pub enum TargetBody {
 }
 
 impl TargetBody {
-    /// The response head's fields as `h1_client` read them (its responses'
-    /// header maps are empty); `None` from hyper's client.
-    pub fn take_fields(&mut self) -> Option<h1_client::Fields> {
-        match self {
-            TargetBody::Inline(body) => body.take_fields(),
-            _ => None,
-        }
-    }
-
     /// Gives the connection back to `pool`; call once the body has ended.
     pub fn release_to(&mut self, pool: &Http1Pool) {
         match std::mem::replace(self, TargetBody::Released) {
@@ -434,7 +432,7 @@ impl Http1Pool {
         };
         if let Some(connection) = idle {
             match connection.send(parts, target.authority, forwarding).await {
-                Ok(response) => return Ok(Exchange { response: response.map(TargetBody::Inline) }),
+                Ok(answer) => return Ok(Exchange::inline(answer)),
                 Err(failed) if failed.unanswered && retry::is_idempotent(&parts.method) => {}
                 Err(failed) => return Err(UpstreamError::exchange(failed.error)),
             }
@@ -443,7 +441,7 @@ impl Http1Pool {
         // would otherwise enlarge every request's future.
         let connection = h1_client::Connection::new(Box::pin(connect_tcp(target.address)).await?);
         match connection.send(parts, target.authority, forwarding).await {
-            Ok(response) => Ok(Exchange { response: response.map(TargetBody::Inline) }),
+            Ok(answer) => Ok(Exchange::inline(answer)),
             Err(failed) => Err(UpstreamError::exchange(failed.error)),
         }
     }
