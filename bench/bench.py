@@ -523,15 +523,15 @@ def run_instructions():
         backend = procs.start([tool("nginx"), "-c", nginx_conf(work, "backend", server), "-p", work])
         wait_port(backend_port, procs)
         pin([backend.pid, *children(backend.pid)], LOAD_CORE)
-        ports = {"nginx": free_port(), "haproxy": free_port(), "lbctl": free_port()}
+        ports = {"nginx": free_port(), "haproxy": free_port(), "lbctl": free_port(), "lbctl+logs": free_port()}
         # nginx in one process (no master), so that callgrind sees its worker.
         nginx_cfg = nginx_conf(work, "proxy", f"""
   upstream backends {{ server 127.0.0.1:{backend_port}; keepalive 128; }}{nginx_proxy_server(ports['nginx'])}""", master=False)
         haproxy_cfg = haproxy_http_cfg(work, ports["haproxy"], [backend_port])
-        # lbctl: the proxy of an applied stack, run again under valgrind on
-        # its own port and under its own name (its own status file), reading
-        # the same target group.
-        apply_port = free_port()
+        # lbctl: the proxies of an applied stack (one with access logs on),
+        # each run again under valgrind on its own port and under its own
+        # name (its own status file and log), reading the same target group.
+        apply_ports = [free_port(), free_port()]
         with open(spec, "w") as out:
             out.write(f"""version: 1
 name: bench-instr
@@ -540,7 +540,13 @@ load_balancers:
     type: application
     worker_threads: 1
     listeners:
-      - {{ port: {apply_port}, protocol: HTTP, default_action: {{ forward: backends }} }}
+      - {{ port: {apply_ports[0]}, protocol: HTTP, default_action: {{ forward: backends }} }}
+  logged:
+    type: application
+    worker_threads: 1
+    access_logs: true
+    listeners:
+      - {{ port: {apply_ports[1]}, protocol: HTTP, default_action: {{ forward: backends }} }}
 target_groups:
   backends:
     target_type: ip
@@ -549,23 +555,24 @@ target_groups:
     health_check: {{ path: /, interval: 1s, timeout: 500ms, healthy_threshold: 2 }}
 """)
         subprocess.run([LBCTL, "apply", "-f", spec, "--auto-approve", "-q"], check=True, stdout=subprocess.DEVNULL)
-        with open(os.path.join(stack_dir, ".lbctl", "run", "lb", "front", "config.json")) as config:
-            lbctl_config = json.load(config)
-        lbctl_config["name"] = "front-counted"
-        lbctl_config["listeners"][0]["port"] = ports["lbctl"]
-        lbctl_cfg = os.path.join(work, "lbctl-proxy.json")
-        with open(lbctl_cfg, "w") as out:
-            json.dump(lbctl_config, out)
         commands = {
             "nginx": [tool("nginx"), "-c", nginx_cfg, "-p", work],
             "haproxy": [tool("haproxy"), "-f", haproxy_cfg, "-db"],
-            "lbctl": [LBCTL, "internal", "proxy", "--config", lbctl_cfg],
         }
+        for name, lb in (("lbctl", "front"), ("lbctl+logs", "logged")):
+            with open(os.path.join(stack_dir, ".lbctl", "run", "lb", lb, "config.json")) as config:
+                lbctl_config = json.load(config)
+            lbctl_config["name"] = f"{lb}-counted"
+            lbctl_config["listeners"][0]["port"] = ports[name]
+            lbctl_cfg = os.path.join(work, f"{lb}-proxy.json")
+            with open(lbctl_cfg, "w") as out:
+                json.dump(lbctl_config, out)
+            commands[name] = [LBCTL, "internal", "proxy", "--config", lbctl_cfg]
         results = {}
         for name, command in commands.items():
             requests, instructions = counted(procs, work, name, command, ports[name])
             results[name] = instructions / max(requests, 1)
-            print(f"{name:8} {requests:>8} requests  {instructions / 1e6:>9.1f} M instructions  {results[name]:>8.0f} per request", flush=True)
+            print(f"{name:10} {requests:>8} requests  {instructions / 1e6:>9.1f} M instructions  {results[name]:>8.0f} per request", flush=True)
         print()
         print(f"load: wrk -t1 -c8 -d{INSTR_DURATION} after a 2 s warm-up, each proxy alone under callgrind (user space only)")
         print()
@@ -576,6 +583,7 @@ target_groups:
         print()
         for other in ("nginx", "haproxy"):
             print(f"lbctl/{other}: instructions per request x{results['lbctl'] / results[other]:.2f}")
+        print(f"access logs and metrics: lbctl+logs/lbctl instructions per request x{results['lbctl+logs'] / results['lbctl']:.3f}")
     finally:
         subprocess.run([LBCTL, "destroy", "-f", spec, "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.stop_all()

@@ -303,14 +303,6 @@ fn or_dash(out: &mut Vec<u8>, value: Option<impl AsRef<str>>) {
     }
 }
 
-/// Writes a field, or `-`.
-fn field_or_dash(out: &mut Vec<u8>, value: Option<&dyn Field>) {
-    match value {
-        Some(it) => it.write_field(out),
-        None => out.push(b'-'),
-    }
-}
-
 /// One request of an application load balancer, as AWS logs it; the
 /// texts are the caller's, borrowed.
 #[derive(Clone, Copy)]
@@ -346,7 +338,7 @@ pub struct Entry<'a> {
     /// TLS cipher (OpenSSL's name) and protocol (`TLSv1.3`), HTTPS only.
     pub tls: Option<(&'a str, &'static str)>,
     /// The target group's ARN.
-    pub target_group_arn: Option<&'a dyn Field>,
+    pub target_group_arn: Option<&'a str>,
     /// `X-Amzn-Trace-Id`'s value.
     pub trace_id: &'a dyn Field,
     /// The SNI name, HTTPS only.
@@ -380,7 +372,9 @@ impl Entry<'_> {
         space(out);
         address(out, self.client);
         space(out);
+        let target = out.len();
         address_or_dash(out, self.target);
+        let target = target..out.len();
         for step in [self.request_processing, self.target_processing, self.response_processing] {
             space(out);
             seconds(out, step);
@@ -388,7 +382,9 @@ impl Entry<'_> {
         space(out);
         number(out, self.elb_status);
         space(out);
+        let target_status = out.len();
         number_or_dash(out, self.target_status);
+        let target_status = target_status..out.len();
         space(out);
         number(out, self.received_bytes);
         space(out);
@@ -402,7 +398,7 @@ impl Entry<'_> {
         space(out);
         or_dash(out, self.tls.map(|it| it.1));
         space(out);
-        field_or_dash(out, self.target_group_arn);
+        or_dash(out, self.target_group_arn);
         space(out);
         quoted_field(out, self.trace_id);
         space(out);
@@ -421,9 +417,10 @@ impl Entry<'_> {
         quoted(out, self.error_reason.unwrap_or(""));
         space(out);
         out.push(b'"');
-        address_or_dash(out, self.target);
+        // The target list: the one target, as written above.
+        out.extend_from_within(target);
         out.extend_from_slice(b"\" \"");
-        number_or_dash(out, self.target_status);
+        out.extend_from_within(target_status);
         out.push(b'"');
         out.extend_from_slice(b" \"-\" \"-\" ");
         out.extend_from_slice(self.conn_trace_id.as_bytes());
@@ -536,33 +533,27 @@ pub fn resource_hash(stack: &str, name: &str) -> u64 {
 /// `Root=1-<epoch hex>-<24 hex>`, as AWS's `X-Amzn-Trace-Id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceId {
-    epoch: u64,
-    random: u128,
+    /// Seconds since the epoch, in AWS's 8 hex digits.
+    epoch: u32,
+    random: [u8; 12],
 }
 
 impl TraceId {
     /// A new id for a request that arrived at `now`.
     pub fn new(now: SystemTime) -> TraceId {
         let epoch = now.duration_since(SystemTime::UNIX_EPOCH).map(|it| it.as_secs()).unwrap_or_default();
-        TraceId { epoch, random: rand::random::<u128>() & ((1u128 << 96) - 1) }
+        TraceId { epoch: epoch as u32, random: rand::random() }
     }
 }
 
 impl Field for TraceId {
     fn write_field(&self, out: &mut Vec<u8>) {
         let mut text = *b"Root=1-00000000-000000000000000000000000";
-        hex_into(&mut text[7..15], u128::from(self.epoch));
-        hex_into(&mut text[16..], self.random);
+        let (epoch, random) = text[7..].split_at_mut(8);
+        // The lengths are fixed: twice the bytes' count each.
+        let _ = hex::encode_to_slice(self.epoch.to_be_bytes(), epoch);
+        let _ = hex::encode_to_slice(self.random, &mut random[1..]);
         out.extend_from_slice(&text);
-    }
-}
-
-/// Writes the low digits of `value` in lowercase hex, zero-padded, filling
-/// `out` (what `{:0width$x}` writes, without the formatting machinery).
-pub fn hex_into(out: &mut [u8], mut value: u128) {
-    for byte in out.iter_mut().rev() {
-        *byte = b"0123456789abcdef"[(value & 0xf) as usize];
-        value >>= 4;
     }
 }
 
@@ -592,7 +583,7 @@ mod tests {
             request: &"GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1",
             user_agent: "curl/8.0 \"quoted\"",
             tls: None,
-            target_group_arn: Some(&"arn:aws:elasticloadbalancing:local:000000000000:targetgroup/web/00"),
+            target_group_arn: Some("arn:aws:elasticloadbalancing:local:000000000000:targetgroup/web/00"),
             trace_id: &"Root=1-692e0000-000000000000000000000001",
             domain: None,
             chosen_cert: None,
@@ -678,11 +669,8 @@ mod tests {
         let id = text(&TraceId::new(at(1_764_633_600, 0)));
         assert!(id.starts_with("Root=1-692e2c00-") && id.len() == "Root=1-692e2c00-".len() + 24, "{id}");
         assert_eq!(resource_id("shop", "public").len(), 16);
-        let id = TraceId { epoch: 0x692e_2c00, random: 0xabc_0000_0000_0000_0000_0001 };
-        assert_eq!(text(&id), format!("Root=1-{:08x}-{:024x}", id.epoch, id.random));
-        let mut hex = [0; 16];
-        hex_into(&mut hex, u128::from(u64::MAX - 5));
-        assert_eq!(std::str::from_utf8(&hex).unwrap(), format!("{:016x}", u64::MAX - 5));
+        let id = TraceId { epoch: 0x692e_2c00, random: [0xab, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0f, 0x01] };
+        assert_eq!(text(&id), "Root=1-692e2c00-abc000000000000000000f01");
     }
 
     #[test]

@@ -291,7 +291,9 @@ mod tests {
     fn weighted_picks_follow_weights() {
         let yaml = "forward: [{ target_group: a, weight: 90 }, { target_group: none, weight: 0 }, { target_group: b, weight: 10 }]";
         let action: lbctl_spec::Action = serde_yaml::from_str(yaml).unwrap();
-        let Ok(Action::Weighted(weighted)) = compile(&action, &mut |name| TargetGroup::new(name)) else { panic!() };
+        let Ok(Action::Weighted(weighted)) = compile(&action, &mut |name| TargetGroup::new("test", name)) else {
+            panic!()
+        };
         fn check(weighted: &Weighted, at: u32, expect: Option<&str>) {
             assert_eq!(weighted.pick_at(at).map(|it| it.name.as_str()), expect, "{at}");
         }
@@ -309,12 +311,12 @@ mod tests {
     fn fixed_responses() {
         let action: lbctl_spec::Action =
             serde_yaml::from_str("fixed_response: { status_code: 403, body: nope }").unwrap();
-        let Ok(Action::Fixed(fixed)) = compile(&action, &mut |name| TargetGroup::new(name)) else { panic!() };
+        let Ok(Action::Fixed(fixed)) = compile(&action, &mut |name| TargetGroup::new("test", name)) else { panic!() };
         assert_eq!(
             (fixed.status.as_u16(), fixed.content_type.to_str().unwrap(), &fixed.body[..]),
             (403, "text/plain", &b"nope"[..])
         );
         let bad: lbctl_spec::Action = serde_yaml::from_str("fixed_response: { status_code: 42 }").unwrap();
-        assert!(compile(&bad, &mut |name| TargetGroup::new(name)).is_err());
+        assert!(compile(&bad, &mut |name| TargetGroup::new("test", name)).is_err());
     }
 }

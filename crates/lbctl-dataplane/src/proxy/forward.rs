@@ -73,8 +73,6 @@ pub struct Observe {
     pub log: Option<Arc<AccessLog>>,
     /// `app/<name>/<id>`: the load balancer in log lines.
     pub elb: String,
-    /// The stack, for target group ARNs.
-    pub stack: String,
 }
 
 impl ListenerContext {
@@ -290,21 +288,6 @@ struct PendingLine {
     error_reason: Option<&'static str>,
 }
 
-/// `arn:aws:elasticloadbalancing:local:000000000000:targetgroup/<name>/<id>`.
-struct GroupArn<'a>(&'a str, &'a str);
-
-impl access_log::Field for GroupArn<'_> {
-    fn write_field(&self, out: &mut Vec<u8>) {
-        let (stack, name) = (self.0, self.1);
-        let mut id = [0; 16];
-        access_log::hex_into(&mut id, u128::from(access_log::resource_hash(stack, name)));
-        out.extend_from_slice(b"arn:aws:elasticloadbalancing:local:000000000000:targetgroup/");
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'/');
-        out.extend_from_slice(&id);
-    }
-}
-
 /// `arn:aws:acm:local:000000000000:certificate/<elb>` (slashes as dashes).
 struct CertificateArn<'a>(&'a str);
 
@@ -319,7 +302,6 @@ impl PendingLine {
     /// Writes the line for a response whose body was `sent` bytes.
     fn write(&self, sent: u64) {
         let now = SystemTime::now();
-        let group = self.group.as_ref().map(|it| GroupArn(&self.observe.stack, &it.name));
         let certificate = CertificateArn(&self.observe.elb);
         let tls = self.connection.tls.as_ref();
         let entry = access_log::Entry {
@@ -338,7 +320,7 @@ impl PendingLine {
             request: &self.head,
             user_agent: self.head.user_agent.as_ref().and_then(|it| it.to_str().ok()).unwrap_or(""),
             tls: tls.map(|it| (it.0.as_str(), it.1)),
-            target_group_arn: group.as_ref().map(|it| it as &dyn access_log::Field),
+            target_group_arn: self.group.as_deref().map(|it| it.arn.as_str()),
             trace_id: &self.head.trace_id,
             domain: tls.and_then(|it| it.2.as_deref()),
             chosen_cert: tls.map(|_| &certificate as &dyn access_log::Field),

@@ -37,7 +37,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-use crate::runtime::{self, FunctionConfig};
+use crate::runtime::FunctionConfig;
 
 /// The largest request body a function is sent (AWS: 1 MB).
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -75,14 +75,10 @@ pub struct Function {
 }
 
 impl Function {
-    /// Function `name` described by `file`, registered in target group
-    /// `target_group` of a stack whose runtime files are under `stack_root`.
-    pub fn new(name: &str, file: PathBuf, target_group: &str, stack_root: &std::path::Path) -> Function {
-        // A stable, stack-unique stand-in for the ARN's random suffix.
-        let suffix = runtime::digest(stack_root.join(target_group).as_os_str().as_encoded_bytes());
-        let target_group_arn =
-            format!("arn:aws:elasticloadbalancing:local:000000000000:targetgroup/{target_group}/{suffix}");
-        Function { name: name.to_string(), file, target_group_arn }
+    /// Function `name` described by `file`, registered in the target group
+    /// whose ARN is `target_group_arn`.
+    pub fn new(name: &str, file: PathBuf, target_group_arn: &str) -> Function {
+        Function { name: name.to_string(), file, target_group_arn: target_group_arn.to_string() }
     }
 }
 
@@ -356,6 +352,7 @@ fn header_value(value: &Value) -> Result<HeaderValue, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime;
     use http_body_util::Full;
     use hyper::Request;
 
@@ -473,7 +470,7 @@ mod tests {
             working_dir: dir.to_path_buf(),
         };
         runtime::write_json(&file, &config).unwrap();
-        Function::new("f", file, "tg", dir)
+        Function::new("f", file, "arn:tg")
     }
 
     async fn call(function: &Function, body: &'static str) -> (u16, String) {
@@ -503,7 +500,7 @@ mod tests {
             assert_eq!(call(&garbage, "").await, (502, "502 Bad Gateway\n".into()));
             let deaf = function(dir.path(), r#"echo '{"statusCode": 204}'"#, "5s");
             assert_eq!(call(&deaf, "").await.0, 204, "a function need not read its event");
-            let missing = Function::new("gone", dir.path().join("fn/gone/function.json"), "tg", dir.path());
+            let missing = Function::new("gone", dir.path().join("fn/gone/function.json"), "arn:tg");
             assert_eq!(call(&missing, "").await.0, 502);
         });
     }

@@ -405,7 +405,7 @@ impl Proxy {
         self.groups.retain(|name, _| wanted.contains(name));
         for name in wanted {
             self.groups.entry(name).or_insert_with_key(|name| {
-                let group = TargetGroup::new(name);
+                let group = TargetGroup::new(&config.stack, name);
                 let board = self.board.clone();
                 let manager = target_group::manage(group.clone(), config.layout.clone(), move || board.touch());
                 GroupHandle { group, _manager: AbortOnDrop(tokio::spawn(manager)) }
@@ -429,7 +429,6 @@ impl Proxy {
             stats: self.stats.clone(),
             log: self.access_log.as_ref().map(|(_, log)| log.clone()),
             elb: format!("{kind}/{}/{}", config.name, access_log::resource_id(&config.stack, &config.name)),
-            stack: config.stack.clone(),
         });
 
         let network_observe = Arc::new(network::Observe {
@@ -457,8 +456,9 @@ impl Proxy {
                 ListenerProtocol::Http | ListenerProtocol::Tcp | ListenerProtocol::Udp => None,
             };
             let groups = &self.groups;
-            let mut resolve =
-                |name: &str| groups.get(name).map(|it| it.group.clone()).unwrap_or_else(|| TargetGroup::new(name));
+            let mut resolve = |name: &str| {
+                groups.get(name).map(|it| it.group.clone()).unwrap_or_else(|| TargetGroup::new(&config.stack, name))
+            };
             let compiled = match listener.protocol {
                 ListenerProtocol::Http | ListenerProtocol::Https => {
                     let (mut context, problems) =

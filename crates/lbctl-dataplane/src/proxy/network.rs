@@ -461,7 +461,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let client = TcpStream::connect(address).await.unwrap();
         let context = Arc::new(StreamContext {
-            group: TargetGroup::new("g"),
+            group: TargetGroup::new("test", "g"),
             tls: None,
             idle_timeout: Duration::from_secs(1),
             address,

@@ -473,7 +473,7 @@ rules:
     action: { fixed_response: { status_code: 500 } }
 "#;
         let listener: lbctl_spec::Listener = serde_yaml::from_str(yaml).unwrap();
-        let (router, errors) = Router::compile(&listener, &mut |name| TargetGroup::new(name));
+        let (router, errors) = Router::compile(&listener, &mut |name| TargetGroup::new("test", name));
         assert_eq!(errors, vec!["rule 30: `not-an-ip` is not a CIDR block".to_string()]);
         fn check(router: &Router, path: &str, expect: u16) {
             let (req, source) = request(&format!("GET {path}"), &[], "127.0.0.1");
@@ -520,7 +520,7 @@ rules:
                     ],
                 });
                 let Ok(listener) = serde_json::from_value::<lbctl_spec::Listener>(listener) else { return Ok(()) };
-                let (router, _) = Router::compile(&listener, &mut |name| TargetGroup::new(name));
+                let (router, _) = Router::compile(&listener, &mut |name| TargetGroup::new("test", name));
                 compiled.set(compiled.get() + 1);
                 let mut builder = Request::builder();
                 if let Ok(method) = Method::from_bytes(&method) {

@@ -142,7 +142,7 @@ mod tests {
         board.update(|it| {
             it.config_digest = "abc".into();
             it.listening = vec![8080];
-            it.groups = vec![TargetGroup::new("web")];
+            it.groups = vec![TargetGroup::new("test", "web")];
         });
         board.write().unwrap();
         let status: ProxyStatus = runtime::read_json(&path).unwrap().unwrap();

@@ -55,6 +55,9 @@ const MAX_PENDING_FAILURES: usize = 64;
 pub struct TargetGroup {
     /// Its name.
     pub name: String,
+    /// `arn:aws:elasticloadbalancing:local:000000000000:targetgroup/<name>/<id>`:
+    /// how access logs and Lambda events name it.
+    pub arn: String,
     balancer: Balancer,
     records: ArcSwap<Vec<TargetRecord>>,
     /// How requests reach the targets; set from the group's settings.
@@ -78,10 +81,14 @@ struct TargetRecord {
 }
 
 impl TargetGroup {
-    /// A group with no targets yet.
-    pub fn new(name: &str) -> Arc<TargetGroup> {
+    /// Group `name` of stack `stack`, with no targets yet.
+    pub fn new(stack: &str, name: &str) -> Arc<TargetGroup> {
         Arc::new(TargetGroup {
             name: name.to_string(),
+            arn: format!(
+                "arn:aws:elasticloadbalancing:local:000000000000:targetgroup/{name}/{}",
+                super::access_log::resource_id(stack, name)
+            ),
             balancer: Balancer::default(),
             records: ArcSwap::default(),
             transport: TransportCell::default(),
@@ -171,7 +178,7 @@ impl TargetGroup {
 /// follows).
 pub async fn manage(group: Arc<TargetGroup>, layout: Layout, on_change: impl Fn()) {
     let mut registry = Registry::new(&layout, &group.name);
-    let mut table = Table::new(&group.name, layout);
+    let mut table = Table::new(&group.name, &group.arn, layout);
     let (results_tx, mut results) = unbounded_channel::<CheckResult>();
     let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -294,6 +301,8 @@ impl Entry {
 /// The manager's view of its targets.
 struct Table {
     name: String,
+    /// The group's ARN, which Lambda events carry.
+    arn: String,
     /// Where the functions of a `lambda` group are described.
     layout: Layout,
     settings: Option<Settings>,
@@ -302,8 +311,15 @@ struct Table {
 }
 
 impl Table {
-    fn new(name: &str, layout: Layout) -> Table {
-        Table { name: name.to_string(), layout, settings: None, entries: BTreeMap::new(), generations: 0 }
+    fn new(name: &str, arn: &str, layout: Layout) -> Table {
+        Table {
+            name: name.to_string(),
+            arn: arn.to_string(),
+            layout,
+            settings: None,
+            entries: BTreeMap::new(),
+            generations: 0,
+        }
     }
 
     fn next_generation(&mut self) -> u64 {
@@ -365,7 +381,7 @@ impl Table {
                     let backend = if lambda {
                         eprintln!("target group {}: registered function {}", self.name, target.id);
                         let file = self.layout.function_file(&target.id);
-                        Backend::lambda(Function::new(&target.id, file, &self.name, &self.layout.root))
+                        Backend::lambda(Function::new(&target.id, file, &self.arn))
                     } else {
                         eprintln!(
                             "target group {}: registered {} ({}:{})",
@@ -619,7 +635,7 @@ mod tests {
 
     /// The published `id=state` list and where four requests go.
     fn published(table: &Table) -> (String, String) {
-        let group = TargetGroup::new("web");
+        let group = TargetGroup::new("test", "web");
         table.publish(&group);
         let states: Vec<String> = group.health().iter().map(|it| format!("{}={}", it.id, it.state.as_str())).collect();
         let picks: Vec<String> = (0..4)
@@ -631,13 +647,13 @@ mod tests {
     #[test]
     fn passive_health_marks_and_clears() {
         let now = Instant::now();
-        let mut table = Table::new("web", Layout::new("/nonexistent"));
+        let mut table = Table::new("web", "arn:web", Layout::new("/nonexistent"));
         table.apply(discovered(&["a", "b"]), now);
         for id in ["a", "a", "b", "b"] {
             record(&mut table, id, Outcome::Pass);
         }
         // A refused connection takes the target out of rotation at once.
-        let group = TargetGroup::new("web");
+        let group = TargetGroup::new("test", "web");
         group.report_connection_failure(&Backend::new("a", Ipv4Addr::new(127, 0, 0, 2), 8080), "connection refused");
         let failures = std::mem::take(&mut *group.connection_failures.lock().unwrap());
         assert!(table.mark_suspects(failures, now));
@@ -667,7 +683,7 @@ mod tests {
     #[test]
     fn registration_health_and_draining() {
         let start = Instant::now();
-        let mut table = Table::new("web", Layout::new("/nonexistent"));
+        let mut table = Table::new("web", "arn:web", Layout::new("/nonexistent"));
         assert!(table.apply(discovered(&["a", "b"]), start));
         assert_eq!(published(&table), ("a=initial b=initial".into(), "a b a b".into()));
 
@@ -703,7 +719,7 @@ mod tests {
     #[test]
     fn unhealthy_targets_fail_open() {
         let start = Instant::now();
-        let mut table = Table::new("web", Layout::new("/nonexistent"));
+        let mut table = Table::new("web", "arn:web", Layout::new("/nonexistent"));
         table.apply(discovered(&["a", "b"]), start);
         let refused = || Outcome::Fail("Target.FailedHealthChecks: connection refused".into());
         for id in ["a", "b"] {
@@ -719,7 +735,7 @@ mod tests {
     #[test]
     fn functions_are_healthy_without_checks() {
         let layout = Layout::new("/stack/run");
-        let mut table = Table::new("web", layout.clone());
+        let mut table = Table::new("web", "arn:web", layout.clone());
         table.apply(discovered_with(&["thumbnailer"], "target_type: lambda, "), Instant::now());
         let (states, picks) = published(&table);
         assert_eq!(
@@ -743,7 +759,7 @@ mod tests {
     #[test]
     fn slow_start_begins_beside_a_settled_target() {
         let start = Instant::now();
-        let mut table = Table::new("web", Layout::new("/nonexistent"));
+        let mut table = Table::new("web", "arn:web", Layout::new("/nonexistent"));
         table.apply(discovered_with(&["a", "b", "c"], "slow_start: 10s, "), start);
         let ramping = |table: &Table| -> Vec<String> {
             table.entries.iter().filter(|it| it.1.slow_start_since.is_some()).map(|it| it.0.id.clone()).collect()
@@ -774,7 +790,7 @@ mod tests {
 
     #[test]
     fn a_missing_group_file_drops_every_target() {
-        let mut table = Table::new("web", Layout::new("/nonexistent"));
+        let mut table = Table::new("web", "arn:web", Layout::new("/nonexistent"));
         table.apply(discovered(&["a"]), Instant::now());
         assert!(table.apply(Discovered { config: None, targets: BTreeSet::new() }, Instant::now()));
         assert_eq!(published(&table), (String::new(), "- - - -".into()));
