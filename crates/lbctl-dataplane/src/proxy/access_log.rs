@@ -159,6 +159,14 @@ fn address_or_dash(out: &mut Vec<u8>, value: Option<SocketAddr>) {
     }
 }
 
+/// `ip:port` (`[ip]:port` for IPv6), as `SocketAddr`'s `Display` writes
+/// it: how a line names a client or a target.
+pub fn address_text(value: SocketAddr) -> String {
+    let mut out = Vec::with_capacity(21);
+    address(&mut out, value);
+    String::from_utf8(out).expect("an address is ASCII")
+}
+
 /// Writes `ip:port` (`[ip]:port` for IPv6), as `SocketAddr`'s `Display`
 /// does, without the formatting machinery for the common IPv4 case.
 fn address(out: &mut Vec<u8>, address: SocketAddr) {
@@ -313,10 +321,10 @@ pub struct Entry<'a> {
     pub time: SystemTime,
     /// `app/<name>/<id>`.
     pub elb: &'a str,
-    /// The client.
-    pub client: SocketAddr,
-    /// The target that answered, if one did.
-    pub target: Option<SocketAddr>,
+    /// The client, `ip:port` (`address_text`).
+    pub client: &'a str,
+    /// The target that answered, if one did, `ip:port`.
+    pub target: Option<&'a str>,
     /// From the request's arrival to its sending to the target.
     pub request_processing: Option<Duration>,
     /// From the sending to the target's response head.
@@ -370,10 +378,10 @@ impl Entry<'_> {
         space(out);
         out.extend_from_slice(self.elb.as_bytes());
         space(out);
-        address(out, self.client);
+        out.extend_from_slice(self.client.as_bytes());
         space(out);
         let target = out.len();
-        address_or_dash(out, self.target);
+        or_dash(out, self.target);
         let target = target..out.len();
         for step in [self.request_processing, self.target_processing, self.response_processing] {
             space(out);
@@ -571,8 +579,8 @@ mod tests {
             kind: "http",
             time: at(1_764_633_600, 250),
             elb: "app/public/0123456789abcdef",
-            client: "127.0.0.1:50000".parse().unwrap(),
-            target: Some("127.16.0.2:8080".parse().unwrap()),
+            client: "127.0.0.1:50000",
+            target: Some("127.16.0.2:8080"),
             request_processing: Some(Duration::from_micros(120)),
             target_processing: Some(Duration::from_millis(3)),
             response_processing: Some(Duration::from_micros(40)),
@@ -622,7 +630,7 @@ mod tests {
         quoted_field(&mut out, &"GET /a\\b\u{1}\"c HTTP/1.1");
         quoted_field(&mut out, &"");
         quoted(&mut out, "x\x7f");
-        address(&mut out, "[::1]:8080".parse().unwrap());
+        out.extend_from_slice(address_text("[::1]:8080".parse().unwrap()).as_bytes());
         address(&mut out, "10.0.0.255:65535".parse().unwrap());
         seconds(&mut out, Some(Duration::from_micros(12_000_034)));
         assert_eq!(

@@ -35,7 +35,7 @@ use super::lambda;
 use super::observe::LbStats;
 use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
-use super::selection::InFlight;
+use super::selection::{Backend, InFlight};
 use super::target_group::TargetGroup;
 use super::upstream::{self, BoxError, TargetBody, Upstream, UpstreamBody};
 use crate::runtime::ProxyConfig;
@@ -110,12 +110,27 @@ pub struct Frontend {
 }
 
 /// What a connection tells its requests' log lines.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ConnectionInfo {
     /// TLS cipher (OpenSSL's name), protocol and SNI name, on HTTPS.
     pub tls: Option<crate::tls::SessionSummary>,
     /// `TID_<hex>`: the connection in log lines.
     pub trace_id: String,
+    /// The client's `ip:port` as log lines write it: written once, by the
+    /// connection's first logged request.
+    client: std::sync::OnceLock<String>,
+}
+
+impl ConnectionInfo {
+    /// A connection with its TLS session and trace id.
+    pub fn new(tls: Option<crate::tls::SessionSummary>, trace_id: String) -> ConnectionInfo {
+        ConnectionInfo { tls, trace_id, client: std::sync::OnceLock::new() }
+    }
+
+    /// `peer` (the connection's client) as log lines write it.
+    fn client_text(&self, peer: SocketAddr) -> &str {
+        self.client.get_or_init(|| access_log::address_text(peer))
+    }
 }
 
 /// What happened to a request on its way, for its log line and the metrics.
@@ -128,7 +143,7 @@ struct Trace {
     /// The target group it was forwarded to.
     group: Option<Arc<TargetGroup>>,
     /// The target that was sent it.
-    target: Option<SocketAddr>,
+    target: Option<Arc<Backend>>,
     /// When it was sent to the target, and when the target's head came.
     sent: Option<Instant>,
     answered: Option<Instant>,
@@ -183,7 +198,7 @@ pub async fn handle(
             connection: connection.clone(),
             head,
             client: peer,
-            target: trace.target,
+            target: trace.target.take(),
             request_processing: Some(trace.sent.unwrap_or(now).saturating_duration_since(arrived)),
             target_processing: trace
                 .sent
@@ -273,7 +288,7 @@ struct PendingLine {
     connection: Arc<ConnectionInfo>,
     head: RequestHead,
     client: SocketAddr,
-    target: Option<SocketAddr>,
+    target: Option<Arc<Backend>>,
     request_processing: Option<Duration>,
     target_processing: Option<Duration>,
     response_processing: Option<Duration>,
@@ -308,8 +323,8 @@ impl PendingLine {
             kind: self.head.kind,
             time: now,
             elb: &self.observe.elb,
-            client: self.client,
-            target: self.target,
+            client: self.connection.client_text(self.client),
+            target: self.target.as_deref().map(|it| it.authority.as_str()),
             request_processing: self.request_processing,
             target_processing: self.target_processing,
             response_processing: self.response_processing,
@@ -461,7 +476,7 @@ async fn route(
     let sent_at = Instant::now();
     let deadline = sent_at + idle_timeout;
     trace.sent = Some(sent_at);
-    trace.target = Some(in_flight.address());
+    trace.target = Some(in_flight.backend());
     let answer = if lent {
         let sent = frontend.upstream.send_head(in_flight.endpoint(), &parts, &forwarding);
         let mut answer = tokio::time::timeout_at(deadline, sent).await;
@@ -534,7 +549,7 @@ fn retarget(
     sticky_cookie: &mut Option<HeaderValue>,
 ) {
     *in_flight = other;
-    trace.target = Some(in_flight.address());
+    trace.target = Some(in_flight.backend());
     *sticky_cookie = sticky_cookie.take().and_then(|_| group.sticky_cookie_for(in_flight));
 }
 

@@ -189,9 +189,9 @@ impl InFlight {
         format!("{} ({}:{})", self.0.id, self.0.ip, self.0.port)
     }
 
-    /// The target's address.
-    pub fn address(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from((self.0.ip, self.0.port))
+    /// The target, shared.
+    pub fn backend(&self) -> Arc<Backend> {
+        self.0.clone()
     }
 }
 
