@@ -17,12 +17,14 @@ what seeing the traffic costs, beside `nginx+logs`, the same nginx writing
 its combined-format access log (buffered as lbctl's is).
 
 Instructions, the ALB's user-space work per request, the one figure a noisy
-machine cannot blur: each proxy (nginx, HAProxy, an lbctl ALB; one worker
-each, forwarding to one nginx backend as in L7) runs under valgrind's
-callgrind, which counts the instructions it executes (its own code and its
-libraries', not the kernel's). Counting is switched on after a warm-up, for
-a bounded wrk run (8 connections, BENCH_INSTR_DURATION, default 5s).
-Printed: requests, instructions per request, and lbctl's ratio to each.
+machine cannot blur: each proxy (nginx, HAProxy, an lbctl ALB, and an lbctl
+ALB writing its access log, `lbctl+logs`; one worker each, forwarding to one
+nginx backend as in L7) runs under valgrind's callgrind, which counts the
+instructions it executes (its own code and its libraries', not the
+kernel's). Counting is switched on after a warm-up, for a bounded wrk run
+(8 connections, BENCH_INSTR_DURATION, default 5s). Printed: requests,
+instructions per request, lbctl's ratio to each, and what its access log
+adds (lbctl+logs/lbctl).
 Repeatable within about 2% run to run (how requests batch per wake-up moves
 it a little), whatever else the machine is doing, where L7's ratios move by
 10%; it leaves out system calls and the kernel (L7's CPU time has them).
