@@ -110,26 +110,28 @@ pub struct Frontend {
 }
 
 /// What a connection tells its requests' log lines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionInfo {
     /// TLS cipher (OpenSSL's name), protocol and SNI name, on HTTPS.
     pub tls: Option<crate::tls::SessionSummary>,
     /// `TID_<hex>`: the connection in log lines.
     pub trace_id: String,
+    /// The client.
+    peer: SocketAddr,
     /// The client's `ip:port` as log lines write it: written once, by the
     /// connection's first logged request.
     client: std::sync::OnceLock<String>,
 }
 
 impl ConnectionInfo {
-    /// A connection with its TLS session and trace id.
-    pub fn new(tls: Option<crate::tls::SessionSummary>, trace_id: String) -> ConnectionInfo {
-        ConnectionInfo { tls, trace_id, client: std::sync::OnceLock::new() }
+    /// `peer`'s connection, with its TLS session and trace id.
+    pub fn new(peer: SocketAddr, tls: Option<crate::tls::SessionSummary>, trace_id: String) -> ConnectionInfo {
+        ConnectionInfo { tls, trace_id, peer, client: std::sync::OnceLock::new() }
     }
 
-    /// `peer` (the connection's client) as log lines write it.
-    fn client_text(&self, peer: SocketAddr) -> &str {
-        self.client.get_or_init(|| access_log::address_text(peer))
+    /// The client as log lines write it.
+    fn client_text(&self) -> &str {
+        self.client.get_or_init(|| access_log::address_text(self.peer))
     }
 }
 
@@ -197,7 +199,6 @@ pub async fn handle(
             observe: observe.clone(),
             connection: connection.clone(),
             head,
-            client: peer,
             target: trace.target.take(),
             request_processing: Some(trace.sent.unwrap_or(now).saturating_duration_since(arrived)),
             target_processing: trace
@@ -287,7 +288,6 @@ struct PendingLine {
     observe: Arc<Observe>,
     connection: Arc<ConnectionInfo>,
     head: RequestHead,
-    client: SocketAddr,
     target: Option<Arc<Backend>>,
     request_processing: Option<Duration>,
     target_processing: Option<Duration>,
@@ -323,7 +323,7 @@ impl PendingLine {
             kind: self.head.kind,
             time: now,
             elb: &self.observe.elb,
-            client: self.connection.client_text(self.client),
+            client: self.connection.client_text(),
             target: self.target.as_deref().map(|it| it.authority.as_str()),
             request_processing: self.request_processing,
             target_processing: self.target_processing,
@@ -746,7 +746,8 @@ mod tests {
         use access_log::Field;
         let line = |request: Request<()>| {
             let mut out = Vec::new();
-            RequestHead::of(&request, &ConnectionInfo::default()).write_field(&mut out);
+            RequestHead::of(&request, &ConnectionInfo::new(([127, 0, 0, 1], 9).into(), None, String::new()))
+                .write_field(&mut out);
             String::from_utf8(out).unwrap()
         };
         // A path cannot hold a quote or a backslash (hyper refuses them); a Host can.

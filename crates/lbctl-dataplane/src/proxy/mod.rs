@@ -706,11 +706,11 @@ async fn serve_connection(
     stats.new_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let trace_id = format!("TID_{:016x}", rand::random::<u64>());
     match tls {
-        None => serve_http(stream, peer, frontend, ConnectionInfo::new(None, trace_id), shutdown).await,
+        None => serve_http(stream, peer, frontend, ConnectionInfo::new(peer, None, trace_id), shutdown).await,
         Some(acceptor) => {
             if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 let tls = Some(crate::tls::session_summary(stream.get_ref().1));
-                serve_http(stream, peer, frontend, ConnectionInfo::new(tls, trace_id), shutdown).await;
+                serve_http(stream, peer, frontend, ConnectionInfo::new(peer, tls, trace_id), shutdown).await;
             }
         }
     }
