@@ -51,14 +51,12 @@ fn lock(buffer: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
 }
 
 impl Shared {
-    /// An empty buffer to swap a full one for: the spare, else a new one.
-    fn empty_buffer(&self) -> Vec<u8> {
+    /// Takes the lines `pending` holds, leaving it the spare buffer (a new
+    /// one when another writer has the spare).
+    fn take(&self, pending: &mut Vec<u8>) -> Vec<u8> {
         let spare = std::mem::take(&mut *lock(&self.spare));
-        if spare.capacity() == 0 {
-            Vec::with_capacity(WRITE_AT * 2)
-        } else {
-            spare
-        }
+        let empty = if spare.capacity() == 0 { Vec::with_capacity(WRITE_AT * 2) } else { spare };
+        std::mem::replace(pending, empty)
     }
 
     /// Writes `bytes` at the end of the file (`O_APPEND`: whole writes
@@ -70,9 +68,11 @@ impl Shared {
         *lock(&self.spare) = bytes;
     }
 
-    /// The file's length; 0 when it cannot be read.
-    fn len(&self) -> u64 {
-        self.file.metadata().map(|it| it.len()).unwrap_or_default()
+    /// The file's length and the bytes its blocks take, reserved ones
+    /// included; `None` when they cannot be read.
+    fn sizes(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|it| (it.len(), it.blocks() * 512))
     }
 
     /// Reserves disk blocks from `from` for `RESERVE_AHEAD` bytes, the
@@ -96,7 +96,9 @@ impl Shared {
     /// holds the shared lock again.
     fn release_reserved(&self) {
         if self.file.try_lock().is_ok() {
-            let _ = self.file.set_len(self.len());
+            if let Some((len, _)) = self.sizes() {
+                let _ = self.file.set_len(len);
+            }
         }
         let _ = self.file.lock_shared();
     }
@@ -129,7 +131,6 @@ impl AccessLog {
             .name("access-log".to_string())
             .spawn(move || {
                 let shared = writer_shared;
-                let mut reserved_to = 0;
                 let mut can_reserve = true;
                 loop {
                     let closed = shared.closed.load(Ordering::Acquire);
@@ -138,12 +139,7 @@ impl AccessLog {
                     }
                     let left = {
                         let mut pending = lock(&shared.pending);
-                        if pending.is_empty() {
-                            None
-                        } else {
-                            let empty = shared.empty_buffer();
-                            Some(std::mem::replace(&mut *pending, empty))
-                        }
+                        (!pending.is_empty()).then(|| shared.take(&mut pending))
                     };
                     if let Some(left) = left {
                         shared.write(left);
@@ -152,10 +148,10 @@ impl AccessLog {
                         shared.release_reserved();
                         return;
                     }
-                    let len = shared.len();
-                    if can_reserve && reserved_to < len + RESERVE_AHEAD / 2 {
-                        can_reserve = shared.reserve(len);
-                        reserved_to = len + RESERVE_AHEAD;
+                    if let Some((len, allocated)) = shared.sizes().filter(|_| can_reserve) {
+                        if allocated < len + RESERVE_AHEAD / 2 {
+                            can_reserve = shared.reserve(len);
+                        }
                     }
                 }
             })
@@ -171,8 +167,7 @@ impl AccessLog {
             if pending.len() < WRITE_AT {
                 return;
             }
-            let empty = self.shared.empty_buffer();
-            std::mem::replace(&mut *pending, empty)
+            self.shared.take(&mut pending)
         };
         self.shared.write(full);
     }
