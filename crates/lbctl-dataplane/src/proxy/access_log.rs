@@ -187,24 +187,49 @@ impl Drop for AccessLog {
 thread_local! {
     /// The second last written and its `2026-12-02T10:00:00` text: lines of
     /// the same second share the date arithmetic.
-    static SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
 }
 
-/// Writes `time` as `2026-12-02T10:00:00.123456Z`.
-fn write_time(out: &mut Vec<u8>, time: SystemTime) {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    SECOND.with_borrow_mut(|(second, text)| {
-        if *second != since.as_secs() {
-            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs());
-            let formatted = humantime::format_rfc3339_seconds(whole).to_string();
-            text.copy_from_slice(&formatted.as_bytes()[..19]);
-            *second = since.as_secs();
-        }
-        out.extend_from_slice(&text[..]);
-    });
-    out.push(b'.');
-    padded(out, since.subsec_micros(), 6);
-    out.push(b'Z');
+/// Writes the time `since` the Unix epoch as `2026-12-02T10:00:00.123456Z`.
+fn write_time(out: &mut Vec<u8>, since: Duration) {
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    let (second, date) = SECOND.get();
+    if second == since.as_secs() {
+        text[..19].copy_from_slice(&date);
+    } else {
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+        text[..19].copy_from_slice(&humantime::format_rfc3339_seconds(whole).to_string().as_bytes()[..19]);
+        SECOND.set((since.as_secs(), text[..19].try_into().expect("19 bytes")));
+    }
+    text[20..26].copy_from_slice(&decimal::<6>(since.subsec_micros().into()));
+    out.extend_from_slice(&text);
+}
+
+/// Writes `time` as `write_time` does.
+fn write_system_time(out: &mut Vec<u8>, time: SystemTime) {
+    write_time(out, time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+}
+
+/// The last `N` decimal digits of `value`, zero-padded: a fixed-size
+/// array, which the compiler writes without a loop or a call.
+fn decimal<const N: usize>(mut value: u64) -> [u8; N] {
+    let mut text = [b'0'; N];
+    for slot in text.iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    text
+}
+
+/// `value` in 8 hex digits, computed in one register: a digit per byte.
+fn hex8(value: u32) -> [u8; 8] {
+    let mut nibbles = u64::from(value);
+    nibbles = (nibbles | nibbles << 16) & 0x0000_ffff_0000_ffff;
+    nibbles = (nibbles | nibbles << 8) & 0x00ff_00ff_00ff_00ff;
+    nibbles = (nibbles | nibbles << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose nibble is past 9: `a` is 39 after `9` + 1.
+    let letters = ((nibbles + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (nibbles + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
 }
 
 /// Writes a number in decimal.
@@ -212,12 +237,13 @@ fn number(out: &mut Vec<u8>, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// Writes `value` in decimal, zero-padded to `width` digits.
-fn padded(out: &mut Vec<u8>, value: u32, width: usize) {
-    let mut buffer = itoa::Buffer::new();
-    let digits = buffer.format(value).as_bytes();
-    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
-    out.extend_from_slice(digits);
+/// Writes an HTTP status code (three digits, as every valid one has).
+fn status(out: &mut Vec<u8>, code: u16) {
+    if (100..1000).contains(&code) {
+        out.extend_from_slice(&decimal::<3>(code.into()));
+    } else {
+        number(out, code);
+    }
 }
 
 /// Writes a number in decimal, or `-`.
@@ -295,10 +321,17 @@ pub(super) fn ip(out: &mut Vec<u8>, ip: IpAddr) {
 /// Writes seconds with AWS's precision, or `-1` when the step did not happen.
 fn seconds(out: &mut Vec<u8>, value: Option<Duration>) {
     match value {
+        // Under ten seconds, as nearly every step is: one fixed-size write.
+        Some(it) if it.as_secs() < 10 => {
+            let mut text = *b"0.000000";
+            text[0] += it.as_secs() as u8;
+            text[2..].copy_from_slice(&decimal::<6>(it.subsec_micros().into()));
+            out.extend_from_slice(&text);
+        }
         Some(it) => {
             number(out, it.as_secs());
             out.push(b'.');
-            padded(out, it.subsec_micros(), 6);
+            out.extend_from_slice(&decimal::<6>(it.subsec_micros().into()));
         }
         None => out.extend_from_slice(b"-1"),
     }
@@ -312,6 +345,14 @@ fn quoted(out: &mut Vec<u8>, text: &str) {
         out.push(b'-');
     }
     escaped(out, text);
+    out.push(b'"');
+}
+
+/// Writes a text lbctl wrote (nothing in it to escape) quoted, `"-"` when
+/// empty.
+fn quoted_ours(out: &mut Vec<u8>, text: &'static str) {
+    out.push(b'"');
+    out.extend_from_slice(if text.is_empty() { b"-" } else { text.as_bytes() });
     out.push(b'"');
 }
 
@@ -394,8 +435,8 @@ fn or_dash(out: &mut Vec<u8>, value: Option<impl AsRef<str>>) {
 pub struct Entry<'a> {
     /// `http`, `https`, `h2` (HTTP/2 over TLS), `grpcs`.
     pub kind: &'static str,
-    /// When the response was sent.
-    pub time: SystemTime,
+    /// When the response was sent, since the Unix epoch.
+    pub time: Duration,
     /// `app/<name>/<id>`.
     pub elb: &'a str,
     /// The client, `ip:port` (`address_text`).
@@ -433,8 +474,8 @@ pub struct Entry<'a> {
     /// The rule that matched (0: the default action); `None` when no
     /// routing happened.
     pub matched_rule_priority: Option<u32>,
-    /// When the request arrived.
-    pub request_creation_time: SystemTime,
+    /// When the request arrived, since the Unix epoch.
+    pub request_creation_time: Duration,
     /// `forward`, `redirect`, `fixed-response`.
     pub actions: &'static str,
     /// A redirect's `Location`.
@@ -465,10 +506,13 @@ impl Entry<'_> {
             seconds(out, step);
         }
         space(out);
-        number(out, self.elb_status);
+        status(out, self.elb_status);
         space(out);
         let target_status = out.len();
-        number_or_dash(out, self.target_status);
+        match self.target_status {
+            Some(code) => status(out, code),
+            None => out.push(b'-'),
+        }
         let target_status = target_status..out.len();
         space(out);
         number(out, self.received_bytes);
@@ -495,11 +539,11 @@ impl Entry<'_> {
         space(out);
         write_time(out, self.request_creation_time);
         space(out);
-        quoted(out, self.actions);
+        quoted_ours(out, self.actions);
         space(out);
         quoted(out, self.redirect_url.unwrap_or(""));
         space(out);
-        quoted(out, self.error_reason.unwrap_or(""));
+        quoted_ours(out, self.error_reason.unwrap_or(""));
         space(out);
         out.push(b'"');
         // The target list: the one target, as written above.
@@ -562,7 +606,7 @@ impl ConnectionEntry {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.kind.as_bytes());
         out.extend_from_slice(b" 2.0 ");
-        write_time(out, self.time);
+        write_system_time(out, self.time);
         for text in [" ", &self.elb, " ", &self.listener, " "] {
             out.extend_from_slice(text.as_bytes());
         }
@@ -586,7 +630,7 @@ impl ConnectionEntry {
         out.extend_from_slice(b" - ");
         or_dash(out, self.domain.as_ref());
         out.extend_from_slice(b" - - - ");
-        write_time(out, self.started);
+        write_system_time(out, self.started);
         out.push(b' ');
         address_or_dash(out, self.target);
         out.push(b'\n');
@@ -620,24 +664,26 @@ pub fn resource_hash(stack: &str, name: &str) -> u64 {
 pub struct TraceId {
     /// Seconds since the epoch, in AWS's 8 hex digits.
     epoch: u32,
-    random: [u8; 12],
+    /// 96 random bits.
+    random: (u64, u32),
 }
 
 impl TraceId {
-    /// A new id for a request that arrived at `now`.
-    pub fn new(now: SystemTime) -> TraceId {
-        let epoch = now.duration_since(SystemTime::UNIX_EPOCH).map(|it| it.as_secs()).unwrap_or_default();
-        TraceId { epoch: epoch as u32, random: rand::random() }
+    /// A new id for a request that arrived `epoch` seconds after the Unix
+    /// epoch. The random part identifies, it guards nothing: it comes from
+    /// a fast generator of the thread, seeded once from the system.
+    pub fn new(epoch: u64) -> TraceId {
+        TraceId { epoch: epoch as u32, random: (fastrand::u64(..), fastrand::u32(..)) }
     }
 }
 
 impl Field for TraceId {
     fn write_field(&self, out: &mut Vec<u8>) {
         let mut text = *b"Root=1-00000000-000000000000000000000000";
-        let (epoch, random) = text[7..].split_at_mut(8);
-        // The lengths are fixed: twice the bytes' count each.
-        let _ = hex::encode_to_slice(self.epoch.to_be_bytes(), epoch);
-        let _ = hex::encode_to_slice(self.random, &mut random[1..]);
+        text[7..15].copy_from_slice(&hex8(self.epoch));
+        text[16..24].copy_from_slice(&hex8((self.random.0 >> 32) as u32));
+        text[24..32].copy_from_slice(&hex8(self.random.0 as u32));
+        text[32..].copy_from_slice(&hex8(self.random.1));
         out.extend_from_slice(&text);
     }
 }
@@ -646,15 +692,19 @@ impl Field for TraceId {
 mod tests {
     use super::*;
 
+    fn since(seconds: u64, micros: u64) -> Duration {
+        Duration::from_secs(seconds) + Duration::from_micros(micros)
+    }
+
     fn at(seconds: u64, micros: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_micros(micros)
+        SystemTime::UNIX_EPOCH + since(seconds, micros)
     }
 
     #[test]
     fn an_alb_line_has_aws_fields_in_aws_order() {
         let entry = Entry {
             kind: "http",
-            time: at(1_764_633_600, 250),
+            time: since(1_764_633_600, 250),
             elb: "app/public/0123456789abcdef",
             client: "127.0.0.1:50000",
             target: Some("127.16.0.2:8080"),
@@ -673,7 +723,7 @@ mod tests {
             domain: None,
             chosen_cert: None,
             matched_rule_priority: Some(10),
-            request_creation_time: at(1_764_633_600, 0),
+            request_creation_time: since(1_764_633_600, 0),
             actions: "forward",
             redirect_url: None,
             error_reason: None,
@@ -749,12 +799,20 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hex8_writes_what_format_writes(value: u32) {
+            let text = hex8(value);
+            proptest::prop_assert_eq!(std::str::from_utf8(&text).unwrap(), format!("{value:08x}"));
+        }
+    }
+
     #[test]
     fn trace_ids_look_like_aws_ones() {
-        let id = text(&TraceId::new(at(1_764_633_600, 0)));
+        let id = text(&TraceId::new(1_764_633_600));
         assert!(id.starts_with("Root=1-692e2c00-") && id.len() == "Root=1-692e2c00-".len() + 24, "{id}");
         assert_eq!(resource_id("shop", "public").len(), 16);
-        let id = TraceId { epoch: 0x692e_2c00, random: [0xab, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0f, 0x01] };
+        let id = TraceId { epoch: 0x692e_2c00, random: (0xabc0_0000_0000_0000, 0x0f01) };
         assert_eq!(text(&id), "Root=1-692e2c00-abc000000000000000000f01");
     }
 

@@ -191,11 +191,10 @@ pub async fn handle(
     let body = response.body_mut();
     body.stats = Some(observe.stats.clone());
     body.received = received + head_bytes;
-    if let (Some(log), Some(head)) = (observe.log.clone(), head) {
+    if let Some(head) = head {
         let now = Instant::now();
         let answered = trace.answered;
         body.log = Some(Box::new(PendingLine {
-            log,
             observe: observe.clone(),
             connection: connection.clone(),
             head,
@@ -230,8 +229,8 @@ struct RequestHead {
     version: Version,
     tls: bool,
     user_agent: Option<HeaderValue>,
-    trace_id: access_log::TraceId,
-    arrived_at: SystemTime,
+    /// Since the Unix epoch.
+    arrived_at: Duration,
 }
 
 impl RequestHead {
@@ -248,7 +247,6 @@ impl RequestHead {
             .get(HOST)
             .cloned()
             .or_else(|| request.uri().authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()));
-        let arrived_at = SystemTime::now();
         RequestHead {
             kind,
             method: request.method().clone(),
@@ -257,8 +255,7 @@ impl RequestHead {
             version: request.version(),
             tls,
             user_agent: request.headers().get(USER_AGENT).cloned(),
-            trace_id: access_log::TraceId::new(arrived_at),
-            arrived_at,
+            arrived_at: since_epoch(),
         }
     }
 }
@@ -274,7 +271,8 @@ impl access_log::Field for RequestHead {
             _ => b" HTTP/1.1",
         };
         let scheme: &[u8] = if self.tls { b" https://" } else { b" http://" };
-        access_log::escaped(out, self.method.as_str());
+        // A method is a token: nothing in it to escape.
+        out.extend_from_slice(self.method.as_str().as_bytes());
         out.extend_from_slice(scheme);
         access_log::escaped(out, host);
         access_log::escaped(out, path);
@@ -284,7 +282,7 @@ impl access_log::Field for RequestHead {
 
 /// An access-log line waiting for its response to be sent.
 struct PendingLine {
-    log: Arc<AccessLog>,
+    /// The load balancer's, with its log.
     observe: Arc<Observe>,
     connection: Arc<ConnectionInfo>,
     head: RequestHead,
@@ -316,12 +314,13 @@ impl access_log::Field for CertificateArn<'_> {
 impl PendingLine {
     /// Writes the line for a response whose body was `sent` bytes.
     fn write(&self, sent: u64) {
-        let now = SystemTime::now();
+        let Some(log) = &self.observe.log else { return };
+        let trace_id = access_log::TraceId::new(self.head.arrived_at.as_secs());
         let certificate = CertificateArn(&self.observe.elb);
         let tls = self.connection.tls.as_ref();
         let entry = access_log::Entry {
             kind: self.head.kind,
-            time: now,
+            time: since_epoch(),
             elb: &self.observe.elb,
             client: self.connection.client_text(),
             target: self.target.as_deref().map(|it| it.authority.as_str()),
@@ -336,7 +335,7 @@ impl PendingLine {
             user_agent: self.head.user_agent.as_ref().and_then(|it| it.to_str().ok()).unwrap_or(""),
             tls: tls.map(|it| (it.0.as_str(), it.1)),
             target_group_arn: self.group.as_deref().map(|it| it.arn.as_str()),
-            trace_id: &self.head.trace_id,
+            trace_id: &trace_id,
             domain: tls.and_then(|it| it.2.as_deref()),
             chosen_cert: tls.map(|_| &certificate as &dyn access_log::Field),
             matched_rule_priority: self.priority,
@@ -346,8 +345,13 @@ impl PendingLine {
             error_reason: self.error_reason,
             conn_trace_id: &self.connection.trace_id,
         };
-        self.log.append_with(|out| entry.write_to(out))
+        log.append_with(|out| entry.write_to(out))
     }
+}
+
+/// The wall-clock time now, since the Unix epoch.
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()
 }
 
 /// The size of a request: its request line and headers (as sent over
