@@ -10,11 +10,17 @@ response. In front of them, one at a time and in alternation, run nginx
 X-Forwarded-For, with keep-alive to the backends. wrk (pinned to the other
 core with the backends) drives each for the same time. Printed per proxy:
 requests/s, p50, p99, CPU time per request (the proxy's own processes, from
-/proc), and the ratios lbctl/nginx and lbctl/HAProxy. A second lbctl ALB of
-the same stack, `lbctl+logs`, writes its access log and has its Prometheus
-metrics scraped every second while it runs: the ratio lbctl+logs/lbctl is
-what seeing the traffic costs, beside `nginx+logs`, the same nginx writing
-its combined-format access log (buffered as lbctl's is).
+/proc, and the user-space part of it), and the ratios lbctl/nginx and
+lbctl/HAProxy. A second lbctl ALB of the same stack, `lbctl+logs`, writes
+its access log and has its Prometheus metrics scraped every second while it
+runs: the ratio lbctl+logs/lbctl is what seeing the traffic costs, beside
+`nginx+logs`, the same nginx writing its combined-format access log
+(buffered as lbctl's is). Each proxy and its logging twin run back to back,
+in turns first, and the ratio of each such pair is printed too (median and
+range over the rounds): the machine's drift within a round weighs on both
+alike. After every run, what it left for the kernel to write back (the
+logs' pages) is synced and the sync timed (`sync` in the per-run lines), so
+that no run pays for an earlier one's disk writes.
 
 Instructions, the ALB's user-space work per request, the one figure a noisy
 machine cannot blur: each proxy (nginx, HAProxy, an lbctl ALB, and an lbctl
@@ -115,14 +121,26 @@ def tool(name):
 
 def cpu_seconds(pids):
     """User + system CPU time of the processes (all their threads)."""
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids):
+    """User and system CPU time of the processes (all their threads)."""
+    user = system = 0
     for pid in pids:
         try:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICKS, system / TICKS
+
+
+def busy_seconds():
+    """CPU time spent by every core on anything but idling and waiting."""
+    fields = [int(it) for it in open("/proc/stat").readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
 
 
 def children(pid):
@@ -421,8 +439,13 @@ target_groups:
             subprocess.run(["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
         results = {name: [] for name in ports}
         for round_idx in range(ROUNDS):
-            for name, port in ports.items():
-                before = cpu_seconds(proxies[name])
+            # Each proxy and its logging twin run back to back, in turns
+            # first: a machine that slows or speeds up during a round
+            # weighs on both alike.
+            order = list(ports) if round_idx % 2 == 0 else ["nginx+logs", "nginx", "haproxy", "lbctl+logs", "lbctl"]
+            for name in order:
+                port = ports[name]
+                before = cpu_split(proxies[name])
                 profiler = None
                 if name == "lbctl" and os.environ.get("BENCH_PROFILE"):
                     # BENCH_PROFILE=FILE: record the proxy with perf during its runs.
@@ -434,14 +457,24 @@ target_groups:
                 if profiler:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait()
-                run["cpu_us_per_request"] = (cpu_seconds(proxies[name]) - before) / max(run["requests"], 1) * 1e6
+                user, system = (after - start for after, start in zip(cpu_split(proxies[name]), before))
+                # What a run left for the kernel to write back (an access
+                # log's pages) is written now, between runs, timed: left to
+                # the kernel's flusher, it would run on the proxy core during
+                # the next proxy's run.
+                synced, busy = time.monotonic(), busy_seconds()
+                os.sync()
+                run["sync_ms"] = (time.monotonic() - synced) * 1e3
+                run["writeback_us_per_request"] = (busy_seconds() - busy) / max(run["requests"], 1) * 1e6
+                run["cpu_us_per_request"] = (user + system) / max(run["requests"], 1) * 1e6
+                run["user_us_per_request"] = user / max(run["requests"], 1) * 1e6
                 results[name].append(run)
                 print(f"round {round_idx + 1} {name:8} {run['rps']:>10.0f} req/s  p50 {run['p50']:.3f} ms  p99 {run['p99']:.3f} ms  "
-                      f"cpu {run['cpu_us_per_request']:.1f} us/req  errors {run['errors']} {run['socket_errors']}", flush=True)
+                      f"cpu {run['cpu_us_per_request']:.1f} us/req (user {run['user_us_per_request']:.1f})  sync {run['sync_ms']:.0f} ms ({run['writeback_us_per_request']:.2f} us/req)  errors {run['errors']} {run['socket_errors']}", flush=True)
 
         summary = {}
         for name, runs in results.items():
-            summary[name] = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99", "cpu_us_per_request")}
+            summary[name] = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99", "cpu_us_per_request", "writeback_us_per_request")}
             summary[name]["errors"] = sum(run["errors"] for run in runs)
         print()
         print(f"machine: {os.cpu_count()} cores, {platform_line()}")
@@ -467,6 +500,12 @@ target_groups:
         print(f"access logs and metrics: lbctl+logs/lbctl requests/s x{logged['rps'] / plain['rps']:.3f}, "
               f"CPU per request x{logged['cpu_us_per_request'] / plain['cpu_us_per_request']:.3f} "
               f"({log_size / 1e6:.0f} MB of access log, {scrapes} scrapes)")
+        print(f"  writing back the logs (the sync after each run, every core's CPU): lbctl+logs "
+              f"{logged['writeback_us_per_request']:.2f} us per request, nginx+logs {nginx_logged['writeback_us_per_request']:.2f} us")
+        for twin, base in (("nginx+logs", "nginx"), ("lbctl+logs", "lbctl")):
+            pairs = sorted(with_logs["rps"] / without["rps"] for with_logs, without in zip(results[twin], results[base]))
+            print(f"  {twin}/{base} requests/s per round (run back to back): median x{statistics.median(pairs):.3f}, "
+                  f"from x{pairs[0]:.3f} to x{pairs[-1]:.3f}")
     finally:
         subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.stop_all()

@@ -242,11 +242,17 @@ impl RequestHead {
             (true, _) => "https",
             (false, _) => "http",
         };
-        let host = request
-            .headers()
-            .get(HOST)
-            .cloned()
-            .or_else(|| request.uri().authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()));
+        // The first Host and User-Agent, in one pass: a request has few
+        // fields, and two lookups by hash cost more than reading them.
+        let (mut host, mut user_agent) = (None, None);
+        for (name, value) in request.headers() {
+            if host.is_none() && name == HOST {
+                host = Some(value.clone());
+            } else if user_agent.is_none() && name == USER_AGENT {
+                user_agent = Some(value.clone());
+            }
+        }
+        let host = host.or_else(|| request.uri().authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()));
         RequestHead {
             kind,
             method: request.method().clone(),
@@ -254,7 +260,7 @@ impl RequestHead {
             path: request.uri().path_and_query().cloned(),
             version: request.version(),
             tls,
-            user_agent: request.headers().get(USER_AGENT).cloned(),
+            user_agent,
             arrived_at: since_epoch(),
         }
     }
@@ -759,6 +765,19 @@ mod tests {
         assert_eq!(line(request), "GET http://\\\"shop\\\\x:8080/a?b=c HTTP/1.1");
         let request = Request::get("http://h2.example:443").version(Version::HTTP_2).body(()).unwrap();
         assert_eq!(line(request), "GET http://h2.example:443/ HTTP/2.0");
+        // The first of repeated fields, as a lookup by name gives.
+        let request = Request::get("/")
+            .header(USER_AGENT, "curl/8.0")
+            .header(HOST, "first")
+            .header(HOST, "second")
+            .header(USER_AGENT, "other")
+            .body(())
+            .unwrap();
+        let head = RequestHead::of(&request, &ConnectionInfo::new(([127, 0, 0, 1], 9).into(), None, String::new()));
+        assert_eq!(
+            (head.host.unwrap().to_str().unwrap(), head.user_agent.unwrap().to_str().unwrap()),
+            ("first", "curl/8.0")
+        );
     }
 
     #[test]
