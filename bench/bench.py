@@ -438,11 +438,14 @@ target_groups:
         for name, port in ports.items():
             subprocess.run(["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
         results = {name: [] for name in ports}
+        # Each logging twin, after the proxy it is compared with.
+        twins = {"nginx+logs": "nginx", "lbctl+logs": "lbctl"}
+        groups = [[name, *(twin for twin, base in twins.items() if base == name)] for name in ports if name not in twins]
         for round_idx in range(ROUNDS):
             # Each proxy and its logging twin run back to back, in turns
             # first: a machine that slows or speeds up during a round
             # weighs on both alike.
-            order = list(ports) if round_idx % 2 == 0 else ["nginx+logs", "nginx", "haproxy", "lbctl+logs", "lbctl"]
+            order = [name for group in groups for name in (group if round_idx % 2 == 0 else reversed(group))]
             for name in order:
                 port = ports[name]
                 before = cpu_split(proxies[name])
@@ -465,9 +468,10 @@ target_groups:
                 synced, busy = time.monotonic(), busy_seconds()
                 os.sync()
                 run["sync_ms"] = (time.monotonic() - synced) * 1e3
-                run["writeback_us_per_request"] = (busy_seconds() - busy) / max(run["requests"], 1) * 1e6
-                run["cpu_us_per_request"] = (user + system) / max(run["requests"], 1) * 1e6
-                run["user_us_per_request"] = user / max(run["requests"], 1) * 1e6
+                per_request = 1e6 / max(run["requests"], 1)
+                run["writeback_us_per_request"] = (busy_seconds() - busy) * per_request
+                run["cpu_us_per_request"] = (user + system) * per_request
+                run["user_us_per_request"] = user * per_request
                 results[name].append(run)
                 print(f"round {round_idx + 1} {name:8} {run['rps']:>10.0f} req/s  p50 {run['p50']:.3f} ms  p99 {run['p99']:.3f} ms  "
                       f"cpu {run['cpu_us_per_request']:.1f} us/req (user {run['user_us_per_request']:.1f})  sync {run['sync_ms']:.0f} ms ({run['writeback_us_per_request']:.2f} us/req)  errors {run['errors']} {run['socket_errors']}", flush=True)
@@ -502,7 +506,7 @@ target_groups:
               f"({log_size / 1e6:.0f} MB of access log, {scrapes} scrapes)")
         print(f"  writing back the logs (the sync after each run, every core's CPU): lbctl+logs "
               f"{logged['writeback_us_per_request']:.2f} us per request, nginx+logs {nginx_logged['writeback_us_per_request']:.2f} us")
-        for twin, base in (("nginx+logs", "nginx"), ("lbctl+logs", "lbctl")):
+        for twin, base in twins.items():
             pairs = sorted(with_logs["rps"] / without["rps"] for with_logs, without in zip(results[twin], results[base]))
             print(f"  {twin}/{base} requests/s per round (run back to back): median x{statistics.median(pairs):.3f}, "
                   f"from x{pairs[0]:.3f} to x{pairs[-1]:.3f}")
