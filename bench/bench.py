@@ -54,7 +54,8 @@ with an ip target), each in an empty directory: `lbctl validate` and
 BENCH_DURATION, BENCH_ROUNDS and BENCH_CONNECTIONS (L7) change the load;
 BENCH_L4_STREAMS and BENCH_L4_WORKERS set the L4 concurrency, and
 BENCH_HAPROXY_SPLICE=1 lets HAProxy splice as lbctl's NLB does;
-BENCH_PROFILE=FILE records the lbctl ALB with `perf` into FILE;
+BENCH_PROFILE=FILE records the lbctl ALB with `perf` into FILE, and the
+logging one into FILE-logs;
 BENCH_INSTR_KEEP=DIR keeps the callgrind files in DIR. Binaries come
 from CARGO_TARGET_DIR (default target/), built first unless
 BENCH_SKIP_BUILD=1; BENCH_LBCTL=PATH uses another lbctl binary.
@@ -450,9 +451,10 @@ target_groups:
                 port = ports[name]
                 before = cpu_split(proxies[name])
                 profiler = None
-                if name == "lbctl" and os.environ.get("BENCH_PROFILE"):
+                if name in ("lbctl", "lbctl+logs") and os.environ.get("BENCH_PROFILE"):
                     # BENCH_PROFILE=FILE: record the proxy with perf during its runs.
-                    profiler = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", os.environ["BENCH_PROFILE"], "-p", str(lbctl_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    out = os.environ["BENCH_PROFILE"] + ("-logs" if name == "lbctl+logs" else "")
+                    profiler = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", out, "-p", ",".join(map(str, proxies[name]))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 scraper = Scraper(metrics_url) if name == "lbctl+logs" else None
                 run = wrk(port)
                 if scraper:

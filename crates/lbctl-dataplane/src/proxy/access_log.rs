@@ -365,7 +365,14 @@ fn quoted(out: &mut Vec<u8>, text: &str) {
     if text.is_empty() {
         out.push(b'-');
     }
-    escaped(out, text);
+    escaped(out, text.as_bytes());
+    out.push(b'"');
+}
+
+/// Writes text already escaped quoted, `"-"` when empty.
+fn quoted_escaped(out: &mut Vec<u8>, text: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(if text.is_empty() { b"-" } else { text });
     out.push(b'"');
 }
 
@@ -377,12 +384,13 @@ fn quoted_ours(out: &mut Vec<u8>, text: &'static str) {
     out.push(b'"');
 }
 
-/// The bytes `escaped` escapes: quotes, backslashes, control characters.
+/// The bytes `escaped` escapes: quotes, backslashes, control characters
+/// and bytes past ASCII (a client's field is not always UTF-8).
 const ESCAPED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut byte = 0;
-    while byte < 0x20 {
-        table[byte] = true;
+    let mut table = [true; 256];
+    let mut byte = 0x20;
+    while byte < 0x7f {
+        table[byte] = false;
         byte += 1;
     }
     table[b'"' as usize] = true;
@@ -391,9 +399,10 @@ const ESCAPED: [bool; 256] = {
     table
 };
 
-/// Writes `text` with quotes, backslashes and control characters escaped.
-pub fn escaped(out: &mut Vec<u8>, text: &str) {
-    let mut rest = text.as_bytes();
+/// Writes `text` with quotes, backslashes, control characters and bytes
+/// past ASCII escaped (`\"`, `\\`, `\x7f`).
+pub fn escaped(out: &mut Vec<u8>, text: &[u8]) {
+    let mut rest = text;
     while let Some(at) = rest.iter().position(|&byte| ESCAPED[usize::from(byte)]) {
         out.extend_from_slice(&rest[..at]);
         match rest[at] {
@@ -419,7 +428,7 @@ pub trait Field {
 
 impl Field for &str {
     fn write_field(&self, out: &mut Vec<u8>) {
-        escaped(out, self);
+        escaped(out, self.as_bytes());
     }
 }
 
@@ -478,10 +487,10 @@ pub struct Entry<'a> {
     pub received_bytes: u64,
     /// Bytes sent to the client.
     pub sent_bytes: u64,
-    /// `GET http://host:80/path?query HTTP/1.1`.
-    pub request: &'a dyn Field,
-    /// The client's User-Agent.
-    pub user_agent: &'a str,
+    /// `GET http://host:80/path?query HTTP/1.1`, escaped (`escaped`).
+    pub request: &'a [u8],
+    /// The client's User-Agent, escaped; empty when it sent none.
+    pub user_agent: &'a [u8],
     /// TLS cipher (OpenSSL's name) and protocol (`TLSv1.3`), HTTPS only.
     pub tls: Option<(&'a str, &'static str)>,
     /// The target group's ARN.
@@ -540,9 +549,9 @@ impl Entry<'_> {
         space(out);
         number(out, self.sent_bytes);
         space(out);
-        quoted_field(out, self.request);
+        quoted_escaped(out, self.request);
         space(out);
-        quoted(out, self.user_agent);
+        quoted_escaped(out, self.user_agent);
         space(out);
         or_dash(out, self.tls.map(|it| it.0));
         space(out);
@@ -721,6 +730,12 @@ mod tests {
         SystemTime::UNIX_EPOCH + since(seconds, micros)
     }
 
+    fn escaped_text(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        escaped(&mut out, text.as_bytes());
+        out
+    }
+
     #[test]
     fn an_alb_line_has_aws_fields_in_aws_order() {
         let entry = Entry {
@@ -736,8 +751,8 @@ mod tests {
             target_status: Some(200),
             received_bytes: 80,
             sent_bytes: 160,
-            request: &"GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1",
-            user_agent: "curl/8.0 \"quoted\"",
+            request: b"GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1",
+            user_agent: &escaped_text("curl/8.0 \"quoted\""),
             tls: None,
             target_group_arn: Some("arn:aws:elasticloadbalancing:local:000000000000:targetgroup/web/00"),
             trace_id: &"Root=1-692e0000-000000000000000000000001",
