@@ -358,8 +358,8 @@ fn seconds(out: &mut Vec<u8>, value: Option<Duration>) {
     }
 }
 
-/// Writes a quoted field: `"text"`, `"-"` when empty, quotes and control
-/// characters escaped.
+/// Writes a quoted field: `"text"`, `"-"` when empty, escaped as
+/// `escaped` does.
 fn quoted(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     if text.is_empty() {
