@@ -118,20 +118,24 @@ pub struct ConnectionInfo {
     pub trace_id: String,
     /// The client.
     peer: SocketAddr,
-    /// The client's `ip:port` as log lines write it: written once, by the
+    /// What log lines have of the connection: written once, by the
     /// connection's first logged request.
-    client: std::sync::OnceLock<String>,
+    text: std::sync::OnceLock<access_log::ConnectionText>,
 }
 
 impl ConnectionInfo {
     /// `peer`'s connection, with its TLS session and trace id.
     pub fn new(peer: SocketAddr, tls: Option<crate::tls::SessionSummary>, trace_id: String) -> ConnectionInfo {
-        ConnectionInfo { tls, trace_id, peer, client: std::sync::OnceLock::new() }
+        ConnectionInfo { tls, trace_id, peer, text: std::sync::OnceLock::new() }
     }
 
-    /// The client as log lines write it.
-    fn client_text(&self) -> &str {
-        self.client.get_or_init(|| access_log::address_text(self.peer))
+    /// What log lines have of the connection to `elb`, its load balancer.
+    fn text(&self, elb: &str) -> &access_log::ConnectionText {
+        self.text.get_or_init(|| {
+            let tls =
+                self.tls.as_ref().map(|(cipher, protocol, domain)| (cipher.as_str(), *protocol, domain.as_deref()));
+            access_log::ConnectionText::new(elb, self.peer, tls, &self.trace_id)
+        })
     }
 }
 
@@ -194,10 +198,15 @@ pub async fn handle(
     if let Some(head) = head {
         let now = Instant::now();
         let answered = trace.answered;
+        // The one reading of the wall clock: the request's arrival is this
+        // less the time the load balancer took (a monotonic clock's).
+        let responded_at = since_epoch();
         body.log = Some(Box::new(PendingLine {
             observe,
             connection: connection.clone(),
             head,
+            responded_at,
+            arrived_at: responded_at.saturating_sub(now.saturating_duration_since(arrived)),
             target: trace.target.take(),
             request_processing: Some(trace.sent.unwrap_or(now).saturating_duration_since(arrived)),
             target_processing: trace
@@ -230,8 +239,6 @@ struct RequestHead {
     /// each escaped: `text[..agent]` and `text[agent..]`.
     text: Vec<u8>,
     agent: usize,
-    /// Since the Unix epoch.
-    arrived_at: Duration,
 }
 
 impl RequestHead {
@@ -272,7 +279,7 @@ impl RequestHead {
         text.extend_from_slice(version);
         let agent = text.len();
         access_log::escaped(&mut text, user_agent);
-        RequestHead { kind, text, agent, arrived_at: since_epoch() }
+        RequestHead { kind, text, agent }
     }
 
     /// The request line, escaped.
@@ -292,6 +299,10 @@ struct PendingLine {
     observe: Arc<Observe>,
     connection: Arc<ConnectionInfo>,
     head: RequestHead,
+    /// When the response was made, since the Unix epoch: AWS's `time`.
+    responded_at: Duration,
+    /// When the request arrived, since the Unix epoch.
+    arrived_at: Duration,
     target: Option<Arc<Backend>>,
     request_processing: Option<Duration>,
     target_processing: Option<Duration>,
@@ -307,28 +318,15 @@ struct PendingLine {
     error_reason: Option<&'static str>,
 }
 
-/// `arn:aws:acm:local:000000000000:certificate/<elb>` (slashes as dashes).
-struct CertificateArn<'a>(&'a str);
-
-impl access_log::Field for CertificateArn<'_> {
-    fn write_field(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"arn:aws:acm:local:000000000000:certificate/");
-        out.extend(self.0.bytes().map(|byte| if byte == b'/' { b'-' } else { byte }));
-    }
-}
-
 impl PendingLine {
     /// Writes the line for a response whose body was `sent` bytes.
     fn write(&self, sent: u64) {
         let Some(log) = &self.observe.log else { return };
-        let trace_id = access_log::TraceId::new(self.head.arrived_at.as_secs());
-        let certificate = CertificateArn(&self.observe.elb);
-        let tls = self.connection.tls.as_ref();
+        let trace_id = access_log::TraceId::new(self.arrived_at.as_secs());
         let entry = access_log::Entry {
             kind: self.head.kind,
-            time: since_epoch(),
-            elb: &self.observe.elb,
-            client: self.connection.client_text(),
+            time: self.responded_at,
+            connection: self.connection.text(&self.observe.elb),
             target: self.target.as_deref().map(|it| it.authority.as_str()),
             request_processing: self.request_processing,
             target_processing: self.target_processing,
@@ -339,17 +337,13 @@ impl PendingLine {
             sent_bytes: self.head_bytes + sent,
             request: self.head.request(),
             user_agent: self.head.user_agent(),
-            tls: tls.map(|it| (it.0.as_str(), it.1)),
             target_group_arn: self.group.as_deref().map(|it| it.arn.as_str()),
-            trace_id: &trace_id,
-            domain: tls.and_then(|it| it.2.as_deref()),
-            chosen_cert: tls.map(|_| &certificate as &dyn access_log::Field),
+            trace_id,
             matched_rule_priority: self.priority,
-            request_creation_time: self.head.arrived_at,
+            request_creation_time: self.arrived_at,
             actions: self.actions,
             redirect_url: self.redirect.as_deref(),
             error_reason: self.error_reason,
-            conn_trace_id: &self.connection.trace_id,
         };
         log.append_with(|out| entry.write_to(out))
     }
