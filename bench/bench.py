@@ -22,6 +22,17 @@ alike. After every run, what it left for the kernel to write back (the
 logs' pages) is synced and the sync timed (`sync` in the per-run lines), so
 that no run pays for an earlier one's disk writes.
 
+Side by side, what the log costs, measured so that the machine's drift
+cannot blur it: lbctl and lbctl+logs run at the same time, both on the
+proxy core, each driven by its own wrk (half the connections each), for
+BENCH_SIDE_ROUNDS rounds (default 10) of BENCH_SIDE_DURATION (default 3s).
+Whatever else the machine does in a round, it does to both. Printed per
+round and as median and range: each one's CPU time per request and their
+ratio, which is what the log costs in requests/s on a saturated core
+(requests/s = 1 / CPU time per request), and the ratio of the requests
+each served. The same is measured for two plain lbctl ALBs (`lbctl` and
+`lbctl'`) in the same rounds: how far the method itself spreads.
+
 Instructions, the ALB's user-space work per request, the one figure a noisy
 machine cannot blur: each proxy (nginx, HAProxy, an lbctl ALB, and an lbctl
 ALB writing its access log, `lbctl+logs`; one worker each, forwarding to one
@@ -395,6 +406,8 @@ def run_l7():
         haproxy = procs.start([tool("haproxy"), "-f", haproxy_http_cfg(work, ports["haproxy"], backends), "-db"])
 
         spec = os.path.join(stack_dir, "lbctl.yaml")
+        # A second plain ALB, for the side-by-side runs only.
+        twin_port = free_port()
         targets = ", ".join(f"{{ ip: 127.0.0.1, port: {port} }}" for port in backends)
         with open(spec, "w") as out:
             out.write(f"""version: 1
@@ -411,6 +424,11 @@ load_balancers:
     access_logs: true
     listeners:
       - {{ port: {ports['lbctl+logs']}, protocol: HTTP, default_action: {{ forward: backends }} }}
+  twin:
+    type: application
+    worker_threads: 1
+    listeners:
+      - {{ port: {twin_port}, protocol: HTTP, default_action: {{ forward: backends }} }}
 target_groups:
   backends:
     target_type: ip
@@ -421,6 +439,7 @@ target_groups:
         subprocess.run([LBCTL, "apply", "-f", spec, "--auto-approve", "-q"], check=True, stdout=subprocess.DEVNULL)
         lbctl_pid = int(open(os.path.join(stack_dir, ".lbctl", "run", "lb", "front", "pid")).read())
         logged_pid = int(open(os.path.join(stack_dir, ".lbctl", "run", "lb", "logged", "pid")).read())
+        twin_pid = int(open(os.path.join(stack_dir, ".lbctl", "run", "lb", "twin", "pid")).read())
         with open(os.path.join(stack_dir, ".lbctl", "run", "lb", "logged", "status.json")) as status:
             metrics_url = json.load(status)["metrics_url"]
         for port in ports.values():
@@ -434,6 +453,8 @@ target_groups:
         }
         for pids in proxies.values():
             pin(pids, PROXY_CORE)
+        wait_port(twin_port, procs)
+        pin([twin_pid], PROXY_CORE)
 
         # Warm up every proxy, then alternate.
         for name, port in ports.items():
@@ -512,6 +533,11 @@ target_groups:
             pairs = sorted(with_logs["rps"] / without["rps"] for with_logs, without in zip(results[twin], results[base]))
             print(f"  {twin}/{base} requests/s per round (run back to back): median x{statistics.median(pairs):.3f}, "
                   f"from x{pairs[0]:.3f} to x{pairs[-1]:.3f}")
+        print()
+        side_by_side(
+            {"lbctl": (ports["lbctl"], lbctl_pid), "lbctl+logs": (ports["lbctl+logs"], logged_pid), "lbctl'": (twin_port, twin_pid)},
+            metrics_url,
+        )
     finally:
         subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.stop_all()
@@ -519,6 +545,49 @@ target_groups:
 
 
 # Instructions per request, counted by callgrind.
+
+SIDE_ROUNDS = int(os.environ.get("BENCH_SIDE_ROUNDS", "10"))
+SIDE_DURATION = os.environ.get("BENCH_SIDE_DURATION", "3s")
+
+
+def side_by_side(proxies, metrics_url):
+    """lbctl+logs beside lbctl, and lbctl' beside lbctl, each pair at the
+    same time on the proxy core, each proxy driven by its own wrk: the
+    ratios of their CPU time per request and of their requests, per round
+    and as median and range."""
+    pairs = [("lbctl+logs", "lbctl"), ("lbctl'", "lbctl")]
+    ratios = {pair: {"cpu": [], "requests": []} for pair in pairs}
+    connections = max(CONNECTIONS // 2, 1)
+    for round_idx in range(SIDE_ROUNDS):
+        for pair in pairs if round_idx % 2 == 0 else reversed(pairs):
+            before = {name: cpu_seconds([proxies[name][1]]) for name in pair}
+            scraper = Scraper(metrics_url) if "lbctl+logs" in pair else None
+            loads = [
+                subprocess.Popen(
+                    ["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", f"-c{connections}", f"-d{SIDE_DURATION}", f"http://127.0.0.1:{proxies[name][0]}/"],
+                    stdout=subprocess.PIPE, text=True,
+                )
+                for name in pair
+            ]
+            outs = [load.communicate()[0] for load in loads]
+            if scraper:
+                scraper.stop()
+            requests = [int(re.search(r"(\d+) requests in", out).group(1)) for out in outs]
+            if any("Non-2xx" in out for out in outs):
+                raise SystemExit(f"side by side, {pair}: a proxy answered with an error")
+            cpu = [(cpu_seconds([proxies[name][1]]) - before[name]) * 1e6 / max(count, 1) for name, count in zip(pair, requests)]
+            os.sync()
+            ratios[pair]["cpu"].append(cpu[0] / cpu[1])
+            ratios[pair]["requests"].append(requests[0] / max(requests[1], 1))
+            print(f"side by side, round {round_idx + 1} {pair[0]:10} beside {pair[1]}: CPU per request {cpu[0]:.1f} us against {cpu[1]:.1f} us "
+                  f"(x{cpu[0] / cpu[1]:.3f}), requests {requests[0]} against {requests[1]} (x{requests[0] / max(requests[1], 1):.3f})", flush=True)
+    print()
+    print(f"side by side on core {PROXY_CORE} ({SIDE_ROUNDS} rounds of {SIDE_DURATION}, wrk -c{connections} each):")
+    for (name, base), values in ratios.items():
+        cpu, served = sorted(values["cpu"]), sorted(values["requests"])
+        print(f"  {name}/{base}: CPU per request median x{statistics.median(cpu):.3f} (from x{cpu[0]:.3f} to x{cpu[-1]:.3f}), "
+              f"so requests/s on a saturated core x{1 / statistics.median(cpu):.3f}; requests served side by side median x{statistics.median(served):.3f}")
+
 
 INSTR_DURATION = os.environ.get("BENCH_INSTR_DURATION", "5s")
 
