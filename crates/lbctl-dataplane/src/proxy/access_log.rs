@@ -190,11 +190,6 @@ thread_local! {
     static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
 }
 
-/// Writes the time `since` the Unix epoch as `2026-12-02T10:00:00.123456Z`.
-fn write_time(out: &mut Vec<u8>, since: Duration) {
-    out.extend_from_slice(&time_text(since));
-}
-
 /// The time `since` the Unix epoch as `2026-12-02T10:00:00.123456Z`.
 fn time_text(since: Duration) -> [u8; 27] {
     let mut text = *b"0000-00-00T00:00:00.000000Z";
@@ -210,9 +205,9 @@ fn time_text(since: Duration) -> [u8; 27] {
     text
 }
 
-/// Writes `time` as `write_time` does.
+/// Writes `time` as `time_text` does.
 fn write_system_time(out: &mut Vec<u8>, time: SystemTime) {
-    write_time(out, time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+    out.extend_from_slice(&time_text(time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()));
 }
 
 /// The last `N` decimal digits of `value`, zero-padded: a fixed-size
