@@ -261,10 +261,24 @@ backend backends
 
 
 def wrk(port):
-    out = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}", "--latency", f"http://127.0.0.1:{port}/"],
-        check=True, capture_output=True, text=True,
-    ).stdout
+    """A wrk run against `port` on the load core: its figures."""
+    return wrk_figures(wrk_start(port, CONNECTIONS, DURATION))
+
+
+def wrk_start(port, connections, duration):
+    """Starts wrk against `port` on the load core."""
+    return subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}", "--latency", f"http://127.0.0.1:{port}/"],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+def wrk_figures(load):
+    """Waits for a wrk started by `wrk_start`: requests/s, requests, p50
+    and p99 (ms), non-2xx responses and socket errors."""
+    out = load.communicate()[0]
+    if load.returncode != 0:
+        raise SystemExit(f"wrk failed: {out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -562,18 +576,12 @@ def side_by_side(proxies, metrics_url):
         for pair in pairs if round_idx % 2 == 0 else reversed(pairs):
             before = {name: cpu_seconds([proxies[name][1]]) for name in pair}
             scraper = Scraper(metrics_url) if "lbctl+logs" in pair else None
-            loads = [
-                subprocess.Popen(
-                    ["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", f"-c{connections}", f"-d{SIDE_DURATION}", f"http://127.0.0.1:{proxies[name][0]}/"],
-                    stdout=subprocess.PIPE, text=True,
-                )
-                for name in pair
-            ]
-            outs = [load.communicate()[0] for load in loads]
+            loads = [wrk_start(proxies[name][0], connections, SIDE_DURATION) for name in pair]
+            runs = [wrk_figures(load) for load in loads]
             if scraper:
                 scraper.stop()
-            requests = [int(re.search(r"(\d+) requests in", out).group(1)) for out in outs]
-            if any("Non-2xx" in out for out in outs):
+            requests = [run["requests"] for run in runs]
+            if any(run["errors"] for run in runs):
                 raise SystemExit(f"side by side, {pair}: a proxy answered with an error")
             cpu = [(cpu_seconds([proxies[name][1]]) - before[name]) * 1e6 / max(count, 1) for name, count in zip(pair, requests)]
             os.sync()

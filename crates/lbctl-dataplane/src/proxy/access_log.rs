@@ -260,11 +260,15 @@ fn number(out: &mut Vec<u8>, value: impl itoa::Integer) {
 
 /// Writes an HTTP status code (three digits, as every valid one has).
 fn status(out: &mut Vec<u8>, code: u16) {
-    if (100..1000).contains(&code) {
-        out.extend_from_slice(&decimal::<3>(code.into()));
-    } else {
-        number(out, code);
+    match status_text(code) {
+        Some(text) => out.extend_from_slice(&text),
+        None => number(out, code),
     }
+}
+
+/// An HTTP status code's three digits; `None` for one that has not three.
+fn status_text(code: u16) -> Option<[u8; 3]> {
+    (100..1000).contains(&code).then(|| decimal::<3>(code.into()))
 }
 
 /// Writes a number in decimal, or `-`.
@@ -335,12 +339,7 @@ pub(super) fn ip(out: &mut Vec<u8>, ip: IpAddr) {
 fn seconds(out: &mut Vec<u8>, value: Option<Duration>) {
     match value {
         // Under ten seconds, as nearly every step is: one fixed-size write.
-        Some(it) if it.as_secs() < 10 => {
-            let mut text = *b"0.000000";
-            text[0] += it.as_secs() as u8;
-            text[2..].copy_from_slice(&micros6(it.subsec_micros()));
-            out.extend_from_slice(&text);
-        }
+        Some(it) if it.as_secs() < 10 => out.extend_from_slice(&short_seconds(it)),
         Some(it) => {
             number(out, it.as_secs());
             out.push(b'.');
@@ -348,6 +347,14 @@ fn seconds(out: &mut Vec<u8>, value: Option<Duration>) {
         }
         None => out.extend_from_slice(b"-1"),
     }
+}
+
+/// `value` (under ten seconds) as `0.000120`.
+fn short_seconds(value: Duration) -> [u8; 8] {
+    let mut text = *b"0.000000";
+    text[0] += value.as_secs() as u8;
+    text[2..].copy_from_slice(&micros6(value.subsec_micros()));
+    text
 }
 
 /// Writes a quoted field: `"text"`, `"-"` when empty, escaped as
@@ -616,18 +623,16 @@ impl Entry<'_> {
     /// both codes have three digits, as nearly always; `None` otherwise.
     fn steps_and_statuses(&self) -> Option<[u8; 36]> {
         let steps = [self.request_processing?, self.target_processing?, self.response_processing?];
-        let codes = [self.elb_status, self.target_status?];
-        if steps.iter().any(|it| it.as_secs() >= 10) || codes.iter().any(|it| !(100..1000).contains(it)) {
+        if steps.iter().any(|it| it.as_secs() >= 10) {
             return None;
         }
-        let mut text = *b" 0.000000 0.000000 0.000000 000 000 ";
-        for (idx, step) in steps.iter().enumerate() {
-            let at = 1 + idx * 9;
-            text[at] += step.as_secs() as u8;
-            text[at + 2..at + 8].copy_from_slice(&micros6(step.subsec_micros()));
+        let codes = [status_text(self.elb_status)?, status_text(self.target_status?)?];
+        let mut text = [b' '; 36];
+        for (idx, step) in steps.into_iter().enumerate() {
+            text[1 + idx * 9..9 + idx * 9].copy_from_slice(&short_seconds(step));
         }
-        text[28..31].copy_from_slice(&decimal::<3>(codes[0].into()));
-        text[32..35].copy_from_slice(&decimal::<3>(codes[1].into()));
+        text[28..31].copy_from_slice(&codes[0]);
+        text[32..35].copy_from_slice(&codes[1]);
         Some(text)
     }
 
