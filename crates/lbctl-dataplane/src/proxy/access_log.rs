@@ -426,24 +426,31 @@ pub fn escaped(out: &mut Vec<u8>, text: &[u8]) {
 /// Whether `escaped` would write `text` as it is: eight bytes at a time,
 /// each eight read as one number, rather than a table lookup per byte (the
 /// request line and User-Agent of every logged request are checked here).
-fn nothing_to_escape(text: &[u8]) -> bool {
+pub(super) fn nothing_to_escape(text: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Some byte of the result has its high bit set if and only if `word`
     // has a zero byte (the borrow may set it in the bytes above, too).
     let zero_in = |word: u64| word.wrapping_sub(ONES) & !word;
-    let mut found = 0;
-    let mut words = text.chunks_exact(8);
-    for word in &mut words {
-        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+    let check = |word: u64| {
         // Below 0x20, past 0x7e (0x7f, or the high bit), `"` or `\`.
-        found |= word.wrapping_sub(ONES * 0x20) & !word
+        word.wrapping_sub(ONES * 0x20) & !word
             | word
             | zero_in(word ^ (ONES * 0x7f))
             | zero_in(word ^ (ONES * u64::from(b'"')))
-            | zero_in(word ^ (ONES * u64::from(b'\\')));
+            | zero_in(word ^ (ONES * u64::from(b'\\')))
+    };
+    if text.len() < 8 {
+        return !text.iter().any(|&byte| ESCAPED[usize::from(byte)]);
     }
-    found & HIGH == 0 && !words.remainder().iter().any(|&byte| ESCAPED[usize::from(byte)])
+    let word_at = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("eight bytes"));
+    // The last eight bytes as one more word, overlapping the one before
+    // them: no byte at a time for the rest.
+    let mut found = check(word_at(text.len() - 8));
+    for at in (0..text.len() - 8).step_by(8) {
+        found |= check(word_at(at));
+    }
+    found & HIGH == 0
 }
 
 /// Writes a value, or `-`.
