@@ -31,7 +31,11 @@ round and as median and range: each one's CPU time per request and their
 ratio, which is what the log costs in requests/s on a saturated core
 (requests/s = 1 / CPU time per request), and the ratio of the requests
 each served. The same is measured for two plain lbctl ALBs (`lbctl` and
-`lbctl'`) in the same rounds: how far the method itself spreads.
+`lbctl'`) in the same rounds: how far the method itself spreads. And, as
+the reference for what a line of AWS's fields costs, two more nginx
+processes the same way: `nginx alone`, and `nginx+ALB log` writing a line
+of the ALB entry's fields in AWS's order with nginx's variables (~390
+bytes, buffered as lbctl's is).
 
 Instructions, the ALB's user-space work per request, the one figure a noisy
 machine cannot blur: each proxy (nginx, HAProxy, an lbctl ALB, and an lbctl
@@ -217,6 +221,18 @@ http {{
 }}
 """)
     return path
+
+
+# The ALB access-log entry's fields in AWS's order, as nginx can write them
+# (times in its milliseconds, nginx's request id in the trace id): the
+# reference for what a line of AWS's fields costs a proxy.
+NGINX_ALB_FORMAT = (
+    "log_format alb 'http $time_iso8601 app/nginx/0123456789abcdef $remote_addr:$remote_port $upstream_addr "
+    "$request_time $upstream_response_time $upstream_header_time $status $upstream_status $request_length $bytes_sent "
+    "\"$request_method http://$host:$server_port$request_uri $server_protocol\" \"$http_user_agent\" - - "
+    "arn:aws:elasticloadbalancing:local:000000000000:targetgroup/backends/0123456789abcdef \"Root=1-$msec-$request_id\" "
+    "\"-\" \"-\" 0 $time_iso8601 \"forward\" \"-\" \"-\" \"$upstream_addr\" \"$upstream_status\" \"-\" \"-\" TID_$connection';"
+)
 
 
 def nginx_proxy_server(port, extra=""):
@@ -548,10 +564,19 @@ target_groups:
             print(f"  {twin}/{base} requests/s per round (run back to back): median x{statistics.median(pairs):.3f}, "
                   f"from x{pairs[0]:.3f} to x{pairs[-1]:.3f}")
         print()
-        side_by_side(
-            {"lbctl": (ports["lbctl"], lbctl_pid), "lbctl+logs": (ports["lbctl+logs"], logged_pid), "lbctl'": (twin_port, twin_pid)},
-            metrics_url,
-        )
+        # Two nginx processes of their own for the side-by-side runs, one
+        # writing the ALB entry's fields.
+        side = {"lbctl": (ports["lbctl"], lbctl_pid), "lbctl+logs": (ports["lbctl+logs"], logged_pid), "lbctl'": (twin_port, twin_pid)}
+        for name, extra in (("nginx alone", ""), ("nginx+ALB log", f"\n    access_log {work}/nginx-alb.log alb buffer=64k flush=100ms;")):
+            port = free_port()
+            conf = nginx_conf(work, name.replace(" ", "-").replace("+", "-"), f"{NGINX_ALB_FORMAT}\n  upstream backends {{ {upstream} keepalive 128; }}{nginx_proxy_server(port, extra)}")
+            master = procs.start([tool("nginx"), "-c", conf, "-p", work])
+            wait_port(port, procs)
+            worker = children(master.pid)
+            pin([master.pid, *worker], PROXY_CORE)
+            subprocess.run(["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
+            side[name] = (port, worker[0])
+        side_by_side(side, [("lbctl+logs", "lbctl"), ("lbctl'", "lbctl"), ("nginx+ALB log", "nginx alone")], metrics_url)
     finally:
         subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.stop_all()
@@ -564,12 +589,12 @@ SIDE_ROUNDS = int(os.environ.get("BENCH_SIDE_ROUNDS", "10"))
 SIDE_DURATION = os.environ.get("BENCH_SIDE_DURATION", "3s")
 
 
-def side_by_side(proxies, metrics_url):
-    """lbctl+logs beside lbctl, and lbctl' beside lbctl, each pair at the
-    same time on the proxy core, each proxy driven by its own wrk: the
-    ratios of their CPU time per request and of their requests, per round
-    and as median and range."""
-    pairs = [("lbctl+logs", "lbctl"), ("lbctl'", "lbctl")]
+def side_by_side(proxies, pairs, metrics_url):
+    """Each pair of `proxies` (name: port and the PID doing the work) at the
+    same time on the proxy core, each proxy driven by its own wrk, the
+    pairs in turns first: the ratios of their CPU time per request and of
+    their requests, per round and as median and range. lbctl+logs has its
+    metrics scraped while it runs."""
     ratios = {pair: {"cpu": [], "requests": []} for pair in pairs}
     connections = max(CONNECTIONS // 2, 1)
     for round_idx in range(SIDE_ROUNDS):
@@ -587,7 +612,7 @@ def side_by_side(proxies, metrics_url):
             os.sync()
             ratios[pair]["cpu"].append(cpu[0] / cpu[1])
             ratios[pair]["requests"].append(requests[0] / max(requests[1], 1))
-            print(f"side by side, round {round_idx + 1} {pair[0]:10} beside {pair[1]}: CPU per request {cpu[0]:.1f} us against {cpu[1]:.1f} us "
+            print(f"side by side, round {round_idx + 1} {pair[0]:13} beside {pair[1]}: CPU per request {cpu[0]:.1f} us against {cpu[1]:.1f} us "
                   f"(x{cpu[0] / cpu[1]:.3f}), requests {requests[0]} against {requests[1]} (x{requests[0] / max(requests[1], 1):.3f})", flush=True)
     print()
     print(f"side by side on core {PROXY_CORE} ({SIDE_ROUNDS} rounds of {SIDE_DURATION}, wrk -c{connections} each):")
