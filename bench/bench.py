@@ -166,6 +166,17 @@ def children(pid):
         return []
 
 
+def nginx_worker(master, procs, timeout=20.0):
+    """The PID of the one worker of nginx's `master`, once it has forked it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        workers = children(master)
+        if workers:
+            return workers[0]
+        time.sleep(0.05)
+    raise SystemExit(f"nginx {master} started no worker after {timeout}s\n{procs.logs()}")
+
+
 def pin(pids, core):
     for pid in pids:
         subprocess.run(["taskset", "-a", "-p", "-c", core, str(pid)], check=True, stdout=subprocess.DEVNULL)
@@ -572,10 +583,10 @@ target_groups:
             conf = nginx_conf(work, name.replace(" ", "-").replace("+", "-"), f"{NGINX_ALB_FORMAT}\n  upstream backends {{ {upstream} keepalive 128; }}{nginx_proxy_server(port, extra)}")
             master = procs.start([tool("nginx"), "-c", conf, "-p", work])
             wait_port(port, procs)
-            worker = children(master.pid)
-            pin([master.pid, *worker], PROXY_CORE)
+            worker = nginx_worker(master.pid, procs)
+            pin([master.pid, worker], PROXY_CORE)
             subprocess.run(["taskset", "-c", LOAD_CORE, tool("wrk"), "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
-            side[name] = (port, worker[0])
+            side[name] = (port, worker)
         side_by_side(side, [("lbctl+logs", "lbctl"), ("lbctl'", "lbctl"), ("nginx+ALB log", "nginx alone")], metrics_url)
     finally:
         subprocess.run([LBCTL, "destroy", "-f", os.path.join(stack_dir, "lbctl.yaml"), "--auto-approve", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
