@@ -762,9 +762,7 @@ impl TraceId {
     pub fn new(epoch: u64) -> TraceId {
         TraceId { epoch: epoch as u32, random: (fastrand::u64(..), fastrand::u32(..)) }
     }
-}
 
-impl TraceId {
     /// ` "Root=1-..." `: the id quoted, between spaces, as a line has it.
     fn field(&self) -> [u8; 44] {
         let mut text = *b" \"Root=1-00000000-000000000000000000000000\" ";

@@ -229,7 +229,7 @@ pub async fn handle(
             arrived_at: responded_at.saturating_sub(took),
             target: trace.target.take(),
             request_processing: Some(request_processing),
-            target_processing: trace.sent.and(trace.target_took),
+            target_processing: trace.target_took,
             response_processing: Some(response_processing),
             elb_status: status,
             target_status: trace.target_status,
