@@ -159,7 +159,12 @@ functions:
     // Ten requests: seven forwarded, a redirect, a fixed response, a 502.
     let mut codes = Vec::new();
     for path in ["/", "/a", "/b?x=1", "/c", "/d", "/e", "/f", "/old/page", "/teapot", "/broken"] {
-        codes.push(curl(&format!("{url}{path}"), &["User-Agent: lbctl-test/1.0"]).unwrap().status);
+        // One names its host without a port, which the line adds.
+        let mut headers = vec!["User-Agent: lbctl-test/1.0"];
+        if path == "/c" {
+            headers.push("Host: shop.example");
+        }
+        codes.push(curl(&format!("{url}{path}"), &headers).unwrap().status);
     }
     assert_eq!(codes, [200, 200, 200, 200, 200, 200, 200, 301, 418, 502]);
 
@@ -193,6 +198,13 @@ functions:
         assert!(entry["target_processing_time"].parse::<f64>().unwrap() >= 0.0);
     }
     assert_eq!(entries[2]["request"], format!("GET http://127.0.0.1:{port}/b?x=1 HTTP/1.1"));
+    assert_eq!(entries[3]["request"], format!("GET http://shop.example:{port}/c HTTP/1.1"));
+    // Not dispatched to a target: every step -1, as AWS has it (a Lambda
+    // function that answered badly has its times, as in AWS's example).
+    for entry in &entries[7..9] {
+        let steps = ["request_processing_time", "target_processing_time", "response_processing_time"];
+        assert_eq!(steps.map(|it| entry[it].as_str()), ["-1"; 3], "{entry:?}");
+    }
     let redirect = &entries[7];
     assert_eq!((redirect["target:port"].as_str(), redirect["target_status_code"].as_str()), ("-", "-"));
     assert_eq!((redirect["matched_rule_priority"].as_str(), redirect["actions_executed"].as_str()), ("10", "redirect"));
@@ -233,6 +245,31 @@ functions:
         .and_then(|it| it.rsplit(' ').next()?.parse::<u64>().ok())
         .unwrap();
     assert!(target_2xx >= 8, "the first check request and the seven: {target_2xx}");
+
+    // A request that does not parse is answered 400 by the proxy, and
+    // logged and counted as AWS does: no request line, no target, no rule.
+    let answer = {
+        use std::io::{Read, Write};
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.write_all(b"NOT A REQUEST\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap();
+        answer
+    };
+    assert!(answer.starts_with(b"HTTP/1.1 400 "), "{}", String::from_utf8_lossy(&answer));
+    let malformed = wait_for("the malformed request's line", Duration::from_secs(10), || {
+        lines_now().into_iter().find(|it| it.contains(" 400 - "))
+    });
+    let malformed = entry(&malformed);
+    assert_eq!(malformed["request"], format!("- http://public.logged.elb.localhost:{port}- -"), "{malformed:?}");
+    assert_eq!((malformed["target:port"].as_str(), malformed["request_processing_time"].as_str()), ("-", "-1"));
+    assert_eq!((malformed["matched_rule_priority"].as_str(), malformed["actions_executed"].as_str()), ("-", "-"));
+    assert_eq!(malformed["received_bytes"], "17");
+    assert_eq!(malformed["sent_bytes"], answer.len().to_string());
+    let metrics = curl(&metrics_url, &[]).unwrap().body;
+    let refused = "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 2";
+    assert!(metrics.lines().any(|it| it == refused), "no `{refused}` in\n{metrics}");
 }
 
 /// Runs `promtool check metrics` on `text`; fails on any problem it reports.

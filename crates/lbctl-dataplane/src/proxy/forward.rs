@@ -188,9 +188,14 @@ pub async fn handle(
     connection: &Arc<ConnectionInfo>,
 ) -> Response<ProxyBody> {
     let arrived = Instant::now();
-    let observe = frontend.context.load().observe.clone();
+    let (observe, head) = {
+        let context = frontend.context.load();
+        let head = context.observe.log.as_ref().map(|_| {
+            RequestHead::of(&request, connection, context.default_host.as_bytes(), context.forwarded_port.as_bytes())
+        });
+        (context.observe.clone(), head)
+    };
     let received = received_bytes(&request);
-    let head = observe.log.as_ref().map(|_| RequestHead::of(&request, connection));
     let mut trace = Trace::default();
     let mut response = route(frontend, request, peer, &mut trace).await;
     let status = response.status().as_u16();
@@ -202,22 +207,20 @@ pub async fn handle(
     if let Some(head) = head {
         let now = Instant::now();
         // Each step's time, and the whole's: the target's was measured
-        // when it answered, and the whole is the steps' sum when they all
-        // happened (two subtractions of clock readings fewer per line).
-        let (request_processing, response_processing, took) = match (trace.sent, trace.answered) {
-            (Some(sent), Some(answered)) => {
+        // when it answered, and the whole is the steps' sum (two
+        // subtractions of clock readings fewer per line). As AWS logs
+        // them, the steps are all -1 when the request was not dispatched
+        // to a target that answered: an action of the load balancer's own,
+        // no target, a target refused or failed or timed out.
+        let (steps, took) = match (trace.sent, trace.answered, trace.target_took) {
+            (Some(sent), Some(answered), Some(target)) => {
                 let request = sent.saturating_duration_since(arrived);
                 let response = now.saturating_duration_since(answered);
-                (request, response, request + trace.target_took.unwrap_or_default() + response)
+                ([Some(request), Some(target), Some(response)], request + target + response)
             }
-            (Some(sent), None) => {
-                (sent.saturating_duration_since(arrived), Duration::ZERO, now.saturating_duration_since(arrived))
-            }
-            (None, _) => {
-                let request = now.saturating_duration_since(arrived);
-                (request, Duration::ZERO, request)
-            }
+            _ => ([None; 3], now.saturating_duration_since(arrived)),
         };
+        let [request_processing, target_processing, response_processing] = steps;
         // The one reading of the wall clock: the request's arrival is this
         // less the time the load balancer took (a monotonic clock's).
         let responded_at = since_epoch();
@@ -228,9 +231,9 @@ pub async fn handle(
             responded_at,
             arrived_at: responded_at.saturating_sub(took),
             target: trace.target.take(),
-            request_processing: Some(request_processing),
-            target_processing: trace.target_took,
-            response_processing: Some(response_processing),
+            request_processing,
+            target_processing,
+            response_processing,
             elb_status: status,
             target_status: trace.target_status,
             received,
@@ -259,7 +262,8 @@ struct RequestHead {
 }
 
 impl RequestHead {
-    fn of<B>(request: &Request<B>, connection: &ConnectionInfo) -> RequestHead {
+    /// `default_host` is the load balancer's name, `port` its listener's.
+    fn of<B>(request: &Request<B>, connection: &ConnectionInfo, default_host: &[u8], port: &[u8]) -> RequestHead {
         let tls = connection.tls.is_some();
         let kind = match (tls, request.version()) {
             (true, Version::HTTP_2) if is_grpc(request.headers()) => "grpcs",
@@ -277,7 +281,11 @@ impl RequestHead {
                 user_agent = Some(value.as_bytes());
             }
         }
-        let host = host.or_else(|| request.uri().authority().map(|it| it.as_str().as_bytes())).unwrap_or(b"-");
+        // AWS's `protocol://host:port/uri`: the listener's port when the
+        // client named none, the load balancer's name when it named no host.
+        let host = host.or_else(|| request.uri().authority().map(|it| it.as_str().as_bytes())).unwrap_or(default_host);
+        let port: &[u8] = if has_port(host) { b"" } else { port };
+        let colon: &[u8] = if port.is_empty() { b"" } else { b":" };
         let path = request.uri().path_and_query().map_or("/", PathAndQuery::as_str).as_bytes();
         let user_agent = user_agent.unwrap_or_default();
         let version: &[u8] = match request.version() {
@@ -287,12 +295,12 @@ impl RequestHead {
         };
         let scheme: &[u8] = if tls { b" https://" } else { b" http://" };
         let method = request.method().as_str().as_bytes();
-        let mut text = Vec::with_capacity(method.len() + 18 + host.len() + path.len() + user_agent.len());
+        let mut text = Vec::with_capacity(method.len() + 24 + host.len() + path.len() + user_agent.len());
         // Written as they came, then checked once for anything to escape
         // (nearly never): one pass over the whole text rather than one per
         // part. A method is a token, and the rest is lbctl's own: nothing
         // in them to escape.
-        for part in [method, scheme, host, path, version] {
+        for part in [method, scheme, host, colon, port, path, version] {
             text.extend_from_slice(part);
         }
         let mut agent = text.len();
@@ -302,6 +310,8 @@ impl RequestHead {
             text.extend_from_slice(method);
             text.extend_from_slice(scheme);
             access_log::escaped(&mut text, host);
+            text.extend_from_slice(colon);
+            text.extend_from_slice(port);
             access_log::escaped(&mut text, path);
             text.extend_from_slice(version);
             agent = text.len();
@@ -319,6 +329,13 @@ impl RequestHead {
     fn user_agent(&self) -> &[u8] {
         &self.text[self.agent..]
     }
+}
+
+/// Whether a Host value (`name`, `name:port`, `[v6]`, `[v6]:port`) names
+/// a port.
+fn has_port(host: &[u8]) -> bool {
+    let after = host.iter().rposition(|it| *it == b']').map_or(host, |end| &host[end..]);
+    after.contains(&b':')
 }
 
 /// An access-log line waiting for its response to be sent.
@@ -375,6 +392,44 @@ impl PendingLine {
         };
         log.append_with(|out| entry.write_to(out))
     }
+}
+
+/// Counts, and logs when the load balancer logs, a request hyper's server
+/// refused and answered with `status` itself, `received` and `sent` its
+/// bytes: as AWS logs a malformed request, with no request line
+/// (`- http://host:port- -`), no target, no rule and -1 for every step.
+pub fn refused(frontend: &Frontend, connection: &ConnectionInfo, status: u16, received: u64, sent: u64) {
+    let context = frontend.context.load();
+    let observe = &context.observe;
+    observe.stats.response(status, true);
+    observe.stats.bytes(received + sent);
+    let Some(log) = &observe.log else { return };
+    let now = since_epoch();
+    let kind = if connection.tls.is_some() { "https" } else { "http" };
+    let request = format!("- {kind}://{}:{}- -", context.default_host, context.port);
+    let entry = access_log::Entry {
+        kind,
+        time: now,
+        connection: connection.text(&observe.elb),
+        target: None,
+        request_processing: None,
+        target_processing: None,
+        response_processing: None,
+        elb_status: status,
+        target_status: None,
+        received_bytes: received,
+        sent_bytes: sent,
+        request: request.as_bytes(),
+        user_agent: b"",
+        target_group_arn: None,
+        trace_id: access_log::TraceId::new(now.as_secs()),
+        matched_rule_priority: None,
+        request_creation_time: now,
+        actions: "-",
+        redirect_url: None,
+        error_reason: None,
+    };
+    log.append_with(|out| entry.write_to(out));
 }
 
 /// The wall-clock time now, since the Unix epoch.
@@ -776,7 +831,8 @@ mod tests {
     #[test]
     fn the_logged_request_line_escapes_what_the_client_wrote() {
         let head = |request: Request<()>| {
-            RequestHead::of(&request, &ConnectionInfo::new(([127, 0, 0, 1], 9).into(), None, String::new()))
+            let connection = ConnectionInfo::new(([127, 0, 0, 1], 9).into(), None, String::new());
+            RequestHead::of(&request, &connection, b"public.shop.elb.localhost", b"8080")
         };
         let line = |request: Request<()>| String::from_utf8(head(request).request().to_vec()).unwrap();
         // A path cannot hold a quote or a backslash (hyper refuses them); a Host can.
@@ -793,14 +849,21 @@ mod tests {
             .body(())
             .unwrap();
         let first = head(request);
-        assert_eq!((first.request(), first.user_agent()), (&b"GET http://first/ HTTP/1.1"[..], &b"curl/8.0"[..]));
+        assert_eq!((first.request(), first.user_agent()), (&b"GET http://first:8080/ HTTP/1.1"[..], &b"curl/8.0"[..]));
         // A User-Agent to escape, after a request line with nothing to.
         let request = Request::get("/").header(HOST, "h").header(USER_AGENT, "a \"b\"").body(()).unwrap();
         let quoted = head(request);
-        assert_eq!((quoted.request(), quoted.user_agent()), (&b"GET http://h/ HTTP/1.1"[..], &b"a \\\"b\\\""[..]));
+        assert_eq!((quoted.request(), quoted.user_agent()), (&b"GET http://h:8080/ HTTP/1.1"[..], &b"a \\\"b\\\""[..]));
         // Bytes past ASCII in a field are escaped, not dropped.
         let request = Request::get("/").header(HOST, &b"caf\xc3\xa9"[..]).body(()).unwrap();
-        assert_eq!(line(request), "GET http://caf\\xc3\\xa9/ HTTP/1.1");
+        assert_eq!(line(request), "GET http://caf\\xc3\\xa9:8080/ HTTP/1.1");
+        // No Host (HTTP/1.0): the load balancer's name; IPv6 hosts with and without a port.
+        let request = Request::get("/old").version(Version::HTTP_10).body(()).unwrap();
+        assert_eq!(line(request), "GET http://public.shop.elb.localhost:8080/old HTTP/1.0");
+        let request = Request::get("/").header(HOST, "[::1]").body(()).unwrap();
+        assert_eq!(line(request), "GET http://[::1]:8080/ HTTP/1.1");
+        let request = Request::get("/").header(HOST, "[::1]:9000").body(()).unwrap();
+        assert_eq!(line(request), "GET http://[::1]:9000/ HTTP/1.1");
     }
 
     #[test]

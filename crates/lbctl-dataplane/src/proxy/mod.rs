@@ -48,6 +48,7 @@ mod health_check;
 mod lambda;
 mod network;
 mod observe;
+mod refused;
 mod relay;
 mod retry;
 mod router;
@@ -772,17 +773,28 @@ async fn serve_http<I>(
         if closed_already {
             builder.http1().keep_alive(false);
         }
-        let io = TokioIo::new(io);
-        let connection = builder.serve_connection(io, hyper_service(&frontend, peer, &connection, &activity));
-        tokio::pin!(connection);
-        if !closed_already {
+        let traffic = Arc::new(refused::Traffic::default());
+        let io = TokioIo::new(refused::Counted::new(io, traffic.clone()));
+        let served = builder.serve_connection(io, hyper_service(&frontend, peer, &connection, &activity, &traffic));
+        tokio::pin!(served);
+        let result = if closed_already {
+            served.await
+        } else {
             tokio::select! {
                 biased;
-                _ = connection.as_mut() => return,
-                () = closing.cancelled() => connection.as_mut().graceful_shutdown(),
+                result = served.as_mut() => result,
+                () = closing.cancelled() => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
             }
+        };
+        // A request hyper refused and answered itself is logged and
+        // counted as AWS does.
+        if let Some(status) = result.err().and_then(|it| refused::status_of(&*it)) {
+            let (received, sent) = traffic.since_request();
+            forward::refused(&frontend, &connection, status, received, sent);
         }
-        let _ = connection.await;
     };
     connection::watch(serving, |_| closing.cancel(), &activity, idle_timeout, shutdown).await;
 }
@@ -793,14 +805,17 @@ fn hyper_service(
     peer: SocketAddr,
     connection: &Arc<ConnectionInfo>,
     activity: &Arc<Activity>,
+    traffic: &Arc<refused::Traffic>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = hyper::Response<forward::ProxyBody>,
     Error = Infallible,
     Future = impl Future<Output = Result<hyper::Response<forward::ProxyBody>, Infallible>> + Send,
 > + Clone {
-    let (frontend, connection, requests) = (frontend.clone(), connection.clone(), activity.clone());
+    let (frontend, connection, requests, traffic) =
+        (frontend.clone(), connection.clone(), activity.clone(), traffic.clone());
     service_fn(move |request| {
+        traffic.request_started();
         let frontend = frontend.clone();
         let connection = connection.clone();
         let request_guard = requests.request();
