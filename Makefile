@@ -66,10 +66,10 @@ quickstart: build
 quickstart-destroy: build
 	$(LBCTL) destroy -f $(QUICKSTART) --auto-approve
 
-# The manual page, from the command line's definitions: target/man/lbctl.1.
+# The manual pages, from the command line's definitions: target/man/lbctl.1
+# and a page per command (lbctl-apply.1, ...).
 man: build
-	mkdir -p target/man
-	$(LBCTL) man > target/man/lbctl.1
+	$(LBCTL) man --dir target/man
 
 # Regenerate the JSON Schema from the spec types.
 schema: build

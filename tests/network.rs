@@ -450,6 +450,7 @@ load_balancers:
     listeners: [{{ port: {port}, protocol: TCP, default_action: {{ forward: via-alb }} }}]
   public:
     type: application
+    access_logs: true
     listeners: [{{ port: {alb_port}, protocol: HTTP, default_action: {{ forward: web }} }}]
 target_groups:
   via-alb:
@@ -489,6 +490,25 @@ autoscaling_groups:
         let target = alb["live"]["targets"].as_array()?.iter().find(|it| it["id"] == instance.as_str())?.clone();
         (target["requests"] == 1 && target["health_check_requests"].as_u64()? > 0).then_some(())
     });
+    // Everywhere: the ALB's codes, response times and access log have the
+    // client's request only, as AWS logs no health check.
+    let status = stack.status();
+    let alb =
+        status["resources"].as_array().unwrap().iter().find(|it| it["address"] == "load_balancer.public").unwrap();
+    let metrics = curl(alb["live"]["metrics_url"].as_str().unwrap(), &[]).unwrap().body;
+    for expected in [
+        "lbctl_httpcode_client_total{load_balancer=\"public\",class=\"2xx\"} 1",
+        "lbctl_httpcode_target_total{load_balancer=\"public\",target_group=\"web\",class=\"2xx\"} 1",
+        "lbctl_target_response_time_seconds_count{load_balancer=\"public\",target_group=\"web\"} 1",
+    ] {
+        assert!(metrics.lines().any(|it| it == expected), "no `{expected}` in\n{metrics}");
+    }
+    let log = stack.dir.path().join(".lbctl/logs/public/access.log");
+    let lines = wait_for("the request's access-log line", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("/through").then_some(text)
+    });
+    assert_eq!(lines.lines().count(), 1, "{lines}");
 }
 
 #[test]

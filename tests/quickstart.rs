@@ -101,6 +101,16 @@ fn quickstart_routes_scales_heals_and_destroys() {
     assert!(status.stdout.contains("InService"), "{}", status.stdout);
     let wide_lines: Vec<&str> = status.stdout.lines().filter(|it| it.chars().count() > 100).collect();
     assert!(wide_lines.is_empty(), "lines over 100 columns: {wide_lines:#?}");
+    // Ids and addresses are never split across lines: a search finds them.
+    let resources = stack.status()["resources"].clone();
+    for group in resources.as_array().unwrap().iter().filter_map(|it| it["live"]["instances"].as_array()) {
+        for instance in group {
+            for key in ["id", "address"] {
+                let text = instance[key].as_str().unwrap();
+                assert!(status.stdout.contains(text), "`{text}` whole in\n{}", status.stdout);
+            }
+        }
+    }
     assert!(status.stdout.contains("latest events:"), "{}", status.stdout);
     let events = stack.status()["resources"].to_string();
     assert!(events.contains(&format!("replacing {victim_id}")), "the replacement is an event: {events}");

@@ -142,6 +142,21 @@ fn completions_and_the_manual_page_come_from_the_command_line() {
     for command in ["lbctl\\-plan", "lbctl\\-console", "lbctl\\-logs"] {
         assert!(page.contains(command), "the manual page lacks `{command}`");
     }
+    assert!(!page.contains("lbctl \\- lbctl"), "NAME says lbctl once: {page}");
+    // Every page lbctl's names exists: `man --dir` writes them, and a
+    // command's own documents its options.
+    let pages = tempfile::tempdir().unwrap();
+    let written = Command::new(lbctl_exe()).args(["man", "--dir"]).arg(pages.path()).output().unwrap();
+    assert!(written.status.success(), "{written:?}");
+    for command in ["plan", "apply", "destroy", "logs", "console", "status"] {
+        assert!(pages.path().join(format!("lbctl-{command}.1")).is_file(), "no page lbctl-{command}.1");
+    }
+    let logs = Command::new(lbctl_exe()).args(["man", "logs"]).output().unwrap();
+    let logs = String::from_utf8(logs.stdout).unwrap();
+    assert!(logs.contains(".TH lbctl-logs 1") && logs.contains("\\-\\-since"), "{logs}");
+    assert!(!std::fs::read_dir(pages.path()).unwrap().any(|it| it.unwrap().file_name() == "lbctl-internal.1"));
+    // What lbctl runs itself is not offered.
+    assert!(!script.contains("internal"), "completions offer the hidden `internal`");
     for shell in ["zsh", "fish"] {
         let out = Command::new(lbctl_exe()).args(["completion", shell]).output().unwrap();
         assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");

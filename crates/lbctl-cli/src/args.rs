@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 /// Plan, apply and destroy load-balanced stacks from one YAML spec, run as
 /// real local processes.
 #[derive(Debug, Parser)]
-#[command(name = "lbctl", version, about, max_term_width = 100)]
+#[command(name = "lbctl", version, max_term_width = 100)]
 pub struct Args {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
@@ -141,8 +141,14 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// The manual page (roff): `lbctl man | man -l -`.
-    Man,
+    /// Manual pages (roff): `lbctl man | man -l -`, `lbctl man logs`; `--dir` writes every page.
+    Man {
+        /// A command's own page (`lbctl-logs(1)`) instead of lbctl's.
+        command: Option<String>,
+        /// Write lbctl's page and every command's into this directory instead.
+        #[arg(long, conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
     /// A demo instance: answers with its id, serves /health, has fault switches; with --echo, a TCP and UDP echo server.
     Worker {
         /// Address to listen on (default: $LBCTL_IP:$LBCTL_PORT).

@@ -34,22 +34,37 @@ pub fn run(args: Args) -> Result<u8> {
         }
         Command::Destroy { spec, auto_approve } => destroy(&shell, &spec, auto_approve),
         Command::Status { spec, json, wide, watch } => {
+            state_dir(&shell, &spec.file)?;
             if !watch {
-                return status(&shell, &spec, json, wide);
+                return status(&shell, &spec, json, wide, false);
             }
-            // Redrawn in place on a terminal; one status after another elsewhere.
+            // Redrawn in place on a terminal; elsewhere one status after
+            // another, each after a line with its time (with --json, one
+            // document per line).
             loop {
                 if shell.can_ask() {
                     shell.out("\x1b[H\x1b[2J")?;
+                } else if !json {
+                    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                    shell.out(&format!("--- {now}\n"))?;
                 }
-                status(&shell, &spec, json, wide)?;
+                status(&shell, &spec, json, wide, true)?;
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
         Command::Console { spec, listen } => {
             let listen = crate::console::parse_listen(&listen)?;
-            let dir = spec_dir(&spec.file)?;
+            let dir = state_dir(&shell, &spec.file)?;
             let store = store_of(&dir);
+            if store.load()?.resources.is_empty() {
+                shell.status(
+                    "Note",
+                    &format!(
+                        "nothing is applied in {} yet: the page shows the stack once it is",
+                        store.dir().display()
+                    ),
+                );
+            }
             let provider_of = |state: &State| state_provider(state, &dir, &spec);
             crate::console::serve(listen, &store, &provider_of, &|url| {
                 shell.out(&format!("lbctl console: {url} (Ctrl-C stops it)\n"))?;
@@ -69,15 +84,42 @@ pub fn run(args: Args) -> Result<u8> {
         }
         Command::Export(target) => export(&shell, target),
         Command::Completion { shell: target } => {
-            let mut command = <Args as clap::CommandFactory>::command();
+            // Without the hidden commands (clap_complete would offer them).
+            // clap cannot take a subcommand away: the visible ones are put
+            // under a new command with lbctl's own arguments.
+            let lbctl = <Args as clap::CommandFactory>::command();
+            let mut command = clap::Command::new("lbctl")
+                .version(env!("CARGO_PKG_VERSION"))
+                .about(lbctl.get_about().cloned().unwrap_or_default())
+                .args(lbctl.get_arguments().cloned())
+                .subcommands(lbctl.get_subcommands().filter(|it| !it.is_hide_set()).cloned());
             let mut out = Vec::new();
             clap_complete::generate(target, &mut command, "lbctl", &mut out);
             shell.out(&String::from_utf8_lossy(&out))?;
             Ok(0)
         }
-        Command::Man => {
+        Command::Man { command, dir } => {
+            let mut lbctl = <Args as clap::CommandFactory>::command().disable_help_subcommand(true);
+            if let Some(dir) = dir {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                clap_mangen::generate_to(lbctl, &dir).with_context(|| format!("writing pages to {}", dir.display()))?;
+                shell.status("Wrote", &format!("the manual pages to {}", dir.display()));
+                return Ok(0);
+            }
+            lbctl.build();
+            let page = match command {
+                None => lbctl,
+                Some(name) => {
+                    let visible = || lbctl.get_subcommands().filter(|it| !it.is_hide_set());
+                    let Some(found) = visible().find(|it| it.get_name() == name) else {
+                        let names: Vec<&str> = visible().map(|it| it.get_name()).collect();
+                        bail!("no command `{name}`; its pages are: {}", names.join(", "));
+                    };
+                    found.clone()
+                }
+            };
             let mut out = Vec::new();
-            clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut out)?;
+            clap_mangen::Man::new(page).render(&mut out)?;
             shell.out(&String::from_utf8_lossy(&out))?;
             Ok(0)
         }
@@ -116,6 +158,22 @@ fn load_spec(path: &Path) -> Result<SpecFile> {
 fn spec_dir(path: &Path) -> Result<PathBuf> {
     let parent = path.parent().filter(|it| !it.as_os_str().is_empty()).unwrap_or(Path::new("."));
     parent.canonicalize().with_context(|| format!("finding the directory of {}", path.display()))
+}
+
+/// The directory of the stack whose state a command reads, beside
+/// `path`; a spec file that does not exist is said, not passed over (the
+/// state beside where it would be is read all the same: it may have been
+/// deleted after apply).
+fn state_dir(shell: &Shell, path: &Path) -> Result<PathBuf> {
+    let dir = spec_dir(path)?;
+    if !path.exists() {
+        shell.warn(&format!(
+            "{} does not exist: reading the state in {}",
+            path.display(),
+            store_of(&dir).dir().display()
+        ));
+    }
+    Ok(dir)
 }
 
 /// The provider a spec names (or `--provider`), for the stack in `dir`.
@@ -370,7 +428,7 @@ fn place_failures(file: &SpecFile, err: anyhow::Error) -> anyhow::Error {
 
 /// Destroy needs only the state: it works even when the spec no longer parses.
 fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
-    let dir = spec_dir(&spec.file)?;
+    let dir = state_dir(shell, &spec.file)?;
     let store = store_of(&dir);
     let _lock = store.lock("lbctl destroy")?;
     let mut state = store.load()?;
@@ -404,21 +462,38 @@ fn destroy(shell: &Shell, spec: &SpecArg, auto_approve: bool) -> Result<u8> {
 
 /// `lbctl logs`: what the provider logs, from the state's resources.
 fn logs(shell: &Shell, spec: &SpecArg, name: Option<&str>, follow: bool, since: Option<&str>) -> Result<u8> {
-    let dir = spec_dir(&spec.file)?;
-    let store = store_of(&dir);
-    let state = store.load()?;
-    if state.resources.is_empty() {
-        bail!("nothing is applied in {}: no logs", store.dir().display());
+    // A resource's name has no dot: this is a spec file, after `-f`
+    // (--follow here, as in `tail -f`).
+    if let Some(name) = name.filter(|it| it.ends_with(".yaml") || it.ends_with(".yml")) {
+        bail!(
+            "`{name}` names a spec file, not a resource: `-f` is --follow here; for a spec file, write --file {name}"
+        );
     }
-    let provider = state_provider(&state, &dir, spec)?;
     let since = since
         .map(|it| lbctl_spec::Duration::parse(it).map_err(anyhow::Error::msg).context("--since"))
         .transpose()?
         .map(|it| std::time::SystemTime::now() - it.get());
+    let dir = state_dir(shell, &spec.file)?;
+    let store = store_of(&dir);
+    let state = store.load()?;
+    if state.resources.is_empty() {
+        let kept = store.dir().join("logs");
+        if kept.is_dir() {
+            bail!(
+                "nothing is applied in {}; the logs of what was destroyed are kept in {}",
+                store.dir().display(),
+                kept.display()
+            );
+        }
+        bail!("nothing is applied in {}: no logs", store.dir().display());
+    }
+    let provider = state_provider(&state, &dir, spec)?;
     let resources: Vec<lbctl_plan::ResourceState> = state.resources.values().cloned().collect();
     let files = || crate::logs::select(provider.log_files(&resources), name);
     let mut readers = std::collections::BTreeMap::new();
-    crate::logs::add_new(&mut readers, files()?);
+    // One resource's lines as written; everything's after their source.
+    let labelled = name.is_none();
+    crate::logs::add_new(&mut readers, files()?, labelled);
     let print = |readers: &mut std::collections::BTreeMap<std::path::PathBuf, crate::logs::Reader>, since| {
         let mut list: Vec<crate::logs::Reader> = std::mem::take(readers).into_values().collect();
         let lines = crate::logs::gather(&mut list, since);
@@ -435,7 +510,7 @@ fn logs(shell: &Shell, spec: &SpecArg, name: Option<&str>, follow: bool, since: 
     loop {
         std::thread::sleep(crate::logs::FOLLOW_EVERY);
         if let Ok(now) = files() {
-            crate::logs::add_new(&mut readers, now);
+            crate::logs::add_new(&mut readers, now, labelled);
         }
         print(&mut readers, None)?;
     }
@@ -468,7 +543,8 @@ fn wrap(text: &str, width: usize) -> String {
     wrapped
 }
 
-fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
+/// `lbctl status`; `watching`: one of a series (`--watch`), JSON on one line.
+fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool, watching: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
     let state = store_of(&dir).load()?;
     let provider = state_provider(&state, &dir, spec)?;
@@ -492,6 +568,15 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
             for row in &live.rows {
                 table.add_row(row[..shown.min(row.len())].to_vec());
             }
+            // A column of single words (ids, addresses, states) is never
+            // split, so that what is searched for is found whole; the
+            // columns of prose (reasons) wrap instead.
+            for index in 0..shown {
+                let whole = live.rows.iter().all(|row| row.get(index).is_none_or(|cell| !cell.contains(' ')));
+                if let Some(column) = table.column_mut(index).filter(|_| whole) {
+                    column.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+                }
+            }
             text.push_str(&format!("{table}\n"));
         }
         for line in &live.footer {
@@ -500,7 +585,9 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
         text.push('\n');
     }
     if json {
-        shell.out(&format!("{}\n", serde_json::to_string_pretty(&json!({ "resources": values }))?))?;
+        let document = json!({ "resources": values });
+        let text = if watching { serde_json::to_string(&document)? } else { serde_json::to_string_pretty(&document)? };
+        shell.out(&format!("{text}\n"))?;
     } else if state.resources.is_empty() {
         shell.out("Nothing is applied.\n")?;
     } else {
@@ -511,7 +598,7 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool) -> Result<u8> {
 
 /// `lbctl output`: the outputs of the last apply, from the state.
 fn output(shell: &Shell, spec: &SpecArg, name: Option<&str>, json: bool) -> Result<u8> {
-    let dir = spec_dir(&spec.file)?;
+    let dir = state_dir(shell, &spec.file)?;
     let state = store_of(&dir).load()?;
     let describe = |value: &String| json!({ "sensitive": false, "type": "string", "value": value });
     match name {
@@ -551,7 +638,7 @@ fn output(shell: &Shell, spec: &SpecArg, name: Option<&str>, json: bool) -> Resu
 /// (what was written and the defaults in context) and what the provider
 /// learned when it made it; `--json` gives the written attributes apart.
 fn show(shell: &Shell, spec: &SpecArg, json: bool) -> Result<u8> {
-    let dir = spec_dir(&spec.file)?;
+    let dir = state_dir(shell, &spec.file)?;
     let state = store_of(&dir).load()?;
     if json {
         let resources: Vec<_> = state

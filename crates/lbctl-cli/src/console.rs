@@ -32,7 +32,15 @@ pub fn serve(
     if !listen.ip().is_loopback() {
         bail!("--listen {listen}: the console serves on loopback only (127.0.0.0/8 or ::1)");
     }
-    let server = tiny_http::Server::http(listen).map_err(|err| anyhow!("listening on {listen}: {err}"))?;
+    let server = tiny_http::Server::http(listen).map_err(|err| {
+        let hint = match err.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::AddrInUse) => {
+                "; something else listens there: choose another port (--listen 127.0.0.1:PORT, or --listen 127.0.0.1:0 for any free one)"
+            }
+            _ => "",
+        };
+        anyhow!("listening on {listen}: {err}{hint}")
+    })?;
     let address = server.server_addr().to_ip().ok_or_else(|| anyhow!("the console has no IP address"))?;
     let url = format!("http://{address}/");
     ready(&url)?;
@@ -140,7 +148,11 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::from((IpAddr::from([127, 0, 0, 1]), port)));
     }
-    bail!("--listen {text}: expected ADDRESS:PORT (127.0.0.1:8900) or a port")
+    // `localhost` is loopback by definition (RFC 6761): no lookup needed.
+    if let Some(port) = text.strip_prefix("localhost:").and_then(|it| it.parse::<u16>().ok()) {
+        return Ok(SocketAddr::from((IpAddr::from([127, 0, 0, 1]), port)));
+    }
+    bail!("--listen {text}: expected ADDRESS:PORT (127.0.0.1:8900, localhost:8900, [::1]:8900) or a port")
 }
 
 #[cfg(test)]
@@ -151,11 +163,15 @@ mod tests {
     fn the_console_listens_on_loopback_only() {
         assert_eq!(parse_listen("8900").unwrap(), "127.0.0.1:8900".parse().unwrap());
         assert_eq!(parse_listen("127.0.0.2:0").unwrap(), "127.0.0.2:0".parse().unwrap());
+        assert_eq!(parse_listen("localhost:8901").unwrap(), "127.0.0.1:8901".parse().unwrap());
         assert!(parse_listen("all").is_err());
         let dir = tempfile::tempdir().unwrap();
         let store = crate::commands::store_of(dir.path());
         let err = serve("0.0.0.0:0".parse().unwrap(), &store, &|_| bail!("unused"), &|_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("loopback only"), "{err}");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = serve(taken.local_addr().unwrap(), &store, &|_| bail!("unused"), &|_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("choose another port"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! events, instances' output), one source or all of them interleaved by
 //! time, optionally from `--since` ago and followed as they grow (`-f`).
 //!
-//! Each line is shown after its source (`[web] ...`). Lines of a process's
+//! Interleaved, each line is shown after its source (`[web] ...`); one
+//! source's lines are shown as written, so that an access log's go to the
+//! tools that read AWS's as they are. Lines of a process's
 //! output carry no time: they take the time of the file's previous line
 //! that has one, and at the file's start the file's creation time.
 
@@ -19,7 +21,7 @@ use lbctl_plan::{LogFile, LogKind};
 pub struct Line {
     /// When.
     pub time: SystemTime,
-    /// `[source] text`.
+    /// `[source] text`, or the text alone (one source).
     pub text: String,
 }
 
@@ -69,6 +71,8 @@ pub struct Reader {
     last_time: SystemTime,
     /// The start of a line not ended yet.
     partial: String,
+    /// Lines are shown after their source.
+    labelled: bool,
 }
 
 impl Reader {
@@ -77,7 +81,13 @@ impl Reader {
         let born = std::fs::metadata(&file.path)
             .and_then(|it| it.created().or_else(|_| it.modified()))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        Reader { file, offset: 0, last_time: born, partial: String::new() }
+        Reader { file, offset: 0, last_time: born, partial: String::new(), labelled: true }
+    }
+
+    /// The same, its lines shown as written, without their source.
+    pub fn unlabelled(mut self) -> Reader {
+        self.labelled = false;
+        self
     }
 
     /// The file's complete lines since the last call.
@@ -101,7 +111,8 @@ impl Reader {
             if let Some(time) = time_of(self.file.kind, line) {
                 self.last_time = time;
             }
-            lines.push(Line { time: self.last_time, text: format!("[{}] {line}", self.file.source) });
+            let text = if self.labelled { format!("[{}] {line}", self.file.source) } else { line.to_string() };
+            lines.push(Line { time: self.last_time, text });
         }
         lines
     }
@@ -124,10 +135,18 @@ pub fn gather(readers: &mut [Reader], since: Option<SystemTime>) -> Vec<Line> {
 }
 
 /// Readers for the files of `files` not read yet (a new instance's log,
-/// when following), keyed by path.
-pub fn add_new(readers: &mut BTreeMap<PathBuf, Reader>, files: Vec<LogFile>) {
+/// when following), keyed by path; `labelled`: their lines shown after
+/// their source.
+pub fn add_new(readers: &mut BTreeMap<PathBuf, Reader>, files: Vec<LogFile>, labelled: bool) {
     for file in files {
-        readers.entry(file.path.clone()).or_insert_with(|| Reader::new(file));
+        readers.entry(file.path.clone()).or_insert_with(|| {
+            let reader = Reader::new(file);
+            if labelled {
+                reader
+            } else {
+                reader.unlabelled()
+            }
+        });
     }
 }
 
@@ -176,8 +195,7 @@ mod tests {
         assert_eq!(gather(&mut fresh, Some(since)).len(), 2, "the 10:00:03 line and the one after it");
 
         let network = dir.path().join("edge.log");
-        std::fs::write(&network, "tcp 2.0 2026-12-02T10:00:05.000000Z net/edge/00 listener/net/edge/00/9000\n")
-            .unwrap();
+        std::fs::write(&network, "tcp 2.0 2026-12-02T10:00:05 net/edge/00 0123456789abcdef\n").unwrap();
         let mut network_reader = vec![Reader::new(file("edge", LogKind::Access, &network))];
         assert_eq!(
             gather(&mut network_reader, Some(since))[0].time,
@@ -186,6 +204,8 @@ mod tests {
 
         let mut output_reader = vec![Reader::new(file("i-1", LogKind::Output, &output))];
         assert_eq!(gather(&mut output_reader, None)[0].text, "[i-1] worker i-1 listening");
+        let mut alone = vec![Reader::new(file("i-1", LogKind::Output, &output)).unlabelled()];
+        assert_eq!(gather(&mut alone, None)[0].text, "worker i-1 listening");
     }
 
     #[test]

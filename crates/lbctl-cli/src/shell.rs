@@ -49,6 +49,12 @@ impl Shell {
         eprintln!("{verb} {message}");
     }
 
+    /// A warning (stderr), shown even when quiet.
+    pub fn warn(&self, message: &str) {
+        let label = if self.stderr_color() { "\x1b[1;33mwarning\x1b[0m" } else { "warning" };
+        eprintln!("{label}: {message}");
+    }
+
     /// An error (stderr).
     pub fn error(&self, message: &str) {
         let label = if self.stderr_color() { "\x1b[1;31merror\x1b[0m" } else { "error" };

@@ -28,9 +28,16 @@ impl Duration {
     /// Parses `500ms`, `2s`, `5m`, `1h30m`; a bare number is refused so that
     /// units are never guessed.
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim())
-            .map(Duration)
-            .map_err(|err| format!("invalid duration `{text}` ({err}); write e.g. 500ms, 2s, 5m"))
+        humantime::parse_duration(text.trim()).map(Duration).map_err(|err| {
+            use humantime::DurationError::*;
+            let why = match err {
+                NumberExpected(_) | InvalidCharacter(_) | Empty => "a number then a unit".to_string(),
+                UnknownUnit { unit, .. } if unit.is_empty() => "a unit after the number".to_string(),
+                UnknownUnit { unit, .. } => format!("a known unit, not `{unit}`"),
+                NumberOverflow => "a smaller number".to_string(),
+            };
+            format!("invalid duration `{text}`: expected {why}, e.g. 500ms, 2s, 5m, 1h30m")
+        })
     }
 }
 

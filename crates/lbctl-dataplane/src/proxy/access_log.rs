@@ -205,9 +205,10 @@ fn time_text(since: Duration) -> [u8; 27] {
     text
 }
 
-/// Writes `time` as `time_text` does.
-fn write_system_time(out: &mut Vec<u8>, time: SystemTime) {
-    out.extend_from_slice(&time_text(time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()));
+/// Writes `time` as AWS's NLB entries have it, to the second and without
+/// a zone: `2026-12-02T10:00:00`.
+fn write_nlb_time(out: &mut Vec<u8>, time: SystemTime) {
+    out.extend_from_slice(&time_text(time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())[..19]);
 }
 
 /// The last `N` decimal digits of `value`, zero-padded: a fixed-size
@@ -662,7 +663,7 @@ pub struct ConnectionEntry {
     pub time: SystemTime,
     /// `net/<name>/<id>`.
     pub elb: String,
-    /// `listener/net/<name>/<id>/<port>`.
+    /// The listener's resource id: the last part of its ARN, 16 hex digits.
     pub listener: String,
     /// The client.
     pub client: SocketAddr,
@@ -678,7 +679,8 @@ pub struct ConnectionEntry {
     pub sent_bytes: u64,
     /// TLS cipher, TLS only.
     pub tls_cipher: Option<String>,
-    /// TLS protocol, TLS only.
+    /// TLS protocol (`TLSv1.3`), TLS only; written as AWS's NLB entries
+    /// have it (`tlsv13`).
     pub tls_protocol: Option<&'static str>,
     /// The SNI name, TLS only.
     pub domain: Option<String>,
@@ -693,7 +695,7 @@ impl ConnectionEntry {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.kind.as_bytes());
         out.extend_from_slice(b" 2.0 ");
-        write_system_time(out, self.time);
+        write_nlb_time(out, self.time);
         for text in [" ", &self.elb, " ", &self.listener, " "] {
             out.extend_from_slice(text.as_bytes());
         }
@@ -708,16 +710,27 @@ impl ConnectionEntry {
         number(out, self.received_bytes);
         out.push(b' ');
         number(out, self.sent_bytes);
+        // No TLS alert; the certificate of the load balancer, in ACM's form
+        // (as its ALB lines have it); no certificate serial.
         out.extend_from_slice(b" - ");
-        or_dash(out, self.tls_cipher.as_ref().map(|_| "-"));
+        match &self.tls_cipher {
+            Some(_) => {
+                out.extend_from_slice(b"arn:aws:acm:local:000000000000:certificate/");
+                out.extend(self.elb.bytes().map(|byte| if byte == b'/' { b'-' } else { byte }));
+            }
+            None => out.push(b'-'),
+        }
         out.extend_from_slice(b" - ");
         or_dash(out, self.tls_cipher.as_ref());
         out.push(b' ');
-        or_dash(out, self.tls_protocol);
+        match self.tls_protocol {
+            Some(protocol) => out.extend(protocol.bytes().filter(|it| *it != b'.').map(|it| it.to_ascii_lowercase())),
+            None => out.push(b'-'),
+        }
         out.extend_from_slice(b" - ");
         or_dash(out, self.domain.as_ref());
         out.extend_from_slice(b" - - - ");
-        write_system_time(out, self.started);
+        write_nlb_time(out, self.started);
         out.push(b' ');
         address_or_dash(out, self.target);
         out.push(b'\n');
@@ -890,7 +903,7 @@ mod tests {
             kind: "tcp",
             time: at(1_764_633_601, 0),
             elb: "net/edge/0123456789abcdef".to_string(),
-            listener: "listener/net/edge/0123456789abcdef/9000".to_string(),
+            listener: "00112233445566ff".to_string(),
             client: "127.0.0.1:40000".parse().unwrap(),
             destination: "127.251.0.1:9000".parse().unwrap(),
             duration: Duration::from_millis(1500),
@@ -906,9 +919,30 @@ mod tests {
         let line = entry.line();
         let fields: Vec<&str> = line.trim_end().split(' ').collect();
         assert_eq!(fields.len(), 23, "{line}");
-        assert_eq!(&fields[..4], ["tcp", "2.0", "2025-12-02T00:00:01.000000Z", "net/edge/0123456789abcdef"]);
+        assert_eq!(
+            &fields[..5],
+            ["tcp", "2.0", "2025-12-02T00:00:01", "net/edge/0123456789abcdef", "00112233445566ff"]
+        );
         assert_eq!((fields[7], fields[9], fields[10]), ("1500", "7", "30"));
+        assert_eq!((fields[12], fields[14], fields[21]), ("-", "-", "2025-12-01T23:59:59"));
         assert_eq!(fields[22], "127.16.0.9:7000");
+        // Over TLS: the certificate's ARN, the protocol as AWS writes it.
+        let tls = ConnectionEntry {
+            kind: "tls",
+            tls_handshake: Some(Duration::from_millis(2)),
+            tls_cipher: Some("TLS_AES_128_GCM_SHA256".to_string()),
+            tls_protocol: Some("TLSv1.3"),
+            domain: Some("edge.shop.elb.localhost".to_string()),
+            ..entry
+        };
+        let line = tls.line();
+        let fields: Vec<&str> = line.trim_end().split(' ').collect();
+        assert_eq!(fields.len(), 23, "{line}");
+        assert_eq!(fields[12], "arn:aws:acm:local:000000000000:certificate/net-edge-0123456789abcdef");
+        assert_eq!(
+            (fields[14], fields[15], fields[17]),
+            ("TLS_AES_128_GCM_SHA256", "tlsv13", "edge.shop.elb.localhost")
+        );
     }
 
     /// The id as the field holds it, without its quotes and spaces.

@@ -161,6 +161,10 @@ struct Trace {
     redirect: Option<String>,
     /// Why it failed, AWS's code where it has one.
     error_reason: Option<&'static str>,
+    /// Another load balancer's health check: not a client's request, so
+    /// neither counted among requests and codes nor logged (AWS logs no
+    /// health check).
+    health_check: bool,
 }
 
 impl Trace {
@@ -173,7 +177,9 @@ impl Trace {
         self.target_took = Some(took);
         if let Some(status) = status {
             self.target_status = Some(status);
-            group.stats.answer(status, took);
+            if !self.health_check {
+                group.stats.answer(status, took);
+            }
         }
     }
 }
@@ -199,12 +205,14 @@ pub async fn handle(
     let mut trace = Trace::default();
     let mut response = route(frontend, request, peer, &mut trace).await;
     let status = response.status().as_u16();
-    observe.stats.response(status, trace.target_status.is_none());
+    if !trace.health_check {
+        observe.stats.response(status, trace.target_status.is_none());
+    }
     let head_bytes = response_head_bytes(&response);
     let body = response.body_mut();
     body.stats = Some(observe.stats.clone());
     body.received = received + head_bytes;
-    if let Some(head) = head {
+    if let Some(head) = head.filter(|_| !trace.health_check) {
         let now = Instant::now();
         // Each step's time, and the whole's: the target's was measured
         // when it answered, and the whole is the steps' sum (two
@@ -523,14 +531,14 @@ async fn route(
     };
     trace.actions = "forward";
     trace.group = Some(group.clone());
+    // Another load balancer's health check is not a client request.
+    trace.health_check = request.headers().get(USER_AGENT).is_some_and(|it| it.as_bytes() == HEALTH_CHECKER);
     let Some((backend, mut sticky_cookie)) = group.select_with(request.headers()) else {
         let failure = Failure::new(&request, peer, &group.name, "-");
         return failure.answer(StatusCode::SERVICE_UNAVAILABLE, "no registered target is routable");
     };
     let transport = group.transport();
-    // Another load balancer's health check is not a client request.
-    let health_check = request.headers().get(USER_AGENT).is_some_and(|it| it.as_bytes() == HEALTH_CHECKER);
-    let mut in_flight = InFlight::start_request(backend, health_check);
+    let mut in_flight = InFlight::start_request(backend, trace.health_check);
 
     let (mut parts, body) = request.into_parts();
     let forwarding = Forwarding { client_ip, protocol, port: forwarded_port };

@@ -97,7 +97,7 @@ impl Observe {
             kind,
             time,
             elb: elb.clone(),
-            listener: format!("listener/{elb}/{}", listener.port()),
+            listener: format!("{:016x}", access_log::resource_hash(elb, &listener.port().to_string())),
             client,
             destination: listener,
             duration,
