@@ -342,8 +342,8 @@ impl RequestHead {
 /// Whether a Host value (`name`, `name:port`, `[v6]`, `[v6]:port`) names
 /// a port.
 fn has_port(host: &[u8]) -> bool {
-    let after = host.iter().rposition(|it| *it == b']').map_or(host, |end| &host[end..]);
-    after.contains(&b':')
+    // The last `:` or `]` tells, read from the end: a port is short.
+    host.iter().rev().find(|it| matches!(it, b':' | b']')) == Some(&b':')
 }
 
 /// An access-log line waiting for its response to be sent.
