@@ -248,11 +248,13 @@ functions:
 
     // A request that does not parse is answered 400 by the proxy, and
     // logged and counted as AWS does: no request line, no target, no rule.
+    const MALFORMED: &[u8] = b"GET / HTTP/1.1 and more\r\nHost: shop.example\r\nUser-Agent: lbctl-test\r\n\r\n";
     let answer = {
         use std::io::{Read, Write};
         let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        client.write_all(b"NOT A REQUEST\r\n\r\n").unwrap();
+        // Refused at its first line, long before its end: still all received.
+        client.write_all(MALFORMED).unwrap();
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).unwrap();
         answer
@@ -265,7 +267,7 @@ functions:
     assert_eq!(malformed["request"], format!("- http://public.logged.elb.localhost:{port}- -"), "{malformed:?}");
     assert_eq!((malformed["target:port"].as_str(), malformed["request_processing_time"].as_str()), ("-", "-1"));
     assert_eq!((malformed["matched_rule_priority"].as_str(), malformed["actions_executed"].as_str()), ("-", "-"));
-    assert_eq!(malformed["received_bytes"], "17");
+    assert_eq!(malformed["received_bytes"], MALFORMED.len().to_string());
     assert_eq!(malformed["sent_bytes"], answer.len().to_string());
     let metrics = curl(&metrics_url, &[]).unwrap().body;
     let refused = "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 2";

@@ -118,6 +118,7 @@ fn quickstart_routes_scales_heals_and_destroys() {
     assert!(!status.stdout.contains(".log │"), "no log column without --wide");
     let wide = stack.lbctl(&["status", "--wide"]).expect_code(0);
     assert!(wide.stdout.contains("log"), "{}", wide.stdout);
+    assert!(wide.stdout.contains("reason"), "the reasons' column keeps its words whole: {}", wide.stdout);
 
     // destroy leaves nothing: no process, the port free, an empty state.
     let pids = stack.pids();

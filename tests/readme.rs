@@ -162,3 +162,52 @@ fn completions_and_the_manual_page_come_from_the_command_line() {
         assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
     }
 }
+
+/// `status --watch` piped: one status after another, each document of
+/// `--json` on its own line with its time; a missing spec file is said.
+#[test]
+fn status_watch_piped_gives_one_json_document_per_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(lbctl_exe())
+        .args(["status", "--watch", "--json", "-f"])
+        .arg(dir.path().join("lbctl.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _stop = Stop(child);
+    // Read on a thread: the test waits with a deadline, never on a blocked read.
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut documents = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while documents.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).expect("two statuses within 20 s");
+        documents.push(serde_json::from_str::<serde_json::Value>(&line).expect("one JSON document per line"));
+    }
+    for document in &documents {
+        assert!(document["time"].as_str().is_some_and(|it| it.ends_with('Z')), "{document}");
+        assert_eq!(document["resources"], serde_json::json!([]), "{document}");
+    }
+    drop(_stop);
+    let mut warning = String::new();
+    std::io::Read::read_to_string(&mut { stderr }, &mut warning).unwrap();
+    assert!(warning.contains("lbctl.yaml does not exist"), "{warning}");
+}

@@ -543,7 +543,44 @@ fn wrap(text: &str, width: usize) -> String {
     wrapped
 }
 
-/// `lbctl status`; `watching`: one of a series (`--watch`), JSON on one line.
+/// Constrains `table` (of `columns` and `rows`, `width` wide) so that
+/// what is searched for is found whole: a column of single words (ids,
+/// addresses, states) is never split, narrowest first while the width
+/// allows, and a column of prose (reasons) wraps at spaces only, its
+/// longest word (`Target.Timeout:`) kept whole.
+fn keep_words_whole(table: &mut Table, columns: &[String], rows: &[Vec<String>], width: usize) {
+    use comfy_table::{ColumnConstraint, Width};
+    let cells =
+        |index: usize| rows.iter().filter_map(move |row| row.get(index)).chain(std::iter::once(&columns[index]));
+    let longest = |texts: &mut dyn Iterator<Item = &str>| texts.map(|it| it.chars().count()).max().unwrap_or(0);
+    let mut whole = Vec::new();
+    // Each column's borders and padding take three characters, and one more ends the row.
+    let mut used = 3 * columns.len() + 1;
+    for index in 0..columns.len() {
+        if cells(index).all(|cell| !cell.contains(' ')) {
+            whole.push((longest(&mut cells(index).map(String::as_str)), index));
+        } else {
+            let word = longest(&mut cells(index).flat_map(|cell| cell.split(' ')));
+            used += word;
+            if let Some(column) = table.column_mut(index) {
+                column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(word as u16)));
+            }
+        }
+    }
+    whole.sort();
+    for (content, index) in whole {
+        if used + content > width {
+            break;
+        }
+        used += content;
+        if let Some(column) = table.column_mut(index) {
+            column.set_constraint(ColumnConstraint::ContentWidth);
+        }
+    }
+}
+
+/// `lbctl status`; `watching`: one of a series (`--watch`), JSON on one
+/// line with its time.
 fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool, watching: bool) -> Result<u8> {
     let dir = spec_dir(&spec.file)?;
     let state = store_of(&dir).load()?;
@@ -568,15 +605,7 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool, watching: bool)
             for row in &live.rows {
                 table.add_row(row[..shown.min(row.len())].to_vec());
             }
-            // A column of single words (ids, addresses, states) is never
-            // split, so that what is searched for is found whole; the
-            // columns of prose (reasons) wrap instead.
-            for index in 0..shown {
-                let whole = live.rows.iter().all(|row| row.get(index).is_none_or(|cell| !cell.contains(' ')));
-                if let Some(column) = table.column_mut(index).filter(|_| whole) {
-                    column.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
-                }
-            }
+            keep_words_whole(&mut table, &live.columns[..shown], &live.rows, width);
             text.push_str(&format!("{table}\n"));
         }
         for line in &live.footer {
@@ -585,8 +614,12 @@ fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool, watching: bool)
         text.push('\n');
     }
     if json {
-        let document = json!({ "resources": values });
-        let text = if watching { serde_json::to_string(&document)? } else { serde_json::to_string_pretty(&document)? };
+        let text = if watching {
+            let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            serde_json::to_string(&json!({ "time": time, "resources": values }))?
+        } else {
+            serde_json::to_string_pretty(&json!({ "resources": values }))?
+        };
         shell.out(&format!("{text}\n"))?;
     } else if state.resources.is_empty() {
         shell.out("Nothing is applied.\n")?;

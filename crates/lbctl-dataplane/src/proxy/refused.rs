@@ -3,8 +3,10 @@
 //! (414), which hyper answers itself and then closes the connection. AWS
 //! logs and counts malformed requests as any other, so the proxy does too:
 //! this module counts the bytes of the part of a connection that hyper
-//! serves (`Counted`), and tells which status hyper answered an error with
-//! (`status_of`). The line itself is `forward`'s.
+//! serves (`Counted`: what the proxy read from the client, which may be
+//! less than the client sent when hyper stopped reading at the error), and
+//! tells which status hyper answered an error with (`status_of`). The line
+//! itself is `forward`'s.
 //!
 //! Not this module's: the fast HTTP/1.1 server (`h1_server`), which hands
 //! hyper every head it does not parse, so that every refusal is hyper's.
@@ -25,9 +27,21 @@ pub struct Traffic {
     written: AtomicU64,
     read_at_request: AtomicU64,
     written_at_request: AtomicU64,
+    /// Bytes the stream gives back first, already counted (`handed_over`).
+    given_back: AtomicU64,
 }
 
 impl Traffic {
+    /// For the part of a connection whose first `bytes` were read from the
+    /// socket already (by `h1_server`) and are given back by the stream
+    /// before anything else: they are counted now, and not again when read.
+    pub fn handed_over(bytes: u64) -> Traffic {
+        let traffic = Traffic::default();
+        traffic.read.store(bytes, Relaxed);
+        traffic.given_back.store(bytes, Relaxed);
+        traffic
+    }
+
     /// A request reached the request path: what comes after is the next one's.
     pub fn request_started(&self) {
         self.read_at_request.store(self.read.load(Relaxed), Relaxed);
@@ -59,7 +73,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        this.traffic.read.fetch_add((buf.filled().len() - before) as u64, Relaxed);
+        let read = (buf.filled().len() - before) as u64;
+        let given_back = this.traffic.given_back.load(Relaxed).min(read);
+        if given_back > 0 {
+            this.traffic.given_back.fetch_sub(given_back, Relaxed);
+        }
+        this.traffic.read.fetch_add(read - given_back, Relaxed);
         Poll::Ready(Ok(()))
     }
 }
