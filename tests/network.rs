@@ -379,7 +379,7 @@ fn a_tls_listener_with_a_self_signed_certificate_for_its_ip() {
     let stack = Stack::new(&spec(
         "nlb-tls",
         &format!(
-            "    static_ip: {ip}\n    listeners:\n      - {{ port: {port}, protocol: TCP, default_action: {{ forward: echo }} }}\n      - {{ port: {tls_port}, protocol: TLS, certificate: self_signed, default_action: {{ forward: echo }} }}"
+            "    static_ip: {ip}\n    access_logs: true\n    listeners:\n      - {{ port: {port}, protocol: TCP, default_action: {{ forward: echo }} }}\n      - {{ port: {tls_port}, protocol: TLS, certificate: self_signed, default_action: {{ forward: echo }} }}"
         ),
         &format!("  echo: {{ protocol: TCP, port: {target_port}, deregistration_delay: 1s, {TCP_CHECKS} }}"),
         &echo_asg(1, "echo", ", --echo"),
@@ -434,6 +434,31 @@ fn a_tls_listener_with_a_self_signed_certificate_for_its_ip() {
     let _ = s_client.wait();
     assert_eq!(first, Some(instance));
     assert_eq!(second.as_deref(), Some("over TLS"));
+
+    // Each connection is a line of AWS's NLB format: the TLS session's, and
+    // a handshake that failed (plain text to the TLS port), without TLS fields.
+    {
+        let mut plain = std::net::TcpStream::connect((ip, tls_port)).unwrap();
+        plain.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let _ = std::io::Read::read_to_end(&mut plain, &mut Vec::new());
+    }
+    let log = stack.dir.path().join(".lbctl/logs/edge/access.log");
+    let tls_lines = wait_for("both TLS connections' lines", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<Vec<String>> = text
+            .lines()
+            .filter(|it| it.starts_with("tls 2.0 ") && it.contains(&format!(":{tls_port} ")))
+            .map(|it| it.split(' ').map(str::to_string).collect())
+            .collect();
+        let failed = lines.iter().any(|it| it[8] == "-" && it[14] == "-");
+        let session = lines.iter().any(|it| it[15] == "tlsv13" && it[12].starts_with("arn:aws:acm:"));
+        (failed && session).then_some(lines)
+    });
+    for line in &tls_lines {
+        assert_eq!(line.len(), 23, "{line:?}");
+        assert!(!line[2].ends_with('Z') && line[4].len() == 16, "AWS's time and listener id: {line:?}");
+    }
 }
 
 #[test]

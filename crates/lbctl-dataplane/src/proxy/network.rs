@@ -209,7 +209,12 @@ async fn serve_tls(
 ) {
     let started = Instant::now();
     context.observe.stats.new_connections.fetch_add(1, Ordering::Relaxed);
-    let Ok(Ok(client)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await else { return };
+    let Ok(Ok(client)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await else {
+        // A handshake that failed or never ended is logged too, as AWS
+        // does: no handshake time, no TLS fields.
+        context.observe.ended("tls", peer, context.address, None, started, None, (0, 0), None);
+        return;
+    };
     let handshake = Some(started.elapsed());
     let tls = Some(crate::tls::session_summary(client.get_ref().1));
     let Some((backend, target)) = open_target(&context, peer).await else {
