@@ -269,8 +269,25 @@ functions:
     assert_eq!((malformed["matched_rule_priority"].as_str(), malformed["actions_executed"].as_str()), ("-", "-"));
     assert_eq!(malformed["received_bytes"], MALFORMED.len().to_string());
     assert_eq!(malformed["sent_bytes"], answer.len().to_string());
+    // HTTP/1.1 without a Host: 400 (RFC 9112), logged with its request line.
+    let answer = {
+        use std::io::{Read, Write};
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.write_all(b"GET /no-host HTTP/1.1\r\nUser-Agent: lbctl-test/2.0\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap();
+        answer
+    };
+    assert!(answer.starts_with(b"HTTP/1.1 400 "), "{}", String::from_utf8_lossy(&answer));
+    let no_host = wait_for("the line of the request without a Host", Duration::from_secs(10), || {
+        lines_now().into_iter().find(|it| it.contains("\"lbctl-test/2.0\""))
+    });
+    let no_host = entry(&no_host);
+    assert_eq!(no_host["request"], format!("GET http://public.logged.elb.localhost:{port}/no-host HTTP/1.1"));
+    assert_eq!((no_host["elb_status_code"].as_str(), no_host["target:port"].as_str()), ("400", "-"));
     let metrics = curl(&metrics_url, &[]).unwrap().body;
-    let refused = "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 2";
+    let refused = "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 3";
     assert!(metrics.lines().any(|it| it == refused), "no `{refused}` in\n{metrics}");
 }
 

@@ -407,6 +407,29 @@ impl PendingLine {
 /// bytes: as AWS logs a malformed request, with no request line
 /// (`- http://host:port- -`), no target, no rule and -1 for every step.
 pub fn refused(frontend: &Frontend, connection: &ConnectionInfo, status: u16, received: u64, sent: u64) {
+    refused_with::<()>(frontend, connection, status, (received, sent), None);
+}
+
+/// Answers 400, counted and logged with its request line, an HTTP/1.1
+/// request without exactly one Host (RFC 9112 §3.2), which hyper's server
+/// lets through; the connection closes after it.
+pub fn refused_host<B>(frontend: &Frontend, request: &Request<B>, connection: &ConnectionInfo) -> Response<ProxyBody> {
+    let mut response = error(StatusCode::BAD_REQUEST);
+    response.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    let sent = response_head_bytes(&response) + response.body().size_hint().exact().unwrap_or(0);
+    let bytes = (received_bytes(request), sent);
+    refused_with(frontend, connection, StatusCode::BAD_REQUEST.as_u16(), bytes, Some(request));
+    response
+}
+
+/// `refused`, with the request when there is one to log.
+fn refused_with<B>(
+    frontend: &Frontend,
+    connection: &ConnectionInfo,
+    status: u16,
+    (received, sent): (u64, u64),
+    request: Option<&Request<B>>,
+) {
     let context = frontend.context.load();
     let observe = &context.observe;
     observe.stats.response(status, true);
@@ -414,7 +437,9 @@ pub fn refused(frontend: &Frontend, connection: &ConnectionInfo, status: u16, re
     let Some(log) = &observe.log else { return };
     let now = since_epoch();
     let kind = if connection.tls.is_some() { "https" } else { "http" };
-    let request = format!("- {kind}://{}:{}- -", context.default_host, context.port);
+    let (default_host, port) = (context.default_host.as_bytes(), context.forwarded_port.as_bytes());
+    let head = request.map(|it| RequestHead::of(it, connection, default_host, port));
+    let unparsed = format!("- {kind}://{}:{}- -", context.default_host, context.port);
     let entry = access_log::Entry {
         kind,
         time: now,
@@ -427,8 +452,8 @@ pub fn refused(frontend: &Frontend, connection: &ConnectionInfo, status: u16, re
         target_status: None,
         received_bytes: received,
         sent_bytes: sent,
-        request: request.as_bytes(),
-        user_agent: b"",
+        request: head.as_ref().map_or(unparsed.as_bytes(), RequestHead::request),
+        user_agent: head.as_ref().map_or(&b""[..], RequestHead::user_agent),
         target_group_arn: None,
         trace_id: access_log::TraceId::new(now.as_secs()),
         matched_rule_priority: None,

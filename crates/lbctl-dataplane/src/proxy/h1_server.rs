@@ -29,7 +29,9 @@ use std::time::SystemTime;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{Either, Empty};
 use hyper::body::Body;
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
@@ -217,6 +219,8 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
         start..start + text.len()
     };
     let mut close = false;
+    // RFC 9112 §3.2: exactly one Host, else 400 (hyper's path answers it).
+    let mut hosts = 0u8;
     fields.clear();
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
@@ -229,10 +233,15 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
             }
         } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return Parse::Other;
+        } else if name == HOST {
+            hosts = hosts.saturating_add(1);
         } else if name == CONNECTION {
             close |= field.value.split(|it| *it == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
         fields.push((name, at(field.value)));
+    }
+    if hosts != 1 {
+        return Parse::Other;
     }
     Parse::Head(Head { method, target: at(target.as_bytes()), len, close })
 }
@@ -489,20 +498,23 @@ mod tests {
     #[test]
     fn only_bodiless_http11_requests_are_served_here() {
         assert_eq!(kind(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"), "served");
-        assert_eq!(kind(b"DELETE /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n"), "served");
+        assert_eq!(kind(b"DELETE /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"), "served");
         assert_eq!(kind(b"GET / HTTP/1.1\r\nhost: x\r\n"), "partial");
         for other in [
-            &b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"[..],
-            b"POST / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
-            b"POST / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 1\r\n\r\n",
-            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"GET / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
-            b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
-            b"HEAD / HTTP/1.1\r\n\r\n",
-            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n",
+            // Not exactly one Host: hyper's path answers 400 (RFC 9112 §3.2).
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\nHost: y\r\n\r\n",
         ] {
             assert_eq!(kind(other), "hyper's", "{}", String::from_utf8_lossy(other));
         }

@@ -822,6 +822,13 @@ fn hyper_service(
         let request_guard = requests.request();
         async move {
             let request = request.map(http_body_util::Either::Left);
+            // RFC 9112 §3.2 (`h1_server` hands such a request over).
+            if request.version() == hyper::Version::HTTP_11
+                && request.headers().get_all(hyper::header::HOST).iter().count() != 1
+            {
+                drop(request_guard);
+                return Ok(forward::refused_host(&frontend, &request, &connection));
+            }
             let mut response = Box::pin(forward::handle(&frontend, request, peer, &connection)).await;
             drop(request_guard);
             // hyper's server writes the header map only.
