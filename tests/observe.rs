@@ -249,16 +249,8 @@ functions:
     // A request that does not parse is answered 400 by the proxy, and
     // logged and counted as AWS does: no request line, no target, no rule.
     const MALFORMED: &[u8] = b"GET / HTTP/1.1 and more\r\nHost: shop.example\r\nUser-Agent: lbctl-test\r\n\r\n";
-    let answer = {
-        use std::io::{Read, Write};
-        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        // Refused at its first line, long before its end: still all received.
-        client.write_all(MALFORMED).unwrap();
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).unwrap();
-        answer
-    };
+    // Refused at its first line, long before its end: still all received.
+    let answer = exchange(port, MALFORMED);
     assert!(answer.starts_with(b"HTTP/1.1 400 "), "{}", String::from_utf8_lossy(&answer));
     let malformed = wait_for("the malformed request's line", Duration::from_secs(10), || {
         lines_now().into_iter().find(|it| it.contains(" 400 - "))
@@ -270,15 +262,7 @@ functions:
     assert_eq!(malformed["received_bytes"], MALFORMED.len().to_string());
     assert_eq!(malformed["sent_bytes"], answer.len().to_string());
     // HTTP/1.1 without a Host: 400 (RFC 9112), logged with its request line.
-    let answer = {
-        use std::io::{Read, Write};
-        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        client.write_all(b"GET /no-host HTTP/1.1\r\nUser-Agent: lbctl-test/2.0\r\n\r\n").unwrap();
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).unwrap();
-        answer
-    };
+    let answer = exchange(port, b"GET /no-host HTTP/1.1\r\nUser-Agent: lbctl-test/2.0\r\n\r\n");
     assert!(answer.starts_with(b"HTTP/1.1 400 "), "{}", String::from_utf8_lossy(&answer));
     let no_host = wait_for("the line of the request without a Host", Duration::from_secs(10), || {
         lines_now().into_iter().find(|it| it.contains("\"lbctl-test/2.0\""))
@@ -289,6 +273,18 @@ functions:
     let metrics = curl(&metrics_url, &[]).unwrap().body;
     let refused = "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 3";
     assert!(metrics.lines().any(|it| it == refused), "no `{refused}` in\n{metrics}");
+}
+
+/// Sends `bytes` on a new connection to `port`, and reads the answer until
+/// the load balancer closes the connection.
+fn exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    answer
 }
 
 /// Runs `promtool check metrics` on `text`; fails on any problem it reports.
