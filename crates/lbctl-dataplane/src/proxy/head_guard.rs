@@ -28,6 +28,11 @@
 //! HTTP/2's preface, a head hyper will refuse anyway. The happy path costs a
 //! scan of the head a line at a time; the clock is read only for a head that
 //! does not arrive in one read.
+//!
+//! Once hyper's server has the connection, the guard also counts the bytes
+//! read from the socket and written to it into a `refused::Traffic`, so
+//! that a request hyper refuses is logged with its bytes; on `h1_server`'s
+//! part of a connection there is nothing to count into.
 
 use std::io;
 use std::pin::Pin;
@@ -40,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::connection::Activity;
+use super::refused::Traffic;
 
 /// How long a request head (request line and headers) may take to arrive
 /// once its first byte has: a legitimate client sends a head in one go, so
@@ -60,6 +66,9 @@ pub struct HeadGuard<S> {
     activity: Arc<Activity>,
     /// Bytes read (and scanned) already, to be read again first (`unread`).
     unread: Bytes,
+    /// Where the bytes read from and written to the socket are counted,
+    /// once hyper's server has the connection (`count_into`).
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl<S> HeadGuard<S> {
@@ -73,6 +82,7 @@ impl<S> HeadGuard<S> {
             head_started: None,
             activity,
             unread: Bytes::new(),
+            traffic: None,
         }
     }
 
@@ -80,6 +90,12 @@ impl<S> HeadGuard<S> {
     /// next reads return them first (a server hands a connection over).
     pub fn unread(&mut self, bytes: Bytes) {
         self.unread = bytes;
+    }
+
+    /// Counts into `traffic` what is read from the socket and written to
+    /// it from now on (bytes given back by `unread` are not read again).
+    pub fn count_into(&mut self, traffic: Arc<Traffic>) {
+        self.traffic = Some(traffic);
     }
 }
 
@@ -93,6 +109,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if let Some(traffic) = &this.traffic {
+            traffic.read(buf.filled().len() - before);
+        }
         if this.scanner.state == State::Off || buf.filled().len() == before {
             return Poll::Ready(Ok(()));
         }
@@ -119,7 +138,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        if let Some(traffic) = &this.traffic {
+            traffic.written(written);
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -127,7 +151,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        if let Some(traffic) = &this.traffic {
+            traffic.written(written);
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {

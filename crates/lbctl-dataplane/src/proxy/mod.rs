@@ -759,12 +759,13 @@ async fn serve_http<I>(
             activity: &activity,
             closing: &closing,
         };
-        let (io, handed_over) = match h1_server::serve(io, shared).await {
+        let (io, traffic) = match h1_server::serve(io, shared).await {
             h1_server::Served::Closed => return,
             h1_server::Served::Handover(mut io, read) => {
-                let handed_over = read.len() as u64;
+                let traffic = Arc::new(refused::Traffic::handed_over(read.len() as u64));
                 io.unread(read);
-                (io, handed_over)
+                io.count_into(traffic.clone());
+                (io, traffic)
             }
         };
         // Closing already: one more answer (the request handed over), then
@@ -774,8 +775,7 @@ async fn serve_http<I>(
         if closed_already {
             builder.http1().keep_alive(false);
         }
-        let traffic = Arc::new(refused::Traffic::handed_over(handed_over));
-        let io = TokioIo::new(refused::Counted::new(io, traffic.clone()));
+        let io = TokioIo::new(io);
         let served = builder.serve_connection(io, hyper_service(&frontend, peer, &connection, &activity, &traffic));
         tokio::pin!(served);
         let result = if closed_already {

@@ -2,22 +2,17 @@
 //! head that does not parse (400), one too large (431) or a URI too long
 //! (414), which hyper answers itself and then closes the connection. AWS
 //! logs and counts malformed requests as any other, so the proxy does too:
-//! this module counts the bytes of the part of a connection that hyper
-//! serves (`Counted`: what the proxy read from the client, which may be
-//! less than the client sent when hyper stopped reading at the error), and
-//! tells which status hyper answered an error with (`status_of`). The line
-//! itself is `forward`'s.
+//! this module keeps the count of the bytes of the part of a connection
+//! that hyper serves (`Traffic`: what the proxy read from the client, which
+//! may be less than the client sent when hyper stopped reading at the
+//! error; `head_guard` counts them as they pass), and tells which status
+//! hyper answered an error with (`status_of`). The line itself is
+//! `forward`'s.
 //!
 //! Not this module's: the fast HTTP/1.1 server (`h1_server`), which hands
 //! hyper every head it does not parse, so that every refusal is hyper's.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read and written, in all and when the last request reached the
 /// request path.
@@ -27,19 +22,25 @@ pub struct Traffic {
     written: AtomicU64,
     read_at_request: AtomicU64,
     written_at_request: AtomicU64,
-    /// Bytes the stream gives back first, already counted (`handed_over`).
-    given_back: AtomicU64,
 }
 
 impl Traffic {
     /// For the part of a connection whose first `bytes` were read from the
-    /// socket already (by `h1_server`) and are given back by the stream
-    /// before anything else: they are counted now, and not again when read.
+    /// socket already (by `h1_server`): they count as read.
     pub fn handed_over(bytes: u64) -> Traffic {
         let traffic = Traffic::default();
         traffic.read.store(bytes, Relaxed);
-        traffic.given_back.store(bytes, Relaxed);
         traffic
+    }
+
+    /// `bytes` more read from the socket.
+    pub fn read(&self, bytes: usize) {
+        self.read.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// `bytes` more written to the socket.
+    pub fn written(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Relaxed);
     }
 
     /// A request reached the request path: what comes after is the next one's.
@@ -53,65 +54,6 @@ impl Traffic {
     pub fn since_request(&self) -> (u64, u64) {
         let read = self.read.load(Relaxed) - self.read_at_request.load(Relaxed);
         (read, self.written.load(Relaxed) - self.written_at_request.load(Relaxed))
-    }
-}
-
-/// A stream whose bytes are counted into a `Traffic`.
-pub struct Counted<S> {
-    inner: S,
-    traffic: Arc<Traffic>,
-}
-
-impl<S> Counted<S> {
-    pub fn new(inner: S, traffic: Arc<Traffic>) -> Counted<S> {
-        Counted { inner, traffic }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let read = (buf.filled().len() - before) as u64;
-        let given_back = this.traffic.given_back.load(Relaxed).min(read);
-        if given_back > 0 {
-            this.traffic.given_back.fetch_sub(given_back, Relaxed);
-        }
-        this.traffic.read.fetch_add(read - given_back, Relaxed);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        this.traffic.written.fetch_add(written as u64, Relaxed);
-        Poll::Ready(Ok(written))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        this.traffic.written.fetch_add(written as u64, Relaxed);
-        Poll::Ready(Ok(written))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
