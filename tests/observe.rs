@@ -157,14 +157,20 @@ functions:
     let counted_before = requests_to(&metrics);
 
     // Ten requests: seven forwarded, a redirect, a fixed response, a 502.
-    let mut codes = Vec::new();
+    let (mut codes, mut traces_seen) = (Vec::new(), Vec::new());
+    let client_trace = "X-Amzn-Trace-Id: Root=1-67891233-abcdef012345678912345678;CalledFrom=app";
     for path in ["/", "/a", "/b?x=1", "/c", "/d", "/e", "/f", "/old/page", "/teapot", "/broken"] {
-        // One names its host without a port, which the line adds.
+        // One names its host without a port, which the line adds; one
+        // comes with a trace of its own.
         let mut headers = vec!["User-Agent: lbctl-test/1.0"];
-        if path == "/c" {
-            headers.push("Host: shop.example");
+        match path {
+            "/c" => headers.push("Host: shop.example"),
+            "/d" => headers.push(client_trace),
+            _ => {}
         }
-        codes.push(curl(&format!("{url}{path}"), &headers).unwrap().status);
+        let response = curl(&format!("{url}{path}"), &headers).unwrap();
+        codes.push(response.status);
+        traces_seen.push(response.headers.get("x-seen-amzn-trace-id").cloned());
     }
     assert_eq!(codes, [200, 200, 200, 200, 200, 200, 200, 301, 418, 502]);
 
@@ -182,12 +188,24 @@ functions:
         assert!(entry["client:port"].starts_with("127.0.0.1:"), "{entry:?}");
         assert_eq!(entry["elb_status_code"], code.to_string(), "{entry:?}");
         assert_eq!(entry["user_agent"], "lbctl-test/1.0");
-        assert!(entry["trace_id"].starts_with("Root=1-"), "{entry:?}");
         assert!(entry["time"].ends_with('Z') && entry["request_creation_time"] <= entry["time"], "{entry:?}");
         assert!(entry["conn_trace_id"].starts_with("TID_"), "{entry:?}");
         assert!(entry["received_bytes"].parse::<u64>().unwrap() > 0);
         assert!(entry["sent_bytes"].parse::<u64>().unwrap() > 0);
     }
+    // The trace id is the X-Amzn-Trace-Id the target got, the client's
+    // Root kept when it sent one.
+    for (idx, (entry, seen)) in entries.iter().zip(&traces_seen).enumerate() {
+        let trace = &entry["trace_id"];
+        match (idx, seen) {
+            (0..=6, Some(seen)) => assert_eq!(trace, seen, "{entry:?}"),
+            (7..=9, None) => {}
+            _ => panic!("request {idx}: the target saw trace {seen:?}"),
+        }
+        let ours = if idx == 4 { "Self=1-" } else { "Root=1-" };
+        assert!(trace.starts_with(ours), "{entry:?}");
+    }
+    assert!(entries[4]["trace_id"].ends_with(";Root=1-67891233-abcdef012345678912345678;CalledFrom=app"));
     let worker_address = format!("127.0.0.1:{worker_port}");
     for entry in &entries[..7] {
         assert_eq!(entry["target:port"], worker_address);

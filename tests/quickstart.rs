@@ -47,6 +47,14 @@ fn quickstart_routes_scales_heals_and_destroys() {
     assert_eq!(response.headers["x-seen-forwarded-proto"], "http");
     assert_eq!(response.headers["x-seen-forwarded-port"], port.to_string());
     assert_eq!(response.headers["x-seen-host"], format!("{}:{port}", url_host(&outputs, "public", "127.0.0.1")));
+    // And X-Amzn-Trace-Id, as AWS: the request's id as its Root when the
+    // client sent none, as its Self before the client's fields otherwise.
+    let trace = &response.headers["x-seen-amzn-trace-id"];
+    assert!(trace.starts_with("Root=1-") && trace.len() == 40, "{trace}");
+    let root = "Root=1-67891233-abcdef012345678912345678";
+    let response = curl(&url, &[&format!("X-Amzn-Trace-Id: {root};CalledFrom=app")]).unwrap();
+    let trace = &response.headers["x-seen-amzn-trace-id"];
+    assert!(trace.starts_with("Self=1-") && trace.ends_with(&format!(";{root};CalledFrom=app")), "{trace}");
     // The client's own X-Forwarded-For is kept and appended to; its
     // X-Forwarded-Proto and -Port are the listener's.
     let spoofed = ["X-Forwarded-For: 203.0.113.7", "X-Forwarded-Proto: https", "X-Forwarded-Port: 1"];

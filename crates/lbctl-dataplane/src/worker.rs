@@ -16,7 +16,8 @@
 //! | `POST /fault/stop-listener` (or SIGUSR1) | close the listening socket, keep the process |
 //! | `?sleep=<ms>` on any request | wait that long before answering |
 //!
-//! Every answer echoes the forwarding headers it received as `x-seen-*`
+//! Every answer echoes the forwarding headers it received (`X-Forwarded-*`,
+//! `X-Amzn-Trace-Id`) as `x-seen-*`
 //! (`x-seen-host` is the Host, or the HTTP/2 `:authority`) and the HTTP
 //! version as `x-seen-version`.
 //!
@@ -353,10 +354,11 @@ struct App {
 }
 
 /// Request headers echoed back under an `x-seen-` name.
-const ECHOED: [(&str, &str); 4] = [
+const ECHOED: [(&str, &str); 5] = [
     ("x-forwarded-for", "x-seen-forwarded-for"),
     ("x-forwarded-proto", "x-seen-forwarded-proto"),
     ("x-forwarded-port", "x-seen-forwarded-port"),
+    ("x-amzn-trace-id", "x-seen-amzn-trace-id"),
     ("host", "x-seen-host"),
 ];
 

@@ -495,8 +495,11 @@ pub struct Entry<'a> {
     pub user_agent: &'a [u8],
     /// The target group's ARN.
     pub target_group_arn: Option<&'a str>,
-    /// `X-Amzn-Trace-Id`'s value.
+    /// The request's trace id: `X-Amzn-Trace-Id`'s value is its `Root`
+    /// when the client sent no trace.
     pub trace_id: TraceId,
+    /// The `X-Amzn-Trace-Id` sent on, escaped, when the client sent one.
+    pub trace_header: Option<&'a [u8]>,
     /// The rule that matched (0: the default action); `None` when no
     /// routing happened.
     pub matched_rule_priority: Option<u32>,
@@ -601,7 +604,14 @@ impl Entry<'_> {
         out.extend_from_slice(b"\" ");
         out.extend_from_slice(&self.connection.tls);
         or_dash(out, self.target_group_arn);
-        out.extend_from_slice(&self.trace_id.field());
+        match self.trace_header {
+            None => out.extend_from_slice(&self.trace_id.field()),
+            Some(header) => {
+                out.extend_from_slice(b" \"");
+                out.extend_from_slice(header);
+                out.extend_from_slice(b"\" ");
+            }
+        }
         out.extend_from_slice(&self.connection.names);
         number_or_dash(out, self.matched_rule_priority);
         let mut created = [b' '; 30];
@@ -759,13 +769,13 @@ pub fn resource_hash(stack: &str, name: &str) -> u64 {
     fold(fold(fold(0xcbf2_9ce4_8422_2325, stack.as_bytes()), b"/"), name.as_bytes())
 }
 
-/// `Root=1-<epoch hex>-<24 hex>`, as AWS's `X-Amzn-Trace-Id`.
+/// A request's id in AWS's `X-Amzn-Trace-Id` (`1-<epoch hex>-<24 hex>`):
+/// its `Root` when the client sent no trace, its `Self` when it did.
+/// Written out once, for the header sent on and the log line alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceId {
-    /// Seconds since the epoch, in AWS's 8 hex digits.
-    epoch: u32,
-    /// 96 random bits.
-    random: (u64, u32),
+    /// `1-<epoch hex>-<24 hex>`.
+    text: [u8; 35],
 }
 
 impl TraceId {
@@ -773,17 +783,58 @@ impl TraceId {
     /// epoch. The random part identifies, it guards nothing: it comes from
     /// a fast generator of the thread, seeded once from the system.
     pub fn new(epoch: u64) -> TraceId {
-        TraceId { epoch: epoch as u32, random: (fastrand::u64(..), fastrand::u32(..)) }
+        TraceId::of(epoch as u32, (fastrand::u64(..), fastrand::u32(..)))
     }
 
-    /// ` "Root=1-..." `: the id quoted, between spaces, as a line has it.
-    fn field(&self) -> [u8; 44] {
-        let mut text = *b" \"Root=1-00000000-000000000000000000000000\" ";
-        text[9..17].copy_from_slice(&hex8(self.epoch));
-        text[18..26].copy_from_slice(&hex8((self.random.0 >> 32) as u32));
-        text[26..34].copy_from_slice(&hex8(self.random.0 as u32));
-        text[34..42].copy_from_slice(&hex8(self.random.1));
+    /// The id of `epoch` (seconds, AWS's 8 hex digits) and 96 random bits.
+    pub(super) fn of(epoch: u32, random: (u64, u32)) -> TraceId {
+        let mut text = *b"1-00000000-000000000000000000000000";
+        text[2..10].copy_from_slice(&hex8(epoch));
+        text[11..19].copy_from_slice(&hex8((random.0 >> 32) as u32));
+        text[19..27].copy_from_slice(&hex8(random.0 as u32));
+        text[27..35].copy_from_slice(&hex8(random.1));
+        TraceId { text }
+    }
+
+    /// `Root=1-...` (or `Self=1-...` with `name` `Self`).
+    fn text(&self, name: &[u8; 4]) -> [u8; 40] {
+        let mut text = *b"Root=1-00000000-000000000000000000000000";
+        text[..4].copy_from_slice(name);
+        text[5..].copy_from_slice(&self.text);
         text
+    }
+
+    /// ` "Root=1-..." `: the id quoted, between spaces, as a line has it
+    /// when the client sent no trace.
+    fn field(&self) -> [u8; 44] {
+        let mut field = *b" \"Root=1-00000000-000000000000000000000000\" ";
+        field[7..42].copy_from_slice(&self.text);
+        field
+    }
+
+    /// Writes the `X-Amzn-Trace-Id` the load balancer sends the target,
+    /// as AWS makes it from the client's (`incoming`): none, this id as
+    /// its `Root`; one with a `Root` field, this id inserted first as its
+    /// `Self` and the client's other fields kept (a `Self` of its own is
+    /// replaced). One without a `Root`, which AWS does not describe, gets
+    /// this id as its `Root` and keeps its other fields.
+    pub fn header_value(&self, out: &mut Vec<u8>, incoming: Option<&[u8]>) {
+        let Some(incoming) = incoming else {
+            out.extend_from_slice(&self.text(b"Root"));
+            return;
+        };
+        // `name=value`, the name's case and the spaces around it as they come.
+        let named = |field: &[u8], name: &[u8]| {
+            let name_of = field.split(|it| *it == b'=').next().unwrap_or_default();
+            field.contains(&b'=') && name_of.trim_ascii().eq_ignore_ascii_case(name)
+        };
+        let fields = incoming.split(|it| *it == b';').filter(|it| !it.trim_ascii().is_empty());
+        let has_root = fields.clone().any(|it| named(it, b"root"));
+        out.extend_from_slice(&self.text(if has_root { b"Self" } else { b"Root" }));
+        for field in fields.filter(|it| !named(it, b"self")) {
+            out.push(b';');
+            out.extend_from_slice(field.trim_ascii());
+        }
     }
 }
 
@@ -827,7 +878,8 @@ mod tests {
             request: b"GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1",
             user_agent: &escaped_text("curl/8.0 \"quoted\""),
             target_group_arn: Some("arn:aws:elasticloadbalancing:local:000000000000:targetgroup/web/00"),
-            trace_id: TraceId { epoch: 0x692e_0000, random: (0, 1) },
+            trace_id: TraceId::of(0x692e_0000, (0, 1)),
+            trace_header: None,
             matched_rule_priority: Some(10),
             request_creation_time: since(1_764_633_600, 0),
             actions: "forward",
@@ -869,6 +921,11 @@ mod tests {
             redirect.line(),
             "https 2025-12-02T00:00:00.000250Z app/public/0123456789abcdef 10.0.0.1:443 - 12.000034 -1 0.000040 1000 - 80 160 \"GET http://public.shop.elb.localhost:8080/a?b=c HTTP/1.1\" \"curl/8.0 \\\"quoted\\\"\" TLS13_AES_128_GCM_SHA256 TLSv1.3 - \"Root=1-692e0000-000000000000000000000001\" \"shop.example\" \"arn:aws:acm:local:000000000000:certificate/app-public-0123456789abcdef\" 10 2025-12-02T00:00:00.000000Z \"redirect\" \"https://shop.example/\\\"x\\\"\" \"Redirect\" \"-\" \"-\" \"-\" \"-\" TID_00000000000000ff\n"
         );
+        // The client sent a trace: the line has the header sent on.
+        let header = b"Self=1-692e0000-000000000000000000000001;Root=1-67891233-abcdef012345678912345678";
+        let traced = Entry { trace_header: Some(header), ..entry };
+        let expected = format!("/web/00 \"{}\" \"-\" \"-\" 10 ", std::str::from_utf8(header).unwrap());
+        assert!(traced.line().contains(&expected), "{}", traced.line());
     }
 
     #[test]
@@ -981,11 +1038,37 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_header_sent_on_is_the_one_aws_makes() {
+        let id = TraceId::of(0x6789_1233, (0x1245_6789_abcd_ef01, 0x2345_678a));
+        let sent = |incoming: Option<&str>| {
+            let mut out = Vec::new();
+            id.header_value(&mut out, incoming.map(str::as_bytes));
+            String::from_utf8(out).unwrap()
+        };
+        let this = "1-67891233-12456789abcdef012345678a";
+        let root = "Root=1-67891233-abcdef012345678912345678";
+        // AWS's examples: none sent; a Root; a Root and the application's
+        // own field; a Self, whose value is replaced.
+        assert_eq!(sent(None), format!("Root={this}"));
+        assert_eq!(sent(Some(root)), format!("Self={this};{root}"));
+        assert_eq!(sent(Some(&format!("{root};CalledFrom=app"))), format!("Self={this};{root};CalledFrom=app"));
+        assert_eq!(
+            sent(Some(&format!("Self=1-00000000-000000000000000000000000; {root}"))),
+            format!("Self={this};{root}")
+        );
+        // No Root: this id is the Root, the other fields kept.
+        assert_eq!(sent(Some("CalledFrom=app;;")), format!("Root={this};CalledFrom=app"));
+        assert_eq!(sent(Some("")), format!("Root={this}"));
+        // The log's field is the same id, as AWS logs the header.
+        assert_eq!(text(&id), sent(None));
+    }
+
+    #[test]
     fn trace_ids_look_like_aws_ones() {
         let id = text(&TraceId::new(1_764_633_600));
         assert!(id.starts_with("Root=1-692e2c00-") && id.len() == "Root=1-692e2c00-".len() + 24, "{id}");
         assert_eq!(resource_id("shop", "public").len(), 16);
-        let id = TraceId { epoch: 0x692e_2c00, random: (0xabc0_0000_0000_0000, 0x0f01) };
+        let id = TraceId::of(0x692e_2c00, (0xabc0_0000_0000_0000, 0x0f01));
         assert_eq!(text(&id), "Root=1-692e2c00-abc000000000000000000f01");
     }
 

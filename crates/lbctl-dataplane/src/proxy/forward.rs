@@ -194,16 +194,21 @@ pub async fn handle(
     connection: &Arc<ConnectionInfo>,
 ) -> Response<ProxyBody> {
     let arrived = Instant::now();
+    // The one reading of the wall clock: the second of the request's trace
+    // id, and its log line's times (the response's is this and the
+    // monotonic time the request took).
+    let arrived_at = since_epoch();
+    let trace_id = access_log::TraceId::new(arrived_at.as_secs());
     let (observe, head) = {
         let context = frontend.context.load();
-        let head = context.observe.log.as_ref().map(|_| {
-            RequestHead::of(&request, connection, context.default_host.as_bytes(), context.forwarded_port.as_bytes())
-        });
+        let (default_host, port) = (context.default_host.as_bytes(), context.forwarded_port.as_bytes());
+        let head =
+            context.observe.log.as_ref().map(|_| RequestHead::of(&request, connection, default_host, port, trace_id));
         (context.observe.clone(), head)
     };
     let received = received_bytes(&request);
     let mut trace = Trace::default();
-    let mut response = route(frontend, request, peer, &mut trace).await;
+    let mut response = route(frontend, request, peer, trace_id, &mut trace).await;
     let status = response.status().as_u16();
     if !trace.health_check {
         observe.stats.response(status, trace.target_status.is_none());
@@ -229,15 +234,13 @@ pub async fn handle(
             _ => ([None; 3], now.saturating_duration_since(arrived)),
         };
         let [request_processing, target_processing, response_processing] = steps;
-        // The one reading of the wall clock: the request's arrival is this
-        // less the time the load balancer took (a monotonic clock's).
-        let responded_at = since_epoch();
         body.log = Some(Box::new(PendingLine {
             observe,
             connection: connection.clone(),
             head,
-            responded_at,
-            arrived_at: responded_at.saturating_sub(took),
+            trace_id,
+            responded_at: arrived_at + took,
+            arrived_at,
             target: trace.target.take(),
             request_processing,
             target_processing,
@@ -257,21 +260,31 @@ pub async fn handle(
 }
 
 /// What a log line needs of a request, taken before it is forwarded: its
-/// request line and User-Agent already written as the line writes them
-/// (escaped), into one small allocation. Copying these few bytes costs less
-/// than holding the request's parts, whose every clone and drop is an
-/// atomic operation on the connection's read buffer.
+/// request line, User-Agent and the `X-Amzn-Trace-Id` sent on (when the
+/// client sent one) already written as the line writes them (escaped), into
+/// one small allocation. Copying these few bytes costs less than holding
+/// the request's parts, whose every clone and drop is an atomic operation
+/// on the connection's read buffer.
 struct RequestHead {
     kind: &'static str,
-    /// `GET http://host:port/path?query HTTP/1.1` then the User-Agent,
-    /// each escaped: `text[..agent]` and `text[agent..]`.
+    /// `GET http://host:port/path?query HTTP/1.1`, the User-Agent and the
+    /// trace sent on, each escaped: `text[..agent]`, `text[agent..trace]`
+    /// and `text[trace..]`.
     text: Vec<u8>,
     agent: usize,
+    trace: usize,
 }
 
 impl RequestHead {
-    /// `default_host` is the load balancer's name, `port` its listener's.
-    fn of<B>(request: &Request<B>, connection: &ConnectionInfo, default_host: &[u8], port: &[u8]) -> RequestHead {
+    /// `default_host` is the load balancer's name, `port` its listener's,
+    /// `trace_id` the request's.
+    fn of<B>(
+        request: &Request<B>,
+        connection: &ConnectionInfo,
+        default_host: &[u8],
+        port: &[u8],
+        trace_id: access_log::TraceId,
+    ) -> RequestHead {
         let tls = connection.tls.is_some();
         let kind = match (tls, request.version()) {
             (true, Version::HTTP_2) if is_grpc(request.headers()) => "grpcs",
@@ -279,15 +292,23 @@ impl RequestHead {
             (true, _) => "https",
             (false, _) => "http",
         };
-        // The first Host and User-Agent, in one pass: a request has few
-        // fields, and two lookups by hash cost more than reading them.
-        let (mut host, mut user_agent) = (None, None);
+        // The first Host, User-Agent and trace, in one pass: a request has
+        // few fields, and lookups by hash cost more than reading them.
+        let (mut host, mut user_agent, mut incoming_trace) = (None, None, None);
         for (name, value) in request.headers() {
             if host.is_none() && name == HOST {
                 host = Some(value.as_bytes());
             } else if user_agent.is_none() && name == USER_AGENT {
                 user_agent = Some(value.as_bytes());
+            } else if incoming_trace.is_none() && *name == forwarding::X_AMZN_TRACE_ID {
+                incoming_trace = Some(value.as_bytes());
             }
+        }
+        // The line has the trace sent on; AWS's `Root` form of the
+        // request's id when the client sent none (`trace_id`'s own field).
+        let mut trace_sent = Vec::new();
+        if incoming_trace.is_some() {
+            trace_id.header_value(&mut trace_sent, incoming_trace);
         }
         // AWS's `protocol://host:port/uri`: the listener's port when the
         // client named none, the load balancer's name when it named no host.
@@ -313,6 +334,8 @@ impl RequestHead {
         }
         let mut agent = text.len();
         text.extend_from_slice(user_agent);
+        let mut trace = text.len();
+        text.extend_from_slice(&trace_sent);
         if !access_log::nothing_to_escape(&text) {
             text.clear();
             text.extend_from_slice(method);
@@ -324,8 +347,10 @@ impl RequestHead {
             text.extend_from_slice(version);
             agent = text.len();
             access_log::escaped(&mut text, user_agent);
+            trace = text.len();
+            access_log::escaped(&mut text, &trace_sent);
         }
-        RequestHead { kind, text, agent }
+        RequestHead { kind, text, agent, trace }
     }
 
     /// The request line, escaped.
@@ -335,7 +360,12 @@ impl RequestHead {
 
     /// The User-Agent, escaped; empty when there was none.
     fn user_agent(&self) -> &[u8] {
-        &self.text[self.agent..]
+        &self.text[self.agent..self.trace]
+    }
+
+    /// The `X-Amzn-Trace-Id` sent on, escaped, when the client sent one.
+    fn trace_header(&self) -> Option<&[u8]> {
+        Some(&self.text[self.trace..]).filter(|it| !it.is_empty())
     }
 }
 
@@ -352,6 +382,7 @@ struct PendingLine {
     observe: Arc<Observe>,
     connection: Arc<ConnectionInfo>,
     head: RequestHead,
+    trace_id: access_log::TraceId,
     /// When the response was made, since the Unix epoch: AWS's `time`.
     responded_at: Duration,
     /// When the request arrived, since the Unix epoch.
@@ -375,7 +406,6 @@ impl PendingLine {
     /// Writes the line for a response whose body was `sent` bytes.
     fn write(&self, sent: u64) {
         let Some(log) = &self.observe.log else { return };
-        let trace_id = access_log::TraceId::new(self.arrived_at.as_secs());
         let entry = access_log::Entry {
             kind: self.head.kind,
             time: self.responded_at,
@@ -391,7 +421,8 @@ impl PendingLine {
             request: self.head.request(),
             user_agent: self.head.user_agent(),
             target_group_arn: self.group.as_deref().map(|it| it.arn.as_str()),
-            trace_id,
+            trace_id: self.trace_id,
+            trace_header: self.head.trace_header(),
             matched_rule_priority: self.priority,
             request_creation_time: self.arrived_at,
             actions: self.actions,
@@ -438,7 +469,8 @@ fn refused_with<B>(
     let now = since_epoch();
     let kind = if connection.tls.is_some() { "https" } else { "http" };
     let (default_host, port) = (context.default_host.as_bytes(), context.forwarded_port.as_bytes());
-    let head = request.map(|it| RequestHead::of(it, connection, default_host, port));
+    let trace_id = access_log::TraceId::new(now.as_secs());
+    let head = request.map(|it| RequestHead::of(it, connection, default_host, port, trace_id));
     let unparsed = format!("- {kind}://{}:{}- -", context.default_host, context.port);
     let entry = access_log::Entry {
         kind,
@@ -455,7 +487,8 @@ fn refused_with<B>(
         request: head.as_ref().map_or(unparsed.as_bytes(), RequestHead::request),
         user_agent: head.as_ref().map_or(&b""[..], RequestHead::user_agent),
         target_group_arn: None,
-        trace_id: access_log::TraceId::new(now.as_secs()),
+        trace_id,
+        trace_header: head.as_ref().and_then(RequestHead::trace_header),
         matched_rule_priority: None,
         request_creation_time: now,
         actions: "-",
@@ -504,6 +537,7 @@ async fn route(
     frontend: &Frontend,
     request: Request<UpstreamBody>,
     peer: SocketAddr,
+    trace_id: access_log::TraceId,
     trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let client_ip = peer.ip().to_canonical();
@@ -566,7 +600,7 @@ async fn route(
     let mut in_flight = InFlight::start_request(backend, trace.health_check);
 
     let (mut parts, body) = request.into_parts();
-    let forwarding = Forwarding { client_ip, protocol, port: forwarded_port };
+    let forwarding = Forwarding { client_ip, protocol, port: forwarded_port, trace_id };
     // The common case, a bodiless request to a plain HTTP/1.1 target: its
     // head is lent to each attempt (a retry needs no copy of it) and the
     // forwarding headers are written as it goes out; the map stays as the
@@ -865,7 +899,8 @@ mod tests {
     fn the_logged_request_line_escapes_what_the_client_wrote() {
         let head = |request: Request<()>| {
             let connection = ConnectionInfo::new(([127, 0, 0, 1], 9).into(), None, String::new());
-            RequestHead::of(&request, &connection, b"public.shop.elb.localhost", b"8080")
+            let trace_id = access_log::TraceId::of(0x6789_1233, (0, 3));
+            RequestHead::of(&request, &connection, b"public.shop.elb.localhost", b"8080", trace_id)
         };
         let line = |request: Request<()>| String::from_utf8(head(request).request().to_vec()).unwrap();
         // A path cannot hold a quote or a backslash (hyper refuses them); a Host can.
@@ -887,6 +922,18 @@ mod tests {
         let request = Request::get("/").header(HOST, "h").header(USER_AGENT, "a \"b\"").body(()).unwrap();
         let quoted = head(request);
         assert_eq!((quoted.request(), quoted.user_agent()), (&b"GET http://h:8080/ HTTP/1.1"[..], &b"a \\\"b\\\""[..]));
+        assert_eq!(quoted.trace_header(), None);
+        // The client's trace: the line has the one sent on, escaped.
+        let request = Request::get("/")
+            .header(HOST, "h")
+            .header("x-amzn-trace-id", "Root=1-67891200-abcdef012345678912345678;Note=\"x\"")
+            .header(USER_AGENT, "curl/8.0")
+            .body(())
+            .unwrap();
+        let traced = head(request);
+        assert_eq!(traced.user_agent(), b"curl/8.0");
+        let sent = "Self=1-67891233-000000000000000000000003;Root=1-67891200-abcdef012345678912345678;Note=\\\"x\\\"";
+        assert_eq!(traced.trace_header(), Some(sent.as_bytes()));
         // Bytes past ASCII in a field are escaped, not dropped.
         let request = Request::get("/").header(HOST, &b"caf\xc3\xa9"[..]).body(()).unwrap();
         assert_eq!(line(request), "GET http://caf\\xc3\\xa9:8080/ HTTP/1.1");

@@ -1,8 +1,10 @@
 //! What a load balancer changes in a request on its way to a target, as AWS
 //! does: the hop-by-hop headers (and those `Connection` names) go,
 //! `X-Forwarded-For` gets the client's address appended, `X-Forwarded-Proto`
-//! and `X-Forwarded-Port` are set to the listener's, and the Host is kept (or
-//! taken from an HTTP/2 `:authority`).
+//! and `X-Forwarded-Port` are set to the listener's, `X-Amzn-Trace-Id`
+//! gets the request's trace id (its `Root`, or its `Self` beside the
+//! client's `Root`), and the Host is kept (or taken from an HTTP/2
+//! `:authority`).
 //!
 //! The same rules in two forms: `prepare` edits a header map (requests
 //! that go out through hyper's client), `write_fields` writes the changed
@@ -17,11 +19,12 @@ use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRAN
 use hyper::http::uri::Authority;
 use hyper::{HeaderMap, Uri};
 
-use super::access_log;
+use super::access_log::{self, TraceId};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub(super) static X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -37,6 +40,8 @@ pub struct Forwarding {
     pub protocol: &'static str,
     /// The listener's port.
     pub port: HeaderValue,
+    /// The request's trace id, sent on in `X-Amzn-Trace-Id`.
+    pub trace_id: TraceId,
 }
 
 /// The other names the `Connection` header lists (`close` and
@@ -110,6 +115,12 @@ pub fn prepare(headers: &mut HeaderMap, uri: &Uri, forwarding: &Forwarding) {
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(forwarding.protocol));
     headers.insert(X_FORWARDED_PORT.clone(), forwarding.port.clone());
+    let mut trace = Vec::with_capacity(48);
+    forwarding.trace_id.header_value(&mut trace, headers.get(&X_AMZN_TRACE_ID).map(HeaderValue::as_bytes));
+    // The client's fields are a header value's bytes, and lbctl's are text.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(trace)) {
+        headers.insert(X_AMZN_TRACE_ID.clone(), value);
+    }
 }
 
 /// Writes the header section `prepare` would leave, as HTTP/1.1 field
@@ -118,10 +129,14 @@ pub fn prepare(headers: &mut HeaderMap, uri: &Uri, forwarding: &Forwarding) {
 /// makes it.
 pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, uri: &Uri, target: &Authority, forwarding: &Forwarding) {
     let named = if headers.contains_key(CONNECTION) { connection_named(headers) } else { Vec::new() };
-    let mut host = false;
+    let (mut host, mut trace) = (false, None);
     for (name, value) in headers {
         let replaced = *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_PORT;
         if replaced || HOP_BY_HOP.contains(&name) || named.contains(name) {
+            continue;
+        }
+        if *name == X_AMZN_TRACE_ID {
+            trace = trace.or(Some(value.as_bytes()));
             continue;
         }
         host |= *name == HOST;
@@ -136,6 +151,9 @@ pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, uri: &Uri, target: &
     out.extend_from_slice(b"\r\n");
     field(out, b"x-forwarded-proto", forwarding.protocol.as_bytes());
     field(out, b"x-forwarded-port", forwarding.port.as_bytes());
+    out.extend_from_slice(b"x-amzn-trace-id: ");
+    forwarding.trace_id.header_value(out, trace);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `name: value\r\n`.
@@ -166,7 +184,12 @@ mod tests {
     }
 
     fn forwarding() -> Forwarding {
-        Forwarding { client_ip: "10.0.0.9".parse().unwrap(), protocol: "http", port: HeaderValue::from(8080u16) }
+        Forwarding {
+            client_ip: "10.0.0.9".parse().unwrap(),
+            protocol: "http",
+            port: HeaderValue::from(8080u16),
+            trace_id: TraceId::of(0x6789_1233, (0, 1)),
+        }
     }
 
     /// The examples, each checked in both forms: the map `prepare` leaves,
@@ -200,7 +223,11 @@ mod tests {
                 .collect::<Vec<_>>());
             assert_eq!(sorted(&written), expect, "write_fields {headers:?}");
         }
-        let added = [("x-forwarded-proto", "http"), ("x-forwarded-port", "8080")];
+        let added = [
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-port", "8080"),
+            ("x-amzn-trace-id", "Root=1-67891233-000000000000000000000001"),
+        ];
         check(
             &[("host", "shop.example.com")],
             "/x",
@@ -238,6 +265,19 @@ mod tests {
             &[("connection", "x-forwarded-for"), ("x-forwarded-for", "1.2.3.4")],
             "/x",
             &[&[("host", "127.0.0.9:80"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
+        );
+        // The client's trace: this request's id is its Self.
+        let root = "Root=1-67891200-abcdef012345678912345678";
+        check(
+            &[("host", "shop.example.com"), ("x-amzn-trace-id", &format!("{root};CalledFrom=app"))],
+            "/x",
+            &[
+                ("host", "shop.example.com"),
+                ("x-forwarded-for", "10.0.0.9"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-port", "8080"),
+                ("x-amzn-trace-id", &format!("Self=1-67891233-000000000000000000000001;{root};CalledFrom=app")),
+            ],
         );
         // HTTP/2: the authority is the Host.
         check(

@@ -828,10 +828,12 @@ pub(super) mod tests {
             client_ip: "10.0.0.9".parse().unwrap(),
             protocol: "https",
             port: HeaderValue::from_static("443"),
+            trace_id: super::super::access_log::TraceId::of(0x6789_1233, (0, 2)),
         };
         write_head(&mut out, &parts, &authority, Some(&forwarding));
         let expect = "GET / HTTP/1.1\r\nhost: 127.0.0.9:80\r\nx-forwarded-for: 10.0.0.9\r\n\
-            x-forwarded-proto: https\r\nx-forwarded-port: 443\r\n\r\n";
+            x-forwarded-proto: https\r\nx-forwarded-port: 443\r\n\
+            x-amzn-trace-id: Root=1-67891233-000000000000000000000002\r\n\r\n";
         assert_eq!(String::from_utf8(out).unwrap(), expect);
     }
 }
