@@ -78,6 +78,9 @@ fn elb_health_replaces_an_instance_whose_web_server_is_down() {
     assert!(unhealthy < terminated && launched < healthy && unhealthy < healthy, "{logs}");
     // One group's events as written, each after its time.
     assert!(logs.lines().all(|it| it.starts_with("20") && !it.contains("[web]")), "{logs}");
+    // `-f` follows here: a spec file after it is named back as `--file`.
+    let slip = stack.lbctl(&["logs", "-f", "lbctl.yaml", "web"]).expect_code(1);
+    assert!(slip.stderr.contains("write `lbctl logs --file lbctl.yaml web`"), "{}", slip.stderr);
 }
 
 #[test]

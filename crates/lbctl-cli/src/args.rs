@@ -216,3 +216,26 @@ pub enum TemplateFormat {
     /// JSON.
     Json,
 }
+
+/// What a spec file given to `lbctl logs` after `-f` was meant as: `-f`
+/// is --follow there (as in `tail -f`), so the file is named back with
+/// `--file`, followed by the command's other `words`.
+pub fn spec_file_after_follow(file: &str, words: &[&str]) -> String {
+    let meant = [&["lbctl", "logs", "--file", file][..], words].concat().join(" ");
+    format!("`{file}` names a spec file, not a resource: `-f` is --follow here; for a spec file, write `{meant}`")
+}
+
+/// The message for a command line clap refused (`error`) that is the
+/// likely slip `lbctl logs -f x.yaml NAME`, whose NAME clap finds one too
+/// many; `None` for any other.
+pub fn misread(error: &clap::Error, words: &[String]) -> Option<String> {
+    if error.kind() != clap::error::ErrorKind::UnknownArgument {
+        return None;
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).skip_while(|it| *it != "logs").skip(1).collect();
+    let follow = words
+        .windows(2)
+        .position(|it| matches!(it[0], "-f" | "--follow") && (it[1].ends_with(".yaml") || it[1].ends_with(".yml")))?;
+    let rest: Vec<&str> = [&words[..follow], &words[follow + 2..]].concat();
+    Some(spec_file_after_follow(words[follow + 1], &rest))
+}

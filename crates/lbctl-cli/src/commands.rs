@@ -465,9 +465,7 @@ fn logs(shell: &Shell, spec: &SpecArg, name: Option<&str>, follow: bool, since: 
     // A resource's name has no dot: this is a spec file, after `-f`
     // (--follow here, as in `tail -f`).
     if let Some(name) = name.filter(|it| it.ends_with(".yaml") || it.ends_with(".yml")) {
-        bail!(
-            "`{name}` names a spec file, not a resource: `-f` is --follow here; for a spec file, write --file {name}"
-        );
+        bail!(crate::args::spec_file_after_follow(name, &[]));
     }
     let since = since
         .map(|it| lbctl_spec::Duration::parse(it).map_err(anyhow::Error::msg).context("--since"))

@@ -24,7 +24,16 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = args::Args::parse();
+    let args = args::Args::try_parse().unwrap_or_else(|error| {
+        let words: Vec<String> = std::env::args().skip(1).collect();
+        match args::misread(&error, &words) {
+            Some(message) => {
+                shell::Shell::new().error(&message);
+                std::process::exit(1)
+            }
+            None => error.exit(),
+        }
+    });
     match commands::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
