@@ -305,7 +305,10 @@ impl RequestHead {
             }
         }
         // The line has the trace sent on; AWS's `Root` form of the
-        // request's id when the client sent none (`trace_id`'s own field).
+        // request's id when the client sent none (`trace_id`'s own field),
+        // or sent one that `Connection` names (not sent on).
+        let incoming_trace =
+            incoming_trace.filter(|_| !forwarding::connection_names(request.headers(), &forwarding::X_AMZN_TRACE_ID));
         let mut trace_sent = Vec::new();
         if incoming_trace.is_some() {
             trace_id.header_value(&mut trace_sent, incoming_trace);
@@ -934,6 +937,14 @@ mod tests {
         assert_eq!(traced.user_agent(), b"curl/8.0");
         let sent = "Self=1-67891233-000000000000000000000003;Root=1-67891200-abcdef012345678912345678;Note=\\\"x\\\"";
         assert_eq!(traced.trace_header(), Some(sent.as_bytes()));
+        // One that `Connection` names is not sent on: the line has the Root.
+        let request = Request::get("/")
+            .header(HOST, "h")
+            .header("connection", "x-amzn-trace-id")
+            .header("x-amzn-trace-id", "Root=1-67891200-abcdef012345678912345678")
+            .body(())
+            .unwrap();
+        assert_eq!(head(request).trace_header(), None);
         // Bytes past ASCII in a field are escaped, not dropped.
         let request = Request::get("/").header(HOST, &b"caf\xc3\xa9"[..]).body(()).unwrap();
         assert_eq!(line(request), "GET http://caf\\xc3\\xa9:8080/ HTTP/1.1");

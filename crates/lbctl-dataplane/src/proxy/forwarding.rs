@@ -61,6 +61,12 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     named
 }
 
+/// Whether the `Connection` header names `name`, which makes it
+/// hop-by-hop: not sent on.
+pub(super) fn connection_names(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.contains_key(CONNECTION) && connection_named(headers).contains(name)
+}
+
 /// Removes the headers that only concern one connection, including those
 /// the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -278,6 +284,12 @@ mod tests {
                 ("x-forwarded-port", "8080"),
                 ("x-amzn-trace-id", &format!("Self=1-67891233-000000000000000000000001;{root};CalledFrom=app")),
             ],
+        );
+        // A trace that `Connection` names is not sent on: the request's id is its Root.
+        check(
+            &[("connection", "x-amzn-trace-id"), ("x-amzn-trace-id", root)],
+            "/x",
+            &[&[("host", "127.0.0.9:80"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
         );
         // HTTP/2: the authority is the Host.
         check(
