@@ -166,7 +166,8 @@ else:
     answer = {
         "method": event["httpMethod"], "path": event["path"], "query": event["queryStringParameters"],
         "host": event["headers"].get("host"), "forwarded_for": event["headers"].get("x-forwarded-for"),
-        "user": event["headers"].get("x-user"), "body": body, "base64": event["isBase64Encoded"],
+        "user": event["headers"].get("x-user"), "trace": event["headers"].get("x-amzn-trace-id"),
+        "body": body, "base64": event["isBase64Encoded"],
         "arn": event["requestContext"]["elb"]["targetGroupArn"],
         "greeting": os.environ.get("GREETING"), "cwd": os.getcwd(),
     }
@@ -210,6 +211,8 @@ fn lambda_targets_answer_from_a_python_handler() {
     assert_eq!(answer["query"], serde_json::json!({ "x": "1", "y": "two" }));
     assert_eq!(answer["host"], url.trim_start_matches("http://"));
     assert_eq!(answer["forwarded_for"], "127.0.0.1");
+    // The function gets the request's trace id, as a target does.
+    assert!(answer["trace"].as_str().is_some_and(|it| it.starts_with("Root=1-") && it.len() == 40), "{answer}");
     assert_eq!((&answer["user"], &answer["body"], &answer["base64"]), (&"u1".into(), &"hello".into(), &false.into()));
     assert!(answer["arn"].as_str().unwrap().starts_with("arn:aws:elasticloadbalancing:"), "{answer}");
     assert_eq!((&answer["greeting"], answer["cwd"].as_str().unwrap()), (&"hi".into(), cwd.to_str().unwrap()));

@@ -817,7 +817,8 @@ impl TraceId {
     /// its `Root`; one with a `Root` field, this id inserted first as its
     /// `Self` and the client's other fields kept (a `Self` of its own is
     /// replaced). One without a `Root`, which AWS does not describe, gets
-    /// this id as its `Root` and keeps its other fields.
+    /// this id as its `Root` and keeps its other fields, less a `Self`
+    /// (a `Self` with no `Root` traces nothing).
     pub fn header_value(&self, out: &mut Vec<u8>, incoming: Option<&[u8]>) {
         let Some(incoming) = incoming else {
             out.extend_from_slice(&self.text(b"Root"));

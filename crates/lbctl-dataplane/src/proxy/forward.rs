@@ -305,10 +305,9 @@ impl RequestHead {
             }
         }
         // The line has the trace sent on; AWS's `Root` form of the
-        // request's id when the client sent none (`trace_id`'s own field),
-        // or sent one that `Connection` names (not sent on).
-        let incoming_trace =
-            incoming_trace.filter(|_| !forwarding::connection_names(request.headers(), &forwarding::X_AMZN_TRACE_ID));
+        // request's id (`trace_id`'s own field) when that builds on no
+        // trace of the client's.
+        let incoming_trace = forwarding::client_trace(request.headers(), incoming_trace);
         let mut trace_sent = Vec::new();
         if incoming_trace.is_some() {
             trace_id.header_value(&mut trace_sent, incoming_trace);

@@ -61,10 +61,21 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     named
 }
 
-/// Whether the `Connection` header names `name`, which makes it
-/// hop-by-hop: not sent on.
-pub(super) fn connection_names(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers.contains_key(CONNECTION) && connection_named(headers).contains(name)
+/// Past this size of a request's headers, AWS sends a trace of its own
+/// (`Root` only), whatever the client's.
+const TRACE_HEADERS_LIMIT: usize = 7 * 1024;
+
+/// What the trace sent on builds on (`TraceId::header_value`), given the
+/// client's first `X-Amzn-Trace-Id` value, `first`: that value, unless
+/// `Connection` names the header (hop-by-hop: not sent on) or the
+/// request's headers are over 7 KB. The one rule for the target's header
+/// and the log line alike; the rest of its work only when there is a
+/// trace, which is rare.
+pub(super) fn client_trace<'a>(headers: &HeaderMap, first: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    let first = first?;
+    let size: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    let named = headers.contains_key(CONNECTION) && connection_named(headers).contains(&X_AMZN_TRACE_ID);
+    (size <= TRACE_HEADERS_LIMIT && !named).then_some(first)
 }
 
 /// Removes the headers that only concern one connection, including those
@@ -106,6 +117,10 @@ fn forwarded_for(out: &mut Vec<u8>, headers: &HeaderMap, previous: bool, client_
 /// forwarding headers set, a Host from the URI's authority (HTTP/2) when
 /// there is none.
 pub fn prepare(headers: &mut HeaderMap, uri: &Uri, forwarding: &Forwarding) {
+    // The trace from the headers as the client sent them, as `write_fields` has it.
+    let mut trace = Vec::with_capacity(48);
+    let first = headers.get(&X_AMZN_TRACE_ID).map(HeaderValue::as_bytes);
+    forwarding.trace_id.header_value(&mut trace, client_trace(headers, first));
     remove_hop_by_hop(headers);
     if !headers.contains_key(HOST) {
         if let Some(host) = uri.authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok()) {
@@ -121,9 +136,8 @@ pub fn prepare(headers: &mut HeaderMap, uri: &Uri, forwarding: &Forwarding) {
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(forwarding.protocol));
     headers.insert(X_FORWARDED_PORT.clone(), forwarding.port.clone());
-    let mut trace = Vec::with_capacity(48);
-    forwarding.trace_id.header_value(&mut trace, headers.get(&X_AMZN_TRACE_ID).map(HeaderValue::as_bytes));
-    // The client's fields are a header value's bytes, and lbctl's are text.
+    // Valid: the client's fields are bytes of a header value already, and
+    // the rest is lbctl's text.
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(trace)) {
         headers.insert(X_AMZN_TRACE_ID.clone(), value);
     }
@@ -137,12 +151,12 @@ pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, uri: &Uri, target: &
     let named = if headers.contains_key(CONNECTION) { connection_named(headers) } else { Vec::new() };
     let (mut host, mut trace) = (false, None);
     for (name, value) in headers {
-        let replaced = *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_PORT;
-        if replaced || HOP_BY_HOP.contains(&name) || named.contains(name) {
-            continue;
-        }
         if *name == X_AMZN_TRACE_ID {
             trace = trace.or(Some(value.as_bytes()));
+            continue;
+        }
+        let replaced = *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_PORT;
+        if replaced || HOP_BY_HOP.contains(&name) || named.contains(name) {
             continue;
         }
         host |= *name == HOST;
@@ -158,7 +172,7 @@ pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, uri: &Uri, target: &
     field(out, b"x-forwarded-proto", forwarding.protocol.as_bytes());
     field(out, b"x-forwarded-port", forwarding.port.as_bytes());
     out.extend_from_slice(b"x-amzn-trace-id: ");
-    forwarding.trace_id.header_value(out, trace);
+    forwarding.trace_id.header_value(out, client_trace(headers, trace));
     out.extend_from_slice(b"\r\n");
 }
 
@@ -290,6 +304,13 @@ mod tests {
             &[("connection", "x-amzn-trace-id"), ("x-amzn-trace-id", root)],
             "/x",
             &[&[("host", "127.0.0.9:80"), ("x-forwarded-for", "10.0.0.9")][..], &added].concat(),
+        );
+        // Headers over 7 KB: the request's id is the Root, whatever the client's.
+        let big = "x".repeat(7 * 1024);
+        check(
+            &[("x-amzn-trace-id", root), ("x-big", &big)],
+            "/x",
+            &[&[("host", "127.0.0.9:80"), ("x-forwarded-for", "10.0.0.9"), ("x-big", &big)][..], &added].concat(),
         );
         // HTTP/2: the authority is the Host.
         check(
