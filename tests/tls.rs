@@ -145,11 +145,16 @@ autoscaling_groups:
 
     // HTTP/2 to targets, over TLS (h2) and plain (h2c), whatever the client
     // speaks; the Host reaches the target as the `:authority`.
-    let response = curl_tls(&format!("{https}/h2/y"), &ca, &["--http1.1"]).unwrap();
+    // The client's trace reaches it with the request's id as its Self.
+    let root = "Root=1-67891233-abcdef012345678912345678";
+    let trace = format!("X-Amzn-Trace-Id: {root}");
+    let response = curl_tls(&format!("{https}/h2/y"), &ca, &["--http1.1", "-H", &trace]).unwrap();
     assert_eq!(response.status, 200, "{response:?}");
     assert!(secure.contains(&response.headers["x-instance-id"]), "{response:?}");
     assert_eq!(response.headers["x-seen-version"], "HTTP/2");
     assert_eq!(response.headers["x-seen-host"], format!("{dns}:{https_port}"));
+    let seen = &response.headers["x-seen-amzn-trace-id"];
+    assert!(seen.starts_with("Self=1-") && seen.ends_with(&format!(";{root}")), "{seen}");
     let response = curl_with(&format!("{plain}/h2/z"), &[], &["--http2-prior-knowledge"]).unwrap();
     assert_eq!(response.status, 200, "{response:?}");
     assert!(web.contains(&response.headers["x-instance-id"]), "{response:?}");
