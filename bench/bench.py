@@ -29,8 +29,9 @@ BENCH_SIDE_ROUNDS rounds (default 10) of BENCH_SIDE_DURATION (default 3s).
 Whatever else the machine does in a round, it does to both. Printed per
 round and as median and range: each one's CPU time per request and their
 ratio, which is what the log costs in requests/s on a saturated core
-(requests/s = 1 / CPU time per request), and the ratio of the requests
-each served. The same is measured for two plain lbctl ALBs (`lbctl` and
+(requests/s = 1 / CPU time per request), the CPU time per request the
+log adds (in microseconds, which grows with the machine's load as every
+figure does), and the ratio of the requests each served. The same is measured for two plain lbctl ALBs (`lbctl` and
 `lbctl'`) in the same rounds: how far the method itself spreads. And, as
 the reference for what a line of AWS's fields costs, two more nginx
 processes the same way: `nginx alone`, and `nginx+ALB log` writing a line
@@ -606,7 +607,7 @@ def side_by_side(proxies, pairs, metrics_url):
     pairs in turns first: the ratios of their CPU time per request and of
     their requests, per round and as median and range. lbctl+logs has its
     metrics scraped while it runs."""
-    ratios = {pair: {"cpu": [], "requests": []} for pair in pairs}
+    ratios = {pair: {"cpu": [], "requests": [], "added": []} for pair in pairs}
     connections = max(CONNECTIONS // 2, 1)
     for round_idx in range(SIDE_ROUNDS):
         for pair in pairs if round_idx % 2 == 0 else reversed(pairs):
@@ -622,15 +623,17 @@ def side_by_side(proxies, pairs, metrics_url):
             cpu = [(cpu_seconds([proxies[name][1]]) - before[name]) * 1e6 / max(count, 1) for name, count in zip(pair, requests)]
             os.sync()
             ratios[pair]["cpu"].append(cpu[0] / cpu[1])
+            ratios[pair]["added"].append(cpu[0] - cpu[1])
             ratios[pair]["requests"].append(requests[0] / max(requests[1], 1))
             print(f"side by side, round {round_idx + 1} {pair[0]:13} beside {pair[1]}: CPU per request {cpu[0]:.1f} us against {cpu[1]:.1f} us "
                   f"(x{cpu[0] / cpu[1]:.3f}), requests {requests[0]} against {requests[1]} (x{requests[0] / max(requests[1], 1):.3f})", flush=True)
     print()
     print(f"side by side on core {PROXY_CORE} ({SIDE_ROUNDS} rounds of {SIDE_DURATION}, wrk -c{connections} each):")
     for (name, base), values in ratios.items():
-        cpu, served = sorted(values["cpu"]), sorted(values["requests"])
+        cpu, served, added = sorted(values["cpu"]), sorted(values["requests"]), sorted(values["added"])
         print(f"  {name}/{base}: CPU per request median x{statistics.median(cpu):.3f} (from x{cpu[0]:.3f} to x{cpu[-1]:.3f}), "
-              f"so requests/s on a saturated core x{1 / statistics.median(cpu):.3f}; requests served side by side median x{statistics.median(served):.3f}")
+              f"so requests/s on a saturated core x{1 / statistics.median(cpu):.3f}; requests served side by side median x{statistics.median(served):.3f}; "
+              f"{name} adds {statistics.median(added):.2f} us per request (from {added[0]:.2f} to {added[-1]:.2f})")
 
 
 INSTR_DURATION = os.environ.get("BENCH_INSTR_DURATION", "5s")
