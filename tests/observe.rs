@@ -288,8 +288,30 @@ functions:
     let no_host = entry(&no_host);
     assert_eq!(no_host["request"], format!("GET http://public.logged.elb.localhost:{port}/no-host HTTP/1.1"));
     assert_eq!((no_host["elb_status_code"].as_str(), no_host["target:port"].as_str()), ("400", "-"));
+    // AWS's limits: a request line over 16 KiB gets 414, a header line
+    // over 16 KiB 431, each logged; a request line at the limit is served.
+    let path = format!("/{}", "a".repeat(16 * 1024 - 14));
+    assert_eq!(curl(&format!("{url}{path}"), &[]).unwrap().status, 200, "a request line of 16 KiB");
+    let head = format!("GET {path}a HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: lbctl-test/3.0\r\n\r\n");
+    let answer = exchange(port, head.as_bytes());
+    assert!(answer.starts_with(b"HTTP/1.1 414 "), "{}", String::from_utf8_lossy(&answer[..40]));
+    let big = "b".repeat(16 * 1024);
+    let head = format!("GET /big HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: lbctl-test/4.0\r\nX-Big: {big}\r\n\r\n");
+    let answer = exchange(port, head.as_bytes());
+    assert!(answer.starts_with(b"HTTP/1.1 431 "), "{}", String::from_utf8_lossy(&answer[..40]));
+    for (agent, code, request) in [
+        ("lbctl-test/3.0", "414", format!("GET http://shop.example:{port}{path}a HTTP/1.1")),
+        ("lbctl-test/4.0", "431", format!("GET http://shop.example:{port}/big HTTP/1.1")),
+    ] {
+        let line = wait_for("the line of a request over a limit", Duration::from_secs(10), || {
+            lines_now().into_iter().find(|it| it.contains(&format!("\"{agent}\"")))
+        });
+        let line = entry(&line);
+        assert_eq!((line["elb_status_code"].as_str(), line["target:port"].as_str()), (code, "-"), "{line:?}");
+        assert_eq!(line["request"], request);
+    }
     let metrics = curl(&metrics_url, &[]).unwrap().body;
-    let refused = "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 3";
+    let refused = "lbctl_httpcode_elb_total{load_balancer=\"public\",class=\"4xx\"} 5";
     assert!(metrics.lines().any(|it| it == refused), "no `{refused}` in\n{metrics}");
 }
 

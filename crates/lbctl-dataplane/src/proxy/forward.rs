@@ -443,15 +443,55 @@ pub fn refused(frontend: &Frontend, connection: &ConnectionInfo, status: u16, re
     refused_with::<()>(frontend, connection, status, (received, sent), None);
 }
 
-/// Answers 400, counted and logged with its request line, an HTTP/1.1
-/// request without exactly one Host (RFC 9112 §3.2), which hyper's server
-/// lets through; the connection closes after it.
-pub fn refused_host<B>(frontend: &Frontend, request: &Request<B>, connection: &ConnectionInfo) -> Response<ProxyBody> {
-    let mut response = error(StatusCode::BAD_REQUEST);
+/// Whether a request line of a method and a target of these lengths is
+/// within AWS's limit.
+pub(super) fn request_line_fits(method: usize, target: usize) -> bool {
+    // `METHOD target HTTP/1.1`
+    method + target + 10 <= super::MAX_REQUEST_LINE_BYTES
+}
+
+/// Whether a header line of `name` and `value` is within AWS's limit.
+pub(super) fn field_line_fits(name: &[u8], value: &[u8]) -> bool {
+    // `name: value`
+    name.len() + value.len() + 2 <= super::MAX_FIELD_LINE_BYTES
+}
+
+/// Why a request that hyper's server let through is refused, if it is: a
+/// request line over AWS's limit (414), a header line over it (431), an
+/// HTTP/1.1 request without exactly one Host (400, RFC 9112 §3.2).
+pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
+    let uri = request.uri();
+    // The target as sent: origin form, or absolute form with its authority
+    // (HTTP/2's `:path`, with its `:authority` counted too: a few bytes more).
+    let target =
+        uri.path_and_query().map_or(1, |it| it.as_str().len()) + uri.authority().map_or(0, |it| it.as_str().len());
+    if !request_line_fits(request.method().as_str().len(), target) {
+        return Some(StatusCode::URI_TOO_LONG);
+    }
+    let mut hosts = 0;
+    for (name, value) in request.headers() {
+        if !field_line_fits(name.as_str().as_bytes(), value.as_bytes()) {
+            return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        hosts += usize::from(name == HOST);
+    }
+    (request.version() == Version::HTTP_11 && hosts != 1).then_some(StatusCode::BAD_REQUEST)
+}
+
+/// Answers `status`, counted and logged with its request line, a request
+/// that hyper's server let through and `refusal` refuses; the connection
+/// closes after it.
+pub fn refused_request<B>(
+    frontend: &Frontend,
+    request: &Request<B>,
+    connection: &ConnectionInfo,
+    status: StatusCode,
+) -> Response<ProxyBody> {
+    let mut response = error(status);
     response.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     let sent = response_head_bytes(&response) + response.body().size_hint().exact().unwrap_or(0);
     let bytes = (received_bytes(request), sent);
-    refused_with(frontend, connection, StatusCode::BAD_REQUEST.as_u16(), bytes, Some(request));
+    refused_with(frontend, connection, status.as_u16(), bytes, Some(request));
     response
 }
 

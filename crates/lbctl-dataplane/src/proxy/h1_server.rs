@@ -7,7 +7,8 @@
 //! Whatever it does not serve itself it hands over, with every byte it has
 //! read, to hyper's server for the rest of the connection, which then
 //! answers as it always did: a head that does not parse or is too large
-//! (400, 431), HTTP/1.0, a request with a body, `Expect` or `Upgrade`,
+//! (400, 431), a request or header line over AWS's limit (which
+//! `forward::refusal` refuses), HTTP/1.0, a request with a body, `Expect` or `Upgrade`,
 //! `HEAD` and `CONNECT`, and HTTP/2 (its preface is not an HTTP/1.1 head).
 //! Either way a request goes through the same request path (`forward`).
 //!
@@ -213,6 +214,10 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
     let (Some(1), Some(target)) = (parsed.version, parsed.path) else {
         return Parse::Other;
     };
+    // Over AWS's limits: hyper's path refuses it (`forward::refusal`).
+    if !forward::request_line_fits(method.as_str().len(), target.len()) {
+        return Parse::Other;
+    }
     let base = buf.as_ptr() as usize;
     let at = |text: &[u8]| {
         let start = text.as_ptr() as usize - base;
@@ -226,6 +231,9 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parse::Other;
         };
+        if !forward::field_line_fits(field.name.as_bytes(), field.value) {
+            return Parse::Other;
+        }
         if name == CONTENT_LENGTH {
             // A body, or a length hyper will judge.
             if field.value != b"0" {

@@ -101,6 +101,11 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// complete head, so a client cannot make the proxy buffer more); it is also
 /// the HTTP/2 header list limit.
 const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+/// AWS's limits on a request's line and on each of its header lines
+/// (`name: value`), in bytes: a longer request line gets 414, a longer
+/// header line 431 (`forward::refusal`).
+const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
+const MAX_FIELD_LINE_BYTES: usize = 16 * 1024;
 
 /// Runs the proxy of the configuration file at `config_path` until SIGTERM
 /// or SIGINT; blocking. In-flight requests get a few seconds to finish, and
@@ -822,12 +827,11 @@ fn hyper_service(
         let request_guard = requests.request();
         async move {
             let request = request.map(http_body_util::Either::Left);
-            // RFC 9112 §3.2 (`h1_server` hands such a request over).
-            if request.version() == hyper::Version::HTTP_11
-                && request.headers().get_all(hyper::header::HOST).iter().count() != 1
-            {
+            // Over AWS's limits, or without exactly one Host (RFC 9112
+            // §3.2): `h1_server` hands such a request over.
+            if let Some(status) = forward::refusal(&request) {
                 drop(request_guard);
-                return Ok(forward::refused_host(&frontend, &request, &connection));
+                return Ok(forward::refused_request(&frontend, &request, &connection, status));
             }
             let mut response = Box::pin(forward::handle(&frontend, request, peer, &connection)).await;
             drop(request_guard);
