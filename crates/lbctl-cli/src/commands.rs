@@ -34,9 +34,9 @@ pub fn run(args: Args) -> Result<u8> {
         }
         Command::Destroy { spec, auto_approve } => destroy(&shell, &spec, auto_approve),
         Command::Status { spec, json, wide, watch } => {
-            state_dir(&shell, &spec.file)?;
+            let dir = state_dir(&shell, &spec.file)?;
             if !watch {
-                return status(&shell, &spec, json, wide, false);
+                return status(&shell, &spec, &dir, json, wide, false);
             }
             // Redrawn in place on a terminal; elsewhere one status after
             // another, each after a line with its time (with --json, one
@@ -48,7 +48,7 @@ pub fn run(args: Args) -> Result<u8> {
                     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
                     shell.out(&format!("--- {now}\n"))?;
                 }
-                status(&shell, &spec, json, wide, true)?;
+                status(&shell, &spec, &dir, json, wide, true)?;
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -577,12 +577,11 @@ fn keep_words_whole(table: &mut Table, columns: &[String], rows: &[Vec<String>],
     }
 }
 
-/// `lbctl status`; `watching`: one of a series (`--watch`), JSON on one
-/// line with its time.
-fn status(shell: &Shell, spec: &SpecArg, json: bool, wide: bool, watching: bool) -> Result<u8> {
-    let dir = spec_dir(&spec.file)?;
-    let state = store_of(&dir).load()?;
-    let provider = state_provider(&state, &dir, spec)?;
+/// `lbctl status` of the stack in `dir`; `watching`: one of a series
+/// (`--watch`), JSON on one line with its time.
+fn status(shell: &Shell, spec: &SpecArg, dir: &Path, json: bool, wide: bool, watching: bool) -> Result<u8> {
+    let state = store_of(dir).load()?;
+    let provider = state_provider(&state, dir, spec)?;
     let mut text = String::new();
     let mut values = Vec::new();
     for resource in state.resources.values() {

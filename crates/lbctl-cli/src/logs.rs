@@ -76,18 +76,13 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// A reader of `file` from its start.
-    pub fn new(file: LogFile) -> Reader {
+    /// A reader of `file` from its start; `labelled`: its lines shown
+    /// after their source.
+    pub fn new(file: LogFile, labelled: bool) -> Reader {
         let born = std::fs::metadata(&file.path)
             .and_then(|it| it.created().or_else(|_| it.modified()))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        Reader { file, offset: 0, last_time: born, partial: String::new(), labelled: true }
-    }
-
-    /// The same, its lines shown as written, without their source.
-    pub fn unlabelled(mut self) -> Reader {
-        self.labelled = false;
-        self
+        Reader { file, offset: 0, last_time: born, partial: String::new(), labelled }
     }
 
     /// The file's complete lines since the last call.
@@ -139,14 +134,7 @@ pub fn gather(readers: &mut [Reader], since: Option<SystemTime>) -> Vec<Line> {
 /// their source.
 pub fn add_new(readers: &mut BTreeMap<PathBuf, Reader>, files: Vec<LogFile>, labelled: bool) {
     for file in files {
-        readers.entry(file.path.clone()).or_insert_with(|| {
-            let reader = Reader::new(file);
-            if labelled {
-                reader
-            } else {
-                reader.unlabelled()
-            }
-        });
+        readers.entry(file.path.clone()).or_insert_with(|| Reader::new(file, labelled));
     }
 }
 
@@ -174,8 +162,8 @@ mod tests {
         let file =
             |source: &str, kind, path: &PathBuf| LogFile { source: source.to_string(), kind, path: path.clone() };
         let mut readers = vec![
-            Reader::new(file("public", LogKind::Access, &access)),
-            Reader::new(file("web", LogKind::Events, &events)),
+            Reader::new(file("public", LogKind::Access, &access), true),
+            Reader::new(file("web", LogKind::Events, &events), true),
         ];
         let lines = gather(&mut readers, None);
         let sources: Vec<&str> = lines.iter().map(|it| it.text.split(' ').next().unwrap()).collect();
@@ -191,20 +179,20 @@ mod tests {
         let more = gather(&mut readers, None);
         assert_eq!(more.iter().map(|it| it.text.as_str()).collect::<Vec<_>>(), ["[web] partial line"]);
         let since = humantime::parse_rfc3339("2026-12-02T10:00:02Z").unwrap();
-        let mut fresh = vec![Reader::new(file("web", LogKind::Events, &events))];
+        let mut fresh = vec![Reader::new(file("web", LogKind::Events, &events), true)];
         assert_eq!(gather(&mut fresh, Some(since)).len(), 2, "the 10:00:03 line and the one after it");
 
         let network = dir.path().join("edge.log");
         std::fs::write(&network, "tcp 2.0 2026-12-02T10:00:05 net/edge/00 0123456789abcdef\n").unwrap();
-        let mut network_reader = vec![Reader::new(file("edge", LogKind::Access, &network))];
+        let mut network_reader = vec![Reader::new(file("edge", LogKind::Access, &network), true)];
         assert_eq!(
             gather(&mut network_reader, Some(since))[0].time,
             humantime::parse_rfc3339("2026-12-02T10:00:05Z").unwrap()
         );
 
-        let mut output_reader = vec![Reader::new(file("i-1", LogKind::Output, &output))];
+        let mut output_reader = vec![Reader::new(file("i-1", LogKind::Output, &output), true)];
         assert_eq!(gather(&mut output_reader, None)[0].text, "[i-1] worker i-1 listening");
-        let mut alone = vec![Reader::new(file("i-1", LogKind::Output, &output)).unlabelled()];
+        let mut alone = vec![Reader::new(file("i-1", LogKind::Output, &output), false)];
         assert_eq!(gather(&mut alone, None)[0].text, "worker i-1 listening");
     }
 

@@ -546,9 +546,8 @@ impl ConnectionText {
             Some((cipher, protocol, domain)) => {
                 let mut names = Vec::new();
                 quoted(&mut names, domain.unwrap_or(""));
-                // The certificate of the load balancer, in ACM's form.
-                names.extend_from_slice(b" \"arn:aws:acm:local:000000000000:certificate/");
-                names.extend(elb.bytes().map(|byte| if byte == b'/' { b'-' } else { byte }));
+                names.extend_from_slice(b" \"");
+                certificate_arn(&mut names, elb);
                 names.extend_from_slice(b"\" ");
                 ([cipher.as_bytes(), b" ", protocol.as_bytes(), b" "].concat(), names)
             }
@@ -720,14 +719,11 @@ impl ConnectionEntry {
         number(out, self.received_bytes);
         out.push(b' ');
         number(out, self.sent_bytes);
-        // No TLS alert; the certificate of the load balancer, in ACM's form
-        // (as its ALB lines have it); no certificate serial.
+        // No TLS alert; the certificate of the load balancer (on TLS); no
+        // certificate serial.
         out.extend_from_slice(b" - ");
         match &self.tls_cipher {
-            Some(_) => {
-                out.extend_from_slice(b"arn:aws:acm:local:000000000000:certificate/");
-                out.extend(self.elb.bytes().map(|byte| if byte == b'/' { b'-' } else { byte }));
-            }
+            Some(_) => certificate_arn(out, &self.elb),
             None => out.push(b'-'),
         }
         out.extend_from_slice(b" - ");
@@ -762,11 +758,18 @@ pub fn resource_id(stack: &str, name: &str) -> String {
 }
 
 /// The hash `resource_id` writes.
-pub fn resource_hash(stack: &str, name: &str) -> u64 {
+fn resource_hash(stack: &str, name: &str) -> u64 {
     let fold = |hash: u64, bytes: &[u8]| {
         bytes.iter().fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
     };
     fold(fold(fold(0xcbf2_9ce4_8422_2325, stack.as_bytes()), b"/"), name.as_bytes())
+}
+
+/// Writes the ARN of `elb`'s certificate (`app/<name>/<id>` or
+/// `net/...`), in ACM's form, as its lines name it.
+fn certificate_arn(out: &mut Vec<u8>, elb: &str) {
+    out.extend_from_slice(b"arn:aws:acm:local:000000000000:certificate/");
+    out.extend(elb.bytes().map(|byte| if byte == b'/' { b'-' } else { byte }));
 }
 
 /// A request's id in AWS's `X-Amzn-Trace-Id` (`1-<epoch hex>-<24 hex>`):

@@ -97,7 +97,7 @@ impl Observe {
             kind,
             time,
             elb: elb.clone(),
-            listener: format!("{:016x}", access_log::resource_hash(elb, &listener.port().to_string())),
+            listener: access_log::resource_id(elb, &listener.port().to_string()),
             client,
             destination: listener,
             duration,
