@@ -135,6 +135,21 @@ fn malformed_requests_get_their_status_and_the_proxy_serves_on() {
     let answer = exchange(port, &big);
     assert!(status_line(&answer).starts_with("HTTP/1.1 431 "), "{:?}", status_line(&answer));
     serves("a 100 KiB header");
+    // A head that never ends is refused once past 64 KiB, not read on
+    // into memory: the client is cut off long before 64 MiB are sent.
+    for start in [&b"GET /"[..], b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: "] {
+        let mut stream = connect(port);
+        stream.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream.write_all(start).unwrap();
+        let chunk = [b'a'; 64 * 1024];
+        let sent = (0..1024).take_while(|_| stream.write_all(&chunk).is_ok()).count();
+        assert!(sent < 1024, "{start:?}: the proxy read 64 MiB of a head");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(status_line(&answer).starts_with("HTTP/1.1 431 "), "{start:?}: {:?}", status_line(&answer));
+        serves("a head that never ends");
+    }
     // Within the limits is fine: 48 KiB of headers, each line under 16 KiB.
     let fine: Vec<String> = (1..=3).map(|idx| format!("X-Fine-{idx}: {}", "b".repeat(16 * 1024 - 12))).collect();
     let fine: Vec<&str> = fine.iter().map(String::as_str).collect();

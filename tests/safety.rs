@@ -79,13 +79,13 @@ fn apply_without_a_terminal_needs_auto_approve() {
 
 #[test]
 fn unsupported_features_are_shown_by_plan_and_refused_by_apply() {
-    let stack = Stack::new(
-        &small_spec(free_port()).replace("    target_type: ip\n", "    target_type: ip\n    proxy_protocol_v2: true\n"),
-    );
+    // lbctl's network load balancers send the PROXY protocol on TCP only.
+    let udp = "  dns:\n    protocol: UDP\n    port: 53\n    target_type: ip\n    proxy_protocol_v2: true\n    targets: [{ ip: 127.0.0.1 }]\n";
+    let stack = Stack::new(&(small_spec(free_port()) + udp));
     let plan = stack.lbctl(&["plan"]).expect_code(0);
     assert!(
         plan.stdout
-            .contains("! target_groups.fixed.proxy_protocol_v2: the PROXY protocol is sent on TCP connections only"),
+            .contains("! target_groups.dns.proxy_protocol_v2: the PROXY protocol is sent on TCP connections only"),
         "{}",
         plan.stdout
     );
@@ -316,5 +316,38 @@ target_groups:
         plan.stdout
     );
     stack.apply();
+    stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
+
+/// Two specs beside each other share one `.lbctl/`: a spec of another
+/// stack (or the stack renamed) is refused by plan, apply and destroy,
+/// never planned against the state of the one applied, which it would
+/// destroy.
+#[test]
+fn another_stacks_spec_beside_the_state_is_refused_and_destroys_nothing() {
+    let stack = Stack::new(&small_spec(free_port()));
+    stack.apply();
+    let state = || std::fs::read(stack.dir.path().join(".lbctl").join("state.json")).unwrap();
+    let (before, proxies) = (state(), proxies_of(&stack));
+    let other = small_spec(free_port()).replace("name: small", "name: other");
+    std::fs::write(stack.dir.path().join("other.yaml"), other).unwrap();
+    for command in [
+        &["plan", "-f", "other.yaml"][..],
+        &["apply", "-f", "other.yaml", "--auto-approve"],
+        &["destroy", "-f", "other.yaml", "--auto-approve"],
+    ] {
+        let run = stack.lbctl(command).expect_code(1);
+        assert!(
+            run.stderr.contains("holds the resources of stack `small`; this spec is stack `other`"),
+            "{command:?}:\n{}",
+            run.stderr
+        );
+    }
+    stack.edit("name: small", "name: renamed");
+    let renamed = stack.lbctl(&["plan"]).expect_code(1);
+    assert!(renamed.stderr.contains("this spec is stack `renamed`"), "{}", renamed.stderr);
+    stack.edit("name: renamed", "name: small");
+    assert_eq!(state(), before, "the state is untouched");
+    assert!(proxies.iter().all(|it| alive(*it)), "the applied stack still runs");
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
 }

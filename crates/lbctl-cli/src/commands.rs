@@ -196,6 +196,7 @@ fn state_provider(state: &State, dir: &Path, spec: &SpecArg) -> Result<Box<dyn P
     }
     let mut stack = registry::Stack { stack: state.stack.clone(), dir: dir.to_path_buf(), aws: Default::default() };
     if let Ok(file) = lbctl_spec::load(&spec.file) {
+        registry::check_stack(state, &file.spec.name, &dir.join(".lbctl"))?;
         stack.aws = file.spec.aws.clone().unwrap_or_default();
     }
     registry::provider(name, &stack)
@@ -242,6 +243,7 @@ fn provider_findings(inputs: &Inputs, desired: &[Resource], state: &State) -> Re
 
 fn make_plan(inputs: &Inputs, state: &State) -> Result<Plan> {
     registry::check_same(state, inputs.provider_name, inputs.store.dir())?;
+    registry::check_stack(state, &inputs.file.spec.name, inputs.store.dir())?;
     let desired = lbctl_plan::desired_resources(&inputs.file.spec);
     let unsupported = provider_findings(inputs, &desired, state)?;
     let observed = lbctl_plan::refresh(inputs.provider.as_ref(), state)?;

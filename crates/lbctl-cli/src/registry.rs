@@ -70,6 +70,21 @@ pub fn name_of(state: &State) -> Result<ProviderName> {
     }
 }
 
+/// Refuses to use `state`, which holds another stack's resources, for
+/// the stack `wanted`: two specs beside each other share one `.lbctl/`,
+/// and planning one against the other's state would destroy the other.
+pub fn check_stack(state: &State, wanted: &str, state_dir: &Path) -> Result<()> {
+    if state.resources.is_empty() || state.stack.is_empty() || state.stack == wanted {
+        return Ok(());
+    }
+    bail!(
+        "the state in {} holds the resources of stack `{}`; this spec is stack `{wanted}`. A directory holds one stack's state: destroy stack `{}` first (`lbctl destroy -f` its spec), or keep this spec in a directory of its own",
+        state_dir.display(),
+        state.stack,
+        state.stack
+    )
+}
+
 /// Refuses to use `state` with a provider other than the one that made it.
 pub fn check_same(state: &State, wanted: ProviderName, state_dir: &Path) -> Result<()> {
     if state.resources.is_empty() || state.provider == wanted.as_str() {

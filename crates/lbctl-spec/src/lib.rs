@@ -126,6 +126,11 @@ pub fn load(path: &Path) -> Result<SpecFile, Diagnostics> {
 /// problem of the file in one run (unknown fields and values, missing
 /// fields, then the semantic checks), each placed in the file.
 pub fn parse(file: &str, dir: PathBuf, source: String) -> Result<SpecFile, Diagnostics> {
+    // A byte-order mark, as some editors write, is no part of the YAML.
+    let source = match source.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => source,
+    };
     let mut document: serde_yaml::Value = serde_yaml::from_str(&source).map_err(|err| {
         Diagnostics(vec![Diagnostic {
             file: file.to_string(),

@@ -164,16 +164,28 @@ target_groups:
         source,
         &[
             "lbctl.yaml:6:16: load_balancers.edge.static_ip: `10.0.0.1` is not a loopback address; lbctl uses only 127.0.0.0/8",
+            "lbctl.yaml:9:65: load_balancers.edge.listeners[1].default_action.forward: a UDP listener cannot forward to target group `via` (target_type alb): only TCP listeners forward to an application load balancer, as on AWS",
             "lbctl.yaml:10:33: load_balancers.edge.listeners[2].protocol: protocol HTTP is not valid here (network: TCP, TLS or UDP)",
             "lbctl.yaml:15:65: target_groups.via.targets[0]: the port of an alb target must be a listener port of `inner` (8080); set the group's port",
         ],
     );
-    check(
-        &source.replace("10.0.0.1", "127.0.0.10").replace("8081", "8080").replace(
+    // AWS's pairs: TCP to TCP or alb groups, TLS to TCP groups, UDP to UDP groups.
+    let paired = source
+        .replace("10.0.0.1", "127.0.0.10")
+        .replace("8081", "8080")
+        .replace("protocol: UDP, default_action: { forward: via }", "protocol: UDP, default_action: { forward: dns }")
+        .replace(
             ", protocol: HTTP, default_action: { forward: via }",
-            ", protocol: TLS, certificate: self_signed, default_action: { forward: via }",
-        ),
-        &[],
+            ", protocol: TLS, certificate: self_signed, default_action: { forward: tcp }",
+        )
+        + "  dns: { protocol: UDP, port: 53, target_type: ip, targets: [{ ip: 127.0.0.2 }] }\n  tcp: { protocol: TCP, port: 80, target_type: ip, targets: [{ ip: 127.0.0.2 }] }\n";
+    check(&paired, &[]);
+    check(
+        &paired.replace("{ forward: tcp }", "{ forward: via }").replace("protocol: TCP, default_action: { forward: via }", "protocol: TCP, default_action: { forward: dns }"),
+        &[
+            "lbctl.yaml:8:65: load_balancers.edge.listeners[0].default_action.forward: a TCP listener cannot forward to UDP target group `dns`: TCP and TLS listeners forward to TCP groups, UDP listeners to UDP groups, as on AWS",
+            "lbctl.yaml:10:91: load_balancers.edge.listeners[2].default_action.forward: a TLS listener cannot forward to target group `via` (target_type alb): only TCP listeners forward to an application load balancer, as on AWS",
+        ],
     );
     // An application load balancer forwarding to an alb group: one plain error.
     let front = "  front:\n    type: application\n    listeners: [{ port: 8090, protocol: HTTP, default_action: { forward: via } }]\n";
@@ -181,10 +193,11 @@ target_groups:
         .replace("10.0.0.1", "127.0.0.10")
         .replace("8081", "8080")
         .replace("  inner:\n", &format!("{front}  inner:\n"))
-        .replace("      - { port: 9001, protocol: HTTP, default_action: { forward: via } }\n", "");
+        .replace("      - { port: 9001, protocol: HTTP, default_action: { forward: via } }\n", "")
+        .replace("      - { port: 9000, protocol: UDP, default_action: { forward: via } }\n", "");
     check(
         &source,
-        &["lbctl.yaml:12:74: load_balancers.front.listeners[0].default_action.forward: target group `via` has target_type alb; only network load balancers forward to alb target groups, as on AWS"],
+        &["lbctl.yaml:11:74: load_balancers.front.listeners[0].default_action.forward: target group `via` has target_type alb; only network load balancers forward to alb target groups, as on AWS"],
     );
 }
 
@@ -262,4 +275,80 @@ fn a_problem_under_a_misspelt_key_is_placed_where_it_is_written() {
             "lbctl.yaml:5:11: target_groups.web.port: port must be between 1 and 65535",
         ],
     );
+}
+
+/// What AWS refuses, refused here too: forwards that loop back through an
+/// ip target, condition and redirect limits, fixed-response types, fields
+/// with no effect on lambda groups, commands that cannot run.
+#[test]
+fn what_aws_refuses_is_refused() {
+    let source = r##"version: 1
+name: v
+load_balancers:
+  a:
+    type: application
+    listeners:
+      - port: 31001
+        protocol: HTTP
+        default_action: { forward: ipself }
+        rules:
+          - priority: 1
+            conditions: { path_pattern: ["/a", "/b", "/c", "/d"], host_header: ["exa mple.com"] }
+            action: { redirect: { path: "/new/#{pathz}", port: "99999" } }
+          - priority: 2
+            conditions: { path_pattern: [], http_header: { name: "bad header:", values: ["x"] } }
+            action: { redirect: {} }
+          - priority: 3
+            conditions: { http_request_method: [GET] }
+            action: { fixed_response: { status_code: 200, content_type: image/png } }
+target_groups:
+  ipself: { target_type: ip, port: 31001, targets: [{ ip: 127.0.0.1 }], proxy_protocol_v2: true }
+  lam: { target_type: lambda, stickiness: { enabled: true }, slow_start: 30s, targets: [{ function: f, port: 80 }, { function: f }] }
+functions:
+  f: { command: [""], env: { "A=B": x } }
+autoscaling_groups:
+  g:
+    min_size: 1
+    max_size: 1
+    launch_template: { command: ["lbctl", "worker", "--listen", "{ipp}:{port}", "sh -c ${foo}"] }
+"##;
+    check(
+        source,
+        &[
+            "lbctl.yaml:5:5: load_balancers.a: reference cycle: load_balancers.a -> target_groups.ipself -> load_balancers.a",
+            "lbctl.yaml:12:41: load_balancers.a.listeners[0].rules[0].conditions.path_pattern: path_pattern has 4 values; a condition takes at most 3, as on AWS",
+            "lbctl.yaml:12:81: load_balancers.a.listeners[0].rules[0].conditions.host_header[0]: `exa mple.com` is not a host name pattern (a-z, 0-9, `-`, `.`, `*`, `?`)",
+            "lbctl.yaml:13:41: load_balancers.a.listeners[0].rules[0].action.redirect.path: `#{pathz}` is not a placeholder: #{protocol}, #{host}, #{port}, #{path} or #{query}",
+            "lbctl.yaml:13:64: load_balancers.a.listeners[0].rules[0].action.redirect.port: `99999` is not a port (1 to 65535) or #{port}",
+            "lbctl.yaml:15:41: load_balancers.a.listeners[0].rules[1].conditions.path_pattern: path_pattern needs at least one value",
+            "lbctl.yaml:15:66: load_balancers.a.listeners[0].rules[1].conditions.http_header.name: `bad header:` is not a header name (a token of at most 40 characters)",
+            "lbctl.yaml:16:33: load_balancers.a.listeners[0].rules[1].action.redirect: this redirect leads to the request's own URL: change at least one of protocol, host, port and path, as AWS requires",
+            "lbctl.yaml:19:73: load_balancers.a.listeners[0].rules[2].action.fixed_response.content_type: content_type `image/png` is not one AWS serves: text/plain, text/css, text/html, application/javascript, application/json",
+            "lbctl.yaml:21:92: target_groups.ipself.proxy_protocol_v2: proxy_protocol_v2 applies to network load balancers' target groups (TCP) only",
+            "lbctl.yaml:22:43: target_groups.lam.stickiness: stickiness applies to the instance and ip target groups of application load balancers only",
+            "lbctl.yaml:22:74: target_groups.lam.slow_start: slow_start applies to the instance and ip target groups of application load balancers only",
+            "lbctl.yaml:22:88: target_groups.lam.targets: a lambda target group has one function as its target, as on AWS",
+            "lbctl.yaml:22:110: target_groups.lam.targets[0].port: a function target has no port",
+            "lbctl.yaml:24:18: functions.f.command[0]: the program to run must not be empty",
+            "lbctl.yaml:24:37: functions.f.env.A=B: `A=B` is not an environment variable name: not empty, no `=` or NUL",
+            "lbctl.yaml:29:65: autoscaling_groups.g.launch_template.command[3]: `{ipp}` is not a placeholder: {ip}, {port} or {instance_id}; did you mean `ip`?",
+        ],
+    );
+    // Five values to match per rule at most, and a fixed response's body of 1 KiB.
+    let busy = BASE.to_string()
+        + "load_balancers:\n  public:\n    type: application\n    listeners:\n      - port: 8080\n        protocol: HTTP\n        default_action: { fixed_response: { status_code: 200, body: '"
+        + &"x".repeat(1025)
+        + "' } }\n        rules:\n          - priority: 1\n            conditions: { path_pattern: [/a, /b, /c], host_header: [a.example, b.example], http_request_method: [GET] }\n            action: { forward: web }\n";
+    check(
+        &busy,
+        &[
+            "lbctl.yaml:20:69: load_balancers.public.listeners[0].default_action.fixed_response.body: body is 1025 bytes; a fixed response's is at most 1024, as on AWS",
+            "lbctl.yaml:23:25: load_balancers.public.listeners[0].rules[0].conditions: this rule has 6 values to match; a rule takes at most 5, as on AWS",
+        ],
+    );
+}
+
+#[test]
+fn a_byte_order_mark_is_no_part_of_the_spec() {
+    check(&format!("\u{feff}{BASE}"), &[]);
 }

@@ -5,9 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use crate::model::*;
 use crate::{Diagnostic, SpecFile};
+
+/// The shortest health check interval: AWS's is 5s, lbctl's locally
+/// shorter for speed, but not a busy loop.
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 
 pub(crate) fn check(file: &SpecFile) -> Vec<Diagnostic> {
     let mut checker = Checker { file, found: Vec::new() };
@@ -98,6 +103,63 @@ fn parse_codes(text: &str, allowed: std::ops::RangeInclusive<u16>, what: &str) -
 /// come from (127.251.0.0/16): a given `static_ip` may not be there, so
 /// that no allocation can take an address the spec gives.
 pub const ALLOCATED_STATIC_IPS: (&str, u8) = ("127.251.0.0/16", 251);
+
+/// The content types of a fixed response: AWS's.
+const FIXED_CONTENT_TYPES: [&str; 5] =
+    ["text/plain", "text/css", "text/html", "application/javascript", "application/json"];
+
+/// What is wrong with a redirect's parts, by field (`""`: the whole): AWS's
+/// placeholders only, a port that is one, an absolute path, and at least
+/// one of protocol, host, port and path changed (else it redirects to
+/// itself).
+fn redirect_problems(redirect: &Redirect) -> Vec<(&'static str, String)> {
+    let mut found = Vec::new();
+    let parts = [
+        ("protocol", &redirect.protocol, "#{protocol}"),
+        ("host", &redirect.host, "#{host}"),
+        ("port", &redirect.port, "#{port}"),
+        ("path", &redirect.path, "/#{path}"),
+        ("query", &redirect.query, "#{query}"),
+    ];
+    for (field, value, _) in parts {
+        let Some(value) = value else { continue };
+        let mut rest = value.as_str();
+        while let Some(start) = rest.find("#{") {
+            let Some(end) = rest[start..].find('}') else {
+                found.push((field, format!("`{value}` has a `#{{` without its `}}`")));
+                break;
+            };
+            let name = &rest[start + 2..start + end];
+            if !["protocol", "host", "port", "path", "query"].contains(&name) {
+                let message = format!(
+                    "`#{{{name}}}` is not a placeholder: #{{protocol}}, #{{host}}, #{{port}}, #{{path}} or #{{query}}"
+                );
+                found.push((field, message));
+            }
+            rest = &rest[start + end + 1..];
+        }
+        let limit = if field == "query" { 0..=128 } else { 1..=128 };
+        if !limit.contains(&value.len()) {
+            found.push((field, format!("{field} must be {} to 128 characters", limit.start())));
+        }
+    }
+    if let Some(port) = &redirect.port {
+        if port != "#{port}" && !port.parse::<u16>().is_ok_and(|it| it > 0) {
+            found.push(("port", format!("`{port}` is not a port (1 to 65535) or #{{port}}")));
+        }
+    }
+    if redirect.path.as_deref().is_some_and(|it| !it.starts_with('/')) {
+        found.push(("path", "path must start with `/`".to_string()));
+    }
+    if redirect.query.as_deref().is_some_and(|it| it.starts_with('?')) {
+        found.push(("query", "query is written without its leading `?`".to_string()));
+    }
+    let unchanged = parts[..4].iter().all(|(_, value, same)| value.as_deref().is_none_or(|it| it == *same));
+    if unchanged {
+        found.push(("", "this redirect leads to the request's own URL: change at least one of protocol, host, port and path, as AWS requires".to_string()));
+    }
+    found
+}
 
 /// Parses a loopback address (127.0.0.0/8).
 fn loopback(text: &str) -> Result<Ipv4Addr, String> {
@@ -238,7 +300,7 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        self.action(&format!("{path}.default_action"), lb, &listener.default_action);
+        self.action(&format!("{path}.default_action"), lb, listener.protocol, &listener.default_action);
         if !application && !listener.rules.is_empty() {
             self.error(&format!("{path}.rules"), "network load balancer listeners have no rules");
         }
@@ -253,12 +315,12 @@ impl Checker<'_> {
                 self.error(&format!("{rule_path}.priority"), message);
             }
             self.conditions(&format!("{rule_path}.conditions"), &rule.conditions);
-            self.action(&format!("{rule_path}.action"), lb, &rule.action);
+            self.action(&format!("{rule_path}.action"), lb, listener.protocol, &rule.action);
         }
     }
 
     fn conditions(&mut self, path: &str, conditions: &Conditions) {
-        if conditions == &Conditions::default() {
+        if conditions == &Conditions::default() && !self.file.source_map().has(&format!("{path}.path_pattern")) {
             self.error(path, "a rule needs at least one condition");
         }
         for (idx, cidr) in conditions.source_ip.iter().enumerate() {
@@ -268,8 +330,11 @@ impl Checker<'_> {
             }
         }
         for (idx, method) in conditions.http_request_method.iter().enumerate() {
-            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-') {
-                let message = format!("`{method}` is not a method name (A-Z, `_`, `-`)");
+            if method.is_empty()
+                || method.len() > 40
+                || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+            {
+                let message = format!("`{method}` is not a method name (A-Z, `_`, `-`, at most 40)");
                 self.error(&format!("{path}.http_request_method[{idx}]"), message);
             }
         }
@@ -277,10 +342,73 @@ impl Checker<'_> {
             if header.values.is_empty() {
                 self.error(&format!("{path}.http_header.values"), "http_header needs at least one value");
             }
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if header.name.is_empty() || header.name.len() > 40 || !header.name.bytes().all(token) {
+                let message = format!("`{}` is not a header name (a token of at most 40 characters)", header.name);
+                self.error(&format!("{path}.http_header.name"), message);
+            }
+        }
+        // AWS: at most three values to match per condition and five per
+        // rule, each at most 128 visible ASCII characters, five wildcards
+        // per rule at most.
+        let header_values = conditions.http_header.as_ref().map(|it| it.values.as_slice()).unwrap_or_default();
+        let query_values: Vec<&str> = conditions
+            .query_string
+            .iter()
+            .flat_map(|it| it.key.as_deref().into_iter().chain([it.value.as_str()]))
+            .collect();
+        let lists: [(&str, Vec<&str>, bool); 6] = [
+            ("host_header", conditions.host_header.iter().map(String::as_str).collect(), true),
+            ("path_pattern", conditions.path_pattern.iter().map(String::as_str).collect(), true),
+            ("http_header.values", header_values.iter().map(String::as_str).collect(), true),
+            ("http_request_method", conditions.http_request_method.iter().map(String::as_str).collect(), false),
+            ("source_ip", conditions.source_ip.iter().map(String::as_str).collect(), false),
+            ("query_string", query_values, true),
+        ];
+        let mut evaluations = 0;
+        let mut wildcards = 0;
+        for (field, values, patterns) in &lists {
+            let count = if *field == "query_string" { conditions.query_string.len() } else { values.len() };
+            let field_path = format!("{path}.{field}");
+            if count == 0 && self.file.source_map().has(&field_path) && *field != "http_header.values" {
+                self.error(&field_path, format!("{field} needs at least one value"));
+            }
+            if count > 3 {
+                self.error(&field_path, format!("{field} has {count} values; a condition takes at most 3, as on AWS"));
+            }
+            evaluations += count;
+            for value in values.iter().filter(|_| *patterns) {
+                wildcards += value.bytes().filter(|b| matches!(b, b'*' | b'?')).count();
+                let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+                if value.is_empty() && *field != "query_string" || value.len() > 128 || !visible {
+                    let message = format!("`{value}`: a value to match is 1 to 128 visible ASCII characters");
+                    self.error(&field_path, message);
+                }
+            }
+        }
+        for (idx, host) in conditions.host_header.iter().enumerate() {
+            if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*?".contains(&b)) {
+                let message = format!("`{host}` is not a host name pattern (a-z, 0-9, `-`, `.`, `*`, `?`)");
+                self.error(&format!("{path}.host_header[{idx}]"), message);
+            }
+        }
+        for (idx, pattern) in conditions.path_pattern.iter().enumerate() {
+            if !pattern.is_empty() && !pattern.starts_with('/') && !pattern.starts_with('*') {
+                self.error(
+                    &format!("{path}.path_pattern[{idx}]"),
+                    format!("path pattern `{pattern}` must start with `/`"),
+                );
+            }
+        }
+        if evaluations > 5 {
+            self.error(path, format!("this rule has {evaluations} values to match; a rule takes at most 5, as on AWS"));
+        }
+        if wildcards > 5 {
+            self.error(path, format!("this rule has {wildcards} wildcards; a rule takes at most 5, as on AWS"));
         }
     }
 
-    fn action(&mut self, path: &str, lb: &LoadBalancer, action: &Action) {
+    fn action(&mut self, path: &str, lb: &LoadBalancer, listener: ListenerProtocol, action: &Action) {
         let application = lb.kind == LoadBalancerType::Application;
         let Some(kind) = action.kind() else {
             self.error(path, "an action is exactly one of forward, redirect, fixed_response");
@@ -288,7 +416,7 @@ impl Checker<'_> {
         };
         match kind {
             ActionKind::Forward(Forward::Single(group)) => {
-                self.forward_target(&format!("{path}.forward"), application, group)
+                self.forward_target(&format!("{path}.forward"), application, listener, group)
             }
             ActionKind::Forward(Forward::Weighted(list)) => {
                 if !application {
@@ -310,7 +438,12 @@ impl Checker<'_> {
                         let message = format!("target group `{}` appears twice", item.target_group);
                         self.error(&format!("{item_path}.target_group"), message);
                     }
-                    self.forward_target(&format!("{item_path}.target_group"), application, &item.target_group);
+                    self.forward_target(
+                        &format!("{item_path}.target_group"),
+                        application,
+                        listener,
+                        &item.target_group,
+                    );
                 }
             }
             ActionKind::Redirect(redirect) => {
@@ -325,6 +458,11 @@ impl Checker<'_> {
                         self.error(&format!("{path}.redirect.protocol"), "protocol must be HTTP, HTTPS or #{protocol}");
                     }
                 }
+                for (field, message) in redirect_problems(redirect) {
+                    let at =
+                        if field.is_empty() { format!("{path}.redirect") } else { format!("{path}.redirect.{field}") };
+                    self.error(&at, message);
+                }
             }
             ActionKind::FixedResponse(fixed) => {
                 if !application {
@@ -334,11 +472,24 @@ impl Checker<'_> {
                     let message = "fixed_response status_code must be 2XX, 4XX or 5XX";
                     self.error(&format!("{path}.fixed_response.status_code"), message);
                 }
+                if let Some(body) = fixed.body.as_deref().filter(|it| it.len() > 1024) {
+                    let message =
+                        format!("body is {} bytes; a fixed response's is at most 1024, as on AWS", body.len());
+                    self.error(&format!("{path}.fixed_response.body"), message);
+                }
+                if let Some(kind) = fixed.content_type.as_deref().filter(|it| !FIXED_CONTENT_TYPES.contains(it)) {
+                    let message =
+                        format!("content_type `{kind}` is not one AWS serves: {}", FIXED_CONTENT_TYPES.join(", "));
+                    self.error(&format!("{path}.fixed_response.content_type"), message);
+                }
             }
         }
     }
 
-    fn forward_target(&mut self, path: &str, application: bool, group_name: &str) {
+    /// A forward from a `listener` of that protocol to `group_name`: AWS's
+    /// pairs are HTTP and HTTPS listeners to HTTP and HTTPS groups, TCP to
+    /// TCP or alb groups, TLS to TCP groups, UDP to UDP groups.
+    fn forward_target(&mut self, path: &str, application: bool, listener: ListenerProtocol, group_name: &str) {
         let Some(group) = self.file.spec.target_groups.get(group_name) else {
             self.error(path, undefined("target group", group_name, self.file.spec.target_groups.keys()));
             return;
@@ -361,8 +512,28 @@ impl Checker<'_> {
             );
             self.error(path, message);
         }
-        if !application && (l7 || group.target_type == TargetType::Lambda) {
+        if application {
+            return;
+        }
+        if l7 {
             self.error(path, format!("target group `{group_name}` is not TCP or UDP; network load balancers forward to TCP or UDP groups"));
+            return;
+        }
+        let fits = match listener {
+            ListenerProtocol::Tcp => group.protocol == TargetProtocol::Tcp,
+            ListenerProtocol::Tls => group.protocol == TargetProtocol::Tcp && group.target_type != TargetType::Alb,
+            ListenerProtocol::Udp => group.protocol == TargetProtocol::Udp,
+            // Not a network listener: said at its protocol.
+            ListenerProtocol::Http | ListenerProtocol::Https => true,
+        };
+        if !fits {
+            let (listener, target) = (wire_name(&listener), wire_name(&group.protocol));
+            let message = if group.target_type == TargetType::Alb {
+                format!("a {listener} listener cannot forward to target group `{group_name}` (target_type alb): only TCP listeners forward to an application load balancer, as on AWS")
+            } else {
+                format!("a {listener} listener cannot forward to {target} target group `{group_name}`: TCP and TLS listeners forward to TCP groups, UDP listeners to UDP groups, as on AWS")
+            };
+            self.error(path, message);
         }
     }
 
@@ -399,6 +570,35 @@ impl Checker<'_> {
             }
             if health.interval.get().is_zero() || health.timeout.get().is_zero() {
                 self.error(&format!("{base}.health_check"), "interval and timeout must be above 0s");
+            } else if health.interval.get() < MIN_HEALTH_INTERVAL {
+                // Shorter than AWS's 5s for local speed, but no busy loop.
+                self.error(&format!("{base}.health_check.interval"), "interval must be at least 100ms");
+            }
+            if health.interval.get() > Duration::from_secs(300) {
+                self.error(&format!("{base}.health_check.interval"), "interval must be at most 300s, as on AWS");
+            }
+            if health.port == HealthCheckPort::Number(0) {
+                self.error(&format!("{base}.health_check.port"), "port must be between 1 and 65535");
+            }
+            if let Some(path) = health.path.as_deref() {
+                if path.len() > 1024 || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+                    let message = "path must be at most 1024 characters, without spaces or control characters";
+                    self.error(&format!("{base}.health_check.path"), message);
+                }
+            }
+            let slow_start = group.slow_start.get();
+            if slow_start > Duration::from_secs(900) {
+                self.error(&format!("{base}.slow_start"), "slow_start must be at most 900s, as on AWS");
+            }
+            if !slow_start.is_zero() && group.algorithm == Some(Algorithm::LeastOutstandingRequests) {
+                let message = "slow_start cannot be combined with least_outstanding_requests, as on AWS";
+                self.error(&format!("{base}.slow_start"), message);
+            }
+            if group.stickiness.enabled {
+                let duration = group.stickiness.duration.get();
+                if duration < Duration::from_secs(1) || duration > Duration::from_secs(7 * 86_400) {
+                    self.error(&format!("{base}.stickiness.duration"), "duration must be between 1s and 7d, as on AWS");
+                }
             }
             for (field, value) in
                 [("healthy_threshold", health.healthy_threshold), ("unhealthy_threshold", health.unhealthy_threshold)]
@@ -437,14 +637,34 @@ impl Checker<'_> {
                 "network load balancers pick targets by flow hash; algorithm applies to HTTP and HTTPS target groups",
             ),
             (
-                network && group.slow_start.is_some(),
-                "slow_start",
-                "slow_start applies to application load balancers' target groups only",
+                lambda && group.algorithm.is_some(),
+                "algorithm",
+                "a lambda target group has one function; algorithm applies to instance and ip target groups",
             ),
             (
-                network && group.stickiness.is_some(),
+                (lambda || network) && group.slow_start.is_some(),
+                "slow_start",
+                "slow_start applies to the instance and ip target groups of application load balancers only",
+            ),
+            (
+                (lambda || network) && group.stickiness.is_some(),
                 "stickiness",
-                "stickiness applies to application load balancers' target groups only",
+                "stickiness applies to the instance and ip target groups of application load balancers only",
+            ),
+            (
+                !network && group.proxy_protocol_v2 == Some(true),
+                "proxy_protocol_v2",
+                "proxy_protocol_v2 applies to network load balancers' target groups (TCP) only",
+            ),
+            (
+                lambda && health.port.is_some(),
+                "health_check.port",
+                "a lambda function is checked by invoking it; its health check has no port",
+            ),
+            (
+                lambda && health.protocol.is_some(),
+                "health_check.protocol",
+                "a lambda function is checked by invoking it; its health check has no protocol",
             ),
             (
                 lambda && group.deregistration_delay.is_some(),
@@ -517,7 +737,13 @@ impl Checker<'_> {
                     found.push((path.clone(), "no port: set the target's port or the group's".to_string()));
                 }
             }
+            if target.port == Some(0) {
+                found.push((format!("{path}.port"), "port must be between 1 and 65535".to_string()));
+            }
             if let Some(function) = &target.function {
+                if target.port.is_some() {
+                    found.push((format!("{path}.port"), "a function target has no port".to_string()));
+                }
                 if !spec.functions.contains_key(function) {
                     found.push((format!("{path}.function"), undefined("function", function, spec.functions.keys())));
                 }
@@ -547,6 +773,13 @@ impl Checker<'_> {
                 }
             }
         }
+        if matches!(group.target_type, TargetType::Lambda | TargetType::Alb) && group.targets.len() > 1 {
+            let what = if group.target_type == TargetType::Lambda { "one function" } else { "one load balancer" };
+            found.push((
+                format!("{base}.targets"),
+                format!("a {} target group has {what} as its target, as on AWS", wire_name(&group.target_type)),
+            ));
+        }
         if matches!(group.target_type, TargetType::Alb) && group.protocol != TargetProtocol::Tcp {
             found.push((format!("{base}.protocol"), "alb target groups use protocol TCP".to_string()));
         }
@@ -567,9 +800,7 @@ impl Checker<'_> {
         let spec = &file.spec;
         for (name, function) in &spec.functions {
             let base = format!("functions.{name}");
-            if function.command.is_empty() {
-                self.error(&format!("{base}.command"), "command must not be empty");
-            }
+            self.command(&base, &function.command, &function.env, false);
             if function.resolve().timeout.get().is_zero() {
                 self.error(&format!("{base}.timeout"), "timeout must be above 0s");
             }
@@ -601,9 +832,12 @@ impl Checker<'_> {
                 );
                 self.error(&format!("{base}.wait_for_elb_capacity"), message);
             }
-            if group.launch_template.command.is_empty() {
-                self.error(&format!("{base}.launch_template.command"), "command must not be empty");
-            }
+            self.command(
+                &format!("{base}.launch_template"),
+                &group.launch_template.command,
+                &group.launch_template.env,
+                true,
+            );
             if group.launch_template.port == Some(0) {
                 self.error(&format!("{base}.launch_template.port"), "port must be between 1 and 65535");
             }
@@ -638,6 +872,50 @@ impl Checker<'_> {
         }
     }
 
+    /// A command and its environment, under `base` (`command`, `env`): a
+    /// program to run, words and values without NUL, variable names without
+    /// `=`, and in launch templates only the placeholders instances get.
+    fn command(&mut self, base: &str, command: &[String], env: &BTreeMap<String, String>, placeholders: bool) {
+        if command.is_empty() {
+            self.error(&format!("{base}.command"), "command must not be empty");
+        } else if command[0].trim().is_empty() {
+            self.error(&format!("{base}.command[0]"), "the program to run must not be empty");
+        }
+        for (idx, word) in command.iter().enumerate() {
+            let path = format!("{base}.command[{idx}]");
+            if word.contains('\0') {
+                self.error(&path, "a word of a command cannot hold a NUL character");
+            }
+            let mut rest = word.as_str();
+            while let Some(start) = rest.find('{') {
+                let Some(end) = rest[start..].find('}') else { break };
+                let name = &rest[start + 1..start + end];
+                let known = ["ip", "port", "instance_id"].contains(&name);
+                // `${name}` is a shell's, not a placeholder.
+                let shell = rest[..start].ends_with('$');
+                let looks_like =
+                    !shell && !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                if placeholders && looks_like && !known {
+                    let message = format!(
+                        "`{{{name}}}` is not a placeholder: {{ip}}, {{port}} or {{instance_id}}{}",
+                        crate::did_you_mean(name, ["ip", "port", "instance_id"].into_iter())
+                    );
+                    self.error(&path, message);
+                }
+                rest = &rest[start + end + 1..];
+            }
+        }
+        for (name, value) in env {
+            let path = format!("{base}.env.{name}");
+            if name.is_empty() || name.contains(['=', '\0']) {
+                self.error(&path, format!("`{name}` is not an environment variable name: not empty, no `=` or NUL"));
+            }
+            if value.contains('\0') {
+                self.error(&path, "an environment value cannot hold a NUL character");
+            }
+        }
+    }
+
     /// Load balancer -> target group (forward) -> load balancer (alb target) loops.
     fn cycles(&mut self) {
         let file = self.file;
@@ -654,6 +932,32 @@ impl Checker<'_> {
     }
 }
 
+/// The load balancers of `spec` a target group's targets are: alb targets,
+/// and ip targets at the address and port a load balancer listens on
+/// (application ones on 127.0.0.1, network ones on their `static_ip`).
+fn reached_load_balancers(spec: &Spec, group: &TargetGroup) -> Vec<String> {
+    let mut reached = Vec::new();
+    for target in &group.targets {
+        if let Some(name) = &target.load_balancer {
+            reached.push(name.clone());
+        }
+        let (Some(ip), Some(port)) = (target.ip.as_deref(), target.port.or(group.port)) else { continue };
+        for (name, lb) in &spec.load_balancers {
+            let address = match lb.kind {
+                LoadBalancerType::Application => Some("127.0.0.1"),
+                LoadBalancerType::Network => lb.static_ip.as_deref(),
+            };
+            let udp = group.protocol == Some(TargetProtocol::Udp);
+            let listens =
+                lb.listeners.iter().any(|it| it.port == port && (it.protocol == ListenerProtocol::Udp) == udp);
+            if address == Some(ip) && listens && !reached.contains(name) {
+                reached.push(name.clone());
+            }
+        }
+    }
+    reached
+}
+
 /// Walks lb -> tg -> lb edges depth-first; `path` holds the resource paths
 /// walked so far, starting with a load balancer.
 fn find_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<Vec<String>> {
@@ -661,7 +965,7 @@ fn find_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<
         let Some(group) = spec.target_groups.get(&group_name) else {
             continue;
         };
-        for next in group.targets.iter().filter_map(|it| it.load_balancer.as_ref()) {
+        for next in &reached_load_balancers(spec, group) {
             let next_path = format!("load_balancers.{next}");
             path.push(format!("target_groups.{group_name}"));
             if path[0] == next_path {

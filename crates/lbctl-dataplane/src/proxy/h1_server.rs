@@ -89,13 +89,16 @@ where
         // A whole head. After a first look, it is parsed again only when
         // the bytes read since could end it (`ends_a_head`): a head
         // trickling in a byte at a time would otherwise be parsed from its
-        // start on every read.
+        // start on every read; and again once it is past the size a head
+        // may have, so that one that never ends is refused there, never
+        // read on into memory.
         let mut looked = None;
         let head = loop {
             // Blank lines before a request line are skipped, as hyper does.
             let blank = buf.iter().take_while(|it| matches!(it, b'\r' | b'\n')).count();
             buf.advance(blank);
-            if !buf.is_empty() && looked.is_none_or(|looked| ends_a_head(&buf, looked)) {
+            let may_end = looked.is_none_or(|looked| ends_a_head(&buf, looked));
+            if !buf.is_empty() && (may_end || buf.len() >= MAX_REQUEST_HEAD_BYTES) {
                 match parse(&buf, &mut fields) {
                     Parse::Head(head) => break head,
                     Parse::Partial if buf.len() < MAX_REQUEST_HEAD_BYTES => looked = Some(buf.len()),
