@@ -134,6 +134,10 @@ fn a_saved_plan_applies_once_and_a_stale_one_is_refused() {
     stack.lbctl(&["plan", "--out", "first.plan"]).expect_code(0);
     stack.lbctl(&["apply", "first.plan"]).expect_code(0);
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+    // An apply with nothing to do changes no state: a plan saved before it still applies.
+    stack.lbctl(&["plan", "--out", "quiet.plan"]).expect_code(0);
+    stack.apply();
+    stack.lbctl(&["apply", "quiet.plan"]).expect_code(0);
 
     stack.edit("port: 9\n", "port: 10\n");
     stack.lbctl(&["plan", "--out", "second.plan"]).expect_code(0);
@@ -350,4 +354,48 @@ fn another_stacks_spec_beside_the_state_is_refused_and_destroys_nothing() {
     assert_eq!(state(), before, "the state is untouched");
     assert!(proxies.iter().all(|it| alive(*it)), "the applied stack still runs");
     stack.lbctl(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
+
+/// A mistyped command line is an error, 1: never 2, which
+/// `--detailed-exitcode` gives only to a plan with changes.
+#[test]
+fn a_usage_error_exits_1_and_help_0() {
+    let stack = Stack::new(&small_spec(free_port()));
+    for command in [
+        &["plan", "--detailed-exitcode", "--jsn"][..],
+        &["plan", "--detailed-exitcode", "--provider", "gcp"],
+        &["plan", "--detailed-exitcode", "--out"],
+        &["bogus"],
+        &[],
+        &["apply", "-f", "lbctl.yaml", "saved.plan"],
+    ] {
+        let run = stack.lbctl(command).expect_code(1);
+        assert!(run.stderr.contains("error: ") || run.stderr.contains("Usage: "), "{command:?}:\n{}", run.stderr);
+    }
+    stack.lbctl(&["--help"]).expect_code(0);
+    stack.lbctl(&["plan", "--help"]).expect_code(0);
+}
+
+/// `plan --out` writes a plan where one may go: never over the spec or
+/// another file that is not a saved plan, never into a directory it would
+/// have to make, never into the state's directory.
+#[test]
+fn plan_out_overwrites_nothing_but_a_saved_plan() {
+    let stack = Stack::new(&small_spec(free_port()));
+    let spec = std::fs::read(&stack.spec).unwrap();
+    for (out, says) in [
+        ("lbctl.yaml", "it exists and is not a plan saved by lbctl"),
+        ("missing/dir/p.plan", "directory missing/dir does not exist"),
+        (".lbctl/p.plan", "is lbctl's state directory"),
+    ] {
+        if out.starts_with(".lbctl") {
+            std::fs::create_dir_all(stack.dir.path().join(".lbctl")).unwrap();
+        }
+        let run = stack.lbctl(&["plan", "--out", out]).expect_code(1);
+        assert!(run.stderr.contains(says), "{out}:\n{}", run.stderr);
+    }
+    assert_eq!(std::fs::read(&stack.spec).unwrap(), spec, "the spec is untouched");
+    assert!(!stack.dir.path().join("missing").exists());
+    stack.lbctl(&["plan", "--out", "p.plan"]).expect_code(0);
+    stack.lbctl(&["plan", "--out", "p.plan"]).expect_code(0);
 }

@@ -53,8 +53,9 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         spec: SpecArg,
-        /// A plan saved by `lbctl plan --out`; applied as saved or refused.
-        #[arg(value_name = "PLAN")]
+        /// A plan saved by `lbctl plan --out`; applied as saved or refused
+        /// (it holds its spec: not with `-f`).
+        #[arg(value_name = "PLAN", conflicts_with = "file")]
         plan: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]

@@ -296,6 +296,9 @@ fn export(shell: &Shell, target: ExportTarget) -> Result<u8> {
 
 fn plan(shell: &Shell, spec: &SpecArg, out: Option<&Path>, detailed_exitcode: bool, json: bool) -> Result<u8> {
     let inputs = inputs(spec)?;
+    if let Some(out) = out {
+        SavedPlan::check_destination(out, inputs.store.dir())?;
+    }
     let state = inputs.store.load()?;
     let plan = make_plan(&inputs, &state)?;
     if json {
@@ -353,7 +356,14 @@ fn apply(
     let _lock = inputs.store.lock("lbctl apply")?;
     let mut state = inputs.store.load()?;
     if let Some(saved) = &saved {
-        if saved.lineage != state.lineage && state.serial > 0 || saved.serial != state.serial {
+        if saved.lineage != state.lineage && state.serial > 0 {
+            bail!(
+                "the saved plan is stale: it was made against another state (lineage {}; the state here is lineage {}, made since); run `lbctl plan` again",
+                saved.lineage,
+                state.lineage
+            );
+        }
+        if saved.serial != state.serial {
             bail!(
                 "the saved plan is stale: it was made against state serial {} and the state is now at serial {}; run `lbctl plan` again",
                 saved.serial,

@@ -31,7 +31,13 @@ fn main() -> ExitCode {
                 shell::Shell::new().error(&message);
                 std::process::exit(1)
             }
-            None => error.exit(),
+            None => {
+                // Help and version go to stdout with 0; a usage error is an
+                // error, 1: 2 means "the plan has changes" to
+                // `--detailed-exitcode`, and a mistyped flag must not read so.
+                let _ = error.print();
+                std::process::exit(if error.use_stderr() { 1 } else { 0 })
+            }
         }
     });
     match commands::run(args) {

@@ -39,6 +39,27 @@ impl SavedPlan {
         lbctl_files::write_private(path, &bytes).with_context(|| format!("writing plan {}", path.display()))
     }
 
+    /// Refuses `path` as where a plan is saved when writing there would
+    /// lose something or surprise: a file that is not a saved plan (the
+    /// spec, say) is never overwritten, no directory is made for it, and
+    /// the state's directory is lbctl's own.
+    pub fn check_destination(path: &Path, state_dir: &Path) -> Result<()> {
+        let dir = path.parent().filter(|it| !it.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let Ok(dir) = dir.canonicalize() else {
+            bail!("cannot save the plan to {}: directory {} does not exist", path.display(), dir.display());
+        };
+        if state_dir.canonicalize().is_ok_and(|state| dir.starts_with(state)) {
+            bail!("cannot save the plan to {}: {} is lbctl's state directory", path.display(), state_dir.display());
+        }
+        if path.exists() && SavedPlan::read(path).is_err() {
+            bail!(
+                "cannot save the plan to {}: it exists and is not a plan saved by lbctl, so it is not overwritten",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
     pub fn read(path: &Path) -> Result<SavedPlan> {
         let bytes = std::fs::read(path).with_context(|| format!("reading plan {}", path.display()))?;
         let plan: SavedPlan = serde_json::from_slice(&bytes)

@@ -223,10 +223,17 @@ impl StateStore {
     /// Writes `state` with the next serial: the old file becomes the backup,
     /// the new one appears atomically.
     pub fn save(&self, state: &mut State) -> Result<()> {
-        state.serial += 1;
         let path = self.path();
+        let previous = lbctl_files::read_trusted(&path)?;
+        // What the file holds already is not written again: the serial
+        // stays, so that a plan saved against it stays good (an apply with
+        // nothing to do does not make it stale), as in Terraform.
+        if previous.as_deref() == Some(&serde_json::to_vec_pretty(state).context("serializing state")?[..]) {
+            return Ok(());
+        }
+        state.serial += 1;
         let bytes = serde_json::to_vec_pretty(state).context("serializing state")?;
-        if let Some(previous) = lbctl_files::read_trusted(&path)? {
+        if let Some(previous) = previous {
             lbctl_files::write_private(&self.dir.join("state.json.backup"), &previous)?;
         }
         lbctl_files::write_private(&path, &bytes)
@@ -257,9 +264,13 @@ mod tests {
         let mut state = store.load().unwrap();
         assert_eq!(state.serial, 0);
         store.save(&mut state).unwrap();
+        state.outputs.insert("url".to_string(), "http://a/".to_string());
         store.save(&mut state).unwrap();
         let again = store.load().unwrap();
         assert_eq!((again.serial, &again.lineage), (2, &state.lineage));
+        // The same again: not written, the serial kept.
+        store.save(&mut state).unwrap();
+        assert_eq!(store.load().unwrap().serial, 2);
         let backup: State =
             serde_json::from_slice(&std::fs::read(dir.path().join("state.json.backup")).unwrap()).unwrap();
         assert_eq!(backup.serial, 1);
