@@ -399,3 +399,32 @@ fn plan_out_overwrites_nothing_but_a_saved_plan() {
     stack.lbctl(&["plan", "--out", "p.plan"]).expect_code(0);
     stack.lbctl(&["plan", "--out", "p.plan"]).expect_code(0);
 }
+
+/// A network load balancer whose address is yet to be allocated cannot
+/// have a port a socket bound to every address (0.0.0.0) holds: plan
+/// says so, and apply starts nothing.
+#[test]
+fn a_port_held_on_every_address_is_an_error_for_a_new_network_load_balancer() {
+    // Bound, never accepting: nothing is sent to it.
+    let taken = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let stack = Stack::new(&format!(
+        "version: 1
+name: wildcard
+load_balancers:
+  edge:
+    type: network
+    listeners: [{{ port: {port}, protocol: TCP, default_action: {{ forward: tcp }} }}]
+target_groups:
+  tcp: {{ protocol: TCP, port: 9, target_type: ip, targets: [{{ ip: 127.0.0.1 }}] }}
+"
+    ));
+    let run = stack.lbctl(&["plan"]).expect_code(1);
+    let expected = format!(
+        "lbctl.yaml:6:25: load_balancers.edge.listeners[0].port: port {port} is taken on every address of this machine (0.0.0.0): it is held by pid {}",
+        std::process::id()
+    );
+    assert!(run.stderr.starts_with(&expected), "{}", run.stderr);
+    stack.lbctl(&["apply", "--auto-approve"]).expect_code(1);
+    assert!(!stack.dir.path().join(".lbctl/run/lb").exists(), "nothing was started");
+}

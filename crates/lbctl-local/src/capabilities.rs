@@ -125,10 +125,26 @@ fn ports_free(
 ) -> anyhow::Result<()> {
     let ip = match lb.kind {
         LoadBalancerType::Application => Ipv4Addr::LOCALHOST,
-        // A newly allocated address has nothing bound to it yet.
         LoadBalancerType::Network => match provider.known_static_ip(&resource.address.name, lb)? {
             Some(ip) => ip,
-            None => return Ok(()),
+            // A newly allocated address has nothing bound to it yet; a
+            // socket bound to every address (0.0.0.0) takes its ports too.
+            None => {
+                for (idx, listener) in lb.listeners.iter().enumerate() {
+                    let udp = listener.protocol == ListenerProtocol::Udp;
+                    if let Some(holder) = crate::holders::holder_of(Ipv4Addr::UNSPECIFIED, listener.port, udp) {
+                        found.push(Finding {
+                            path: format!("{}.listeners[{idx}].port", resource.address.spec_path()),
+                            message: format!(
+                                "port {} is taken on every address of this machine (0.0.0.0): it is held by {holder}",
+                                listener.port
+                            ),
+                            severity: Severity::Invalid,
+                        });
+                    }
+                }
+                return Ok(());
+            }
         },
     };
     for (idx, listener) in lb.listeners.iter().enumerate() {

@@ -172,10 +172,19 @@ impl LocalProvider {
             if let Ok(Some(status)) = child.try_wait() {
                 bail!("{role} exited with {status} while starting:\n{}", process::log_tail(log, 15));
             }
-            if let Some(result) = started(pid) {
+            match started(pid) {
                 // The process outlives this command on purpose: drop the handle
                 // without waiting; once lbctl exits, init reaps it.
-                return result.map(|()| pid);
+                Some(Ok(())) => return Ok(pid),
+                // It runs but cannot serve (a port taken since the plan):
+                // stopped, so that no process the state does not know is
+                // left holding what it did get.
+                Some(Err(err)) => {
+                    process::stop(pid, &config_path.to_string_lossy(), Duration::from_secs(2));
+                    let _ = child.try_wait();
+                    return Err(err);
+                }
+                None => {}
             }
             if Instant::now() >= deadline {
                 process::stop(pid, &config_path.to_string_lossy(), Duration::from_secs(2));

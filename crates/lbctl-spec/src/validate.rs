@@ -590,10 +590,6 @@ impl Checker<'_> {
             if slow_start > Duration::from_secs(900) {
                 self.error(&format!("{base}.slow_start"), "slow_start must be at most 900s, as on AWS");
             }
-            if !slow_start.is_zero() && group.algorithm == Some(Algorithm::LeastOutstandingRequests) {
-                let message = "slow_start cannot be combined with least_outstanding_requests, as on AWS";
-                self.error(&format!("{base}.slow_start"), message);
-            }
             if group.stickiness.enabled {
                 let duration = group.stickiness.duration.get();
                 if duration < Duration::from_secs(1) || duration > Duration::from_secs(7 * 86_400) {
