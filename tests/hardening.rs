@@ -128,6 +128,16 @@ fn malformed_requests_get_their_status_and_the_proxy_serves_on() {
         serves(&format!("{garbage:?}"));
     }
 
+    // A Host that is not `host[:port]`: 400, never routed nor sent on.
+    for host in ["a b", "user@a", "a:notaport", "[::1", "evil.example/x?"] {
+        let answer = exchange(port, format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        assert!(status_line(&answer).starts_with("HTTP/1.1 400 "), "{host:?} -> {answer:?}");
+    }
+    serves("bad Host values");
+    // `Connection` cannot make the Host hop-by-hop: the target gets it.
+    let kept = curl(&url, &["Host: kept.example", "Connection: host"]).unwrap();
+    assert_eq!(kept.headers["x-seen-host"], "kept.example", "{kept:?}");
+
     // A 100 KiB header: 431 (AWS allows 64 KiB of headers).
     let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 100 * 1024));

@@ -135,6 +135,11 @@ autoscaling_groups:
     assert_eq!(http_version(&format!("{plain}/"), &[]), "1.1");
     let response = curl_with(&format!("{plain}/"), &[], &["--http2-prior-knowledge"]).unwrap();
     assert_eq!((response.status, response.headers["x-seen-forwarded-proto"].as_str()), (200, "http"));
+    // An HTTP/2 client's cookies, one field each, reach an HTTP/1.1 target
+    // as one Cookie (RFC 9113 §8.2.3).
+    let cookies = ["-H", "Cookie: a=1", "-H", "Cookie: b=2", "--http2-prior-knowledge"];
+    let response = curl_with(&format!("{plain}/"), &[], &cookies).unwrap();
+    assert_eq!((response.status, response.headers["x-seen-cookie"].as_str()), (200, "a=1; b=2"), "{response:?}");
 
     // An HTTPS target group: TLS to `lbctl worker --tls`, checked over HTTPS.
     let response = curl_tls(&format!("{https}/secure/x"), &ca, &["--http2"]).unwrap();

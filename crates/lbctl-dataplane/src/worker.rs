@@ -18,7 +18,8 @@
 //!
 //! Every answer echoes the forwarding headers it received (`X-Forwarded-*`,
 //! `X-Amzn-Trace-Id`) as `x-seen-*`
-//! (`x-seen-host` is the Host, or the HTTP/2 `:authority`) and the HTTP
+//! (`x-seen-host` is the Host, or the HTTP/2 `:authority`; `x-seen-cookie`
+//! every Cookie field, joined by ` | `) and the HTTP
 //! version as `x-seen-version`.
 //!
 //! With `--echo` it is what a network load balancer's TCP and UDP listeners
@@ -56,7 +57,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -354,8 +355,10 @@ struct App {
 }
 
 /// Request headers echoed back under an `x-seen-` name.
-const ECHOED: [(&str, &str); 5] = [
+const ECHOED: [(&str, &str); 6] = [
     ("x-forwarded-for", "x-seen-forwarded-for"),
+    // Each Cookie field, joined by ` | `: how many came is seen too.
+    ("cookie", "x-seen-cookie"),
     ("x-forwarded-proto", "x-seen-forwarded-proto"),
     ("x-forwarded-port", "x-seen-forwarded-port"),
     ("x-amzn-trace-id", "x-seen-amzn-trace-id"),
@@ -413,6 +416,9 @@ impl App {
                 // HTTP/2 requests carry the host as `:authority`, in the URI.
                 let authority = parts.uri.authority().and_then(|it| HeaderValue::from_str(it.as_str()).ok());
                 parts.headers.get(HOST).cloned().or(authority)
+            } else if seen == "cookie" {
+                let fields: Vec<&[u8]> = parts.headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes).collect();
+                (!fields.is_empty()).then(|| HeaderValue::from_bytes(&fields.join(&b" | "[..])).ok()).flatten()
             } else {
                 parts.headers.get(seen).cloned()
             };

@@ -469,13 +469,48 @@ pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
         return Some(StatusCode::URI_TOO_LONG);
     }
     let mut hosts = 0;
+    let mut bad_host = false;
     for (name, value) in request.headers() {
         if !field_line_fits(name.as_str().as_bytes(), value.as_bytes()) {
             return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        hosts += usize::from(name == HOST);
+        if name == HOST {
+            hosts += 1;
+            // HTTP/2: a Host that names another than `:authority` is
+            // malformed (RFC 9113 §8.3.1).
+            let other =
+                uri.authority().is_some_and(|it| !it.as_str().as_bytes().eq_ignore_ascii_case(value.as_bytes()));
+            bad_host |= !valid_host(value.as_bytes()) || request.version() == Version::HTTP_2 && other;
+        }
     }
-    (request.version() == Version::HTTP_11 && hosts != 1).then_some(StatusCode::BAD_REQUEST)
+    let one_needed = request.version() == Version::HTTP_11 && hosts != 1;
+    (bad_host || one_needed || hosts > 1).then_some(StatusCode::BAD_REQUEST)
+}
+
+/// Whether a Host value is `host[:port]` as RFC 9112 §3.2 has it (RFC 3986's
+/// reg-name, IPv4 address or `[IP-literal]`, and digits for the port): a
+/// request with any other is malformed (400), never routed nor sent on.
+pub(super) fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|it| *it == b']') {
+            Some(end) => {
+                let literal = &value[1..end];
+                let fits = !literal.is_empty() && literal.iter().all(|it| it.is_ascii_hexdigit() || b":.".contains(it));
+                if !fits {
+                    return false;
+                }
+                (&value[..0], &value[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().rposition(|it| *it == b':') {
+            Some(at) => value.split_at(at),
+            None => (value, &value[value.len()..]),
+        },
+    };
+    let name = |it: &u8| it.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(it);
+    let port_fits = port.is_empty() || port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit);
+    host.iter().all(name) && port_fits
 }
 
 /// Answers `status`, counted and logged with its request line, a request
@@ -642,6 +677,9 @@ async fn route(
     let mut in_flight = InFlight::start_request(backend, trace.health_check);
 
     let (mut parts, body) = request.into_parts();
+    if parts.version == Version::HTTP_2 && !transport.http2 {
+        forwarding::join_cookies(&mut parts.headers);
+    }
     let forwarding = Forwarding { client_ip, protocol, port: forwarded_port, trace_id };
     // The common case, a bodiless request to a plain HTTP/1.1 target: its
     // head is lent to each attempt (a retry needs no copy of it) and the
@@ -936,6 +974,35 @@ impl Body for ProxyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_host_and_port_and_one_only() {
+        for good in ["shop.example.com", "shop.example.com:8080", "127.0.0.1:80", "[::1]:8080", "[::1]", "a_b.c~d", ""]
+        {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in ["a b", "user@a", "a:notaport", "[::1", "[]", "evil.example/x?", "a\"b", "[::1]x"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+        let request = |version: Version, uri: &str, hosts: &[&str]| {
+            let mut builder = Request::builder().version(version).uri(uri);
+            for host in hosts {
+                builder = builder.header(HOST, *host);
+            }
+            builder.body(()).unwrap()
+        };
+        let h2 = Version::HTTP_2;
+        assert_eq!(refusal(&request(h2, "http://shop.example/", &[])), None);
+        assert_eq!(refusal(&request(h2, "http://shop.example/", &["SHOP.example"])), None);
+        // HTTP/2: a Host naming another than `:authority`, or two, are malformed (RFC 9113 §8.3.1).
+        assert_eq!(
+            refusal(&request(h2, "http://shop.example/", &["elsewhere.example"])),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(refusal(&request(h2, "/", &["a", "b"])), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(refusal(&request(Version::HTTP_11, "/", &["a b"])), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(refusal(&request(Version::HTTP_11, "/", &["a"])), None);
+    }
 
     #[test]
     fn the_logged_request_line_escapes_what_the_client_wrote() {

@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use hyper::http::uri::Authority;
 use hyper::{HeaderMap, Uri};
 
@@ -52,8 +52,10 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         for token in value.to_str().unwrap_or("").split(',') {
             let token = token.trim();
             if !token.is_empty() && !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive") {
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
+                // Host is the request's, end to end: `Connection` cannot take it.
+                match HeaderName::from_bytes(token.as_bytes()) {
+                    Ok(name) if name != HOST => named.push(name),
+                    _ => {}
                 }
             }
         }
@@ -111,6 +113,26 @@ fn forwarded_for(out: &mut Vec<u8>, headers: &HeaderMap, previous: bool, client_
         }
     }
     access_log::ip(out, client_ip);
+}
+
+/// Joins the `cookie` fields of an HTTP/2 request into one, for an
+/// HTTP/1.1 target (RFC 9113 §8.2.3: HTTP/2 clients send each cookie as a
+/// field of its own, and HTTP/1.1 has one).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (idx, value) in headers.get_all(COOKIE).iter().enumerate() {
+        if idx > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(COOKIE, value);
+    }
 }
 
 /// Edits `headers` for the target: hop-by-hop headers removed, the

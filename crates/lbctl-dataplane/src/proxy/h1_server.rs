@@ -245,6 +245,10 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
         } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return Parse::Other;
         } else if name == HOST {
+            // One that is not `host[:port]`: hyper's path answers 400.
+            if !forward::valid_host(field.value) {
+                return Parse::Other;
+            }
             hosts = hosts.saturating_add(1);
         } else if name == CONNECTION {
             close |= field.value.split(|it| *it == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
