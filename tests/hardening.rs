@@ -201,6 +201,13 @@ fn malformed_requests_get_their_status_and_the_proxy_serves_on() {
         assert!(!answer.contains("/smuggled"), "{framing:?} -> {answer:?}");
         serves(framing);
     }
+    // A malformed chunked body is the client's fault: 400, not a 502 blamed on the target.
+    for body in ["zz\r\n", "ffffffffffffffffff\r\n", "3\nabc\r\n"] {
+        let request = format!("PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let answer = exchange(port, request.as_bytes());
+        assert!(status_line(&answer).starts_with("HTTP/1.1 400 "), "{body:?} -> {answer:?}");
+        serves(body);
+    }
     // Well-framed bodies pass, chunked or not, and pipelined requests too.
     let posted = curl_with(&url, &[], &["-d", "some=data"]).unwrap();
     assert_eq!(posted.status, 200, "{posted:?}");

@@ -759,6 +759,10 @@ async fn route(
                 format!("the target did not answer within the idle timeout ({})", lbctl_spec::Duration(idle_timeout));
             failure().answer(StatusCode::GATEWAY_TIMEOUT, &why)
         }
+        // The client's body broke off or was malformed: its fault, not the target's.
+        Ok(Err(err)) if err.is_client_body() => {
+            failure().answer(StatusCode::BAD_REQUEST, &format!("the client's request body failed: {err}"))
+        }
         Ok(Err(err)) => failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
         Ok(Ok(exchange)) => {
             trace.answered(&group, Some(exchange.response.status().as_u16()));

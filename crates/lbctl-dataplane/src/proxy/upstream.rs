@@ -116,6 +116,20 @@ impl UpstreamError {
         self.connect
     }
 
+    /// Whether the request failed on the client's side: its body, which
+    /// the target was being sent, broke off or was malformed (hyper's
+    /// client calls the body it sends the user's).
+    pub fn is_client_body(&self) -> bool {
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(self.source.as_ref());
+        while let Some(err) = cause {
+            if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
+                return true;
+            }
+            cause = err.source();
+        }
+        false
+    }
+
     fn connect(source: impl Into<BoxError>) -> UpstreamError {
         UpstreamError { connect: true, source: source.into() }
     }
