@@ -232,9 +232,8 @@ impl Activity {
     /// while requests are in flight (and no head is late).
     fn deadline(&self, idle_timeout: Duration) -> Option<Instant> {
         let at = |ms: u64, after: Duration| self.opened + Duration::from_millis(ms) + after;
-        let head_since = self.head_since_ms.load(Ordering::Relaxed);
-        if head_since != 0 {
-            return Some(at(head_since - 1, HEADER_TIMEOUT));
+        if let Some(late) = self.late_head() {
+            return Some(late);
         }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
@@ -244,6 +243,17 @@ impl Activity {
             return Some(at(0, first));
         }
         Some(at(self.last_end_ms.load(Ordering::Relaxed), idle_timeout))
+    }
+}
+
+impl Activity {
+    /// When the head being read is due, if one is: a head late past it has
+    /// no request to finish, so its connection is dropped then, not closed
+    /// gracefully (which would wait `CLOSE_GRACE` more for a client that
+    /// sends nothing).
+    fn late_head(&self) -> Option<Instant> {
+        let head_since = self.head_since_ms.load(Ordering::Relaxed);
+        (head_since != 0).then(|| self.opened + Duration::from_millis(head_since - 1) + HEADER_TIMEOUT)
     }
 }
 
@@ -302,6 +312,9 @@ pub async fn watch<C: Future>(
                 return Poll::Ready(());
             }
             let now = Instant::now();
+            if activity.late_head().is_some_and(|due| due <= now) {
+                return Poll::Ready(());
+            }
             match activity.deadline(idle_timeout) {
                 Some(due) if due <= now => {
                     close(connection.as_mut());
