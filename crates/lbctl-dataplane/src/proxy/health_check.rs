@@ -27,6 +27,8 @@ use crate::tls::{self, ClientAlpn};
 
 /// Reason of a target that has not been checked enough yet.
 pub const REASON_INITIAL: &str = "Elb.RegistrationInProgress: target registration is in progress";
+/// AWS's reason once a new target's first checks are under way.
+pub const REASON_INITIAL_CHECKS: &str = "Elb.InitialHealthChecking: initial health checks in progress";
 /// Reason of a deregistered target finishing its requests.
 pub const REASON_DRAINING: &str = "Target.DeregistrationInProgress: target deregistration is in progress";
 
@@ -387,6 +389,17 @@ impl Tracker {
 
     /// Records a probe outcome and applies the thresholds.
     pub fn record(&mut self, outcome: &Outcome, check: &HealthCheck) -> Change {
+        let change = self.apply(outcome, check);
+        // A new target, checked once and still short of a verdict: AWS's
+        // registration is over, its initial checks are under way.
+        if change == Change::None && self.state == HealthState::Initial && self.reason == REASON_INITIAL {
+            self.reason = REASON_INITIAL_CHECKS.to_string();
+            return Change::Reason;
+        }
+        change
+    }
+
+    fn apply(&mut self, outcome: &Outcome, check: &HealthCheck) -> Change {
         match outcome {
             Outcome::Pass => {
                 self.failures = 0;
@@ -486,8 +499,8 @@ mod tests {
         assert_eq!(tracker.reason(), REASON_INITIAL);
         let refused = Outcome::Fail("Target.FailedHealthChecks: connection refused".into());
         let timeout = Outcome::Fail("Target.Timeout: health check timed out after 500ms".into());
-        assert_eq!(tracker.record(&refused, &settings), Change::None);
-        assert_eq!(tracker.reason(), REASON_INITIAL);
+        assert_eq!(tracker.record(&refused, &settings), Change::Reason);
+        assert_eq!(tracker.reason(), REASON_INITIAL_CHECKS);
         assert_eq!(tracker.record(&refused, &settings), Change::State);
         assert_eq!(tracker.reason(), "Target.FailedHealthChecks: connection refused");
         assert_eq!(tracker.record(&refused, &settings), Change::None);
