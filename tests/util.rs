@@ -248,7 +248,9 @@ impl Stack {
     /// `lbctl status --json`.
     pub fn status(&self) -> serde_json::Value {
         let run = self.lbctl(&["status", "--json"]).expect_code(0);
-        serde_json::from_str(&run.stdout).unwrap()
+        let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(status["format_version"], 1, "README documents this shape: {status}");
+        status
     }
 
     /// Instances of an auto-scaling group as `status --json` reports them.

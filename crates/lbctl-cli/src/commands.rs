@@ -625,9 +625,9 @@ fn status(shell: &Shell, spec: &SpecArg, dir: &Path, json: bool, wide: bool, wat
     if json {
         let text = if watching {
             let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-            serde_json::to_string(&json!({ "time": time, "resources": values }))?
+            serde_json::to_string(&json!({ "format_version": 1, "time": time, "resources": values }))?
         } else {
-            serde_json::to_string_pretty(&json!({ "resources": values }))?
+            serde_json::to_string_pretty(&json!({ "format_version": 1, "resources": values }))?
         };
         shell.out(&format!("{text}\n"))?;
     } else if state.resources.is_empty() {
