@@ -439,3 +439,137 @@ fn every_target_state_shows_in_status() {
     let finished = slow.join().unwrap();
     assert_eq!((finished.status, finished.headers["x-instance-id"].as_str()), (200, "c"));
 }
+
+/// An upgrade target in the test: answers health checks, switches a
+/// `Upgrade: websocket` request to an echo that upper-cases what it gets,
+/// and says which `Upgrade` and `X-Forwarded-For` it was sent. Stops when
+/// dropped.
+struct UpgradeTarget {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UpgradeTarget {
+    fn start() -> UpgradeTarget {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let serve = move |stream: std::net::TcpStream| {
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let field = |name: &str| {
+                head.iter().find_map(|it| {
+                    let (key, value) = it.split_once(':')?;
+                    key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+                })
+            };
+            let mut out = stream;
+            if field("upgrade").is_some_and(|it| it.eq_ignore_ascii_case("websocket")) {
+                let seen = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nx-seen-upgrade: {}\r\nx-seen-forwarded-for: {}\r\n\r\n",
+                    field("upgrade").unwrap_or_default(),
+                    field("x-forwarded-for").unwrap_or_default()
+                );
+                out.write_all(seen.as_bytes()).unwrap();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 || out.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
+                        break;
+                    }
+                }
+            } else {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+            }
+        };
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        std::thread::spawn(move || serve(stream));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        UpgradeTarget { port, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for UpgradeTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A WebSocket goes through as on AWS: the `Upgrade` reaches the target,
+/// its 101 reaches the client, then bytes flow both ways on the one
+/// connection; the request is logged with its 101.
+#[test]
+fn a_websocket_switches_protocols_through_the_load_balancer() {
+    use std::io::{Read, Write};
+    let target = UpgradeTarget::start();
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "version: 1
+name: websocket
+load_balancers:
+  public:
+    type: application
+    access_logs: true
+    listeners:
+      - {{ port: {port}, protocol: HTTP, default_action: {{ forward: chat }} }}
+target_groups:
+  chat: {{ protocol: HTTP, target_type: ip, targets: [{{ ip: 127.0.0.1, port: {} }}], {FAST_CHECKS} }}
+",
+        target.port
+    ));
+    stack.apply();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    client
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.read(&mut byte).unwrap(), 1, "closed in the head: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(head.contains("upgrade: websocket") && head.contains("x-seen-upgrade: websocket"), "{head}");
+    assert!(head.contains("x-seen-forwarded-for: 127.0.0.1"), "{head}");
+    for message in ["hello", "and again"] {
+        client.write_all(message.as_bytes()).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message.to_ascii_uppercase().as_bytes());
+    }
+    drop(client);
+    let log = stack.dir.path().join(".lbctl/logs/public/access.log");
+    let line = wait_for("the upgrade's log line", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .lines()
+            .find(|it| it.contains("GET http://chat.example:"))
+            .map(str::to_string)
+    });
+    assert!(line.contains(" 101 101 "), "{line}");
+}

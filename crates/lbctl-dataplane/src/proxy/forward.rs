@@ -37,6 +37,7 @@ use super::retry::{self, Replay};
 use super::router::{RequestView, Router};
 use super::selection::{Backend, InFlight};
 use super::target_group::TargetGroup;
+use super::tunnel;
 use super::upstream::{self, BoxError, TargetBody, Upstream, UpstreamBody};
 use crate::runtime::ProxyConfig;
 
@@ -675,6 +676,11 @@ async fn route(
     };
     let transport = group.transport();
     let mut in_flight = InFlight::start_request(backend, trace.health_check);
+    if tunnel::asks(&request) && !transport.http2 && in_flight.function.is_none() {
+        let forwarding = Forwarding { client_ip, protocol, port: forwarded_port, trace_id };
+        let sending = Sending { group: &group, in_flight, transport, idle_timeout, peer };
+        return Box::pin(upgrade(frontend, request, sending, forwarding, trace)).await;
+    }
 
     let (mut parts, body) = request.into_parts();
     if parts.version == Version::HTTP_2 && !transport.http2 {
@@ -775,6 +781,72 @@ async fn route(
             with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
         }
     }
+}
+
+/// Where a request goes once routed: its target group and target, how
+/// the target is spoken to, and for how long it may be silent.
+struct Sending<'a> {
+    group: &'a TargetGroup,
+    in_flight: InFlight,
+    transport: upstream::Transport,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+}
+
+/// A request to switch protocols (WebSocket): sent with its `Upgrade` on a
+/// target connection of its own; a 101 answer hands both connections to
+/// `tunnel`, any other answer goes back as usual.
+async fn upgrade(
+    frontend: &Frontend,
+    mut request: Request<UpstreamBody>,
+    sending: Sending<'_>,
+    forwarding: Forwarding,
+    trace: &mut Trace,
+) -> Response<ProxyBody> {
+    let Sending { group, in_flight, transport, idle_timeout, peer } = sending;
+    let client = hyper::upgrade::on(&mut request);
+    let (mut parts, body) = request.into_parts();
+    let asked = parts.headers.get(hyper::header::UPGRADE).cloned();
+    forwarding::prepare(&mut parts.headers, &parts.uri, &forwarding);
+    if let Some(asked) = asked {
+        tunnel::keep_upgrade(&mut parts.headers, asked);
+    }
+    let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(if transport.tls { Scheme::HTTPS } else { Scheme::HTTP });
+    uri.authority = Some(in_flight.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = match Uri::from_parts(uri) {
+        Ok(uri) => uri,
+        Err(_) => return error(StatusCode::BAD_REQUEST),
+    };
+    trace.sent = Some(Instant::now());
+    trace.target = Some(in_flight.backend());
+    let sent = frontend.upstream.send_upgrade(transport, in_flight.endpoint(), Request::from_parts(parts, body));
+    let answer = tokio::time::timeout(idle_timeout, sent).await;
+    let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
+    let mut response = match answer {
+        Err(_) => {
+            let why =
+                format!("the target did not answer within the idle timeout ({})", lbctl_spec::Duration(idle_timeout));
+            return failure().answer(StatusCode::GATEWAY_TIMEOUT, &why);
+        }
+        Ok(Err(err)) => return failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
+        Ok(Ok(response)) => response,
+    };
+    trace.answered(group, Some(response.status().as_u16()));
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        tunnel::spawn(client, hyper::upgrade::on(&mut response), idle_timeout);
+        // The target's head as it is, its `Upgrade` and `Connection` with it.
+        return Response::from_parts(response.into_parts().0, ProxyBody::empty());
+    }
+    forwarding::remove_hop_by_hop(response.headers_mut());
+    let (mut parts, body) = response.into_parts();
+    parts.version = Version::HTTP_11;
+    let body = TargetBody::Hyper { body, connection: None };
+    Response::from_parts(parts, ProxyBody::upstream(body, in_flight, None))
 }
 
 /// A second attempt goes to `other`: the log line names it, and a

@@ -55,6 +55,7 @@ mod router;
 mod selection;
 mod status;
 mod target_group;
+mod tunnel;
 mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -781,7 +782,8 @@ async fn serve_http<I>(
             builder.http1().keep_alive(false);
         }
         let io = TokioIo::new(io);
-        let served = builder.serve_connection(io, hyper_service(&frontend, peer, &connection, &activity, &traffic));
+        let served = builder
+            .serve_connection_with_upgrades(io, hyper_service(&frontend, peer, &connection, &activity, &traffic));
         tokio::pin!(served);
         let result = if closed_already {
             served.await

@@ -221,6 +221,31 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Sends a request to switch protocols (WebSocket) to a target over
+    /// HTTP/1.1, on a connection of its own that the upgrade takes over
+    /// (never one from a pool, nor given back to one).
+    pub async fn send_upgrade(
+        &self,
+        transport: Transport,
+        target: Endpoint<'_>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        if transport.tls {
+            return self.http1_tls.request(request).await.map_err(UpstreamError::from_client);
+        }
+        to_origin_form(&mut request, target.authority);
+        let stream = connect_tcp(target.address).await?;
+        let (mut sender, connection) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::connect)?;
+        tokio::spawn(async move {
+            // Ends when the target closes, or hands the connection to the upgrade.
+            let _ = connection.with_upgrades().await;
+        });
+        sender.send_request(request).await.map_err(UpstreamError::exchange)
+    }
+}
+
 /// What a request needs of its target: where it is, its name as a Host,
 /// and its connections (kept by the target's `selection::Backend`).
 #[derive(Clone, Copy)]
