@@ -4,9 +4,11 @@
 //!
 //! Interleaved, each line is shown after its source (`[web] ...`); one
 //! source's lines are shown as written, so that an access log's go to the
-//! tools that read AWS's as they are. Lines of a process's
-//! output carry no time: they take the time of the file's previous line
-//! that has one, and at the file's start the file's creation time.
+//! tools that read AWS's as they are. A line of a process's output that
+//! does not start with its time takes the time of the file's previous line
+//! that has one (at the file's start, the file's creation time); followed,
+//! the time it was read at, which is when it was written, give or take
+//! `FOLLOW_EVERY`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -37,8 +39,9 @@ fn time_of(kind: LogKind, line: &str) -> Option<SystemTime> {
                 time => time,
             }
         }
-        LogKind::Events => line.split(' ').next()?,
-        LogKind::Output => return None,
+        // An instance's output: a time first, when its program writes one
+        // (`lbctl worker` does; so do many loggers).
+        LogKind::Events | LogKind::Output => line.split(' ').next()?,
     };
     humantime::parse_rfc3339_weak(field.trim_end_matches('Z')).ok()
 }
@@ -73,6 +76,8 @@ pub struct Reader {
     partial: String,
     /// Lines are shown after their source.
     labelled: bool,
+    /// Read once already: what comes now was written since.
+    read: bool,
 }
 
 impl Reader {
@@ -82,7 +87,7 @@ impl Reader {
         let born = std::fs::metadata(&file.path)
             .and_then(|it| it.created().or_else(|_| it.modified()))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        Reader { file, offset: 0, last_time: born, partial: String::new(), labelled }
+        Reader { file, offset: 0, last_time: born, partial: String::new(), labelled, read: false }
     }
 
     /// The file's complete lines since the last call.
@@ -100,11 +105,16 @@ impl Reader {
         self.offset += bytes.len() as u64;
         self.partial.push_str(&String::from_utf8_lossy(&bytes));
         let mut lines = Vec::new();
+        // Untimed lines that are new since the last read were written since it.
+        let now = self.read.then(SystemTime::now);
+        self.read = true;
         while let Some(end) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=end).collect();
             let line = line.trim_end_matches(['\n', '\r']);
-            if let Some(time) = time_of(self.file.kind, line) {
-                self.last_time = time;
+            match (time_of(self.file.kind, line), now) {
+                (Some(time), _) => self.last_time = time,
+                (None, Some(now)) => self.last_time = self.last_time.max(now),
+                (None, None) => {}
             }
             let text = if self.labelled { format!("[{}] {line}", self.file.source) } else { line.to_string() };
             lines.push(Line { time: self.last_time, text });
@@ -194,6 +204,19 @@ mod tests {
         assert_eq!(gather(&mut output_reader, None)[0].text, "[i-1] worker i-1 listening");
         let mut alone = vec![Reader::new(file("i-1", LogKind::Output, &output), false)];
         assert_eq!(gather(&mut alone, None)[0].text, "worker i-1 listening");
+
+        // Output that starts with its time is placed by it; followed,
+        // untimed output is placed when it was read, not at an older line.
+        let timed = dir.path().join("i-2.log");
+        std::fs::write(&timed, "2026-12-02T10:00:04.000Z worker i-2: health checks now answer 503\n").unwrap();
+        let mut timed_reader = Reader::new(file("i-2", LogKind::Output, &timed), true);
+        let first = timed_reader.read_new();
+        assert_eq!(first[0].time, humantime::parse_rfc3339("2026-12-02T10:00:04Z").unwrap());
+        std::fs::write(&timed, "2026-12-02T10:00:04.000Z worker i-2: health checks now answer 503\nuntimed\n").unwrap();
+        let before = SystemTime::now();
+        let later = timed_reader.read_new();
+        assert_eq!(later[0].text, "[i-2] untimed");
+        assert!(later[0].time >= before, "{later:?}");
     }
 
     #[test]

@@ -247,7 +247,7 @@ pub async fn serve_with(
 ) -> Result<()> {
     let addr = listener.local_addr().context("reading the listening address")?;
     let requires = if transport.proxy_protocol { " (PROXY protocol v2 required)" } else { "" };
-    eprintln!("worker {instance_id} listening on {addr}{requires}");
+    say(format_args!("{instance_id} listening on {addr}{requires}"));
     let app = Arc::new(App {
         instance_id: instance_id.to_string(),
         instance_header: HeaderValue::from_str(instance_id).unwrap_or(HeaderValue::from_static("invalid")),
@@ -268,7 +268,7 @@ pub async fn serve_with(
             _ = &mut shutdown => break,
             _ = faults.stop_listener.notified() => {
                 listener = None;
-                eprintln!("worker {instance_id}: listener stopped; the process stays up");
+                say(format_args!("{instance_id}: listener stopped; the process stays up"));
                 // Closing the watched connections gracefully ends the idle
                 // keep-alive ones at once and the busy ones after their
                 // current response.
@@ -300,7 +300,7 @@ pub async fn serve_with(
                 }
                 Err(err) => {
                     // Running out of file descriptors must not spin the loop.
-                    eprintln!("worker {instance_id}: accept failed: {err}");
+                    say(format_args!("{instance_id}: accept failed: {err}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -314,7 +314,7 @@ pub async fn serve_with(
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-    eprintln!("worker {instance_id}: stopped");
+    say(format_args!("{instance_id}: stopped"));
     Ok(())
 }
 
@@ -354,6 +354,12 @@ struct App {
     faults: Arc<Faults>,
 }
 
+/// Writes a line of the worker's own to its output (the instance's log),
+/// after the time: `lbctl logs` places it by that time.
+fn say(message: std::fmt::Arguments) {
+    eprintln!("{} worker {message}", crate::runtime::log_time());
+}
+
 /// Request headers echoed back under an `x-seen-` name.
 const ECHOED: [(&str, &str); 6] = [
     ("x-forwarded-for", "x-seen-forwarded-for"),
@@ -386,12 +392,12 @@ impl App {
             (_, "/health") => (StatusCode::OK, "ok\n".to_string()),
             (&Method::POST, "/fault/unhealthy") => {
                 self.faults.set_unhealthy(true);
-                eprintln!("worker {}: health checks now answer 503", self.instance_id);
+                say(format_args!("{}: health checks now answer 503", self.instance_id));
                 (StatusCode::OK, "health checks now fail\n".to_string())
             }
             (&Method::POST, "/fault/healthy") => {
                 self.faults.set_unhealthy(false);
-                eprintln!("worker {}: health checks now answer 200", self.instance_id);
+                say(format_args!("{}: health checks now answer 200", self.instance_id));
                 (StatusCode::OK, "health checks now pass\n".to_string())
             }
             (&Method::POST, "/fault/stop-listener") => {
@@ -509,7 +515,7 @@ impl std::error::Error for NothingSent {}
 /// Logs why a connection's PROXY header was refused, unless it sent nothing.
 fn log_refused(instance_id: &str, peer: SocketAddr, err: &anyhow::Error) {
     if !err.is::<NothingSent>() {
-        eprintln!("worker {instance_id}: closing the connection from {peer}: {err:#}");
+        say(format_args!("{instance_id}: closing the connection from {peer}: {err:#}"));
     }
 }
 
@@ -526,7 +532,7 @@ pub async fn serve_echo(
 ) -> Result<()> {
     let addr = listener.local_addr().context("reading the listening address")?;
     let requires = if proxy_protocol { " (PROXY protocol v2 required on TCP)" } else { "" };
-    eprintln!("worker {instance_id} echoing on {addr} over TCP and UDP{requires}");
+    say(format_args!("{instance_id} echoing on {addr} over TCP and UDP{requires}"));
     let id: Arc<str> = Arc::from(instance_id);
     let datagrams = tokio::spawn(echo_datagrams(udp, id.clone()));
     let mut connections = JoinSet::new();
@@ -537,7 +543,7 @@ pub async fn serve_echo(
             _ = &mut shutdown => break,
             _ = faults.stop_listener.notified(), if listener.is_some() => {
                 listener = None;
-                eprintln!("worker {instance_id}: TCP listener stopped; the process and UDP stay up");
+                say(format_args!("{instance_id}: TCP listener stopped; the process and UDP stay up"));
             }
             // Finished connections are reaped so that the set stays small.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -548,7 +554,7 @@ pub async fn serve_echo(
                 }
                 Err(err) => {
                     // Running out of file descriptors must not spin the loop.
-                    eprintln!("worker {instance_id}: accept failed: {err}");
+                    say(format_args!("{instance_id}: accept failed: {err}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -561,7 +567,7 @@ pub async fn serve_echo(
     // is still open is closed now.
     connections.shutdown().await;
     let _ = datagrams.await;
-    eprintln!("worker {instance_id}: stopped");
+    say(format_args!("{instance_id}: stopped"));
     Ok(())
 }
 
@@ -640,7 +646,7 @@ async fn echo_datagrams(socket: UdpSocket, instance_id: Arc<str>) {
             // An earlier reply's ICMP "port unreachable" surfaces here.
             Err(err) if matches!(err.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset) => {}
             Err(err) => {
-                eprintln!("worker {instance_id}: UDP receive failed: {err}");
+                say(format_args!("{instance_id}: UDP receive failed: {err}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
