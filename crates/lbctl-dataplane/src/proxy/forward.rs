@@ -731,15 +731,9 @@ async fn route(
         }
         answer
     } else {
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(in_flight.authority.clone());
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(uri) => uri,
-            Err(_) => return error(StatusCode::BAD_REQUEST),
+        parts.uri = match to_target(std::mem::take(&mut parts.uri), &in_flight) {
+            Some(uri) => uri,
+            None => return error(StatusCode::BAD_REQUEST),
         };
         // Every other request hands its head over, a copy kept for a retry
         // when it has no body. Its futures are boxed: they are larger than
@@ -783,6 +777,19 @@ async fn route(
     }
 }
 
+/// `uri` as hyper's client sends it to the target of `in_flight`:
+/// absolute, with the target's address (its connector speaks TLS where the
+/// group does, whatever the scheme says).
+fn to_target(uri: Uri, in_flight: &InFlight) -> Option<Uri> {
+    let mut uri = uri.into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(in_flight.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(uri).ok()
+}
+
 /// Where a request goes once routed: its target group and target, how
 /// the target is spoken to, and for how long it may be silent.
 struct Sending<'a> {
@@ -812,15 +819,9 @@ async fn upgrade(
         tunnel::keep_upgrade(&mut parts.headers, asked);
     }
     let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = Some(if transport.tls { Scheme::HTTPS } else { Scheme::HTTP });
-    uri.authority = Some(in_flight.authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(uri) => uri,
-        Err(_) => return error(StatusCode::BAD_REQUEST),
+    parts.uri = match to_target(std::mem::take(&mut parts.uri), &in_flight) {
+        Some(uri) => uri,
+        None => return error(StatusCode::BAD_REQUEST),
     };
     trace.sent = Some(Instant::now());
     trace.target = Some(in_flight.backend());
