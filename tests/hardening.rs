@@ -9,9 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// The proxy's header read timeout (`head_guard::HEADER_READ_TIMEOUT`).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn spec(port: u16, brief_port: u16) -> String {
     format!(
         r#"version: 1

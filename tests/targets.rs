@@ -536,7 +536,7 @@ load_balancers:
     listeners:
       - {{ port: {port}, protocol: HTTP, default_action: {{ forward: chat }} }}
 target_groups:
-  chat: {{ protocol: HTTP, target_type: ip, targets: [{{ ip: 127.0.0.1, port: {} }}], {FAST_CHECKS} }}
+  chat: {{ protocol: HTTP, target_type: ip, targets: [{{ ip: 127.0.0.1, port: {} }}], {FAST_CHECKS}, deregistration_delay: 1s }}
 ",
         target.port
     ));
@@ -556,12 +556,28 @@ target_groups:
     assert!(head.starts_with("http/1.1 101 "), "{head}");
     assert!(head.contains("upgrade: websocket") && head.contains("x-seen-upgrade: websocket"), "{head}");
     assert!(head.contains("x-seen-forwarded-for: 127.0.0.1"), "{head}");
-    for message in ["hello", "and again"] {
+    let exchange = |client: &mut std::net::TcpStream, message: &str| {
         client.write_all(message.as_bytes()).unwrap();
         let mut echoed = vec![0u8; message.len()];
         client.read_exact(&mut echoed).unwrap();
         assert_eq!(echoed, message.to_ascii_uppercase().as_bytes());
-    }
+    };
+    exchange(&mut client, "hello");
+    // Quiet past the header timeout: the tunnel's bytes are not a request
+    // head, so it stays open (a read that times out, not one that ends).
+    client.set_read_timeout(Some(HEADER_READ_TIMEOUT + Duration::from_secs(1))).unwrap();
+    let quiet = client.read(&mut byte);
+    assert!(
+        matches!(&quiet, Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "{quiet:?}"
+    );
+    client.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    exchange(&mut client, "and again");
+    // Deregistered, the target's tunnels end once it has drained.
+    stack.edit(&format!("targets: [{{ ip: 127.0.0.1, port: {} }}]", target.port), "targets: []");
+    stack.apply();
+    let ended = client.read(&mut byte);
+    assert!(matches!(ended, Ok(0)), "{ended:?}");
     drop(client);
     let log = stack.dir.path().join(".lbctl/logs/public/access.log");
     let line = wait_for("the upgrade's log line", Duration::from_secs(10), || {

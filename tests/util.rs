@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The proxy's header read timeout (`head_guard::HEADER_READ_TIMEOUT`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The binary under test.
 pub fn lbctl_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lbctl"))

@@ -78,7 +78,7 @@ pub fn check_stack(state: &State, wanted: &str, state_dir: &Path) -> Result<()> 
         return Ok(());
     }
     bail!(
-        "the state in {} holds the resources of stack `{}`; this spec is stack `{wanted}`. A directory holds one stack's state: destroy stack `{}` first (`lbctl destroy -f` its spec), or keep this spec in a directory of its own",
+        "the state in {} holds the resources of stack `{}`; this spec is stack `{wanted}`. A directory holds one stack's state: destroy stack `{}` first (`lbctl destroy -f` its spec; to rename a stack, destroy it under its old `name` first), or keep this spec in a directory of its own",
         state_dir.display(),
         state.stack,
         state.stack

@@ -310,12 +310,12 @@ autoscaling_groups:
   g:
     min_size: 1
     max_size: 1
-    launch_template: { command: ["lbctl", "worker", "--listen", "{ipp}:{port}", "sh -c ${foo}"] }
+    launch_template: { command: ["lbctl", "worker", "--listen", "{ipp}:{port}", "sh -c ${foo}", "awk '{print}'"] }
 "##;
     check(
         source,
         &[
-            "lbctl.yaml:5:5: load_balancers.a: reference cycle: load_balancers.a -> target_groups.ipself -> load_balancers.a",
+            "lbctl.yaml:5:5: load_balancers.a: forwarding loop: load_balancers.a (port 31001) -> target_groups.ipself -> load_balancers.a (port 31001)",
             "lbctl.yaml:12:41: load_balancers.a.listeners[0].rules[0].conditions.path_pattern: path_pattern has 4 values; a condition takes at most 3, as on AWS",
             "lbctl.yaml:12:81: load_balancers.a.listeners[0].rules[0].conditions.host_header[0]: `exa mple.com` is not a host name pattern (a-z, 0-9, `-`, `.`, `*`, `?`)",
             "lbctl.yaml:13:41: load_balancers.a.listeners[0].rules[0].action.redirect.path: `#{pathz}` is not a placeholder: #{protocol}, #{host}, #{port}, #{path} or #{query}",
@@ -331,7 +331,7 @@ autoscaling_groups:
             "lbctl.yaml:22:110: target_groups.lam.targets[0].port: a function target has no port",
             "lbctl.yaml:24:18: functions.f.command[0]: the program to run must not be empty",
             "lbctl.yaml:24:37: functions.f.env.A=B: `A=B` is not an environment variable name: not empty, no `=` or NUL",
-            "lbctl.yaml:29:65: autoscaling_groups.g.launch_template.command[3]: `{ipp}` is not a placeholder: {ip}, {port} or {instance_id}; did you mean `ip`?",
+            "lbctl.yaml:29:65: autoscaling_groups.g.launch_template.command[3]: `{ipp}` is not a placeholder ({ip}, {port} or {instance_id}); did you mean `{ip}`?",
         ],
     );
     // Five values to match per rule at most, and a fixed response's body of 1 KiB.
@@ -342,7 +342,7 @@ autoscaling_groups:
     check(
         &busy,
         &[
-            "lbctl.yaml:20:69: load_balancers.public.listeners[0].default_action.fixed_response.body: body is 1025 bytes; a fixed response's is at most 1024, as on AWS",
+            "lbctl.yaml:20:69: load_balancers.public.listeners[0].default_action.fixed_response.body: body is 1025 characters; a fixed response's is at most 1024, as on AWS",
             "lbctl.yaml:23:25: load_balancers.public.listeners[0].rules[0].conditions: this rule has 6 values to match; a rule takes at most 5, as on AWS",
         ],
     );
@@ -351,4 +351,27 @@ autoscaling_groups:
 #[test]
 fn a_byte_order_mark_is_no_part_of_the_spec() {
     check(&format!("\u{feff}{BASE}"), &[]);
+}
+
+/// A listener forwarding to another listener of its own load balancer (an
+/// ip target at it) is no loop; back to itself it is.
+#[test]
+fn a_forward_to_another_listener_is_no_loop() {
+    let source = "version: 1
+name: hops
+load_balancers:
+  front:
+    type: application
+    listeners:
+      - { port: 31080, protocol: HTTP, default_action: { forward: inner } }
+      - { port: 31081, protocol: HTTP, default_action: { forward: app } }
+target_groups:
+  inner: { target_type: ip, port: 31081, targets: [{ ip: 127.0.0.1 }] }
+  app: { target_type: ip, port: 9000, targets: [{ ip: 127.0.0.2 }] }
+";
+    check(source, &[]);
+    check(
+        &source.replace("forward: app", "forward: inner"),
+        &["lbctl.yaml:5:5: load_balancers.front: forwarding loop: load_balancers.front (port 31081) -> target_groups.inner -> load_balancers.front (port 31081)"],
+    );
 }

@@ -472,9 +472,9 @@ impl Checker<'_> {
                     let message = "fixed_response status_code must be 2XX, 4XX or 5XX";
                     self.error(&format!("{path}.fixed_response.status_code"), message);
                 }
-                if let Some(body) = fixed.body.as_deref().filter(|it| it.len() > 1024) {
-                    let message =
-                        format!("body is {} bytes; a fixed response's is at most 1024, as on AWS", body.len());
+                if let Some(body) = fixed.body.as_deref().filter(|it| it.chars().count() > 1024) {
+                    let count = body.chars().count();
+                    let message = format!("body is {count} characters; a fixed response's is at most 1024, as on AWS");
                     self.error(&format!("{path}.fixed_response.body"), message);
                 }
                 if let Some(kind) = fixed.content_type.as_deref().filter(|it| !FIXED_CONTENT_TYPES.contains(it)) {
@@ -886,15 +886,15 @@ impl Checker<'_> {
             while let Some(start) = rest.find('{') {
                 let Some(end) = rest[start..].find('}') else { break };
                 let name = &rest[start + 1..start + end];
-                let known = ["ip", "port", "instance_id"].contains(&name);
-                // `${name}` is a shell's, not a placeholder.
+                // A near miss of a placeholder (`{ipp}`) is a mistake; other
+                // braces are the command's own (`awk '{print}'`, `${HOME}`),
+                // left as they are, as the supervisor leaves them.
+                let known = ["ip", "port", "instance_id"];
                 let shell = rest[..start].ends_with('$');
-                let looks_like =
-                    !shell && !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-                if placeholders && looks_like && !known {
+                let near = crate::suggestion(name, known).filter(|_| !known.contains(&name) && !shell);
+                if let (true, Some(meant)) = (placeholders, near) {
                     let message = format!(
-                        "`{{{name}}}` is not a placeholder: {{ip}}, {{port}} or {{instance_id}}{}",
-                        crate::did_you_mean(name, ["ip", "port", "instance_id"].into_iter())
+                        "`{{{name}}}` is not a placeholder ({{ip}}, {{port}} or {{instance_id}}); did you mean `{{{meant}}}`?"
                     );
                     self.error(&path, message);
                 }
@@ -912,56 +912,44 @@ impl Checker<'_> {
         }
     }
 
-    /// Load balancer -> target group (forward) -> load balancer (alb target) loops.
+    /// Load balancer -> target group (forward) -> load balancer (alb
+    /// target) reference cycles, then forwarding loops: listener -> group
+    /// -> listener, where a group's target is a listener of the stack (an
+    /// alb target, or an ip target at a listener's address and port).
     fn cycles(&mut self) {
         let file = self.file;
         let spec = &file.spec;
         for (lb_name, lb) in &spec.load_balancers {
-            // Depth-first walk from each load balancer over lb -> tg -> lb edges.
             let mut path = vec![format!("load_balancers.{lb_name}")];
-            if let Some(cycle) = find_cycle(spec, lb, &mut path) {
+            if let Some(cycle) = find_reference_cycle(spec, lb, &mut path) {
                 let message = format!("reference cycle: {}", cycle.join(" -> "));
                 self.error(&format!("load_balancers.{lb_name}"), message);
                 return;
             }
         }
-    }
-}
-
-/// The load balancers of `spec` a target group's targets are: alb targets,
-/// and ip targets at the address and port a load balancer listens on
-/// (application ones on 127.0.0.1, network ones on their `static_ip`).
-fn reached_load_balancers(spec: &Spec, group: &TargetGroup) -> Vec<String> {
-    let mut reached = Vec::new();
-    for target in &group.targets {
-        if let Some(name) = &target.load_balancer {
-            reached.push(name.clone());
-        }
-        let (Some(ip), Some(port)) = (target.ip.as_deref(), target.port.or(group.port)) else { continue };
-        for (name, lb) in &spec.load_balancers {
-            let address = match lb.kind {
-                LoadBalancerType::Application => Some("127.0.0.1"),
-                LoadBalancerType::Network => lb.static_ip.as_deref(),
-            };
-            let udp = group.protocol == Some(TargetProtocol::Udp);
-            let listens =
-                lb.listeners.iter().any(|it| it.port == port && (it.protocol == ListenerProtocol::Udp) == udp);
-            if address == Some(ip) && listens && !reached.contains(name) {
-                reached.push(name.clone());
+        for (lb_name, lb) in &spec.load_balancers {
+            for listener in &lb.listeners {
+                let start = (lb_name.clone(), listener.port);
+                let mut path = vec![format!("load_balancers.{lb_name} (port {})", listener.port)];
+                if let Some(cycle) = find_loop(spec, &start, &start, &mut path, &mut BTreeSet::new()) {
+                    let message = format!("forwarding loop: {}", cycle.join(" -> "));
+                    self.error(&format!("load_balancers.{lb_name}"), message);
+                    return;
+                }
             }
         }
     }
-    reached
 }
 
-/// Walks lb -> tg -> lb edges depth-first; `path` holds the resource paths
-/// walked so far, starting with a load balancer.
-fn find_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<Vec<String>> {
+/// Walks lb -> tg -> lb edges (alb targets: references) depth-first;
+/// `path` holds the resource paths walked so far, starting with a load
+/// balancer.
+fn find_reference_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<Vec<String>> {
     for group_name in spec.load_balancer_target_groups(lb) {
         let Some(group) = spec.target_groups.get(&group_name) else {
             continue;
         };
-        for next in &reached_load_balancers(spec, group) {
+        for next in group.targets.iter().filter_map(|it| it.load_balancer.as_ref()) {
             let next_path = format!("load_balancers.{next}");
             path.push(format!("target_groups.{group_name}"));
             if path[0] == next_path {
@@ -972,7 +960,7 @@ fn find_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<
             if !path.contains(&next_path) {
                 if let Some(next_lb) = spec.load_balancers.get(next) {
                     path.push(next_path);
-                    if let Some(cycle) = find_cycle(spec, next_lb, path) {
+                    if let Some(cycle) = find_reference_cycle(spec, next_lb, path) {
                         return Some(cycle);
                     }
                     path.pop();
@@ -980,6 +968,80 @@ fn find_cycle(spec: &Spec, lb: &LoadBalancer, path: &mut Vec<String>) -> Option<
             }
             path.pop();
         }
+    }
+    None
+}
+
+/// A listener of the stack: its load balancer's name and its port.
+type ListenerAt = (String, u16);
+
+/// The listeners of `spec` a target group's targets are: alb targets (the
+/// group's port is a listener's, as on AWS), and ip targets at the address
+/// and port a load balancer listens on (application ones on 127.0.0.1,
+/// network ones on their `static_ip`).
+fn reached_listeners(spec: &Spec, group: &TargetGroup) -> Vec<ListenerAt> {
+    let mut reached = Vec::new();
+    for target in &group.targets {
+        let Some(port) = target.port.or(group.port) else { continue };
+        if let Some(name) = &target.load_balancer {
+            reached.push((name.clone(), port));
+        }
+        let Some(ip) = target.ip.as_deref() else { continue };
+        for (name, lb) in &spec.load_balancers {
+            let address = match lb.kind {
+                LoadBalancerType::Application => Some("127.0.0.1"),
+                LoadBalancerType::Network => lb.static_ip.as_deref(),
+            };
+            let udp = group.protocol == Some(TargetProtocol::Udp);
+            let listens =
+                lb.listeners.iter().any(|it| it.port == port && (it.protocol == ListenerProtocol::Udp) == udp);
+            if address == Some(ip) && listens {
+                reached.push((name.clone(), port));
+            }
+        }
+    }
+    reached
+}
+
+/// The target groups the listeners of `at` forward to.
+fn forwarded_from(spec: &Spec, (lb, port): &ListenerAt) -> Vec<String> {
+    let Some(lb) = spec.load_balancers.get(lb) else { return Vec::new() };
+    let mut groups = Vec::new();
+    for listener in lb.listeners.iter().filter(|it| it.port == *port) {
+        let actions = std::iter::once(&listener.default_action).chain(listener.rules.iter().map(|it| &it.action));
+        for forward in actions.filter_map(|it| it.forward.as_ref()) {
+            groups.extend(forward.target_groups().into_iter().map(str::to_string));
+        }
+    }
+    groups
+}
+
+/// Walks listener -> group -> listener edges depth-first from `at`,
+/// looking for `start` again; `path` holds the resource paths walked so
+/// far, `seen` the listeners.
+fn find_loop(
+    spec: &Spec,
+    start: &ListenerAt,
+    at: &ListenerAt,
+    path: &mut Vec<String>,
+    seen: &mut BTreeSet<ListenerAt>,
+) -> Option<Vec<String>> {
+    for group_name in forwarded_from(spec, at) {
+        let Some(group) = spec.target_groups.get(&group_name) else { continue };
+        path.push(format!("target_groups.{group_name}"));
+        for next in reached_listeners(spec, group) {
+            path.push(format!("load_balancers.{} (port {})", next.0, next.1));
+            if next == *start {
+                return Some(path.clone());
+            }
+            if seen.insert(next.clone()) {
+                if let Some(cycle) = find_loop(spec, start, &next, path, seen) {
+                    return Some(cycle);
+                }
+            }
+            path.pop();
+        }
+        path.pop();
     }
     None
 }

@@ -187,6 +187,9 @@ pub struct Activity {
     head_since_ms: AtomicU64,
     /// The client speaks HTTP/2.
     http2: AtomicBool,
+    /// The connection switched protocols (a WebSocket): its bytes are no
+    /// longer HTTP, and `tunnel` times it.
+    upgraded: AtomicBool,
 }
 
 impl Activity {
@@ -199,6 +202,7 @@ impl Activity {
             last_end_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
         })
     }
 
@@ -221,6 +225,11 @@ impl Activity {
     /// The head being read is complete.
     pub fn head_ended(&self) {
         self.head_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the connection switched protocols.
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
     }
 
     /// The client sent HTTP/2's preface.
@@ -259,6 +268,15 @@ impl Activity {
 
 /// One request of a connection; its end is recorded when dropped.
 pub struct RequestGuard(Arc<Activity>);
+
+impl RequestGuard {
+    /// The request's answer switches the connection's protocol (101): from
+    /// now on its bytes are not requests.
+    pub fn switched_protocols(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+        self.0.head_ended();
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
@@ -312,7 +330,9 @@ pub async fn watch<C: Future>(
                 return Poll::Ready(());
             }
             let now = Instant::now();
-            if activity.late_head().is_some_and(|due| due <= now) {
+            // Late with nothing in flight: dropped; an answer being sent
+            // still gets its graceful close below.
+            if activity.late_head().is_some_and(|due| due <= now) && activity.in_flight.load(Ordering::Relaxed) == 0 {
                 return Poll::Ready(());
             }
             match activity.deadline(idle_timeout) {

@@ -479,13 +479,27 @@ pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
             hosts += 1;
             // HTTP/2: a Host that names another than `:authority` is
             // malformed (RFC 9113 §8.3.1).
-            let other =
-                uri.authority().is_some_and(|it| !it.as_str().as_bytes().eq_ignore_ascii_case(value.as_bytes()));
+            let other = uri.authority().is_some_and(|it| !same_entity(it.as_str().as_bytes(), value.as_bytes()));
             bad_host |= !valid_host(value.as_bytes()) || request.version() == Version::HTTP_2 && other;
         }
     }
     let one_needed = request.version() == Version::HTTP_11 && hosts != 1;
     (bad_host || one_needed || hosts > 1).then_some(StatusCode::BAD_REQUEST)
+}
+
+/// Whether two `host[:port]` values name the same entity: the same host,
+/// whatever its case, and the same port where both give one (a port left
+/// out is the scheme's default).
+fn same_entity(a: &[u8], b: &[u8]) -> bool {
+    let split = |value: &[u8]| -> (Vec<u8>, Option<Vec<u8>>) {
+        let colon = value.iter().rposition(|it| *it == b':').filter(|at| !value[*at..].contains(&b']'));
+        match colon {
+            Some(at) => (value[..at].to_ascii_lowercase(), Some(value[at + 1..].to_vec())),
+            None => (value.to_ascii_lowercase(), None),
+        }
+    };
+    let ((host_a, port_a), (host_b, port_b)) = (split(a), split(b));
+    host_a == host_b && (port_a.is_none() || port_b.is_none() || port_a == port_b)
 }
 
 /// Whether a Host value is `host[:port]` as RFC 9112 §3.2 has it (RFC 3986's
@@ -678,7 +692,7 @@ async fn route(
     let mut in_flight = InFlight::start_request(backend, trace.health_check);
     if tunnel::asks(&request) && !transport.http2 && in_flight.function.is_none() {
         let forwarding = Forwarding { client_ip, protocol, port: forwarded_port, trace_id };
-        let sending = Sending { group: &group, in_flight, transport, idle_timeout, peer };
+        let sending = Sending { group: &group, in_flight, transport, idle_timeout, peer, sticky_cookie };
         return Box::pin(upgrade(frontend, request, sending, forwarding, trace)).await;
     }
 
@@ -798,6 +812,8 @@ struct Sending<'a> {
     transport: upstream::Transport,
     idle_timeout: Duration,
     peer: SocketAddr,
+    /// The stickiness cookie for the answer, when the group sets one.
+    sticky_cookie: Option<HeaderValue>,
 }
 
 /// A request to switch protocols (WebSocket): sent with its `Upgrade` on a
@@ -810,7 +826,7 @@ async fn upgrade(
     forwarding: Forwarding,
     trace: &mut Trace,
 ) -> Response<ProxyBody> {
-    let Sending { group, in_flight, transport, idle_timeout, peer } = sending;
+    let Sending { group, in_flight, transport, idle_timeout, peer, sticky_cookie } = sending;
     let client = hyper::upgrade::on(&mut request);
     let (mut parts, body) = request.into_parts();
     let asked = parts.headers.get(hyper::header::UPGRADE).cloned();
@@ -839,15 +855,17 @@ async fn upgrade(
     };
     trace.answered(group, Some(response.status().as_u16()));
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        tunnel::spawn(client, hyper::upgrade::on(&mut response), idle_timeout);
+        let upgraded = hyper::upgrade::on(&mut response);
         // The target's head as it is, its `Upgrade` and `Connection` with it.
-        return Response::from_parts(response.into_parts().0, ProxyBody::empty());
+        let answer = Response::from_parts(response.into_parts().0, ProxyBody::empty());
+        tunnel::spawn(client, upgraded, idle_timeout, in_flight);
+        return with_sticky_cookie(answer, sticky_cookie);
     }
     forwarding::remove_hop_by_hop(response.headers_mut());
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     let body = TargetBody::Hyper { body, connection: None };
-    Response::from_parts(parts, ProxyBody::upstream(body, in_flight, None))
+    with_sticky_cookie(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, None)), sticky_cookie)
 }
 
 /// A second attempt goes to `other`: the log line names it, and a
@@ -1071,6 +1089,12 @@ mod tests {
         let h2 = Version::HTTP_2;
         assert_eq!(refusal(&request(h2, "http://shop.example/", &[])), None);
         assert_eq!(refusal(&request(h2, "http://shop.example/", &["SHOP.example"])), None);
+        assert_eq!(refusal(&request(h2, "https://shop.example/", &["shop.example:443"])), None);
+        assert_eq!(refusal(&request(h2, "http://[::1]:8080/", &["[::1]:8080"])), None);
+        assert_eq!(
+            refusal(&request(h2, "http://shop.example:8080/", &["shop.example:8081"])),
+            Some(StatusCode::BAD_REQUEST)
+        );
         // HTTP/2: a Host naming another than `:authority`, or two, are malformed (RFC 9113 §8.3.1).
         assert_eq!(
             refusal(&request(h2, "http://shop.example/", &["elsewhere.example"])),

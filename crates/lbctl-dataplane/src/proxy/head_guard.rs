@@ -115,6 +115,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
         if this.scanner.state == State::Off || buf.filled().len() == before {
             return Poll::Ready(Ok(()));
         }
+        // A switched protocol's bytes (a WebSocket's) are not requests.
+        if this.activity.is_upgraded() {
+            this.scanner.state = State::Off;
+            this.head_started = None;
+            return Poll::Ready(Ok(()));
+        }
         if this.head_started.is_some_and(|it| it.elapsed() >= this.header_read_timeout) {
             this.scanner.state = State::Off;
             let limit = lbctl_spec::Duration(this.header_read_timeout);

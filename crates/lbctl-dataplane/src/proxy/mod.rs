@@ -836,6 +836,9 @@ fn hyper_service(
                 return Ok(forward::refused_request(&frontend, &request, &connection, status));
             }
             let mut response = Box::pin(forward::handle(&frontend, request, peer, &connection)).await;
+            if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                request_guard.switched_protocols();
+            }
             drop(request_guard);
             // hyper's server writes the header map only.
             if let Some(fields) = response.body_mut().take_fields() {

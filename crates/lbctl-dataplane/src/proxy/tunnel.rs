@@ -5,8 +5,8 @@
 //! then bytes move both ways (`relay`) until either side closes or none
 //! moves for the load balancer's idle timeout.
 //!
-//! Knows requests and upgraded connections only; choosing the target and
-//! logging the request are `forward`'s.
+//! Knows requests, upgraded connections and the target they count
+//! against; choosing the target and logging the request are `forward`'s.
 
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use hyper::{HeaderMap, Request, Version};
 use hyper_util::rt::TokioIo;
 
 use super::relay::{self, CopyPump};
+use super::selection::InFlight;
 
 /// Whether `request` asks to switch protocols: HTTP/1.1 with `Upgrade`.
 /// Requests read by `h1_server` never do (it hands them to hyper's
@@ -36,13 +37,18 @@ pub(super) fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
 
 /// Once both connections are upgraded (the client's when hyper's server has
 /// sent it the 101), moves bytes between them on a task of its own until
-/// either closes or none moves for `idle`.
-pub(super) fn spawn(client: OnUpgrade, target: OnUpgrade, idle: Duration) {
+/// either closes, none moves for `idle`, or the target is deregistered
+/// (drained, as a network load balancer's flows are). The tunnel counts as
+/// a request in flight to its target while it lasts (`in_flight`), for
+/// draining and `least_outstanding_requests` alike.
+pub(super) fn spawn(client: OnUpgrade, target: OnUpgrade, idle: Duration, in_flight: InFlight) {
     tokio::spawn(async move {
         let (Ok(client), Ok(target)) = tokio::join!(client, target) else { return };
         let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
         let (target_read, target_write) = tokio::io::split(TokioIo::new(target));
         let (mut up, mut down) = (CopyPump::new(client_read, target_write), CopyPump::new(target_read, client_write));
-        relay::relay(&mut up, &mut down, idle, std::future::pending()).await;
+        let backend = in_flight.backend();
+        relay::relay(&mut up, &mut down, idle, backend.retired()).await;
+        drop(in_flight);
     });
 }

@@ -122,7 +122,10 @@ impl UpstreamError {
     pub fn is_client_body(&self) -> bool {
         let mut cause: Option<&(dyn StdError + 'static)> = Some(self.source.as_ref());
         while let Some(err) = cause {
-            if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
+            // A body error of hyper's client has the body's own error as
+            // its cause: here the client connection's (hyper's server's).
+            let body = err.downcast_ref::<hyper::Error>().filter(|it| it.is_user());
+            if body.and_then(StdError::source).is_some_and(|it| it.is::<hyper::Error>()) {
                 return true;
             }
             cause = err.source();
