@@ -206,4 +206,11 @@ fn a_crash_loop_fails_apply_fast_and_shows_in_status() {
     let status = stack.lbctl(&["status"]).expect_code(0).stdout;
     assert!(status.contains("CRASH-LOOPING"), "{status}");
     assert!(status.contains("its last log line: cannot open config.yaml"), "{status}");
+    // The template fixed, the next apply succeeds: the old template's
+    // crashes do not count against the new one.
+    stack.edit(
+        "command: [sh, -c, \"echo starting; echo cannot open config.yaml >&2; exit 3\"]",
+        "command: [\"lbctl\", \"worker\", \"--listen\", \"{ip}:{port}\"]",
+    );
+    stack.apply();
 }

@@ -442,6 +442,12 @@ impl Supervisor {
                 let previous_template = self.config.settings.launch_template.clone();
                 let previous_digest =
                     std::mem::replace(&mut self.template_digest, template_digest(&config.settings.launch_template));
+                // A new launch template starts with a clean record: the
+                // old one's crashes are not the new one's.
+                if previous_digest != self.template_digest {
+                    self.crash_loop = None;
+                    self.launch_failures = 0;
+                }
                 self.config = config;
                 self.config_digest = digest;
                 self.bad_digest = None;
