@@ -428,3 +428,39 @@ target_groups:
     stack.lbctl(&["apply", "--auto-approve"]).expect_code(1);
     assert!(!stack.dir.path().join(".lbctl/run/lb").exists(), "nothing was started");
 }
+
+/// Sizes no machine runs locally are refused before anything starts:
+/// instances are processes and worker threads threads of one.
+#[test]
+fn sizes_past_what_a_machine_runs_are_refused_locally() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "version: 1
+name: huge
+load_balancers:
+  a:
+    type: application
+    worker_threads: 100000000
+    listeners: [{{ port: {port}, protocol: HTTP, default_action: {{ forward: web }} }}]
+target_groups:
+  web: {{ port: 8080 }}
+autoscaling_groups:
+  web: {{ min_size: 1, max_size: 4294967295, desired_capacity: 100000000, target_groups: [web], launch_template: {{ command: [lbctl, worker] }} }}
+"
+    ));
+    for command in [&["validate"][..], &["apply", "--auto-approve"]] {
+        let run = stack.lbctl(command).expect_code(1);
+        assert!(
+            run.stderr
+                .contains("lbctl.yaml:6:21: load_balancers.a.worker_threads: worker_threads must be at most 1024"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("lbctl.yaml:11:33: autoscaling_groups.web.max_size: max_size must be at most 1000"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(!stack.dir.path().join(".lbctl/run").exists(), "nothing was started");
+}

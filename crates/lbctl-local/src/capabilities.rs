@@ -6,10 +6,10 @@
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
 use lbctl_plan::{Finding, Kind, Resource, Severity};
-use lbctl_spec::settings::TargetGroup;
+use lbctl_spec::settings::{AutoscalingGroup, TargetGroup};
 use lbctl_spec::{ListenerProtocol, LoadBalancer, LoadBalancerType, TargetProtocol};
 
-use crate::provider::{lb_settings, settings, LocalProvider};
+use crate::provider::{lb_settings, settings, LocalProvider, ASG_DERIVED};
 
 fn not_done(path: String, message: &str) -> Finding {
     Finding { path, message: message.to_string(), severity: Severity::Unsupported }
@@ -29,12 +29,34 @@ pub(crate) fn check_spec(provider: &LocalProvider, desired: &[Resource]) -> Vec<
             Kind::LoadBalancer => {
                 let Ok(lb) = lb_settings(&resource.resolved) else { continue };
                 crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
+                if lb.worker_threads.is_some_and(|it| it > MAX_WORKER_THREADS) {
+                    let message = format!("worker_threads must be at most {MAX_WORKER_THREADS} here: they are threads of one process on this machine");
+                    found.push(Finding {
+                        path: format!("{base}.worker_threads"),
+                        message,
+                        severity: Severity::Invalid,
+                    });
+                }
             }
-            Kind::AutoscalingGroup | Kind::Function => {}
+            Kind::AutoscalingGroup => {
+                let Ok(group) = settings::<AutoscalingGroup>(&resource.resolved, ASG_DERIVED) else { continue };
+                if group.max_size > MAX_INSTANCES {
+                    let message = format!(
+                        "max_size must be at most {MAX_INSTANCES} here: each instance is a process on this machine"
+                    );
+                    found.push(Finding { path: format!("{base}.max_size"), message, severity: Severity::Invalid });
+                }
+            }
+            Kind::Function => {}
         }
     }
     found
 }
+
+/// The most instances a group may have locally: each is a process.
+const MAX_INSTANCES: u32 = 1000;
+/// The most threads a load balancer's proxy may have locally.
+const MAX_WORKER_THREADS: u32 = 1024;
 
 /// What stands in the way on this machine: static IPs and ports taken by
 /// others, instances named by id that are not there.
