@@ -13,6 +13,7 @@
 //! same headers. When the group has stickiness on, the response carries the
 //! `AWSALB` cookie naming the target that answered (`selection`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -506,27 +507,70 @@ fn same_entity(a: &[u8], b: &[u8]) -> bool {
 /// reg-name, IPv4 address or `[IP-literal]`, and digits for the port): a
 /// request with any other is malformed (400), never routed nor sent on.
 pub(super) fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = match value.first() {
-        Some(b'[') => match value.iter().position(|it| *it == b']') {
-            Some(end) => {
-                let literal = &value[1..end];
-                let fits = !literal.is_empty() && literal.iter().all(|it| it.is_ascii_hexdigit() || b":.".contains(it));
-                if !fits {
-                    return false;
-                }
-                (&value[..0], &value[end + 1..])
-            }
-            None => return false,
-        },
-        _ => match value.iter().rposition(|it| *it == b':') {
-            Some(at) => value.split_at(at),
-            None => (value, &value[value.len()..]),
-        },
+    let port = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|it| *it == b']') else { return false };
+        let literal = &value[1..end];
+        if literal.is_empty() || !literal.iter().all(|it| it.is_ascii_hexdigit() || matches!(it, b':' | b'.')) {
+            return false;
+        }
+        &value[end + 1..]
+    } else {
+        // One pass, without branches per byte (every request's Host comes
+        // here): host bytes and colons only, at most one colon, before the port.
+        let (mut bad, mut colons, mut last_colon) = (false, 0usize, value.len());
+        for (at, byte) in value.iter().enumerate() {
+            let class = HOST_BYTES[usize::from(*byte)];
+            bad |= class == 0;
+            let colon = usize::from(class == 2);
+            colons += colon;
+            last_colon = if colon == 1 { at } else { last_colon };
+        }
+        if bad || colons > 1 {
+            return false;
+        }
+        &value[last_colon..]
     };
-    let name = |it: &u8| it.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(it);
-    let port_fits = port.is_empty() || port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit);
-    host.iter().all(name) && port_fits
+    port.is_empty() || port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit)
 }
+
+/// The bytes of a Host value outside brackets, by class: 1 for a byte of a
+/// reg-name or IPv4 address (RFC 3986), 2 for the colon before the port, 0
+/// for any other. A table, as every request's Host is checked.
+const HOST_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        let name = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        table[byte] = if b == b':' {
+            2
+        } else if name {
+            1
+        } else {
+            0
+        };
+        byte += 1;
+    }
+    table
+};
 
 /// Answers `status`, counted and logged with its request line, a request
 /// that hyper's server let through and `refusal` refuses; the connection
@@ -693,7 +737,7 @@ async fn route(
     if tunnel::asks(&request) && !transport.http2 && in_flight.function.is_none() {
         let forwarding = Forwarding { client_ip, protocol, port: forwarded_port, trace_id };
         let sending = Sending { group: &group, in_flight, transport, idle_timeout, peer, sticky_cookie };
-        return Box::pin(upgrade(frontend, request, sending, forwarding, trace)).await;
+        return upgrade_boxed(frontend, request, sending, forwarding, trace).await;
     }
 
     let (mut parts, body) = request.into_parts();
@@ -767,27 +811,38 @@ async fn route(
         answer
     };
     let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
-    match answer {
-        Err(_) => {
+    let exchange = match answer {
+        Ok(Ok(exchange)) => exchange,
+        Ok(Err(err)) => return unanswered(failure(), Some(err), idle_timeout),
+        Err(_) => return unanswered(failure(), None, idle_timeout),
+    };
+    trace.answered(&group, Some(exchange.response.status().as_u16()));
+    let (mut parts, body) = exchange.response.into_parts();
+    // The target's HTTP version is its connection's, not the
+    // client's: both servers answer an HTTP/1.1 client in HTTP/1.1
+    // (hyper's answers an HTTP/1.0 client in HTTP/1.0 whatever this says).
+    parts.version = Version::HTTP_11;
+    let body = ProxyBody::upstream(body, in_flight, exchange.fields);
+    with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
+}
+
+/// The answer to a request its target did not answer: 504 when it was
+/// silent for the idle timeout (`error` is `None`), 400 when the client's
+/// body broke off or was malformed (its fault, not the target's), else
+/// 502. Out of line: the common path stays small.
+#[cold]
+#[inline(never)]
+fn unanswered(failure: Failure, error: Option<upstream::UpstreamError>, idle_timeout: Duration) -> Response<ProxyBody> {
+    match error {
+        None => {
             let why =
                 format!("the target did not answer within the idle timeout ({})", lbctl_spec::Duration(idle_timeout));
-            failure().answer(StatusCode::GATEWAY_TIMEOUT, &why)
+            failure.answer(StatusCode::GATEWAY_TIMEOUT, &why)
         }
-        // The client's body broke off or was malformed: its fault, not the target's.
-        Ok(Err(err)) if err.is_client_body() => {
-            failure().answer(StatusCode::BAD_REQUEST, &format!("the client's request body failed: {err}"))
+        Some(err) if err.is_client_body() => {
+            failure.answer(StatusCode::BAD_REQUEST, &format!("the client's request body failed: {err}"))
         }
-        Ok(Err(err)) => failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
-        Ok(Ok(exchange)) => {
-            trace.answered(&group, Some(exchange.response.status().as_u16()));
-            let (mut parts, body) = exchange.response.into_parts();
-            // The target's HTTP version is its connection's, not the
-            // client's: both servers answer an HTTP/1.1 client in HTTP/1.1
-            // (hyper's answers an HTTP/1.0 client in HTTP/1.0 whatever this says).
-            parts.version = Version::HTTP_11;
-            let body = ProxyBody::upstream(body, in_flight, exchange.fields);
-            with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
-        }
+        Some(err) => failure.answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
     }
 }
 
@@ -814,6 +869,19 @@ struct Sending<'a> {
     peer: SocketAddr,
     /// The stickiness cookie for the answer, when the group sets one.
     sticky_cookie: Option<HeaderValue>,
+}
+
+/// `upgrade`'s future, made out of line: the rare path adds nothing to the
+/// size or the code of the common one's.
+#[inline(never)]
+fn upgrade_boxed<'a>(
+    frontend: &'a Frontend,
+    request: Request<UpstreamBody>,
+    sending: Sending<'a>,
+    forwarding: Forwarding,
+    trace: &'a mut Trace,
+) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
+    Box::pin(upgrade(frontend, request, sending, forwarding, trace))
 }
 
 /// A request to switch protocols (WebSocket): sent with its `Upgrade` on a
@@ -845,13 +913,9 @@ async fn upgrade(
     let answer = tokio::time::timeout(idle_timeout, sent).await;
     let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
     let mut response = match answer {
-        Err(_) => {
-            let why =
-                format!("the target did not answer within the idle timeout ({})", lbctl_spec::Duration(idle_timeout));
-            return failure().answer(StatusCode::GATEWAY_TIMEOUT, &why);
-        }
-        Ok(Err(err)) => return failure().answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
         Ok(Ok(response)) => response,
+        Ok(Err(err)) => return unanswered(failure(), Some(err), idle_timeout),
+        Err(_) => return unanswered(failure(), None, idle_timeout),
     };
     trace.answered(group, Some(response.status().as_u16()));
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
