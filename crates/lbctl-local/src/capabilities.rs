@@ -15,6 +15,11 @@ fn not_done(path: String, message: &str) -> Finding {
     Finding { path, message: message.to_string(), severity: Severity::Unsupported }
 }
 
+/// What cannot be applied here: an error at `path`.
+fn invalid(path: String, message: String) -> Finding {
+    Finding { path, message, severity: Severity::Invalid }
+}
+
 /// What the spec asks that the local provider does not do, and certificate
 /// files that cannot serve: from the spec and the files it names alone.
 pub(crate) fn check_spec(provider: &LocalProvider, desired: &[Resource]) -> Vec<Finding> {
@@ -31,11 +36,7 @@ pub(crate) fn check_spec(provider: &LocalProvider, desired: &[Resource]) -> Vec<
                 crate::certificates::check_files(&base, provider.working_dir(), &lb, &mut found);
                 if lb.worker_threads.is_some_and(|it| it > MAX_WORKER_THREADS) {
                     let message = format!("worker_threads must be at most {MAX_WORKER_THREADS} here: they are threads of one process on this machine");
-                    found.push(Finding {
-                        path: format!("{base}.worker_threads"),
-                        message,
-                        severity: Severity::Invalid,
-                    });
+                    found.push(invalid(format!("{base}.worker_threads"), message));
                 }
             }
             Kind::AutoscalingGroup => {
@@ -44,7 +45,7 @@ pub(crate) fn check_spec(provider: &LocalProvider, desired: &[Resource]) -> Vec<
                     let message = format!(
                         "max_size must be at most {MAX_INSTANCES} here: each instance is a process on this machine"
                     );
-                    found.push(Finding { path: format!("{base}.max_size"), message, severity: Severity::Invalid });
+                    found.push(invalid(format!("{base}.max_size"), message));
                 }
             }
             Kind::Function => {}
@@ -91,11 +92,10 @@ fn instances_live(provider: &LocalProvider, desired: &[Resource], found: &mut Ve
             }
             let listed: Vec<String> = live.iter().map(|(id, group)| format!("{id} ({group})")).collect();
             let listed = if listed.is_empty() { "none".to_string() } else { listed.join(", ") };
-            found.push(Finding {
-                path: format!("{}.targets[{idx}].id", resource.address.spec_path()),
-                message: format!("`{id}` is not a live instance of this stack (live: {listed})"),
-                severity: Severity::Invalid,
-            });
+            found.push(invalid(
+                format!("{}.targets[{idx}].id", resource.address.spec_path()),
+                format!("`{id}` is not a live instance of this stack (live: {listed})"),
+            ));
         }
     }
 }
@@ -127,17 +127,17 @@ fn static_ip_free(
     }
     let whose =
         if same_stack { "this stack".to_string() } else { format!("the stack in {}", owner.state_dir.display()) };
-    found.push(Finding {
-        path: format!("{base}.static_ip"),
-        message: format!("static_ip {ip} is held by load balancer `{}` of {whose}", owner.load_balancer),
-        severity: Severity::Invalid,
-    });
+    found.push(invalid(
+        format!("{base}.static_ip"),
+        format!("static_ip {ip} is held by load balancer `{}` of {whose}", owner.load_balancer),
+    ));
     Ok(())
 }
 
 /// Every listener port must be free on the machine, at the load balancer's
-/// address (127.0.0.1, or a network load balancer's static IP), unless this
-/// stack's own running proxy already holds it (`held_by_stack`).
+/// address (127.0.0.1, or a network load balancer's static IP; for one yet
+/// to be allocated, not held on every address), unless this stack's own
+/// running proxy already holds it (`held_by_stack`).
 fn ports_free(
     provider: &LocalProvider,
     resource: &Resource,
@@ -146,48 +146,38 @@ fn ports_free(
     found: &mut Vec<Finding>,
 ) -> anyhow::Result<()> {
     let ip = match lb.kind {
-        LoadBalancerType::Application => Ipv4Addr::LOCALHOST,
-        LoadBalancerType::Network => match provider.known_static_ip(&resource.address.name, lb)? {
-            Some(ip) => ip,
-            // A newly allocated address has nothing bound to it yet; a
-            // socket bound to every address (0.0.0.0) takes its ports too.
-            None => {
-                for (idx, listener) in lb.listeners.iter().enumerate() {
-                    let udp = listener.protocol == ListenerProtocol::Udp;
-                    if let Some(holder) = crate::holders::holder_of(Ipv4Addr::UNSPECIFIED, listener.port, udp) {
-                        found.push(Finding {
-                            path: format!("{}.listeners[{idx}].port", resource.address.spec_path()),
-                            message: format!(
-                                "port {} is taken on every address of this machine (0.0.0.0): it is held by {holder}",
-                                listener.port
-                            ),
-                            severity: Severity::Invalid,
-                        });
-                    }
-                }
-                return Ok(());
-            }
-        },
+        LoadBalancerType::Application => Some(Ipv4Addr::LOCALHOST),
+        LoadBalancerType::Network => provider.known_static_ip(&resource.address.name, lb)?,
     };
     for (idx, listener) in lb.listeners.iter().enumerate() {
         if held_by_stack.contains(&listener.port) {
             continue;
         }
-        let bound = if listener.protocol == ListenerProtocol::Udp {
+        let udp = listener.protocol == ListenerProtocol::Udp;
+        let path = format!("{}.listeners[{idx}].port", resource.address.spec_path());
+        let Some(ip) = ip else {
+            // A newly allocated address has nothing bound to it yet; a
+            // socket bound to every address (0.0.0.0) takes its ports too.
+            if let Some(holder) = crate::holders::holder_of(Ipv4Addr::UNSPECIFIED, listener.port, udp) {
+                let message = format!(
+                    "port {} is taken on every address of this machine (0.0.0.0): it is held by {holder}",
+                    listener.port
+                );
+                found.push(invalid(path, message));
+            }
+            continue;
+        };
+        let bound = if udp {
             UdpSocket::bind((ip, listener.port)).map(drop)
         } else {
             TcpListener::bind((ip, listener.port)).map(drop)
         };
         if let Err(err) = bound {
-            let udp = listener.protocol == ListenerProtocol::Udp;
             let holder = crate::holders::holder_of(ip, listener.port, udp)
                 .map(|it| format!(": it is held by {it}"))
                 .unwrap_or_else(|| format!(" ({err})"));
-            found.push(Finding {
-                path: format!("{}.listeners[{idx}].port", resource.address.spec_path()),
-                message: format!("port {} on {ip} is already in use on this machine{holder}", listener.port),
-                severity: Severity::Invalid,
-            });
+            let message = format!("port {} on {ip} is already in use on this machine{holder}", listener.port);
+            found.push(invalid(path, message));
         }
     }
     Ok(())

@@ -213,15 +213,8 @@ impl Spec {
 
     /// Target group names a load balancer's listeners forward to.
     pub fn load_balancer_target_groups(&self, load_balancer: &LoadBalancer) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for listener in &load_balancer.listeners {
-            let actions = std::iter::once(&listener.default_action).chain(listener.rules.iter().map(|it| &it.action));
-            for action in actions {
-                if let Some(forward) = &action.forward {
-                    names.extend(forward.target_groups().into_iter().map(str::to_string));
-                }
-            }
-        }
+        let mut names: Vec<String> =
+            load_balancer.listeners.iter().flat_map(Listener::target_groups).map(str::to_string).collect();
         names.sort();
         names.dedup();
         names

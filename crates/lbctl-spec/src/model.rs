@@ -333,6 +333,14 @@ pub enum Forward {
     Weighted(Vec<WeightedTargetGroup>),
 }
 
+impl Listener {
+    /// The target groups its default action and rules forward to.
+    pub fn target_groups(&self) -> Vec<&str> {
+        let actions = std::iter::once(&self.default_action).chain(self.rules.iter().map(|it| &it.action));
+        actions.filter_map(|it| it.forward.as_ref()).flat_map(Forward::target_groups).collect()
+    }
+}
+
 impl Forward {
     /// The target group names this forward reaches.
     pub fn target_groups(&self) -> Vec<&str> {

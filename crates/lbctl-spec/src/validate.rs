@@ -357,18 +357,24 @@ impl Checker<'_> {
             .iter()
             .flat_map(|it| it.key.as_deref().into_iter().chain([it.value.as_str()]))
             .collect();
-        let lists: [(&str, Vec<&str>, bool); 6] = [
-            ("host_header", conditions.host_header.iter().map(String::as_str).collect(), true),
-            ("path_pattern", conditions.path_pattern.iter().map(String::as_str).collect(), true),
-            ("http_header.values", header_values.iter().map(String::as_str).collect(), true),
-            ("http_request_method", conditions.http_request_method.iter().map(String::as_str).collect(), false),
-            ("source_ip", conditions.source_ip.iter().map(String::as_str).collect(), false),
-            ("query_string", query_values, true),
+        // Each condition: its field, how many values it matches, and the
+        // patterns among them (a query string pair matches once, with a
+        // pattern for its key and one for its value).
+        fn strings(values: &[String]) -> Vec<&str> {
+            values.iter().map(String::as_str).collect()
+        }
+        let lists: [(&str, usize, Vec<&str>); 6] = [
+            ("host_header", conditions.host_header.len(), strings(&conditions.host_header)),
+            ("path_pattern", conditions.path_pattern.len(), strings(&conditions.path_pattern)),
+            ("http_header.values", header_values.len(), strings(header_values)),
+            ("http_request_method", conditions.http_request_method.len(), Vec::new()),
+            ("source_ip", conditions.source_ip.len(), Vec::new()),
+            ("query_string", conditions.query_string.len(), query_values),
         ];
         let mut evaluations = 0;
         let mut wildcards = 0;
-        for (field, values, patterns) in &lists {
-            let count = if *field == "query_string" { conditions.query_string.len() } else { values.len() };
+        for (field, count, patterns) in &lists {
+            let count = *count;
             let field_path = format!("{path}.{field}");
             if count == 0 && self.file.source_map().has(&field_path) && *field != "http_header.values" {
                 self.error(&field_path, format!("{field} needs at least one value"));
@@ -377,7 +383,7 @@ impl Checker<'_> {
                 self.error(&field_path, format!("{field} has {count} values; a condition takes at most 3, as on AWS"));
             }
             evaluations += count;
-            for value in values.iter().filter(|_| *patterns) {
+            for value in patterns {
                 wildcards += value.bytes().filter(|b| matches!(b, b'*' | b'?')).count();
                 let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
                 if value.is_empty() && *field != "query_string" || value.len() > 128 || !visible {
@@ -1006,14 +1012,7 @@ fn reached_listeners(spec: &Spec, group: &TargetGroup) -> Vec<ListenerAt> {
 /// The target groups the listeners of `at` forward to.
 fn forwarded_from(spec: &Spec, (lb, port): &ListenerAt) -> Vec<String> {
     let Some(lb) = spec.load_balancers.get(lb) else { return Vec::new() };
-    let mut groups = Vec::new();
-    for listener in lb.listeners.iter().filter(|it| it.port == *port) {
-        let actions = std::iter::once(&listener.default_action).chain(listener.rules.iter().map(|it| &it.action));
-        for forward in actions.filter_map(|it| it.forward.as_ref()) {
-            groups.extend(forward.target_groups().into_iter().map(str::to_string));
-        }
-    }
-    groups
+    lb.listeners.iter().filter(|it| it.port == *port).flat_map(Listener::target_groups).map(str::to_string).collect()
 }
 
 /// Walks listener -> group -> listener edges depth-first from `at`,

@@ -253,9 +253,7 @@ impl Activity {
         }
         Some(at(self.last_end_ms.load(Ordering::Relaxed), idle_timeout))
     }
-}
 
-impl Activity {
     /// When the head being read is due, if one is: a head late past it has
     /// no request to finish, so its connection is dropped then, not closed
     /// gracefully (which would wait `CLOSE_GRACE` more for a client that

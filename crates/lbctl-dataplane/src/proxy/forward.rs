@@ -317,7 +317,7 @@ impl RequestHead {
         // AWS's `protocol://host:port/uri`: the listener's port when the
         // client named none, the load balancer's name when it named no host.
         let host = host.or_else(|| request.uri().authority().map(|it| it.as_str().as_bytes())).unwrap_or(default_host);
-        let port: &[u8] = if has_port(host) { b"" } else { port };
+        let port: &[u8] = if split_port(host).1.is_some() { b"" } else { port };
         let colon: &[u8] = if port.is_empty() { b"" } else { b":" };
         let path = request.uri().path_and_query().map_or("/", PathAndQuery::as_str).as_bytes();
         let user_agent = user_agent.unwrap_or_default();
@@ -373,11 +373,14 @@ impl RequestHead {
     }
 }
 
-/// Whether a Host value (`name`, `name:port`, `[v6]`, `[v6]:port`) names
-/// a port.
-fn has_port(host: &[u8]) -> bool {
+/// A Host value (`name`, `name:port`, `[v6]`, `[v6]:port`) as its host and
+/// the port it names, if it names one.
+fn split_port(host: &[u8]) -> (&[u8], Option<&[u8]>) {
     // The last `:` or `]` tells, read from the end: a port is short.
-    host.iter().rev().find(|it| matches!(it, b':' | b']')) == Some(&b':')
+    match host.iter().rposition(|it| matches!(it, b':' | b']')) {
+        Some(at) if host[at] == b':' => (&host[..at], Some(&host[at + 1..])),
+        _ => (host, None),
+    }
 }
 
 /// An access-log line waiting for its response to be sent.
@@ -480,8 +483,8 @@ pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
             hosts += 1;
             // HTTP/2: a Host that names another than `:authority` is
             // malformed (RFC 9113 §8.3.1).
-            let other = uri.authority().is_some_and(|it| !same_entity(it.as_str().as_bytes(), value.as_bytes()));
-            bad_host |= !valid_host(value.as_bytes()) || request.version() == Version::HTTP_2 && other;
+            let other = || uri.authority().is_some_and(|it| !same_entity(it.as_str().as_bytes(), value.as_bytes()));
+            bad_host |= !valid_host(value.as_bytes()) || request.version() == Version::HTTP_2 && other();
         }
     }
     let one_needed = request.version() == Version::HTTP_11 && hosts != 1;
@@ -492,15 +495,8 @@ pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
 /// whatever its case, and the same port where both give one (a port left
 /// out is the scheme's default).
 fn same_entity(a: &[u8], b: &[u8]) -> bool {
-    let split = |value: &[u8]| -> (Vec<u8>, Option<Vec<u8>>) {
-        let colon = value.iter().rposition(|it| *it == b':').filter(|at| !value[*at..].contains(&b']'));
-        match colon {
-            Some(at) => (value[..at].to_ascii_lowercase(), Some(value[at + 1..].to_vec())),
-            None => (value.to_ascii_lowercase(), None),
-        }
-    };
-    let ((host_a, port_a), (host_b, port_b)) = (split(a), split(b));
-    host_a == host_b && (port_a.is_none() || port_b.is_none() || port_a == port_b)
+    let ((host_a, port_a), (host_b, port_b)) = (split_port(a), split_port(b));
+    host_a.eq_ignore_ascii_case(host_b) && (port_a.is_none() || port_b.is_none() || port_a == port_b)
 }
 
 /// Whether a Host value is `host[:port]` as RFC 9112 §3.2 has it (RFC 3986's

@@ -222,9 +222,7 @@ impl Upstream {
             }
         }
     }
-}
 
-impl Upstream {
     /// Sends a request to switch protocols (WebSocket) to a target over
     /// HTTP/1.1, on a connection of its own that the upgrade takes over
     /// (never one from a pool, nor given back to one).
