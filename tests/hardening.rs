@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
+/// Auto-scaling group `web`: one `lbctl worker` in target group `web`.
+const WEB_GROUP: &str = r#"autoscaling_groups:
+  web:
+    min_size: 1
+    max_size: 1
+    desired_capacity: 1
+    health_check_type: EC2
+    target_groups: [web]
+    launch_template:
+      command: ["lbctl", "worker", "--listen", "{ip}:{port}"]
+"#;
+
 fn spec(port: u16, brief_port: u16) -> String {
     format!(
         r#"version: 1
@@ -33,16 +45,7 @@ target_groups:
     port: 8080
     health_check: {{ path: /health, interval: 500ms, timeout: 400ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
     deregistration_delay: 1s
-autoscaling_groups:
-  web:
-    min_size: 1
-    max_size: 1
-    desired_capacity: 1
-    health_check_type: EC2
-    target_groups: [web]
-    launch_template:
-      command: ["lbctl", "worker", "--listen", "{{ip}}:{{port}}"]
-"#
+{WEB_GROUP}"#
     )
 }
 
@@ -381,4 +384,205 @@ target_groups:
     assert!(refused.contains("connecting to the target"), "{refused}");
     let empty = line("503 GET /empty from 127.0.0.1:");
     assert!(empty.ends_with("target group empty, target -: no registered target is routable"), "{empty}");
+}
+
+/// AWS's idle timeout is time without data: an upload that keeps sending
+/// for longer than it reaches its target and is answered; one that stops
+/// with more to come gets 408 once the idle timeout passes (the client's
+/// fault, not the target's 504), logged as such; a lambda target's client
+/// that stops is not waited for either.
+#[test]
+fn uploads_are_timed_by_silence_and_a_stalled_client_gets_408() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        r#"version: 1
+name: uploads
+load_balancers:
+  front:
+    type: application
+    idle_timeout: 2s
+    access_logs: true
+    listeners:
+      - port: {port}
+        protocol: HTTP
+        default_action: {{ forward: web }}
+        rules:
+          - {{ priority: 1, conditions: {{ path_pattern: ["/fn"] }}, action: {{ forward: fn }} }}
+target_groups:
+  web:
+    protocol: HTTP
+    port: 8080
+    health_check: {{ path: /health, interval: 500ms, timeout: 400ms, healthy_threshold: 2, unhealthy_threshold: 2 }}
+  fn:
+    target_type: lambda
+    targets: [{{ function: echo }}]
+functions:
+  echo:
+    command: ["cat"]
+{WEB_GROUP}"#
+    ));
+    stack.apply();
+    wait_for("a healthy target", Duration::from_secs(20), || {
+        curl(&format!("http://127.0.0.1:{port}/"), &[]).filter(|it| it.status == 200)
+    });
+    // Sends the head of a request with a `length`-byte body, then `sent`
+    // bytes of it `gap` apart; the status line and when it came.
+    let upload = |path: &str, length: usize, sent: usize, gap: Duration| {
+        let mut stream = connect(port);
+        let started = Instant::now();
+        write!(stream, "POST {path} HTTP/1.1\r\nHost: uploads\r\nContent-Length: {length}\r\n\r\n").unwrap();
+        for _ in 0..sent {
+            std::thread::sleep(gap);
+            stream.write_all(b"x").unwrap();
+        }
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|it| it == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        (status_line(&String::from_utf8_lossy(&answer)).to_string(), started.elapsed())
+    };
+    // Eight bytes 400 ms apart: 3.2 s of upload, no gap near the 2 s timeout.
+    let (status, took) = upload("/up", 8, 8, Duration::from_millis(400));
+    assert_eq!(status, "HTTP/1.1 200 OK", "after {took:?}");
+    assert!(took > Duration::from_secs(3), "the upload took {took:?}");
+    // Three bytes of a hundred, then nothing.
+    let (status, took) = upload("/up", 100, 3, Duration::from_millis(10));
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout", "after {took:?}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "408 after {took:?}");
+    let (status, took) = upload("/fn", 100, 3, Duration::from_millis(10));
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout", "after {took:?}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "408 after {took:?}");
+    let proxy_log = stack.dir.path().join(".lbctl/run/lb/front/proxy.log");
+    let stalled = wait_for("the 408s in the proxy's log", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&proxy_log).ok()?;
+        let lines: Vec<String> = log.lines().filter(|it| it.contains(" 408 POST ")).map(String::from).collect();
+        (lines.len() == 2).then_some(lines)
+    });
+    for line in &stalled {
+        assert!(line.contains("the client sent no more of its request body within the idle timeout (2s)"), "{line}");
+    }
+    let access_log = stack.dir.path().join(".lbctl/logs/front/access.log");
+    let codes = wait_for("three uploads in the access log", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&access_log).ok()?;
+        let codes: Vec<String> = log
+            .lines()
+            .filter(|it| it.contains("\"POST "))
+            .map(|it| it.split(' ').nth(8).unwrap_or("").to_string())
+            .collect();
+        (codes.len() == 3).then_some(codes)
+    });
+    assert_eq!(codes, ["200", "408", "408"]);
+}
+
+/// A target on loopback that answers `GET /health` with 200 and any other
+/// request with a body of `length` bytes of which it sends `sent`, one
+/// every `gap`, then keeps the connection open and silent; its port.
+fn dripping_target(length: usize, sent: usize, gap: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|it| it == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /health ") {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+                    return;
+                }
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n");
+                for _ in 0..sent {
+                    std::thread::sleep(gap);
+                    if stream.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+                // Silent, open, until the proxy closes it.
+                let _ = stream.read(&mut buf);
+            });
+        }
+    });
+    port
+}
+
+/// AWS's idle timeout is time without data, in answers too: a response
+/// that keeps coming for far longer than it (a download, a stream of
+/// events) reaches the client whole; one whose target stops sending is cut
+/// off once the idle timeout passes (and the closing connection's grace).
+#[test]
+fn a_response_that_keeps_coming_is_not_cut_off_and_a_stalled_one_is() {
+    let (port, dripping) = (free_port(), dripping_target(33, 33, Duration::from_millis(400)));
+    let (stalled_port, stalled) = (free_port(), dripping_target(100, 3, Duration::from_millis(10)));
+    let group = |name: &str, target: u16| {
+        format!(
+            "  {name}:\n    target_type: ip\n    protocol: HTTP\n    port: {target}\n    targets: [{{ ip: 127.0.0.1 }}]\n    \
+             health_check: {{ path: /health, interval: 500ms, timeout: 400ms, healthy_threshold: 2, unhealthy_threshold: 2 }}\n"
+        )
+    };
+    let stack = Stack::new(&format!(
+        "version: 1
+name: answers
+load_balancers:
+  front:
+    type: application
+    idle_timeout: 2s
+    listeners:
+      - {{ port: {port}, protocol: HTTP, default_action: {{ forward: dripping }} }}
+      - {{ port: {stalled_port}, protocol: HTTP, default_action: {{ forward: stalled }} }}
+target_groups:
+{}{}",
+        group("dripping", dripping),
+        group("stalled", stalled)
+    ));
+    stack.apply();
+    // Reads an answer to its end or to the proxy's close: the bytes after
+    // the head, and when the read ended.
+    let fetch = |port: u16| {
+        let mut stream = connect(port);
+        stream.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        let started = Instant::now();
+        stream.write_all(b"GET /download HTTP/1.1\r\nHost: answers\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            let head_end = answer.windows(4).position(|it| it == b"\r\n\r\n");
+            if head_end.is_some_and(|at| answer.len() - at - 4 >= 33) {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let body = text.split_once("\r\n\r\n").map_or(String::new(), |it| it.1.to_string());
+        (status_line(&text).to_string(), body, started.elapsed())
+    };
+    let healthy = |port: u16| {
+        wait_for("a healthy target", Duration::from_secs(20), || {
+            curl(&format!("http://127.0.0.1:{port}/health"), &[]).filter(|it| it.status == 200)
+        })
+    };
+    healthy(port);
+    healthy(stalled_port);
+    let stalled_answer = std::thread::spawn(move || fetch(stalled_port));
+    // 33 bytes, 400 ms apart: 13 s, past the idle timeout and a closing
+    // connection's grace together.
+    let (status, body, took) = fetch(port);
+    assert_eq!(status, "HTTP/1.1 200 OK", "after {took:?}");
+    assert_eq!(body, "x".repeat(33), "after {took:?}");
+    assert!(took > Duration::from_secs(12), "the download took {took:?}");
+    let (status, body, took) = stalled_answer.join().unwrap();
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "xxx"), "after {took:?}");
+    assert!(took < Duration::from_secs(30), "a stalled answer was cut off after {took:?}");
 }

@@ -13,11 +13,15 @@
 //!   by `Activity` and enforced by `watch`: a connection that has not sent a
 //!   complete request head within `HEADER_TIMEOUT` of opening (or of the
 //!   head's first byte) is closed; one with nothing in flight is closed
-//!   `idle_timeout` after its last request ended (HTTP/1 keep-alive and
-//!   HTTP/2 alike, an HTTP/2 connection also before its first stream). A
-//!   closing connection finishes what is in flight (HTTP/2 `GOAWAY`).
-//!   Requests only bump counters: the one timer is the watchdog's, re-armed
-//!   when it fires (every few seconds at most), never per request.
+//!   once `idle_timeout` has passed since its last request ended and since
+//!   a byte last moved either way (HTTP/1 keep-alive and HTTP/2 alike, an
+//!   HTTP/2 connection also before its first stream): AWS's idle timeout
+//!   is time without data, so a response still being sent (a download, a
+//!   stream of events) keeps its connection. A closing connection finishes
+//!   what is in flight (HTTP/2 `GOAWAY`). Requests and reads and writes
+//!   only bump counters and a coarse clock: the one timer is the
+//!   watchdog's, re-armed when it fires (every few seconds at most), never
+//!   per request.
 //! - **Listening sockets** are bound with the system's `somaxconn` as
 //!   backlog, so bursts of connections queue in the kernel rather than
 //!   being refused.
@@ -190,6 +194,21 @@ pub struct Activity {
     /// The connection switched protocols (a WebSocket): its bytes are no
     /// longer HTTP, and `tunnel` times it.
     upgraded: AtomicBool,
+    /// When bytes last moved either way, on the coarse clock (`coarse_ms`);
+    /// 0: never.
+    moved_ms: AtomicU64,
+}
+
+/// The monotonic clock as of its last tick, in milliseconds: a few
+/// milliseconds coarse, and a few nanoseconds to read (no system call, no
+/// time-stamp counter), so that every read and write of a connection can
+/// note it.
+fn coarse_ms() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write; the clock exists on
+    // Linux since 2.6.32 (on failure `now` stays 0, which reads as never).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
 }
 
 impl Activity {
@@ -203,6 +222,7 @@ impl Activity {
             head_since_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            moved_ms: AtomicU64::new(0),
         })
     }
 
@@ -237,9 +257,21 @@ impl Activity {
         self.http2.store(true, Ordering::Relaxed);
     }
 
-    /// When the connection is due to close, given its idle timeout; `None`
-    /// while requests are in flight (and no head is late).
-    fn deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+    /// Bytes moved, read or written.
+    pub fn moved(&self) {
+        self.moved_ms.store(coarse_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago bytes last moved, if they did.
+    fn since_moved(&self) -> Option<Duration> {
+        let moved = self.moved_ms.load(Ordering::Relaxed);
+        (moved != 0).then(|| Duration::from_millis(coarse_ms().saturating_sub(moved)))
+    }
+
+    /// When the connection is due to close, given its idle timeout and
+    /// the time `now`; `None` while requests are in flight (and no head is
+    /// late).
+    fn deadline(&self, idle_timeout: Duration, now: Instant) -> Option<Instant> {
         let at = |ms: u64, after: Duration| self.opened + Duration::from_millis(ms) + after;
         if let Some(late) = self.late_head() {
             return Some(late);
@@ -251,7 +283,9 @@ impl Activity {
             let first = if self.http2.load(Ordering::Relaxed) { idle_timeout } else { HEADER_TIMEOUT };
             return Some(at(0, first));
         }
-        Some(at(self.last_end_ms.load(Ordering::Relaxed), idle_timeout))
+        let ended = at(self.last_end_ms.load(Ordering::Relaxed), idle_timeout);
+        let moved = self.since_moved().and_then(|it| now.checked_sub(it)).map(|it| it + idle_timeout);
+        Some(moved.map_or(ended, |it| it.max(ended)))
     }
 
     /// When the head being read is due, if one is: a head late past it has
@@ -333,7 +367,7 @@ pub async fn watch<C: Future>(
             if activity.late_head().is_some_and(|due| due <= now) && activity.in_flight.load(Ordering::Relaxed) == 0 {
                 return Poll::Ready(());
             }
-            match activity.deadline(idle_timeout) {
+            match activity.deadline(idle_timeout, now) {
                 Some(due) if due <= now => {
                     close(connection.as_mut());
                     closing = true;
@@ -384,21 +418,27 @@ mod tests {
         let activity = Activity::new();
         let opened = activity.opened;
         // Silent: the first head is due within the header timeout.
-        assert_eq!(activity.deadline(idle), Some(opened + HEADER_TIMEOUT));
+        assert_eq!(activity.deadline(idle, Instant::now()), Some(opened + HEADER_TIMEOUT));
         // A request in flight has no deadline; after it, the idle timeout runs.
         let request = activity.request();
-        assert_eq!(activity.deadline(idle), None);
+        assert_eq!(activity.deadline(idle, Instant::now()), None);
         tokio::time::advance(Duration::from_secs(3)).await;
         drop(request);
-        assert_eq!(activity.deadline(idle), Some(opened + Duration::from_secs(3) + idle));
-        // A head that has started must be complete within the header timeout.
+        assert_eq!(activity.deadline(idle, Instant::now()), Some(opened + Duration::from_secs(3) + idle));
+        // Bytes moving after it (the answer's body) keep it open as long.
         tokio::time::advance(Duration::from_secs(1)).await;
+        activity.moved();
+        let due = activity.deadline(idle, Instant::now()).expect("a deadline");
+        // The coarse clock is real time, the test's is not: a few ms apart.
+        let moved_due = opened + Duration::from_secs(4) + idle;
+        assert!(due <= moved_due && due + Duration::from_millis(50) > moved_due, "{:?}", moved_due - due);
+        // A head that has started must be complete within the header timeout.
         activity.head_started();
-        assert_eq!(activity.deadline(idle), Some(opened + Duration::from_secs(4) + HEADER_TIMEOUT));
+        assert_eq!(activity.deadline(idle, Instant::now()), Some(opened + Duration::from_secs(4) + HEADER_TIMEOUT));
         activity.head_ended();
         // HTTP/2 before its first stream: the idle timeout.
         let h2 = Activity::new();
         h2.speaks_http2();
-        assert_eq!(h2.deadline(idle), Some(h2.opened + idle));
+        assert_eq!(h2.deadline(idle, Instant::now()), Some(h2.opened + idle));
     }
 }

@@ -25,11 +25,12 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, USER_AGENT};
 use hyper::http::uri::{PathAndQuery, Scheme};
-use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
 use super::access_log::{self, AccessLog};
 use super::action::{Action, RedirectSource};
+use super::client_body::{self, Silent};
 use super::forwarding::{self, Forwarding};
 use super::h1_client::Fields;
 use super::lambda;
@@ -756,9 +757,13 @@ async fn route(
     }
     if let Some(function) = &in_flight.function {
         trace.sent = Some(Instant::now());
-        // Boxed, as every path but the common one: the request's future is
-        // moved whole into hyper's connection, so its size is paid per request.
-        let (response, failed) = Box::pin(lambda::invoke(function, parts, body)).await;
+        let (response, failed) = match invoke_boxed(function, parts, body, idle_timeout).await {
+            Ok(answer) => answer,
+            Err((method, path)) => {
+                let failure = Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
+                return unanswered(failure, Ok(Silent::Client), idle_timeout);
+            }
+        };
         let response = response.map(ProxyBody::full);
         trace.answered(&group, failed.is_none().then(|| response.status().as_u16()));
         trace.error_reason = failed;
@@ -773,14 +778,14 @@ async fn route(
     trace.target = Some(in_flight.backend());
     let answer = if lent {
         let sent = frontend.upstream.send_head(in_flight.endpoint(), &parts, &forwarding);
-        let mut answer = tokio::time::timeout_at(deadline, sent).await;
+        let mut answer = tokio::time::timeout_at(deadline, sent).await.map_err(|_| Silent::Target);
         // A target that died under the request: once more on another one (`retry`).
         if let Ok(Err(err)) = &answer {
             let idempotent = Some(retry::is_idempotent(&parts.method));
             if let Some(other) = retry::second_target(&group, &in_flight, err, idempotent) {
                 retarget(&group, &mut in_flight, other, trace, &mut sticky_cookie);
                 let again = frontend.upstream.send_head(in_flight.endpoint(), &parts, &forwarding);
-                answer = tokio::time::timeout_at(deadline, again).await;
+                answer = tokio::time::timeout_at(deadline, again).await.map_err(|_| Silent::Target);
             }
         }
         answer
@@ -790,18 +795,17 @@ async fn route(
             None => return error(StatusCode::BAD_REQUEST),
         };
         // Every other request hands its head over, a copy kept for a retry
-        // when it has no body. Its futures are boxed: they are larger than
-        // the common case's, whose future would otherwise be as large (and
-        // hyper moves a request's future whole, per request).
+        // when it has no body.
         let replay = Replay::capture(&parts, &body);
         let request = Request::from_parts(parts, body);
-        let sent = frontend.upstream.send(transport, in_flight.endpoint(), request);
-        let mut answer = Box::pin(tokio::time::timeout_at(deadline, sent)).await;
+        let mut answer =
+            send_boxed(&frontend.upstream, transport, in_flight.endpoint(), request, sent_at, idle_timeout).await;
         if let Ok(Err(err)) = &answer {
             if let Some((other, request)) = retry::second_attempt(&group, &in_flight, err, replay) {
                 retarget(&group, &mut in_flight, other, trace, &mut sticky_cookie);
-                let again = frontend.upstream.send(transport, in_flight.endpoint(), request);
-                answer = Box::pin(tokio::time::timeout_at(deadline, again)).await;
+                answer =
+                    send_boxed(&frontend.upstream, transport, in_flight.endpoint(), request, sent_at, idle_timeout)
+                        .await;
             }
         }
         answer
@@ -809,8 +813,8 @@ async fn route(
     let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
     let exchange = match answer {
         Ok(Ok(exchange)) => exchange,
-        Ok(Err(err)) => return unanswered(failure(), Some(err), idle_timeout),
-        Err(_) => return unanswered(failure(), None, idle_timeout),
+        Ok(Err(err)) => return unanswered(failure(), Err(err), idle_timeout),
+        Err(silent) => return unanswered(failure(), Ok(silent), idle_timeout),
     };
     trace.answered(&group, Some(exchange.response.status().as_u16()));
     let (mut parts, body) = exchange.response.into_parts();
@@ -822,23 +826,78 @@ async fn route(
     with_sticky_cookie(Response::from_parts(parts, body), sticky_cookie)
 }
 
-/// The answer to a request its target did not answer: 504 when it was
-/// silent for the idle timeout (`error` is `None`), 400 when the client's
-/// body broke off or was malformed (its fault, not the target's), else
-/// 502. Out of line: the common path stays small.
+/// The answer a target (`send` of the upstream) gives `request`, waited
+/// for until the idle timeout passes without data: from the sending, or
+/// from the client body's last data while one is still coming (an upload
+/// takes as long as it keeps sending; one that stops gets 408). Boxed and
+/// out of line, as every path but the common one: the request's future is
+/// moved whole into hyper's connection, so its size is paid per request,
+/// and the common path's code stays small enough to be inlined.
+#[inline(never)]
+fn send_boxed<'a>(
+    upstream: &'a Upstream,
+    transport: upstream::Transport,
+    endpoint: upstream::Endpoint<'a>,
+    mut request: Request<UpstreamBody>,
+    sent_at: Instant,
+    idle_timeout: Duration,
+) -> Boxed<'a, Result<Result<upstream::Exchange, upstream::UpstreamError>, Silent>> {
+    let progress = client_body::watch(request.body_mut());
+    Box::pin(async move {
+        let sent = upstream.send(transport, endpoint, request);
+        client_body::within_idle(sent, sent_at, idle_timeout, progress.as_deref()).await
+    })
+}
+
+/// A function target's answer and why it failed (`lambda::invoke`),
+/// unless the client stops sending the request's body for the idle timeout
+/// first: then the request's method and path, for the 408's log line.
+/// Boxed and out of line, as `send_boxed`.
+#[inline(never)]
+fn invoke_boxed<'a>(
+    function: &'a lambda::Function,
+    parts: hyper::http::request::Parts,
+    mut body: UpstreamBody,
+    idle_timeout: Duration,
+) -> Boxed<'a, Result<LambdaAnswer, (Method, Option<PathAndQuery>)>> {
+    let progress = client_body::watch(&mut body);
+    let (method, path) = (parts.method.clone(), parts.uri.path_and_query().cloned());
+    let invocation = client_body::unless_stalled(lambda::invoke(function, parts, body), progress, idle_timeout);
+    Box::pin(async move { invocation.await.map_err(|_| (method, path)) })
+}
+
+/// A function target's response, and why it failed (AWS's error reason).
+type LambdaAnswer = (Response<Bytes>, Option<&'static str>);
+
+/// A future made out of line, boxed (the rare paths of `route`).
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The answer to a request its target did not answer: 504 when the
+/// target was silent for the idle timeout, 408 when the client's body
+/// stopped for it with more to come (AWS: the client sent no data), 400
+/// when the client's body broke off or was malformed (its fault, not the
+/// target's), else 502. Out of line: the common path stays small.
 #[cold]
 #[inline(never)]
-fn unanswered(failure: Failure, error: Option<upstream::UpstreamError>, idle_timeout: Duration) -> Response<ProxyBody> {
-    match error {
-        None => {
-            let why =
-                format!("the target did not answer within the idle timeout ({})", lbctl_spec::Duration(idle_timeout));
+fn unanswered(
+    failure: Failure,
+    why: Result<Silent, upstream::UpstreamError>,
+    idle_timeout: Duration,
+) -> Response<ProxyBody> {
+    let idle = lbctl_spec::Duration(idle_timeout);
+    match why {
+        Ok(Silent::Target) => {
+            let why = format!("the target did not answer within the idle timeout ({idle})");
             failure.answer(StatusCode::GATEWAY_TIMEOUT, &why)
         }
-        Some(err) if err.is_client_body() => {
+        Ok(Silent::Client) => {
+            let why = format!("the client sent no more of its request body within the idle timeout ({idle})");
+            failure.answer(StatusCode::REQUEST_TIMEOUT, &why)
+        }
+        Err(err) if err.is_client_body() => {
             failure.answer(StatusCode::BAD_REQUEST, &format!("the client's request body failed: {err}"))
         }
-        Some(err) => failure.answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
+        Err(err) => failure.answer(StatusCode::BAD_GATEWAY, &format!("{err}")),
     }
 }
 
@@ -876,7 +935,7 @@ fn upgrade_boxed<'a>(
     sending: Sending<'a>,
     forwarding: Forwarding,
     trace: &'a mut Trace,
-) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
+) -> Boxed<'a, Response<ProxyBody>> {
     Box::pin(upgrade(frontend, request, sending, forwarding, trace))
 }
 
@@ -910,8 +969,8 @@ async fn upgrade(
     let failure = || Failure { method, path, peer, group: group.name.clone(), target: in_flight.describe() };
     let mut response = match answer {
         Ok(Ok(response)) => response,
-        Ok(Err(err)) => return unanswered(failure(), Some(err), idle_timeout),
-        Err(_) => return unanswered(failure(), None, idle_timeout),
+        Ok(Err(err)) => return unanswered(failure(), Err(err), idle_timeout),
+        Err(_) => return unanswered(failure(), Ok(Silent::Target), idle_timeout),
     };
     trace.answered(group, Some(response.status().as_u16()));
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

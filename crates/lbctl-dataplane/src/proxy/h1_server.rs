@@ -28,7 +28,6 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{Either, Empty};
 use hyper::body::Body;
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE,
@@ -279,7 +278,7 @@ impl Head {
                 return Err(unused.freeze());
             }
         };
-        let mut request = Request::new(Either::Right(Empty::new()));
+        let mut request = Request::new(UpstreamBody::Empty);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;

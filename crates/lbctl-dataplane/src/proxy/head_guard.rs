@@ -97,6 +97,16 @@ impl<S> HeadGuard<S> {
     pub fn count_into(&mut self, traffic: Arc<Traffic>) {
         self.traffic = Some(traffic);
     }
+
+    /// `written` bytes went out.
+    fn wrote(&self, written: usize) {
+        if let Some(traffic) = &self.traffic {
+            traffic.written(written);
+        }
+        if written > 0 {
+            self.activity.moved();
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
@@ -112,7 +122,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
         if let Some(traffic) = &this.traffic {
             traffic.read(buf.filled().len() - before);
         }
-        if this.scanner.state == State::Off || buf.filled().len() == before {
+        if buf.filled().len() == before {
+            return Poll::Ready(Ok(()));
+        }
+        this.activity.moved();
+        if this.scanner.state == State::Off {
             return Poll::Ready(Ok(()));
         }
         // A switched protocol's bytes (a WebSocket's) are not requests.
@@ -146,9 +160,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        if let Some(traffic) = &this.traffic {
-            traffic.written(written);
-        }
+        this.wrote(written);
         Poll::Ready(Ok(written))
     }
 
@@ -159,9 +171,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        if let Some(traffic) = &this.traffic {
-            traffic.written(written);
-        }
+        this.wrote(written);
         Poll::Ready(Ok(written))
     }
 

@@ -13,6 +13,7 @@
 //! | `router` | rules compiled per configuration, request matching |
 //! | `action` | forward, weighted forward, redirect and fixed-response actions |
 //! | `forward` | the request path: routing, forwarding, error answers |
+//! | `client_body` | a client's request body on its way to a target, timed by the idle timeout |
 //! | `forwarding` | the headers changed on the way to a target: hop-by-hop out, `X-Forwarded-*` in |
 //! | `target_group` | one group's manager: discovery, health and selection together |
 //! | `discovery` | reading a group's registry files |
@@ -37,6 +38,7 @@
 
 mod access_log;
 mod action;
+mod client_body;
 mod connection;
 mod discovery;
 mod forward;
@@ -828,7 +830,7 @@ fn hyper_service(
         let connection = connection.clone();
         let request_guard = requests.request();
         async move {
-            let request = request.map(http_body_util::Either::Left);
+            let request = request.map(client_body::UpstreamBody::Client);
             // Over AWS's limits, or without exactly one Host (RFC 9112
             // §3.2): `h1_server` hands such a request over.
             if let Some(status) = forward::refusal(&request) {

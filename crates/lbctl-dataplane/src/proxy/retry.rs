@@ -24,8 +24,6 @@
 use std::error::Error as StdError;
 use std::io;
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
 use hyper::body::Body;
 use hyper::http::request::Parts;
 use hyper::http::uri::Authority;
@@ -64,7 +62,7 @@ impl Replay {
     fn request(self, authority: &Authority) -> Request<UpstreamBody> {
         let mut uri = self.uri.into_parts();
         uri.authority = Some(authority.clone());
-        let mut request = Request::new(Either::Right(Empty::<Bytes>::new()));
+        let mut request = Request::new(UpstreamBody::Empty);
         *request.method_mut() = self.method;
         // Only the authority changed, and it is an address.
         *request.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
@@ -218,7 +216,7 @@ mod tests {
                 }
             }
             let backend = Backend::new("t", std::net::Ipv4Addr::LOCALHOST, addr.port());
-            let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
+            let request = Request::get(format!("http://{addr}/")).body(UpstreamBody::Empty).unwrap();
             let upstream = super::super::upstream::Upstream::new();
             let err = upstream.send(Default::default(), backend.endpoint(), request).await.unwrap_err();
             Failure::of(&err)
@@ -257,7 +255,7 @@ mod tests {
             let upstream = super::super::upstream::Upstream::new();
             let mut outcomes = std::collections::BTreeMap::new();
             for _ in 0..200 {
-                let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
+                let request = Request::get(format!("http://{addr}/")).body(UpstreamBody::Empty).unwrap();
                 let outcome = match upstream.send(Default::default(), backend.endpoint(), request).await {
                     Ok(exchange) => {
                         let mut body = exchange.response.into_body();

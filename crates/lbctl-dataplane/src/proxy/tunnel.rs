@@ -21,8 +21,8 @@ use super::selection::InFlight;
 /// Whether `request` asks to switch protocols: HTTP/1.1 with `Upgrade`.
 /// Requests read by `h1_server` never do (it hands them to hyper's
 /// server): its bodiless requests are not even looked at.
-pub(super) fn asks<B>(request: &Request<http_body_util::Either<hyper::body::Incoming, B>>) -> bool {
-    matches!(request.body(), http_body_util::Either::Left(_))
+pub(super) fn asks(request: &Request<super::client_body::UpstreamBody>) -> bool {
+    matches!(request.body(), super::client_body::UpstreamBody::Client(_))
         && request.version() == Version::HTTP_11
         && request.headers().contains_key(UPGRADE)
 }

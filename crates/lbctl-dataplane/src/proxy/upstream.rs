@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+pub use super::client_body::UpstreamBody;
 use super::forwarding::{self, Forwarding};
 use super::{h1_client, retry};
 use crate::tls::{self, ClientAlpn};
@@ -46,10 +47,6 @@ use crate::tls::{self, ClientAlpn};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle pooled connection to a target is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The body of a request forwarded to a target: the client's, or none when
-/// a bodiless request is sent again to another target (`retry`).
-pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -754,7 +751,7 @@ mod tests {
     /// the sweep drops it once the target has closed it.
     #[test]
     fn idle_connections_the_target_closed_are_swept() {
-        use http_body_util::{BodyExt, Either, Empty};
+        use http_body_util::BodyExt;
         use tokio::io::AsyncWriteExt;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
@@ -768,7 +765,7 @@ mod tests {
                 let _ = closed.await;
             });
             let backend = super::super::selection::Backend::new("t", Ipv4Addr::LOCALHOST, addr.port());
-            let request = Request::get(format!("http://{addr}/")).body(Either::Right(Empty::new())).unwrap();
+            let request = Request::get(format!("http://{addr}/")).body(UpstreamBody::Empty).unwrap();
             let exchange = Upstream::new().send(Transport::default(), backend.endpoint(), request).await.unwrap();
             let mut body = exchange.response.into_body();
             while let Some(frame) = body.frame().await {
@@ -794,7 +791,7 @@ mod tests {
     /// however many idle connections the pool holds.
     #[test]
     fn a_dropped_request_is_sent_at_most_twice() {
-        use http_body_util::{BodyExt, Either, Empty};
+        use http_body_util::BodyExt;
         use std::sync::atomic::AtomicUsize;
         use tokio::io::AsyncWriteExt;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -821,7 +818,7 @@ mod tests {
             let backend = super::super::selection::Backend::new("t", Ipv4Addr::LOCALHOST, addr.port());
             let upstream = Upstream::new();
             let send = |path: &str| {
-                let request = Request::get(format!("http://{addr}{path}")).body(Either::Right(Empty::new())).unwrap();
+                let request = Request::get(format!("http://{addr}{path}")).body(UpstreamBody::Empty).unwrap();
                 upstream.send(Transport::default(), backend.endpoint(), request)
             };
             // Four idle connections in the pool.
