@@ -134,6 +134,34 @@ fn malformed_requests_get_their_status_and_the_proxy_serves_on() {
         assert!(status_line(&answer).starts_with("HTTP/1.1 400 "), "{host:?} -> {answer:?}");
     }
     serves("bad Host values");
+
+    // What AWS's ALB refuses itself: TRACE (405); a transfer coding it
+    // does not pass on, which the target would never learn of (501); an
+    // X-Forwarded-For of more than 30 addresses (463), in one field or
+    // several. Each goes no further, and 30 addresses still do.
+    let addresses = |count: usize| (0..count).map(|it| format!("10.0.0.{it}")).collect::<Vec<_>>().join(", ");
+    for (request, status) in [
+        ("TRACE / HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), "405"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".into(), "501"),
+        (format!("GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {}\r\n\r\n", addresses(31)), "463"),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {}\r\nX-Forwarded-For: 10.1.1.1\r\n\r\n",
+                addresses(30)
+            ),
+            "463",
+        ),
+        (format!("GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {}\r\n\r\n", addresses(30)), "200"),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".into(),
+            "200",
+        ),
+    ] {
+        let answer = exchange(port, request.as_bytes());
+        assert!(status_line(&answer).starts_with(&format!("HTTP/1.1 {status} ")), "{request:?} -> {answer:?}");
+        assert_eq!(answer.contains("hello from i-"), status == "200", "{request:?} -> {answer:?}");
+    }
+    serves("what AWS refuses");
     // `Connection` cannot make the Host hop-by-hop: the target gets it.
     let kept = curl(&url, &["Host: kept.example", "Connection: host"]).unwrap();
     assert_eq!(kept.headers["x-seen-host"], "kept.example", "{kept:?}");

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, USER_AGENT};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE, TE, TRANSFER_ENCODING, USER_AGENT};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
@@ -464,7 +464,10 @@ pub(super) fn field_line_fits(name: &[u8], value: &[u8]) -> bool {
 
 /// Why a request that hyper's server let through is refused, if it is: a
 /// request line over AWS's limit (414), a header line over it (431), an
-/// HTTP/1.1 request without exactly one Host (400, RFC 9112 §3.2).
+/// HTTP/1.1 request without exactly one Host (400, RFC 9112 §3.2); then, as
+/// AWS's ALB answers them, the TRACE method (405), a `Transfer-Encoding`
+/// other than `chunked` or `identity` (501) and an `X-Forwarded-For` of more
+/// than 30 addresses (463).
 pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
     let uri = request.uri();
     // The target as sent: origin form, or absolute form with its authority
@@ -476,9 +479,15 @@ pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
     }
     let mut hosts = 0;
     let mut bad_host = false;
+    let (mut forwarded, mut unsupported_coding) = (0, false);
     for (name, value) in request.headers() {
         if !field_line_fits(name.as_str().as_bytes(), value.as_bytes()) {
             return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        if *name == forwarding::X_FORWARDED_FOR {
+            forwarded += forwarding::forwarded_addresses(value.as_bytes());
+        } else if name == TRANSFER_ENCODING {
+            unsupported_coding |= !forwarding::supported_transfer_coding(value.as_bytes());
         }
         if name == HOST {
             hosts += 1;
@@ -489,8 +498,24 @@ pub fn refusal<B>(request: &Request<B>) -> Option<StatusCode> {
         }
     }
     let one_needed = request.version() == Version::HTTP_11 && hosts != 1;
-    (bad_host || one_needed || hosts > 1).then_some(StatusCode::BAD_REQUEST)
+    if bad_host || one_needed || hosts > 1 {
+        Some(StatusCode::BAD_REQUEST)
+    } else if request.method() == Method::TRACE {
+        Some(StatusCode::METHOD_NOT_ALLOWED)
+    } else if unsupported_coding {
+        Some(StatusCode::NOT_IMPLEMENTED)
+    } else if forwarded > forwarding::MAX_FORWARDED_ADDRESSES {
+        Some(TOO_MANY_FORWARDED_ADDRESSES)
+    } else {
+        None
+    }
 }
+
+/// AWS's 463: an `X-Forwarded-For` of more than 30 addresses.
+const TOO_MANY_FORWARDED_ADDRESSES: StatusCode = match StatusCode::from_u16(463) {
+    Ok(status) => status,
+    Err(_) => panic!("463 is a status code"),
+};
 
 /// Whether two `host[:port]` values name the same entity: the same host,
 /// whatever its case, and the same port where both give one (a port left
@@ -1051,14 +1076,15 @@ impl Failure {
 
 /// An answer of the load balancer itself: status line text as the body.
 fn error(status: StatusCode) -> Response<ProxyBody> {
-    let body: &'static [u8] = match status {
-        StatusCode::BAD_REQUEST => b"400 Bad Request\n",
-        StatusCode::BAD_GATEWAY => b"502 Bad Gateway\n",
-        StatusCode::SERVICE_UNAVAILABLE => b"503 Service Unavailable\n",
-        StatusCode::GATEWAY_TIMEOUT => b"504 Gateway Timeout\n",
-        _ => b"error\n",
+    let body = match status {
+        StatusCode::BAD_REQUEST => Bytes::from_static(b"400 Bad Request\n"),
+        StatusCode::BAD_GATEWAY => Bytes::from_static(b"502 Bad Gateway\n"),
+        StatusCode::SERVICE_UNAVAILABLE => Bytes::from_static(b"503 Service Unavailable\n"),
+        StatusCode::GATEWAY_TIMEOUT => Bytes::from_static(b"504 Gateway Timeout\n"),
+        TOO_MANY_FORWARDED_ADDRESSES => Bytes::from_static(b"463 Too many addresses in X-Forwarded-For (30 at most)\n"),
+        other => Bytes::from(format!("{} {}\n", other.as_u16(), other.canonical_reason().unwrap_or("Error"))),
     };
-    let mut response = Response::new(ProxyBody::full(Bytes::from_static(body)));
+    let mut response = Response::new(ProxyBody::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response

@@ -21,10 +21,30 @@ use hyper::{HeaderMap, Uri};
 
 use super::access_log::{self, TraceId};
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub(super) static X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
+/// The most addresses an `X-Forwarded-For` may name (AWS's ALB answers
+/// 463 past it).
+pub(super) const MAX_FORWARDED_ADDRESSES: usize = 30;
+
+/// The addresses an `X-Forwarded-For` field value names (its comma-
+/// separated items).
+pub(super) fn forwarded_addresses(value: &[u8]) -> usize {
+    value.split(|it| *it == b',').filter(|it| !it.trim_ascii().is_empty()).count()
+}
+
+/// Whether a `Transfer-Encoding` value names only codings the load balancer
+/// passes on (AWS's ALB: `chunked` and `identity`; any other gets 501, as
+/// the coding would be lost on the way).
+pub(super) fn supported_transfer_coding(value: &[u8]) -> bool {
+    value.split(|it| *it == b',').all(|it| {
+        let coding = it.trim_ascii();
+        coding.eq_ignore_ascii_case(b"chunked") || coding.eq_ignore_ascii_case(b"identity")
+    })
+}
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -7,8 +7,9 @@
 //! Whatever it does not serve itself it hands over, with every byte it has
 //! read, to hyper's server for the rest of the connection, which then
 //! answers as it always did: a head that does not parse or is too large
-//! (400, 431), a request or header line over AWS's limit (which
-//! `forward::refusal` refuses), HTTP/1.0, a request with a body, `Expect` or `Upgrade`,
+//! (400, 431), a request or header line over AWS's limit, `TRACE` and an
+//! `X-Forwarded-For` of more than 30 addresses (which `forward::refusal`
+//! refuses), HTTP/1.0, a request with a body, `Expect` or `Upgrade`,
 //! `HEAD` and `CONNECT`, and HTTP/2 (its preface is not an HTTP/1.1 head).
 //! Either way a request goes through the same request path (`forward`).
 //!
@@ -39,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::Activity;
 use super::forward::{self, ConnectionInfo, Frontend, ProxyBody};
-use super::forwarding::field;
+use super::forwarding::{self, field, X_FORWARDED_FOR};
 use super::h1_client;
 use super::upstream::UpstreamBody;
 use super::MAX_REQUEST_HEAD_BYTES;
@@ -210,7 +211,8 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
         Ok(httparse::Status::Partial) => return Parse::Partial,
     };
     let method = match parsed.method.map(|it| Method::from_bytes(it.as_bytes())) {
-        Some(Ok(method)) if method != Method::HEAD && method != Method::CONNECT => method,
+        // TRACE too: hyper's path refuses it (405).
+        Some(Ok(method)) if method != Method::HEAD && method != Method::CONNECT && method != Method::TRACE => method,
         _ => return Parse::Other,
     };
     let (Some(1), Some(target)) = (parsed.version, parsed.path) else {
@@ -228,6 +230,8 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
     let mut close = false;
     // RFC 9112 §3.2: exactly one Host, else 400 (hyper's path answers it).
     let mut hosts = 0u8;
+    // Over AWS's 30 addresses: hyper's path refuses it (463).
+    let mut forwarded = 0;
     fields.clear();
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
@@ -251,10 +255,12 @@ fn parse(buf: &[u8], fields: &mut Vec<(HeaderName, Range<usize>)>) -> Parse {
             hosts = hosts.saturating_add(1);
         } else if name == CONNECTION {
             close |= field.value.split(|it| *it == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if name == X_FORWARDED_FOR {
+            forwarded += forwarding::forwarded_addresses(field.value);
         }
         fields.push((name, at(field.value)));
     }
-    if hosts != 1 {
+    if hosts != 1 || forwarded > forwarding::MAX_FORWARDED_ADDRESSES {
         return Parse::Other;
     }
     Parse::Head(Head { method, target: at(target.as_bytes()), len, close })
