@@ -64,17 +64,21 @@ pub enum BodyState {
     Ended,
 }
 
-/// How a watched body fares: when it last gave data, and where it is.
+/// How a watched body fares: when it last gave data or began to wait for
+/// the client, and where it is.
 pub struct Progress {
     since: Instant,
-    /// Milliseconds from `since` to the last data (or the end).
+    /// Milliseconds from `since` to the last data (or the end), or to when
+    /// the client began to be waited on, whichever came last.
     last_ms: AtomicU64,
     /// `BodyState` as a number.
     state: AtomicU8,
 }
 
 impl Progress {
-    /// When the client last gave data (or the watch started).
+    /// When the client last gave data or began to be waited on (or the
+    /// watch started): a body the target stopped reading for a while is
+    /// the client's to send only from when it is asked for more.
     pub fn last_data(&self) -> Instant {
         self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
@@ -87,8 +91,11 @@ impl Progress {
         }
     }
 
-    fn note(&self, state: BodyState, data: bool) {
-        if data {
+    /// The body is in `state` now: its time is noted when data came, and
+    /// when waiting on the client began.
+    fn note(&self, state: BodyState) {
+        let began_waiting = state == BodyState::WaitingOnClient && self.state() != BodyState::WaitingOnClient;
+        if state != BodyState::WaitingOnClient || began_waiting {
             let ms = Instant::now().saturating_duration_since(self.since).as_millis() as u64;
             self.last_ms.store(ms, Ordering::Relaxed);
         }
@@ -106,9 +113,9 @@ impl Body for Watched {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
-            Poll::Pending => self.progress.note(BodyState::WaitingOnClient, false),
-            Poll::Ready(Some(Ok(_))) if !self.body.is_end_stream() => self.progress.note(BodyState::Flowing, true),
-            Poll::Ready(_) => self.progress.note(BodyState::Ended, true),
+            Poll::Pending => self.progress.note(BodyState::WaitingOnClient),
+            Poll::Ready(Some(Ok(_))) if !self.body.is_end_stream() => self.progress.note(BodyState::Flowing),
+            Poll::Ready(_) => self.progress.note(BodyState::Ended),
         }
         polled
     }
@@ -213,8 +220,8 @@ async fn stalled(progress: &Progress, idle_timeout: Duration) {
         match progress.state() {
             BodyState::WaitingOnClient => return,
             BodyState::Ended => std::future::pending::<()>().await,
-            // Not asked for more since its last data: look again later.
-            BodyState::Flowing => tokio::time::sleep(idle_timeout).await,
+            // Not asked for more since its last data: look again soon.
+            BodyState::Flowing => tokio::time::sleep(idle_timeout / 4).await,
         }
     }
 }

@@ -14,14 +14,16 @@
 //!   complete request head within `HEADER_TIMEOUT` of opening (or of the
 //!   head's first byte) is closed; one with nothing in flight is closed
 //!   once `idle_timeout` has passed since its last request ended and since
-//!   a byte last moved either way (HTTP/1 keep-alive and HTTP/2 alike, an
-//!   HTTP/2 connection also before its first stream): AWS's idle timeout
-//!   is time without data, so a response still being sent (a download, a
-//!   stream of events) keeps its connection. A closing connection finishes
-//!   what is in flight (HTTP/2 `GOAWAY`). Requests and reads and writes
-//!   only bump counters and a coarse clock: the one timer is the
-//!   watchdog's, re-armed when it fires (every few seconds at most), never
-//!   per request.
+//!   an answer's bytes last went out (HTTP/1 keep-alive and HTTP/2 alike;
+//!   an HTTP/2 connection before its first stream `idle_timeout` after it
+//!   opened): AWS's idle timeout is time without data, so a response still
+//!   being sent (a download, a stream of events) keeps its connection.
+//!   What a client sends without a request does not: bare line ends between
+//!   HTTP/1 requests, HTTP/2 PINGs (AWS: they do not reset the idle
+//!   timeout) and the small frames that answer them. A closing connection
+//!   finishes what is in flight (HTTP/2 `GOAWAY`). Requests and writes only
+//!   bump counters and a coarse clock: the one timer is the watchdog's,
+//!   re-armed when it fires (every few seconds at most), never per request.
 //! - **Listening sockets** are bound with the system's `somaxconn` as
 //!   backlog, so bursts of connections queue in the kernel rather than
 //!   being refused.
@@ -194,8 +196,8 @@ pub struct Activity {
     /// The connection switched protocols (a WebSocket): its bytes are no
     /// longer HTTP, and `tunnel` times it.
     upgraded: AtomicBool,
-    /// When bytes last moved either way, on the coarse clock (`coarse_ms`);
-    /// 0: never.
+    /// When an answer's bytes last went out, on the coarse clock
+    /// (`coarse_ms`); 0: never.
     moved_ms: AtomicU64,
 }
 
@@ -257,12 +259,18 @@ impl Activity {
         self.http2.store(true, Ordering::Relaxed);
     }
 
-    /// Bytes moved, read or written.
-    pub fn moved(&self) {
-        self.moved_ms.store(coarse_ms(), Ordering::Relaxed);
+    /// `written` bytes went out to the client. On HTTP/1 every write is an
+    /// answer's. On HTTP/2 the frames a client can make the server send
+    /// without a request (a PING's answer, 17 bytes; SETTINGS and
+    /// WINDOW_UPDATE, fewer) are not counted, so PINGs keep no connection
+    /// open; anything larger carries an answer's data.
+    pub fn answering(&self, written: usize) {
+        if written > 17 || written > 0 && !self.http2.load(Ordering::Relaxed) {
+            self.moved_ms.store(coarse_ms(), Ordering::Relaxed);
+        }
     }
 
-    /// How long ago bytes last moved, if they did.
+    /// How long ago an answer's bytes last went out, if they did.
     fn since_moved(&self) -> Option<Duration> {
         let moved = self.moved_ms.load(Ordering::Relaxed);
         (moved != 0).then(|| Duration::from_millis(coarse_ms().saturating_sub(moved)))
@@ -425,13 +433,14 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         drop(request);
         assert_eq!(activity.deadline(idle, Instant::now()), Some(opened + Duration::from_secs(3) + idle));
-        // Bytes moving after it (the answer's body) keep it open as long.
+        // An answer's bytes going out after it (its body) keep it open as long.
         tokio::time::advance(Duration::from_secs(1)).await;
-        activity.moved();
+        activity.answering(100);
         let due = activity.deadline(idle, Instant::now()).expect("a deadline");
-        // The coarse clock is real time, the test's is not: a few ms apart.
+        // The coarse clock is real time, the test's is not: apart by the
+        // real time this test took (under a second, even on a loaded machine).
         let moved_due = opened + Duration::from_secs(4) + idle;
-        assert!(due <= moved_due && due + Duration::from_millis(50) > moved_due, "{:?}", moved_due - due);
+        assert!(due <= moved_due && due + Duration::from_secs(1) > moved_due, "{:?}", moved_due - due);
         // A head that has started must be complete within the header timeout.
         activity.head_started();
         assert_eq!(activity.deadline(idle, Instant::now()), Some(opened + Duration::from_secs(4) + HEADER_TIMEOUT));
@@ -440,5 +449,11 @@ mod tests {
         let h2 = Activity::new();
         h2.speaks_http2();
         assert_eq!(h2.deadline(idle, Instant::now()), Some(h2.opened + idle));
+        // A PING's answer keeps no HTTP/2 connection open; an answer's data does.
+        drop(h2.request());
+        h2.answering(17);
+        assert_eq!(h2.since_moved(), None);
+        h2.answering(18);
+        assert!(h2.since_moved().is_some());
     }
 }

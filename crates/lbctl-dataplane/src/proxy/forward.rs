@@ -5,7 +5,9 @@
 //! both ways), drops hop-by-hop headers, and adds the `X-Forwarded-*`
 //! headers. Upstream connections are pooled. Failures map to AWS's answers:
 //! 503 when no target is routable, 502 when the target refused or broke the
-//! response, 504 when it did not answer within the idle timeout. A bodiless
+//! response, 504 when it sent nothing for the idle timeout after having the
+//! request, 408 when the client stopped sending its request body for it (a
+//! request is waited on for time without data, not for its length). A bodiless
 //! request whose target refused it or died before answering is first sent
 //! once more to another target (`retry`).
 //!
@@ -917,7 +919,10 @@ fn unanswered(
         }
         Ok(Silent::Client) => {
             let why = format!("the client sent no more of its request body within the idle timeout ({idle})");
-            failure.answer(StatusCode::REQUEST_TIMEOUT, &why)
+            let mut response = failure.answer(StatusCode::REQUEST_TIMEOUT, &why);
+            // The rest of its body will not be read: the connection ends.
+            response.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            response
         }
         Err(err) if err.is_client_body() => {
             failure.answer(StatusCode::BAD_REQUEST, &format!("the client's request body failed: {err}"))
@@ -1035,8 +1040,8 @@ fn with_sticky_cookie(mut response: Response<ProxyBody>, cookie: Option<HeaderVa
     response
 }
 
-/// A request the load balancer answers with an error of its own (502, 503,
-/// 504): what the log line says of it.
+/// A request the load balancer answers with an error of its own (408, 502,
+/// 503, 504): what the log line says of it.
 struct Failure {
     method: hyper::Method,
     path: Option<PathAndQuery>,

@@ -39,9 +39,9 @@ pub(super) fn forwarded_addresses(value: &[u8]) -> usize {
 /// passes on (AWS's ALB: `chunked` and `identity`; any other gets 501, as
 /// the coding would be lost on the way).
 pub(super) fn supported_transfer_coding(value: &[u8]) -> bool {
-    value.split(|it| *it == b',').all(|it| {
-        let coding = it.trim_ascii();
-        coding.eq_ignore_ascii_case(b"chunked") || coding.eq_ignore_ascii_case(b"identity")
+    // Empty items are no coding (RFC 9110 §5.6.1).
+    value.split(|it| *it == b',').map(<[u8]>::trim_ascii).all(|coding| {
+        coding.is_empty() || coding.eq_ignore_ascii_case(b"chunked") || coding.eq_ignore_ascii_case(b"identity")
     })
 }
 

@@ -12,13 +12,12 @@
 //!   turns the colon of the second framing header into a space before hyper
 //!   sees it, so hyper's own parser rejects the head with 400 and closes the
 //!   connection. Nothing else is ever changed.
-//! - **Slow heads (slowloris).** hyper's `header_read_timeout` starts when
-//!   hyper waits for a head, so it also bounds an idle keep-alive connection,
-//!   and the proxy sets it to the load balancer's idle timeout. A head whose
-//!   bytes have started to arrive must be complete within
-//!   `HEADER_READ_TIMEOUT`: a read that continues an older head fails, and
-//!   hyper closes the connection. A client that stops sending altogether is
-//!   left to the idle timeout.
+//! - **Slow heads (slowloris).** A head whose bytes have started to arrive
+//!   must be complete within `HEADER_READ_TIMEOUT`: the connection's
+//!   watchdog (`connection`, told by `Activity::head_started`) drops it
+//!   then, and a read that continues an older head fails. A client that
+//!   stops sending altogether is left to the watchdog's idle timeout (hyper's
+//!   own `header_read_timeout` is off: one timer per connection).
 //!
 //! To know where heads are, the guard follows HTTP/1 framing as hyper does:
 //! a body with a Content-Length is skipped by count, a head with neither
@@ -98,14 +97,13 @@ impl<S> HeadGuard<S> {
         self.traffic = Some(traffic);
     }
 
-    /// `written` bytes went out.
+    /// `written` bytes went out: the connection is not idle while an
+    /// answer is being sent (`Activity::answering`).
     fn wrote(&self, written: usize) {
         if let Some(traffic) = &self.traffic {
             traffic.written(written);
         }
-        if written > 0 {
-            self.activity.moved();
-        }
+        self.activity.answering(written);
     }
 }
 
@@ -122,11 +120,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
         if let Some(traffic) = &this.traffic {
             traffic.read(buf.filled().len() - before);
         }
-        if buf.filled().len() == before {
-            return Poll::Ready(Ok(()));
-        }
-        this.activity.moved();
-        if this.scanner.state == State::Off {
+        if this.scanner.state == State::Off || buf.filled().len() == before {
             return Poll::Ready(Ok(()));
         }
         // A switched protocol's bytes (a WebSocket's) are not requests.
