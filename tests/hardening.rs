@@ -61,15 +61,26 @@ fn exchange(port: u16, request: &[u8]) -> String {
     let mut stream = connect(port);
     // A proxy that refuses early may close before everything is written.
     let _ = stream.write_all(request);
-    let mut answer = Vec::new();
+    String::from_utf8_lossy(&read_until(&mut stream, |_| false)).into_owned()
+}
+
+/// Reads from `stream` until what was read is `done`, the peer closes or a
+/// read fails (its timeout passes); what was read.
+fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut read = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
+    while !done(&read) {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Ok(n) => read.extend_from_slice(&buf[..n]),
         }
     }
-    String::from_utf8_lossy(&answer).into_owned()
+    read
+}
+
+/// Whether `bytes` hold a whole head (its blank line).
+fn head_ended(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|it| it == b"\r\n\r\n")
 }
 
 /// The status line of an answer.
@@ -484,14 +495,7 @@ functions:
             std::thread::sleep(gap);
             stream.write_all(b"x").unwrap();
         }
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !answer.windows(4).any(|it| it == b"\r\n\r\n") {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
+        let answer = read_until(&mut stream, head_ended);
         (status_line(&String::from_utf8_lossy(&answer)).to_string(), started.elapsed())
     };
     // Eight bytes 400 ms apart: 3.2 s of upload, past the 2 s timeout with
@@ -537,13 +541,9 @@ fn dripping_target(length: usize, sent: usize, gap: Duration) -> u16 {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|it| it == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                let head = read_until(&mut stream, head_ended);
+                if !head_ended(&head) {
+                    return;
                 }
                 if head.starts_with(b"GET /health ") {
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
@@ -557,7 +557,7 @@ fn dripping_target(length: usize, sent: usize, gap: Duration) -> u16 {
                     }
                 }
                 // Silent, open, until the proxy closes it.
-                let _ = stream.read(&mut buf);
+                read_until(&mut stream, |_| false);
             });
         }
     });
@@ -601,18 +601,10 @@ target_groups:
         stream.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
         let started = Instant::now();
         stream.write_all(b"GET /download HTTP/1.1\r\nHost: answers\r\n\r\n").unwrap();
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 1024];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-            let head_end = answer.windows(4).position(|it| it == b"\r\n\r\n");
-            if head_end.is_some_and(|at| answer.len() - at - 4 >= 33) {
-                break;
-            }
-        }
+        let answer = read_until(&mut stream, |read| {
+            let head_end = read.windows(4).position(|it| it == b"\r\n\r\n");
+            head_end.is_some_and(|at| read.len() - at - 4 >= 33)
+        });
         let text = String::from_utf8_lossy(&answer).into_owned();
         let body = text.split_once("\r\n\r\n").map_or(String::new(), |it| it.1.to_string());
         (status_line(&text).to_string(), body, started.elapsed())

@@ -54,7 +54,7 @@ pub fn watch(body: &mut UpstreamBody) -> Option<Arc<Progress>> {
 
 /// Where a watched body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyState {
+enum BodyState {
     /// Its last data went on, and nothing more was asked of it yet: the
     /// target is not reading.
     Flowing,
@@ -79,11 +79,11 @@ impl Progress {
     /// When the client last gave data or began to be waited on (or the
     /// watch started): a body the target stopped reading for a while is
     /// the client's to send only from when it is asked for more.
-    pub fn last_data(&self) -> Instant {
+    fn last_data(&self) -> Instant {
         self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    pub fn state(&self) -> BodyState {
+    fn state(&self) -> BodyState {
         match self.state.load(Ordering::Relaxed) {
             1 => BodyState::WaitingOnClient,
             2 => BodyState::Ended,
@@ -175,54 +175,55 @@ pub async fn within_idle<F: std::future::Future>(
     idle_timeout: Duration,
     progress: Option<&Progress>,
 ) -> Result<F::Output, Silent> {
-    tokio::pin!(answer);
-    let mut deadline = sent + idle_timeout;
-    loop {
-        if let Ok(answered) = tokio::time::timeout_at(deadline, answer.as_mut()).await {
-            return Ok(answered);
-        }
-        let Some(progress) = progress else { return Err(Silent::Target) };
-        let due = progress.last_data() + idle_timeout;
-        if due > Instant::now() {
-            deadline = due;
-            continue;
-        }
-        return Err(match progress.state() {
-            BodyState::WaitingOnClient => Silent::Client,
-            BodyState::Flowing | BodyState::Ended => Silent::Target,
-        });
+    tokio::select! {
+        biased;
+        answered = answer => Ok(answered),
+        silent = quiet(progress, sent, idle_timeout) => Err(silent),
     }
 }
 
 /// `work` (which reads the body `progress` watches, if any), unless the
-/// client stops sending that body for `idle_timeout` first.
+/// client stops sending that body for `idle_timeout` first. How long the
+/// work itself may take is its own (a function's timeout).
 pub async fn unless_stalled<F: std::future::Future>(
     work: F,
     progress: Option<Arc<Progress>>,
     idle_timeout: Duration,
 ) -> Result<F::Output, Silent> {
     let Some(progress) = progress else { return Ok(work.await) };
+    let stalled = async {
+        loop {
+            if quiet(Some(&progress), progress.since, idle_timeout).await == Silent::Client {
+                return;
+            }
+            match progress.state() {
+                BodyState::Ended => std::future::pending::<()>().await,
+                // Not asked for more since its last data: look again soon.
+                _ => tokio::time::sleep(idle_timeout / 4).await,
+            }
+        }
+    };
     tokio::select! {
         done = work => Ok(done),
-        () = stalled(&progress, idle_timeout) => Err(Silent::Client),
+        () = stalled => Err(Silent::Client),
     }
 }
 
-/// Completes once the client was asked for more of its body and sent none
-/// for `idle_timeout`; never once the body ended.
-async fn stalled(progress: &Progress, idle_timeout: Duration) {
+/// Completes once `idle_timeout` has passed without data since `from` and
+/// since the watched body's last data (or its wait on the client began),
+/// telling who was silent: the client when its body was waited on, else
+/// the target.
+async fn quiet(progress: Option<&Progress>, from: Instant, idle_timeout: Duration) -> Silent {
     loop {
-        let due = progress.last_data() + idle_timeout;
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
-            continue;
+        let due = progress.map_or(from, |it| it.last_data().max(from)) + idle_timeout;
+        if due <= Instant::now() {
+            break;
         }
-        match progress.state() {
-            BodyState::WaitingOnClient => return,
-            BodyState::Ended => std::future::pending::<()>().await,
-            // Not asked for more since its last data: look again soon.
-            BodyState::Flowing => tokio::time::sleep(idle_timeout / 4).await,
-        }
+        tokio::time::sleep_until(due).await;
+    }
+    match progress.map(Progress::state) {
+        Some(BodyState::WaitingOnClient) => Silent::Client,
+        _ => Silent::Target,
     }
 }
 
