@@ -6,7 +6,9 @@ Four parts, in this order (BENCH_PART=l7|instr|l4|plan|all, default all):
 L7, the application load balancer. Two nginx backends serve a small
 response. In front of them, one at a time and in alternation, run nginx
 (`worker_processes 1`), HAProxy (`nbthread 1`) and an lbctl ALB
-(`worker_threads: 1`), each pinned to the same core and each adding
+(`worker_threads: 1`), each pinned to the same core (lbctl's worker
+thread; its access log's writer thread runs where the scheduler puts it,
+as it does in use) and each adding
 X-Forwarded-For, with keep-alive to the backends. wrk (pinned to the other
 core with the backends) drives each for the same time. Printed per proxy:
 requests/s, p50, p99, CPU time per request (the proxy's own processes, from
@@ -27,11 +29,15 @@ cannot blur it: lbctl and lbctl+logs run at the same time, both on the
 proxy core, each driven by its own wrk (half the connections each), for
 BENCH_SIDE_ROUNDS rounds (default 10) of BENCH_SIDE_DURATION (default 3s).
 Whatever else the machine does in a round, it does to both. Printed per
-round and as median and range: each one's CPU time per request and their
-ratio, which is what the log costs in requests/s on a saturated core
-(requests/s = 1 / CPU time per request), the CPU time per request the
-log adds (in microseconds, which grows with the machine's load as every
-figure does), and the ratio of the requests each served. The same is measured for two plain lbctl ALBs (`lbctl` and
+round and as median and range: each one's CPU time per request on the
+proxy core (its worker thread's) and their ratio, which is what the log
+costs in requests/s on a saturated core (requests/s = 1 / CPU time per
+request), the CPU time per request the log adds there (in microseconds,
+which grows with the machine's load as every figure does), the same for
+all the CPU each process used (the log's writer thread included, on
+whichever core it ran: what the log costs a machine whose every core is
+busy), and the ratio of the requests each served. The same is measured
+for two plain lbctl ALBs (`lbctl` and
 `lbctl'`) in the same rounds: how far the method itself spreads. And, as
 the reference for what a line of AWS's fields costs, two more nginx
 processes the same way: `nginx alone`, and `nginx+ALB log` writing a line
@@ -181,6 +187,23 @@ def nginx_worker(master, procs, timeout=20.0):
 def pin(pids, core):
     for pid in pids:
         subprocess.run(["taskset", "-a", "-p", "-c", core, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def pin_worker(pid, core):
+    """Pins an lbctl proxy's worker (with `worker_threads: 1`, its main
+    thread) to `core`, as `pin` pins nginx's worker and HAProxy; its other
+    threads (the access log's writer) stay where the scheduler puts them."""
+    subprocess.run(["taskset", "-p", "-c", core, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def worker_cpu_seconds(pid):
+    """User + system CPU time of a process's main thread: an lbctl proxy's
+    worker, or the whole of a single-threaded nginx worker."""
+    try:
+        fields = open(f"/proc/{pid}/task/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 class Processes:
@@ -493,10 +516,13 @@ target_groups:
             "lbctl": [lbctl_pid],
             "lbctl+logs": [logged_pid],
         }
-        for pids in proxies.values():
-            pin(pids, PROXY_CORE)
+        for name, pids in proxies.items():
+            if name.startswith("lbctl"):
+                pin_worker(pids[0], PROXY_CORE)
+            else:
+                pin(pids, PROXY_CORE)
         wait_port(twin_port, procs)
-        pin([twin_pid], PROXY_CORE)
+        pin_worker(twin_pid, PROXY_CORE)
 
         # Warm up every proxy, then alternate.
         for name, port in ports.items():
@@ -604,14 +630,15 @@ SIDE_DURATION = os.environ.get("BENCH_SIDE_DURATION", "3s")
 def side_by_side(proxies, pairs, metrics_url):
     """Each pair of `proxies` (name: port and the PID doing the work) at the
     same time on the proxy core, each proxy driven by its own wrk, the
-    pairs in turns first: the ratios of their CPU time per request and of
-    their requests, per round and as median and range. lbctl+logs has its
-    metrics scraped while it runs."""
-    ratios = {pair: {"cpu": [], "requests": [], "added": []} for pair in pairs}
+    pairs in turns first: the ratios of their CPU time per request on the
+    proxy core (the worker's), of all their CPU time per request (the whole
+    process's, wherever it ran) and of their requests, per round and as
+    median and range. lbctl+logs has its metrics scraped while it runs."""
+    ratios = {pair: {"cpu": [], "whole": [], "requests": [], "added": [], "whole_added": []} for pair in pairs}
     connections = max(CONNECTIONS // 2, 1)
     for round_idx in range(SIDE_ROUNDS):
         for pair in pairs if round_idx % 2 == 0 else reversed(pairs):
-            before = {name: cpu_seconds([proxies[name][1]]) for name in pair}
+            before = {name: (worker_cpu_seconds(proxies[name][1]), cpu_seconds([proxies[name][1]])) for name in pair}
             scraper = Scraper(metrics_url) if "lbctl+logs" in pair else None
             loads = [wrk_start(proxies[name][0], connections, SIDE_DURATION) for name in pair]
             runs = [wrk_figures(load) for load in loads]
@@ -620,20 +647,26 @@ def side_by_side(proxies, pairs, metrics_url):
             requests = [run["requests"] for run in runs]
             if any(run["errors"] for run in runs):
                 raise SystemExit(f"side by side, {pair}: a proxy answered with an error")
-            cpu = [(cpu_seconds([proxies[name][1]]) - before[name]) * 1e6 / max(count, 1) for name, count in zip(pair, requests)]
+            cpu = [(worker_cpu_seconds(proxies[name][1]) - before[name][0]) * 1e6 / max(count, 1) for name, count in zip(pair, requests)]
+            whole = [(cpu_seconds([proxies[name][1]]) - before[name][1]) * 1e6 / max(count, 1) for name, count in zip(pair, requests)]
             os.sync()
             ratios[pair]["cpu"].append(cpu[0] / cpu[1])
             ratios[pair]["added"].append(cpu[0] - cpu[1])
+            ratios[pair]["whole"].append(whole[0] / whole[1])
+            ratios[pair]["whole_added"].append(whole[0] - whole[1])
             ratios[pair]["requests"].append(requests[0] / max(requests[1], 1))
-            print(f"side by side, round {round_idx + 1} {pair[0]:13} beside {pair[1]}: CPU per request {cpu[0]:.1f} us against {cpu[1]:.1f} us "
-                  f"(x{cpu[0] / cpu[1]:.3f}), requests {requests[0]} against {requests[1]} (x{requests[0] / max(requests[1], 1):.3f})", flush=True)
+            print(f"side by side, round {round_idx + 1} {pair[0]:13} beside {pair[1]}: CPU per request on the proxy core {cpu[0]:.1f} us against {cpu[1]:.1f} us "
+                  f"(x{cpu[0] / cpu[1]:.3f}), in all {whole[0]:.1f} us against {whole[1]:.1f} us (x{whole[0] / whole[1]:.3f}), "
+                  f"requests {requests[0]} against {requests[1]} (x{requests[0] / max(requests[1], 1):.3f})", flush=True)
     print()
     print(f"side by side on core {PROXY_CORE} ({SIDE_ROUNDS} rounds of {SIDE_DURATION}, wrk -c{connections} each):")
     for (name, base), values in ratios.items():
         cpu, served, added = sorted(values["cpu"]), sorted(values["requests"]), sorted(values["added"])
-        print(f"  {name}/{base}: CPU per request median x{statistics.median(cpu):.3f} (from x{cpu[0]:.3f} to x{cpu[-1]:.3f}), "
+        whole, whole_added = sorted(values["whole"]), sorted(values["whole_added"])
+        print(f"  {name}/{base}: CPU per request on the proxy core median x{statistics.median(cpu):.3f} (from x{cpu[0]:.3f} to x{cpu[-1]:.3f}), "
               f"so requests/s on a saturated core x{1 / statistics.median(cpu):.3f}; requests served side by side median x{statistics.median(served):.3f}; "
-              f"{name} adds {statistics.median(added):.2f} us per request (from {added[0]:.2f} to {added[-1]:.2f})")
+              f"{name} adds {statistics.median(added):.2f} us per request (from {added[0]:.2f} to {added[-1]:.2f}) on the proxy core, "
+              f"{statistics.median(whole_added):.2f} us in all (CPU per request in all x{statistics.median(whole):.3f}, from x{whole[0]:.3f} to x{whole[-1]:.3f})")
 
 
 INSTR_DURATION = os.environ.get("BENCH_INSTR_DURATION", "5s")
