@@ -6,15 +6,16 @@
 //! Lines are formatted on the request's task straight into the log's
 //! buffer (no string per field, no copy per line), under a lock held that
 //! long. Whoever fills the buffer past `WRITE_AT` queues it for the log's
-//! writer thread and wakes it; the writer writes queued buffers to the file
-//! in order, in one call each, and what a quiet load balancer left in the
-//! buffer ten times a second. So a request never waits for the disk: the
-//! kernel's work of appending to the file (about 1 ns a byte, most of what
-//! a line costs) runs on the writer's thread, on a core the workers leave
-//! free, and a slow or stalled disk holds up the log, not the traffic. Only
-//! when `MAX_QUEUED` buffers wait (the disk has fallen behind by that much)
-//! does a filler write them itself, in order, so that memory stays bounded
-//! and no line is lost.
+//! writer thread, and wakes it once `WAKE_AT` wait; the writer writes
+//! queued buffers to the file in order, in one call each, and ten times a
+//! second what is queued and what a quiet load balancer left in the buffer.
+//! So a request never waits for the disk: the kernel's work of appending
+//! to the file (as much as the rest of a line's cost, or more, as the
+//! machine's state has it) runs on the writer's thread, on a core the
+//! workers leave free, and a slow or stalled disk holds up the log, not the
+//! traffic. Only when `MAX_QUEUED` buffers wait (the disk has fallen behind
+//! by that much) does a filler write them itself, in order, so that memory
+//! stays bounded and no line is lost.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -30,6 +31,9 @@ use anyhow::{Context, Result};
 
 /// The buffer is written once it holds this much.
 const WRITE_AT: usize = 64 * 1024;
+/// How many full buffers wait for the writer thread before it is woken
+/// (256 KiB): a wake-up per buffer cost it about as much as the writes.
+const WAKE_AT: usize = 4;
 /// How many full buffers may wait for the writer thread (4 MiB) before the
 /// one filling the next writes them itself.
 const MAX_QUEUED: usize = 64;
@@ -183,7 +187,7 @@ impl AccessLog {
                 loop {
                     let closed = shared.closed.load(Ordering::Acquire);
                     if !closed {
-                        // Woken early by whoever queues a full buffer.
+                        // Woken early by whoever queues the `WAKE_AT`th full buffer.
                         std::thread::park_timeout(WRITE_EVERY.saturating_sub(last_leftover.elapsed()));
                     }
                     if closed || last_leftover.elapsed() >= WRITE_EVERY {
@@ -221,8 +225,10 @@ impl AccessLog {
         };
         if queued > self.shared.max_queued {
             self.shared.drain();
-        } else if let Some(writer) = &self.writer {
-            writer.thread().unpark();
+        } else if queued >= WAKE_AT {
+            if let Some(writer) = &self.writer {
+                writer.thread().unpark();
+            }
         }
     }
 }
