@@ -1213,4 +1213,54 @@ mod tests {
             assert_eq!(next, vec![lines; threads], "lines lost (max_queued {max_queued})");
         }
     }
+
+    /// A file that takes no more (a disk that stalls: here a FIFO nobody
+    /// reads, which holds 64 KiB) holds up the writer thread, not whoever
+    /// appends: 2 MiB of lines go into the queue while nothing is read, and
+    /// reach the file whole and in order once it takes them again.
+    #[test]
+    fn a_stalled_file_holds_up_the_writer_thread_not_the_appender() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a plain system call on a path this test owns.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // Opened before the log, so that its opening does not wait for a reader.
+        let mut reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).unwrap();
+        let log = Arc::new(AccessLog::open(&path).unwrap());
+        let lines = 30_000;
+        let (appender, finished) = {
+            let log = log.clone();
+            let (done, finished) = std::sync::mpsc::channel();
+            let appender = std::thread::spawn(move || {
+                for line in 0..lines {
+                    log.append_with(|out| {
+                        let _ = writeln!(out, "{line:08} {}", "x".repeat(60));
+                    });
+                }
+                let _ = done.send(());
+            });
+            (appender, finished)
+        };
+        finished.recv_timeout(Duration::from_secs(30)).expect("the appends waited for the stalled file");
+        appender.join().unwrap();
+        // The file takes lines again: everything arrives, in order.
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain system calls on a descriptor this test owns.
+        unsafe {
+            let flags = libc::fcntl(reader.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+        let read = std::thread::spawn(move || {
+            let mut text = String::new();
+            reader.read_to_string(&mut text).unwrap();
+            text
+        });
+        drop(Arc::into_inner(log).expect("the one log left"));
+        let text = read.join().unwrap();
+        let numbers: Vec<usize> = text.lines().map(|line| line[..8].parse().unwrap()).collect();
+        assert_eq!(numbers, (0..lines).collect::<Vec<_>>());
+    }
 }
