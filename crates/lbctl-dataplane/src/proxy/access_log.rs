@@ -9,13 +9,16 @@
 //! writer thread, and wakes it once `WAKE_AT` wait; the writer writes
 //! queued buffers to the file in order, in one call each, and ten times a
 //! second what is queued and what a quiet load balancer left in the buffer.
-//! So a request never waits for the disk: the kernel's work of appending
+//! So a request does not wait for the disk: the kernel's work of appending
 //! to the file (as much as the rest of a line's cost, or more, as the
-//! machine's state has it) runs on the writer's thread, on a core the
-//! workers leave free, and a slow or stalled disk holds up the log, not the
-//! traffic. Only when `MAX_QUEUED` buffers wait (the disk has fallen behind
-//! by that much) does a filler write them itself, in order, so that memory
-//! stays bounded and no line is lost.
+//! machine's state has it) runs on the writer's thread, wherever the
+//! scheduler puts it (on a core the workers leave free, when there is
+//! one), and a slow or stalled disk holds up the log, not the traffic, as
+//! long as no more than `MAX_QUEUED` buffers wait. Past that (the disk has
+//! fallen behind by 4 MiB) a filler writes the oldest itself, in order,
+//! until the queue is back within bounds: memory stays bounded and no line
+//! is lost. Closing a log (a reload that turns it off, the proxy's exit)
+//! waits for everything queued to be written.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -29,13 +32,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
-/// The buffer is written once it holds this much.
+/// The buffer is queued for writing once it holds this much.
 const WRITE_AT: usize = 64 * 1024;
 /// How many full buffers wait for the writer thread before it is woken
 /// (256 KiB): a wake-up per buffer cost it about as much as the writes.
 const WAKE_AT: usize = 4;
-/// How many full buffers may wait for the writer thread (4 MiB) before the
-/// one filling the next writes them itself.
+/// How many full buffers may wait for the writer thread (4 MiB): past that,
+/// whoever fills one writes the oldest until no more wait.
 const MAX_QUEUED: usize = 64;
 /// How often the writer thread writes what is left.
 const WRITE_EVERY: Duration = Duration::from_millis(100);
@@ -60,10 +63,11 @@ struct Shared {
     order: Mutex<()>,
     /// `MAX_QUEUED`, but in tests.
     max_queued: usize,
-    /// A written buffer, emptied, for the next full one to be swapped for:
-    /// a fresh allocation of this size would have its pages faulted in by
-    /// the kernel again.
-    spare: Mutex<Vec<u8>>,
+    /// Written buffers, emptied, for the next full ones to be swapped for
+    /// (as many as are written in one wake-up, and one more): a fresh
+    /// allocation of this size would have its pages faulted in by the
+    /// kernel again.
+    spare: Mutex<Vec<Vec<u8>>>,
     file: File,
     closed: AtomicBool,
 }
@@ -73,11 +77,11 @@ fn lock(buffer: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
 }
 
 impl Shared {
-    /// Takes the lines `pending` holds, leaving it the spare buffer (a new
-    /// one when another writer has the spare).
+    /// Takes the lines `pending` holds, leaving it a spare buffer (a new
+    /// one when none is spare).
     fn take(&self, pending: &mut Vec<u8>) -> Vec<u8> {
-        let spare = std::mem::take(&mut *lock(&self.spare));
-        let empty = if spare.capacity() == 0 { Vec::with_capacity(WRITE_AT * 2) } else { spare };
+        let spare = self.spare.lock().unwrap_or_else(|it| it.into_inner()).pop();
+        let empty = spare.unwrap_or_else(|| Vec::with_capacity(WRITE_AT * 2));
         std::mem::replace(pending, empty)
     }
 
@@ -91,24 +95,36 @@ impl Shared {
         queue.len()
     }
 
-    /// Writes the queued buffers, oldest first, until none is left.
-    fn drain(&self) {
-        let _order = self.order.lock().unwrap_or_else(|it| it.into_inner());
+    /// Writes the queued buffers, oldest first, until no more than `left`
+    /// wait. Each is taken and written under `order`, taken again per
+    /// buffer: a filler past `MAX_QUEUED` gets its turn between two of the
+    /// writer thread's writes, and stops as soon as the queue is back
+    /// within bounds, rather than writing what others queue meanwhile.
+    fn drain(&self, left: usize) {
         loop {
-            let next = self.queue.lock().unwrap_or_else(|it| it.into_inner()).pop_front();
-            match next {
-                Some(bytes) => self.write(bytes),
-                None => return,
+            let _order = self.order.lock().unwrap_or_else(|it| it.into_inner());
+            let next = {
+                let mut queue = self.queue.lock().unwrap_or_else(|it| it.into_inner());
+                if queue.len() <= left {
+                    return;
+                }
+                queue.pop_front()
+            };
+            if let Some(bytes) = next {
+                self.write(bytes);
             }
         }
     }
 
     /// Writes `bytes` at the end of the file (`O_APPEND`), then keeps the
-    /// buffer as the spare.
+    /// buffer as a spare.
     fn write(&self, mut bytes: Vec<u8>) {
         let _ = (&self.file).write_all(&bytes);
         bytes.clear();
-        *lock(&self.spare) = bytes;
+        let mut spare = self.spare.lock().unwrap_or_else(|it| it.into_inner());
+        if spare.len() <= WAKE_AT {
+            spare.push(bytes);
+        }
     }
 
     /// The file's length and the bytes its blocks take, reserved ones
@@ -197,7 +213,7 @@ impl AccessLog {
                             shared.queue(&mut pending);
                         }
                     }
-                    shared.drain();
+                    shared.drain(0);
                     if closed {
                         shared.release_reserved();
                         return;
@@ -224,7 +240,7 @@ impl AccessLog {
             self.shared.queue(&mut pending)
         };
         if queued > self.shared.max_queued {
-            self.shared.drain();
+            self.shared.drain(self.shared.max_queued);
         } else if queued >= WAKE_AT {
             if let Some(writer) = &self.writer {
                 writer.thread().unpark();
