@@ -149,15 +149,18 @@ def cpu_seconds(pids):
 
 def cpu_split(pids):
     """User and system CPU time of the processes (all their threads)."""
-    user = system = 0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
-    return user / TICKS, system / TICKS
+    times = [stat_times(f"/proc/{pid}/stat") for pid in pids]
+    return sum(user for user, _ in times), sum(system for _, system in times)
+
+
+def stat_times(path):
+    """User and system CPU time in seconds from a `stat` file of /proc (a
+    process's or a thread's); zero for one that has ended."""
+    try:
+        fields = open(path).read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0, 0.0
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def busy_seconds():
@@ -199,11 +202,7 @@ def pin_worker(pid, core):
 def worker_cpu_seconds(pid):
     """User + system CPU time of a process's main thread: an lbctl proxy's
     worker, or the whole of a single-threaded nginx worker."""
-    try:
-        fields = open(f"/proc/{pid}/task/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return sum(stat_times(f"/proc/{pid}/task/{pid}/stat"))
 
 
 class Processes:

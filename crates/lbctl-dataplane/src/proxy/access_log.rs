@@ -72,15 +72,17 @@ struct Shared {
     closed: AtomicBool,
 }
 
-fn lock(buffer: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
-    buffer.lock().unwrap_or_else(|it| it.into_inner())
+/// Locks `mutex`, whether or not a thread panicked holding it (what it
+/// guards is bytes and buffers, whole after every step).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|it| it.into_inner())
 }
 
 impl Shared {
     /// Takes the lines `pending` holds, leaving it a spare buffer (a new
     /// one when none is spare).
     fn take(&self, pending: &mut Vec<u8>) -> Vec<u8> {
-        let spare = self.spare.lock().unwrap_or_else(|it| it.into_inner()).pop();
+        let spare = lock(&self.spare).pop();
         let empty = spare.unwrap_or_else(|| Vec::with_capacity(WRITE_AT * 2));
         std::mem::replace(pending, empty)
     }
@@ -90,7 +92,7 @@ impl Shared {
     /// number of buffers queued.
     fn queue(&self, pending: &mut Vec<u8>) -> usize {
         let full = self.take(pending);
-        let mut queue = self.queue.lock().unwrap_or_else(|it| it.into_inner());
+        let mut queue = lock(&self.queue);
         queue.push_back(full);
         queue.len()
     }
@@ -102,17 +104,17 @@ impl Shared {
     /// within bounds, rather than writing what others queue meanwhile.
     fn drain(&self, left: usize) {
         loop {
-            let _order = self.order.lock().unwrap_or_else(|it| it.into_inner());
+            let _order = lock(&self.order);
             let next = {
-                let mut queue = self.queue.lock().unwrap_or_else(|it| it.into_inner());
-                if queue.len() <= left {
-                    return;
+                let mut queue = lock(&self.queue);
+                if queue.len() > left {
+                    queue.pop_front()
+                } else {
+                    None
                 }
-                queue.pop_front()
             };
-            if let Some(bytes) = next {
-                self.write(bytes);
-            }
+            let Some(bytes) = next else { return };
+            self.write(bytes);
         }
     }
 
@@ -121,7 +123,7 @@ impl Shared {
     fn write(&self, mut bytes: Vec<u8>) {
         let _ = (&self.file).write_all(&bytes);
         bytes.clear();
-        let mut spare = self.spare.lock().unwrap_or_else(|it| it.into_inner());
+        let mut spare = lock(&self.spare);
         if spare.len() <= WAKE_AT {
             spare.push(bytes);
         }
